@@ -1,0 +1,41 @@
+"""autohess: exact Hessians and standard errors you can trust for maximum likelihood in JAX.
+
+Importing autohess turns on float64 in JAX (see ``autohess._config`` for every setting it
+changes and why).
+"""
+
+from . import _config
+
+_config.apply()
+
+from . import models as models  # noqa: E402
+from ._derivatives import Hessian as Hessian  # noqa: E402
+from ._derivatives import chunked_memory_bytes as chunked_memory_bytes  # noqa: E402
+from ._derivatives import gradient as gradient  # noqa: E402
+from ._derivatives import hessian as hessian  # noqa: E402
+from ._derivatives import hvp as hvp  # noqa: E402
+from ._derivatives import scores as scores  # noqa: E402
+from ._model import Model as Model  # noqa: E402
+from ._transforms import Interval as Interval  # noqa: E402
+from ._transforms import Positive as Positive  # noqa: E402
+from ._transforms import Real as Real  # noqa: E402
+from ._transforms import Transform as Transform  # noqa: E402
+from ._validation import Float32Warning as Float32Warning  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Float32Warning",
+    "Hessian",
+    "Interval",
+    "Model",
+    "Positive",
+    "Real",
+    "Transform",
+    "chunked_memory_bytes",
+    "gradient",
+    "hessian",
+    "hvp",
+    "models",
+    "scores",
+]

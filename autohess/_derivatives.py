@@ -1,0 +1,476 @@
+"""The exact-derivative core: gradients, Hessians, scores and Hessian-vector products.
+
+Every public function here dispatches to a program compiled once per model (or function) and
+input shape; repeated calls with new parameter values reuse it. ``Model.trace_counts`` records
+each trace so this can be checked.
+
+Why forward-over-reverse for Hessians: one reverse sweep gives the gradient at the cost of a
+few function evaluations; differentiating that sweep forward along the ``p`` basis directions
+(``jacfwd(grad)``) costs ``p`` tangent propagations that JAX batches with ``vmap``, so the whole
+Hessian is roughly ``p`` gradients fused into one program, with no nested reverse tape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from ._model import HESSIAN_MODES, Model
+from ._params import element_labels, path_name
+from ._validation import choose_dtype, float32_warning
+
+__all__ = ["Hessian", "hessian", "gradient", "scores", "hvp", "chunked_memory_bytes"]
+
+_SCALES = ("natural", "unconstrained")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hessian:
+    """An exact Hessian with the labels of its rows and columns.
+
+    Attributes:
+        matrix: ``Float[Array, "p p"]``, symmetric.
+        labels: ``p`` parameter labels, e.g. ``("beta[0]", ..., "sigma")``.
+    """
+
+    matrix: jax.Array
+    labels: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.matrix.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.matrix)
+        return out if dtype is None else out.astype(dtype)
+
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues in ascending order (float64 host array)."""
+        return np.linalg.eigvalsh(np.asarray(self.matrix, dtype=np.float64))
+
+    def __repr__(self) -> str:
+        p = len(self.labels)
+        if p > 12:
+            return f"Hessian(p={p}, labels={self.labels[:3]}..., dtype={self.matrix.dtype})"
+        width = max(len(lab) for lab in self.labels)
+        rows = [
+            f"  {lab:>{width}}  " + " ".join(f"{v:11.4g}" for v in row)
+            for lab, row in zip(self.labels, np.asarray(self.matrix).tolist())
+        ]
+        return "Hessian(\n" + "\n".join(rows) + "\n)"
+
+
+jax.tree_util.register_dataclass(Hessian, data_fields=["matrix"], meta_fields=["labels"])
+
+
+def _hessian_of(f: Callable[[jax.Array], jax.Array], mode: str) -> Callable:
+    if mode == "fwd-rev":
+        return jax.jacfwd(jax.grad(f))
+    if mode == "rev-rev":
+        return jax.jacrev(jax.grad(f))
+    if mode == "fwd-fwd":
+        return jax.jacfwd(jax.jacfwd(f))
+    raise ValueError(f"mode must be one of {HESSIAN_MODES}, got {mode!r}")
+
+
+def _symmetrize(h: jax.Array) -> jax.Array:
+    # Mixed partials agree only up to rounding; statistics downstream (Cholesky, eigh) expect
+    # exact symmetry.
+    return 0.5 * (h + h.T)
+
+
+# ------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------
+def _model_params(model: Model, params: Any) -> Any:
+    if params is None:
+        return model.init_params
+    model.spec.check_structure(params)
+    return params
+
+
+def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
+    if weights is None:
+        return None
+    if not model.per_observation:
+        raise ValueError("weights need per-observation contributions; this Model has per_observation=False")
+    w = np.asarray(weights)
+    if w.shape != (model.nobs,):
+        raise ValueError(f"weights has shape {w.shape}, expected ({model.nobs},), one per observation")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(
+            f"weights must be finite and non-negative; got {int(np.sum(~np.isfinite(w)))} non-finite "
+            f"and {int(np.sum(w < 0))} negative entries"
+        )
+    return jnp.asarray(w, model.dtype)
+
+
+def _objective(model: Model, scale: str) -> Callable:
+    """Negative log-likelihood of the flat vector on the requested scale."""
+    if scale == "natural":
+        return model.negloglik_flat
+    if scale == "unconstrained":
+        spec = model.spec
+        return lambda u, data, w: model.negloglik_flat(spec.to_natural(u), data, w)
+    raise ValueError(f"scale must be one of {_SCALES}, got {scale!r}")
+
+
+def _start(model: Model, params: Any, scale: str) -> jax.Array:
+    flat = model.spec.flatten(params, model.dtype)
+    return model.spec.to_unconstrained(flat) if scale == "unconstrained" else flat
+
+
+def _labels(model: Model, scale: str) -> tuple[str, ...]:
+    return model.spec.unconstrained_labels if scale == "unconstrained" else model.spec.labels
+
+
+def _build_model_hessian(model: Model, mode: str, scale: str) -> Callable:
+    objective = _objective(model, scale)
+
+    def fn(params, data, weights):
+        model.trace_counts["hessian"] += 1
+        theta = _start(model, params, scale)
+        return _symmetrize(_hessian_of(lambda t: objective(t, data, weights), mode)(theta))
+
+    return jax.jit(fn)
+
+
+def _split_obs(model: Model, data: Any) -> tuple[list, Any, list[bool]]:
+    leaves, treedef = jax.tree_util.tree_flatten(data)
+    is_obs = [leaf.ndim >= 1 and leaf.shape[0] == model.nobs for leaf in leaves]
+    return leaves, treedef, is_obs
+
+
+def _build_chunked_hessian(model: Model, mode: str, scale: str, chunk: int) -> Callable:
+    objective = _objective(model, scale)
+    n_full, rem = divmod(model.nobs, chunk)
+
+    def fn(params, data, weights):
+        model.trace_counts["hessian_chunked"] += 1
+        theta = _start(model, params, scale)
+        leaves, treedef, is_obs = _split_obs(model, data)
+
+        def block(start, size):
+            sliced = [
+                lax.dynamic_slice_in_dim(leaf, start, size) if obs else leaf
+                for leaf, obs in zip(leaves, is_obs)
+            ]
+            w = None if weights is None else lax.dynamic_slice_in_dim(weights, start, size)
+            part = treedef.unflatten(sliced)
+            return _hessian_of(lambda t: objective(t, part, w), mode)(theta)
+
+        p = theta.shape[0]
+        total = jnp.zeros((p, p), theta.dtype)
+        if n_full:
+            # fori_loop + dynamic_slice reads each chunk in place: no reshaped copy of the data.
+            total = lax.fori_loop(0, n_full, lambda i, acc: acc + block(i * chunk, chunk), total)
+        if rem:
+            total = total + block(n_full * chunk, rem)
+        return _symmetrize(total)
+
+    return jax.jit(fn)
+
+
+def _check_separable(model: Model, chunk: int) -> None:
+    """Refuse chunking for models whose contributions are not observation-wise separable."""
+    if not model.per_observation:
+        raise ValueError(
+            "chunk_size needs per-observation contributions; this Model has per_observation=False"
+        )
+    if not model.independent:
+        raise ValueError(
+            f"chunk_size is only valid for independent observations; model {model.name!r} was "
+            "declared independent=False (a recursive model such as GARCH). Compute its Hessian "
+            "unchunked."
+        )
+    key = ("separable", chunk)
+    if key in model._compiled:
+        return
+    n = model.nobs
+    lo = min(chunk, n // 2)
+    hi = min(lo + chunk, n)
+    if hi - lo >= 1 and lo > 0:
+        leaves, treedef, is_obs = _split_obs(model, model.data)
+        part = treedef.unflatten([leaf[lo:hi] if obs else leaf for leaf, obs in zip(leaves, is_obs)])
+        alone = np.asarray(jax.jit(model.traced_loglik)(model.init_params, part))
+        full = np.asarray(model.contributions())[lo:hi]
+        tol = np.sqrt(np.finfo(model.dtype).eps)
+        if alone.shape != full.shape or not np.allclose(alone, full, rtol=tol, atol=tol * np.max(np.abs(full))):
+            raise ValueError(
+                f"chunk_size={chunk}: the log-likelihood contributions of observations {lo}..{hi - 1} "
+                "change when those observations are evaluated on their own, so the model is not "
+                "separable by observation (a recursive or pooled model, or a data array whose first "
+                f"axis is not the observation axis). Declare ah.Model(..., independent=False) and "
+                "compute the Hessian without chunk_size."
+            )
+    model._compiled[key] = True
+
+
+def _raise_nonfinite(model: Model, params: Any, what: str, value: np.ndarray, labels) -> None:
+    model._check_finite_at(params, "given parameters")  # raises if the likelihood itself is bad
+    bad = sorted({labels[i] for i in np.argwhere(~np.isfinite(value)).reshape(-1) % len(labels)})
+    raise FloatingPointError(
+        f"the {what} has non-finite entries for {bad[:8]} although the log-likelihood is finite "
+        f"at ({model.spec.describe(np.asarray(model.spec.flatten(params, model.dtype)))}); the "
+        "likelihood is not twice differentiable there (e.g. sqrt or abs at 0, a boundary of a "
+        "parameter's domain)."
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Plain JAX functions
+# ------------------------------------------------------------------------------------------
+_FUNCTION_CACHE: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+
+
+def _function_cache(f: Callable) -> dict:
+    try:
+        return _FUNCTION_CACHE.setdefault(f, {})
+    except TypeError:  # not weak-referenceable (e.g. a builtin): no caching across calls
+        return {}
+
+
+def _prepare_point(x: Any) -> tuple[Any, tuple[str, ...]]:
+    dtype = choose_dtype(x)
+    if dtype == np.float32:
+        float32_warning("x")
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(x)
+    if not leaves_with_path:
+        raise ValueError("x is empty: nothing to differentiate with respect to")
+    leaves, labels = [], []
+    for path, leaf in leaves_with_path:
+        arr = jnp.asarray(leaf, dtype)
+        leaves.append(arr)
+        labels.extend(element_labels(path_name(path, "x"), tuple(arr.shape)))
+    return treedef.unflatten(leaves), tuple(labels)
+
+
+def _build_function_derivative(f: Callable, kind: str, mode: str) -> Callable:
+    def fn(x, *extra):
+        flat, unravel = ravel_pytree(x)
+
+        def scalar(t):
+            out = f(unravel(t))
+            if jnp.shape(out) != ():
+                raise TypeError(f"f must return a scalar, got shape {jnp.shape(out)}")
+            return out
+
+        if kind == "hessian":
+            return _symmetrize(_hessian_of(scalar, mode)(flat))
+        if kind == "gradient":
+            return jax.grad(scalar)(flat)
+        (v,) = extra
+        return jax.jvp(jax.grad(scalar), (flat,), (v,))[1]
+
+    return jax.jit(fn)
+
+
+def _function_derivative(f: Callable, kind: str, mode: str) -> Callable:
+    cache = _function_cache(f)
+    fn = cache.get((kind, mode))
+    if fn is None:
+        fn = cache[(kind, mode)] = _build_function_derivative(f, kind, mode)
+    return fn
+
+
+def _check_finite_result(value: jax.Array, what: str, labels) -> None:
+    host = np.asarray(value)
+    if not np.isfinite(host).all():
+        bad = sorted({labels[i] for i in np.argwhere(~np.isfinite(host)).reshape(-1) % len(labels)})
+        raise FloatingPointError(
+            f"the {what} has non-finite entries for {bad[:8]}: the function is not finite or not "
+            "twice differentiable at x"
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------
+def hessian(
+    target: Model | Callable,
+    params: Any = None,
+    *,
+    chunk_size: Optional[int] = None,
+    weights: Any = None,
+    scale: str = "natural",
+    mode: Optional[str] = None,
+    check: bool = True,
+) -> Hessian:
+    """Exact Hessian of a model's NEGATIVE total log-likelihood, or of any scalar JAX function.
+
+    Args:
+        target: an ``ah.Model`` or a function ``f(x) -> scalar`` written in JAX.
+        params: for a model, parameters on the natural scale (a pytree like the model's;
+            default: its initial values). For a function, the point ``x`` (any pytree).
+        chunk_size: models with independent observations only: accumulate the Hessian over
+            blocks of ``chunk_size`` observations inside one compiled loop. Extra memory is then
+            about ``k * chunk_size * p * 8`` bytes (``k``: live intermediates of the
+            log-likelihood, typically 5-20) instead of ``k * N * p * 8``; see
+            ``chunked_memory_bytes``. The result equals the unchunked one to rounding.
+        weights: optional non-negative per-observation (frequency) weights, shape ``(N,)``.
+        scale: ``"natural"`` (the parameters users see; default) or ``"unconstrained"`` (the
+            transformed scale optimisers work on; labels read ``log(sigma)``, ``logit(rho)``).
+        mode: ``"fwd-rev"``, ``"rev-rev"`` or ``"fwd-fwd"``; default: the model's
+            ``hessian_mode`` (``"fwd-rev"`` for plain functions).
+        check: raise ``FloatingPointError``/``ValueError`` when the result is not finite,
+            naming the parameters (costs one device-to-host copy of the ``p x p`` matrix).
+
+    Returns:
+        ``Hessian`` with ``.matrix`` (``Float[Array, "p p"]``, symmetric) and ``.labels``.
+
+    Example:
+        >>> H = ah.hessian(model, params)
+        >>> H = ah.hessian(lambda x: 2 * x[1] * x[0] ** 4, jnp.array([1.0, 2.0]))
+    """
+    if not isinstance(target, Model):
+        if not callable(target):
+            raise TypeError(f"target must be an ah.Model or a callable, got {type(target).__name__}")
+        if params is None:
+            raise TypeError("ah.hessian(f, x): the point x is required for a plain function")
+        if chunk_size is not None or weights is not None or scale != "natural":
+            raise TypeError("chunk_size, weights and scale apply to ah.Model targets only")
+        x, labels = _prepare_point(params)
+        matrix = _function_derivative(target, "hessian", mode or "fwd-rev")(x)
+        if check:
+            _check_finite_result(matrix, "Hessian", labels)
+        return Hessian(matrix, labels)
+
+    model = target
+    mode = mode or model.hessian_mode
+    params = _model_params(model, params)
+    w = _model_weights(model, weights)
+    if chunk_size is None:
+        fn = model._jitted(("hessian", mode, scale), lambda: _build_model_hessian(model, mode, scale))
+    else:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        chunk = int(min(chunk_size, model.nobs))
+        _check_separable(model, chunk)
+        fn = model._jitted(
+            ("hessian_chunked", mode, scale, chunk),
+            lambda: _build_chunked_hessian(model, mode, scale, chunk),
+        )
+    matrix = fn(params, model.data, w)
+    labels = _labels(model, scale)
+    if check and not np.isfinite(np.asarray(matrix)).all():
+        _raise_nonfinite(model, params, "Hessian", np.asarray(matrix), labels)
+    return Hessian(matrix, labels)
+
+
+def gradient(
+    target: Model | Callable,
+    params: Any = None,
+    *,
+    weights: Any = None,
+    scale: str = "natural",
+) -> jax.Array:
+    """Exact gradient of a model's NEGATIVE total log-likelihood (or of a scalar function).
+
+    The sign matches ``hessian``: ``hessian`` is the Jacobian of ``gradient``. Scores follow
+    the statistical convention instead (derivatives of the log-likelihood), so
+    ``scores(model).sum(0) == -gradient(model)``.
+
+    Returns:
+        ``Float[Array, "p"]`` in ``model.labels`` order (for a function: ravelled ``x`` order).
+    """
+    if not isinstance(target, Model):
+        if params is None:
+            raise TypeError("ah.gradient(f, x): the point x is required for a plain function")
+        x, _ = _prepare_point(params)
+        return _function_derivative(target, "gradient", "fwd-rev")(x)
+    model = target
+    params = _model_params(model, params)
+    w = _model_weights(model, weights)
+    objective = _objective(model, scale)
+
+    def build():
+        def fn(params, data, weights):
+            model.trace_counts["gradient"] += 1
+            return jax.grad(objective)(_start(model, params, scale), data, weights)
+
+        return jax.jit(fn)
+
+    return model._jitted(("gradient", scale), build)(params, model.data, w)
+
+
+def scores(model: Model, params: Any = None) -> jax.Array:
+    """Per-observation scores ``d loglik_i / d theta`` (log-likelihood, not its negative).
+
+    Computed in forward mode over the contribution vector: ``p`` tangent propagations give all
+    ``N x p`` derivatives at once, instead of ``N`` reverse passes.
+
+    Returns:
+        ``Float[Array, "N p"]``, columns in ``model.labels`` order.
+    """
+    if not isinstance(model, Model):
+        raise TypeError("scores need an ah.Model with per-observation contributions")
+    if not model.per_observation:
+        raise ValueError(
+            "scores need per-observation contributions: this Model was built with "
+            "per_observation=False (loglik returns a scalar), so scores, OPG and sandwich "
+            "covariances are unavailable."
+        )
+    params = _model_params(model, params)
+    spec = model.spec
+
+    def build():
+        def fn(params, data):
+            model.trace_counts["scores"] += 1
+            contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
+            return jax.jacfwd(contrib)(spec.flatten(params, model.dtype))
+
+        return jax.jit(fn)
+
+    return model._jitted("scores", build)(params, model.data)
+
+
+def hvp(target: Model | Callable, params: Any, v: Any, *, scale: str = "natural") -> jax.Array:
+    """Exact Hessian-vector product ``H @ v`` (forward-over-reverse), without forming ``H``.
+
+    Args:
+        v: ``Float[Array, "p"]`` in label order.
+    """
+    if not isinstance(target, Model):
+        x, labels = _prepare_point(params)
+        v = jnp.asarray(v, ravel_pytree(x)[0].dtype)
+        if v.shape != (len(labels),):
+            raise ValueError(f"v has shape {v.shape}, expected ({len(labels)},)")
+        return _function_derivative(target, "hvp", "fwd-rev")(x, v)
+    model = target
+    params = _model_params(model, params)
+    v = jnp.asarray(v, model.dtype)
+    if v.shape != (model.n_params,):
+        raise ValueError(f"v has shape {v.shape}, expected ({model.n_params},)")
+    objective = _objective(model, scale)
+
+    def build():
+        def fn(params, data, v):
+            model.trace_counts["hvp"] += 1
+            g = lambda t: jax.grad(objective)(t, data, None)  # noqa: E731
+            return jax.jvp(g, (_start(model, params, scale),), (v,))[1]
+
+        return jax.jit(fn)
+
+    return model._jitted(("hvp", scale), build)(params, model.data, v)
+
+
+def chunked_memory_bytes(model: Model, chunk_size: Optional[int] = None, *, scale: str = "natural") -> int:
+    """Temporary memory XLA reserves for ``hessian(model, chunk_size=...)`` (bytes).
+
+    Reads the compiled program's memory analysis without running it; the data themselves are
+    not counted. Use it to pick ``chunk_size`` for a memory budget.
+    """
+    mode = model.hessian_mode
+    if chunk_size is None:
+        fn = _build_model_hessian(model, mode, scale)
+    else:
+        fn = _build_chunked_hessian(model, mode, scale, int(min(chunk_size, model.nobs)))
+    compiled = fn.lower(model.init_params, model.data, None).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)

@@ -1,0 +1,230 @@
+"""``Model``: a log-likelihood, its data and its parameter declarations, checked once."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._params import ParamSpec
+from ._validation import choose_dtype, float32_warning, prepare_data
+
+__all__ = ["Model", "HESSIAN_MODES"]
+
+HESSIAN_MODES = ("fwd-rev", "rev-rev", "fwd-fwd")
+
+
+class Model:
+    """A log-likelihood with its data and parameters, ready for exact derivatives.
+
+    Args:
+        loglik: ``loglik(params, data)`` written in ``jax.numpy``. With ``per_observation=True``
+            (the default) it returns the log-likelihood contribution of each observation, shape
+            ``(N,)``; that is what scores, OPG and sandwich covariances need. With
+            ``per_observation=False`` it returns the total log-likelihood (a scalar); scores,
+            chunked Hessians and observation weights are then unavailable. Recursive models
+            (GARCH, state space) may use ``lax.scan`` inside and still return ``(N,)``.
+        data: pytree (usually a dict) of arrays. Integer and boolean arrays are cast to floats.
+            NaN or infinite entries raise ``ValueError``.
+        params: pytree of initial values on the natural scale. Leaves are arrays/scalars
+            (unconstrained, ``ah.Real``) or transform declarations (``ah.Positive(1.0)``,
+            ``ah.Interval(0, 1, 0.5)``).
+        per_observation: whether ``loglik`` returns per-observation contributions.
+        independent: whether contribution ``i`` depends on observation ``i`` alone (i.i.d. or
+            independent non-identical data). Recursive models must pass ``False``; chunked
+            Hessians refuse them. autohess also checks this on first chunked use.
+        simulate: optional ``simulate(key, params, data) -> data`` drawing a new data set of
+            the same structure from the model at ``params`` (used by parametric bootstrap).
+        hessian_mode: how the exact Hessian is formed: ``"fwd-rev"`` (forward-over-reverse,
+            the default: one reverse pass, ``p`` forward tangents), ``"rev-rev"`` or
+            ``"fwd-fwd"`` (often fastest for long sequential ``lax.scan`` recursions with few
+            parameters, since it needs no reverse sweep over the time loop).
+        name: optional name shown in reports.
+
+    Dtype: computation is float64 unless every floating input (data and parameters) is
+    explicitly float32, in which case it is float32 and a ``Float32Warning`` is issued.
+
+    Example:
+        >>> def loglik(params, data):
+        ...     eta = data["X"] @ params["beta"]
+        ...     return data["y"] * eta - jnp.logaddexp(0.0, eta)
+        >>> model = ah.Model(loglik, {"X": X, "y": y}, {"beta": jnp.zeros(X.shape[1])})
+        >>> ah.hessian(model).matrix.shape
+        (3, 3)
+    """
+
+    def __init__(
+        self,
+        loglik: Callable[[Any, Any], jax.Array],
+        data: Any,
+        params: Any,
+        *,
+        per_observation: bool = True,
+        independent: bool = True,
+        simulate: Optional[Callable[..., Any]] = None,
+        hessian_mode: str = "fwd-rev",
+        name: Optional[str] = None,
+    ):
+        if not callable(loglik):
+            raise TypeError(f"loglik must be a function loglik(params, data), got {type(loglik).__name__}")
+        if hessian_mode not in HESSIAN_MODES:
+            raise ValueError(f"hessian_mode must be one of {HESSIAN_MODES}, got {hessian_mode!r}")
+        self.spec = ParamSpec(params, root="theta")
+        self.dtype = choose_dtype(data, [t.init for t in self.spec.transforms])
+        if self.dtype == np.float32:
+            float32_warning("every floating input (data and parameters)")
+        self.data = prepare_data(data, self.dtype)
+        self.per_observation = bool(per_observation)
+        self.independent = bool(independent) and self.per_observation
+        self.simulate_fn = simulate
+        self.hessian_mode = hessian_mode
+        self.name = name or getattr(loglik, "__name__", "model")
+        self._loglik = loglik
+        # Incremented from inside traced functions only: counts (re)compilations, so tests and
+        # users can check that repeated calls reuse the compiled program.
+        self.trace_counts: collections.Counter = collections.Counter()
+        self._compiled: dict = {}
+        self.init_params = self.spec.init_tree(self.dtype)
+        self.nobs = self._check_output()
+        self._check_finite_at(self.init_params, "initial parameters")
+
+    # -- public views ------------------------------------------------------------------------
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Labels of the flat parameter vector, e.g. ``("beta[0]", ..., "sigma")``."""
+        return self.spec.labels
+
+    @property
+    def n_params(self) -> int:
+        return self.spec.size
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.name!r}, nobs={self.nobs}, params={self.n_params}, "
+            f"dtype={self.dtype.name}, per_observation={self.per_observation})"
+        )
+
+    def flatten(self, params: Any) -> jax.Array:
+        """Natural-scale parameter pytree -> flat vector in ``labels`` order."""
+        self.spec.check_structure(params)
+        return self.spec.flatten(params, self.dtype)
+
+    def unflatten(self, flat: Any) -> Any:
+        """Flat vector in ``labels`` order -> natural-scale parameter pytree."""
+        flat = jnp.asarray(flat, self.dtype)
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"flat parameter vector has shape {flat.shape}, expected ({self.n_params},)")
+        return self.spec.unflatten(flat)
+
+    def loglik(self, params: Any = None) -> float:
+        """Total log-likelihood at ``params`` (natural scale; default: initial values)."""
+        params = self.init_params if params is None else params
+        return float(jnp.sum(self.contributions(params)))
+
+    def contributions(self, params: Any = None) -> jax.Array:
+        """Per-observation log-likelihood contributions (shape ``(N,)``), or the scalar total."""
+        params = self.init_params if params is None else params
+        self.spec.check_structure(params)
+        return self._jitted("contributions", lambda: jax.jit(self.traced_loglik))(params, self.data)
+
+    def simulate(self, key: jax.Array, params: Any = None) -> Any:
+        """Draw a data set from the model at ``params`` (needs ``simulate=`` at construction)."""
+        if self.simulate_fn is None:
+            raise NotImplementedError(
+                f"model {self.name!r} has no simulate function: pass simulate=... to ah.Model"
+            )
+        params = self.init_params if params is None else params
+        return self.simulate_fn(key, params, self.data)
+
+    def with_data(self, data: Any) -> "Model":
+        """A model with the same likelihood and parameters and new data (checked again)."""
+        declared = self.spec.treedef.unflatten(list(self.spec.transforms))
+        return Model(
+            self._loglik,
+            data,
+            declared,
+            per_observation=self.per_observation,
+            independent=self.independent,
+            simulate=self.simulate_fn,
+            hessian_mode=self.hessian_mode,
+            name=self.name,
+        )
+
+    # -- traced building blocks ------------------------------------------------------------------
+    def traced_loglik(self, params: Any, data: Any) -> jax.Array:
+        """The user's loglik, counted: every call here happens while JAX traces."""
+        self.trace_counts["contributions"] += 1
+        return self._loglik(params, data)
+
+    def negloglik_flat(self, flat: jax.Array, data: Any, weights: Optional[jax.Array]) -> jax.Array:
+        """Negative total log-likelihood as a function of the flat natural-scale vector."""
+        contrib = self._loglik(self.spec.unflatten(flat), data)
+        if weights is not None:
+            contrib = weights * contrib
+        return -jnp.sum(contrib)
+
+    def _jitted(self, key: Any, build: Callable[[], Callable]) -> Callable:
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = self._compiled[key] = build()
+        return fn
+
+    # -- construction-time checks -----------------------------------------------------------------
+    def _check_output(self) -> Optional[int]:
+        try:
+            out = jax.eval_shape(self._loglik, self.init_params, self.data)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
+            raise TypeError(
+                f"loglik is not traceable by JAX: {type(err).__name__}. Write it with jax.numpy "
+                "(jnp) instead of numpy, and use jnp.where / lax.cond instead of Python `if` on "
+                "parameter or data values."
+            ) from err
+        except (TypeError, ValueError, IndexError) as err:
+            shapes = {k: tuple(np.shape(v)) for k, v in _flat_named(self.data).items()}
+            raise type(err)(
+                f"loglik failed on the initial parameters and data (data shapes {shapes}): {err}"
+            ) from err
+        if not isinstance(out, jax.ShapeDtypeStruct):
+            raise TypeError(
+                f"loglik must return one array, got a {type(out).__name__}: {jax.tree_util.tree_structure(out)}"
+            )
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise TypeError(f"loglik must return floating values, got dtype {out.dtype} (shape {out.shape})")
+        if self.per_observation:
+            if out.ndim != 1:
+                raise TypeError(
+                    f"loglik returned shape {out.shape}; with per_observation=True it must return "
+                    "one contribution per observation, shape (N,). Return the unsummed "
+                    "contributions, or pass per_observation=False for a scalar total."
+                )
+            return int(out.shape[0])
+        if out.shape != ():
+            raise TypeError(
+                f"loglik returned shape {out.shape}; with per_observation=False it must return "
+                "the total log-likelihood, a scalar of shape ()."
+            )
+        return None
+
+    def _check_finite_at(self, params: Any, what: str) -> None:
+        contrib = np.asarray(self.contributions(params))
+        finite = np.isfinite(contrib)
+        if finite.all():
+            return
+        flat = np.asarray(self.spec.flatten(params, self.dtype))
+        where = ""
+        if contrib.ndim == 1:
+            bad = np.flatnonzero(~finite)
+            where = f": {bad.size} of {contrib.size} contributions are not finite (first at observation {bad[0]})"
+        raise ValueError(
+            f"log-likelihood is not finite at the {what} ({self.spec.describe(flat)}){where}. "
+            "Choose starting values inside the support of the model, or check the data."
+        )
+
+
+def _flat_named(tree: Any) -> dict:
+    from ._params import path_name
+
+    return {path_name(p, "data"): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}

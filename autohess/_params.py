@@ -1,0 +1,194 @@
+"""Parameter pytrees: flat vectors, stable labels and the natural/unconstrained scales.
+
+A ``ParamSpec`` is built once from the user's parameter pytree (leaves are arrays, scalars or
+``Transform`` declarations). It fixes the order of the flat parameter vector, the label of every
+entry (``"beta[3]"``, ``"sigma"``, ``"L[1,0]"``) and which transform applies to which slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._transforms import Real, Transform
+
+__all__ = ["ParamSpec", "path_name", "element_labels"]
+
+
+def _is_transform(x: Any) -> bool:
+    return isinstance(x, Transform)
+
+
+def path_name(path: Sequence[Any], root: str) -> str:
+    """Readable name of a pytree path: ``("a", "b")`` -> ``"a.b"``, ``(0,)`` -> ``"root[0]"``."""
+    name = ""
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            name = f"{name}.{key.key}" if name else str(key.key)
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            name = f"{name}.{key.name}" if name else str(key.name)
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            name = f"{name or root}[{key.idx}]"
+        else:  # FlattenedIndexKey and custom nodes
+            name = f"{name or root}[{getattr(key, 'key', key)}]"
+    return name or root
+
+
+def element_labels(name: str, shape: tuple[int, ...]) -> list[str]:
+    """Labels of the elements of an array leaf in C order: ``sigma``, ``beta[3]``, ``L[1,0]``."""
+    if shape == ():
+        return [name]
+    return [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+
+
+def _describe_structure(treedef) -> str:
+    text = str(treedef)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+class ParamSpec:
+    """Layout of a parameter pytree as one flat vector, with labels and transforms.
+
+    Args:
+        params: pytree whose leaves are arrays/scalars (``Real``) or ``Transform`` objects.
+        root: name used for a bare (non-container) array, e.g. ``"x"`` gives ``"x[0]"``.
+    """
+
+    def __init__(self, params: Any, root: str = "x"):
+        leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(
+            params, is_leaf=_is_transform
+        )
+        if not leaves_with_path:
+            raise ValueError("params is empty: a model needs at least one parameter")
+        self.treedef = treedef
+        self.names: tuple[str, ...] = tuple(path_name(p, root) for p, _ in leaves_with_path)
+        transforms = []
+        for name, (_, leaf) in zip(self.names, leaves_with_path):
+            try:
+                transforms.append(leaf if _is_transform(leaf) else Real(leaf))
+            except TypeError as err:
+                raise TypeError(f"parameter {name!r}: {err}") from None
+        self.transforms: tuple[Transform, ...] = tuple(transforms)
+        self.shapes: tuple[tuple[int, ...], ...] = tuple(t.init.shape for t in transforms)
+        sizes = [int(np.prod(s, dtype=int)) for s in self.shapes]
+        self.offsets: tuple[int, ...] = tuple(int(o) for o in np.cumsum([0] + sizes))
+        self.size = self.offsets[-1]
+        if self.size == 0:
+            raise ValueError("params has no entries: every parameter array is empty")
+        self.labels: tuple[str, ...] = tuple(
+            lab for name, shape in zip(self.names, self.shapes) for lab in element_labels(name, shape)
+        )
+        self.all_real = all(type(t) is Real for t in self.transforms)
+        self.unconstrained_labels: tuple[str, ...] = tuple(
+            lab if not t.link else f"{t.link}({lab})"
+            for name, shape, t in zip(self.names, self.shapes, self.transforms)
+            for lab in element_labels(name, shape)
+        )
+        self._check_domain(
+            [t.init for t in self.transforms], "initial value", [t.domain for t in self.transforms]
+        )
+
+    # -- structure ------------------------------------------------------------------------
+    def check_structure(self, params: Any, what: str = "params") -> list:
+        """Leaves of ``params`` in spec order, after checking names and shapes match."""
+        leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_transform)
+        if treedef != self.treedef:
+            mine = set(self.names)
+            theirs = {
+                path_name(p, "x")
+                for p, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_transform)[0]
+            }
+            unknown, missing = sorted(theirs - mine), sorted(mine - theirs)
+            detail = []
+            if unknown:
+                detail.append(f"unknown parameter(s) {unknown}")
+            if missing:
+                detail.append(f"missing parameter(s) {missing}")
+            if not detail:
+                detail.append(
+                    f"structure {_describe_structure(treedef)} differs from the model's "
+                    f"{_describe_structure(self.treedef)}"
+                )
+            raise ValueError(f"{what} do not match the model's parameters: " + "; ".join(detail))
+        out = []
+        for name, shape, leaf in zip(self.names, self.shapes, leaves):
+            if _is_transform(leaf):
+                leaf = leaf.init
+            leaf_shape = tuple(np.shape(leaf))
+            if leaf_shape != shape:
+                raise ValueError(
+                    f"{what}: parameter {name!r} has shape {leaf_shape}, the model declares {shape}"
+                )
+            out.append(leaf)
+        return out
+
+    def _check_domain(self, values: list, what: str, domains: list[str]) -> None:
+        for name, t, value in zip(self.names, self.transforms, values):
+            arr = np.asarray(value, dtype=np.float64)
+            ok = np.asarray(t.in_domain(arr))
+            if not ok.all():
+                bad = [
+                    f"{lab}={v!r}"
+                    for lab, v, good in zip(
+                        element_labels(name, arr.shape), arr.reshape(-1).tolist(), ok.reshape(-1)
+                    )
+                    if not good
+                ]
+                shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                raise ValueError(
+                    f"parameter {name!r}: {what} outside the domain {t.domain} of "
+                    f"{type(t).__name__}: {shown}"
+                )
+
+    def check_domain(self, params: Any, what: str = "params") -> None:
+        """Raise ``ValueError`` naming any entry of ``params`` outside its transform's domain."""
+        leaves = self.check_structure(params, what)
+        self._check_domain(leaves, f"{what} value", [t.domain for t in self.transforms])
+
+    # -- flat vectors -----------------------------------------------------------------------
+    def init_tree(self, dtype) -> Any:
+        """Initial values on the natural scale, as a pytree of arrays of ``dtype``."""
+        return self.treedef.unflatten([jnp.asarray(t.init, dtype) for t in self.transforms])
+
+    def flatten(self, params: Any, dtype=None) -> jax.Array:
+        """Natural-scale pytree -> flat vector (traceable; structure must match)."""
+        leaves = self.treedef.flatten_up_to(params)
+        parts = [jnp.ravel(jnp.asarray(leaf, dtype)) for leaf in leaves]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+    def unflatten(self, flat: jax.Array) -> Any:
+        """Flat vector -> natural-scale pytree (traceable)."""
+        leaves = [
+            flat[a:b].reshape(shape)
+            for a, b, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes)
+        ]
+        return self.treedef.unflatten(leaves)
+
+    def _map_segments(self, flat: jax.Array, fn) -> jax.Array:
+        if self.all_real:
+            return flat
+        parts = [fn(t, flat[a:b]) for t, a, b in zip(self.transforms, self.offsets[:-1], self.offsets[1:])]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+    def to_natural(self, u: jax.Array) -> jax.Array:
+        """Flat unconstrained vector -> flat natural-scale vector."""
+        return self._map_segments(u, lambda t, seg: t.forward(seg))
+
+    def to_unconstrained(self, x: jax.Array) -> jax.Array:
+        """Flat natural-scale vector -> flat unconstrained vector."""
+        return self._map_segments(x, lambda t, seg: t.inverse(seg))
+
+    def log_abs_det_jacobian(self, u: jax.Array) -> jax.Array:
+        """Sum of log|dx/du| over all entries (for densities on the unconstrained scale)."""
+        if self.all_real:
+            return jnp.zeros((), u.dtype)
+        return jnp.sum(self._map_segments(u, lambda t, seg: t.log_abs_det_jacobian(seg)))
+
+    def describe(self, flat: np.ndarray, limit: int = 8) -> str:
+        """``"beta[0]=0.1, sigma=-1"`` for the first ``limit`` entries of a flat vector."""
+        vals = np.asarray(flat).reshape(-1).tolist()
+        shown = ", ".join(f"{lab}={v:.6g}" for lab, v in zip(self.labels[:limit], vals[:limit]))
+        return shown + (f", ... ({self.size} parameters)" if self.size > limit else "")

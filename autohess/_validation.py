@@ -1,0 +1,104 @@
+"""Input checks that turn silent numerical trouble into errors naming the user's arrays.
+
+Everything here runs on the host, once, when a model is built (or when a public function is
+called with new inputs); nothing here is traced.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._params import path_name
+
+__all__ = ["prepare_data", "choose_dtype", "float32_warning", "Float32Warning"]
+
+
+class Float32Warning(UserWarning):
+    """Computation in float32: Hessians and standard errors keep only about 7 digits."""
+
+
+def _leaf_dtype(leaf: Any) -> np.dtype:
+    return np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else np.dtype(leaf.dtype)
+
+
+def choose_dtype(*trees: Any) -> np.dtype:
+    """float64 unless every floating input was explicitly given as float32 (or lower).
+
+    Python scalars, integers and booleans count as "no opinion", so plain data gets float64.
+    """
+    float_dtypes = set()
+    for tree in trees:
+        for leaf in jax.tree_util.tree_leaves(tree):
+            dt = _leaf_dtype(leaf)
+            if np.issubdtype(dt, np.floating) and not isinstance(leaf, float):
+                float_dtypes.add(dt)
+    if float_dtypes and all(np.finfo(dt).bits <= 32 for dt in float_dtypes):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def float32_warning(what: str) -> None:
+    warnings.warn(
+        f"{what} is float32, so autohess computes in float32: Hessians keep about 7 significant "
+        "digits and standard errors may be badly wrong for ill-conditioned models. Pass float64 "
+        "arrays (the default for numpy and for jax once autohess is imported) unless you are "
+        "batch-fitting on a GPU on purpose.",
+        Float32Warning,
+        stacklevel=3,
+    )
+
+
+def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
+    """Validate and convert a data pytree.
+
+    Integer and boolean arrays become ``dtype`` floats (counts and indicators are data, not
+    indices); NaN or infinite entries raise ``ValueError`` naming the array and the count.
+    """
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(data)
+    out = []
+    for path, leaf in leaves_with_path:
+        name = _display_name(what, path)
+        if isinstance(leaf, jax.core.Tracer):
+            raise TypeError(f"{name} is a JAX tracer: build the Model outside jit/vmap")
+        arr = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+        dt = _leaf_dtype(arr)
+        if dt == object or not (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_)):
+            raise TypeError(f"{name} must be a numeric array, got dtype {dt}")
+        if np.issubdtype(dt, np.complexfloating):
+            raise TypeError(f"{name} is complex ({dt}); log-likelihoods need real data")
+        if np.issubdtype(dt, np.floating):
+            host = np.asarray(arr)
+            finite = np.isfinite(host)
+            if not finite.all():
+                n_nan = int(np.isnan(host).sum())
+                n_inf = int(host.size - finite.sum() - n_nan)
+                first = np.unravel_index(int(np.argmin(finite.reshape(-1))), host.shape)
+                first_txt = tuple(int(i) for i in first) if host.ndim > 1 else int(first[0]) if host.ndim else ()
+                raise ValueError(
+                    f"{name} contains {n_nan} NaN and {n_inf} infinite entries "
+                    f"(of {host.size}, shape {host.shape}); first at index {first_txt}. "
+                    "Drop or impute those observations before building the model."
+                )
+        out.append(jnp.asarray(arr, dtype=dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _display_name(what: str, path) -> str:
+    if not path:
+        return what
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(f"[{key.key!r}]")
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(f"[{key.idx}]")
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(f".{key.name}")
+        else:
+            parts.append(f"[{path_name([key], '')}]")
+    return what + "".join(parts)

@@ -1,0 +1,47 @@
+"""Shape and support checks shared by the zoo constructors."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+
+def design(X: Any, y: Any, model: str, y_name: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """``X`` as a 2-D float array and ``y`` as 1-D, with matching numbers of rows."""
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"{model}: X must be 2-D (observations x regressors), got shape {X.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"{model}: {y_name} must be 1-D, got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{model}: X has {X.shape[0]} rows but {y_name} has {y.shape[0]} entries; "
+            "they must describe the same observations"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"{model}: no observations (X has 0 rows)")
+    return X, y
+
+
+def support(values: np.ndarray, ok: np.ndarray, model: str, name: str, what: str) -> None:
+    """Raise ``ValueError`` naming how many entries of ``name`` violate ``what``."""
+    bad = np.flatnonzero(~ok & np.isfinite(values))
+    if bad.size:
+        raise ValueError(
+            f"{model}: {name} must be {what}; {bad.size} entries are not "
+            f"(first at index {bad[0]}: {values[bad[0]]!r})"
+        )
+
+
+def coef(value: Optional[Any], p: int, model: str, name: str = "beta") -> np.ndarray:
+    """Initial coefficient vector of length ``p`` (zeros by default)."""
+    if value is None:
+        return np.zeros(p)
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (p,):
+        raise ValueError(f"{model}: initial {name} has shape {arr.shape}, X has {p} columns")
+    return arr

@@ -1,0 +1,140 @@
+"""GARCH(1,1) with Student-t (or normal) innovations: a recursive model written with lax.scan."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy.special import gammaln
+
+from .._model import Model
+from .._transforms import Interval, Positive
+
+__all__ = ["garch11", "garch11_loglik", "garch11_variance"]
+
+_RECURSIONS = ("scan", "associative")
+_DISTS = ("t", "normal")
+
+
+def garch11_variance(omega, alpha, beta, e, h1, recursion: str = "scan"):
+    """Conditional variances ``h_t = omega + alpha*e_{t-1}**2 + beta*h_{t-1}``, ``h_1`` given.
+
+    ``recursion="scan"`` runs the textbook sequential loop (``lax.scan``). ``"associative"``
+    uses that the recursion is linear in ``h``: the pairs ``(a, b)`` of ``h -> a*h + b`` compose
+    associatively, so ``lax.associative_scan`` evaluates all ``h_t`` in ``O(log N)`` parallel
+    steps (for GPUs; on a CPU it is faster to run but slower to compile).
+    """
+    drive = omega + alpha * e[:-1] ** 2
+    if recursion == "scan":
+        def step(h, b):
+            h = b + beta * h
+            return h, h
+
+        _, rest = lax.scan(step, h1, drive)
+    elif recursion == "associative":
+        a = jnp.full_like(drive, beta)
+        b = drive.at[0].add(beta * h1)
+
+        def compose(left, right):
+            a1, b1 = left
+            a2, b2 = right
+            return a1 * a2, a2 * b1 + b2
+
+        _, rest = lax.associative_scan(compose, (a, b))
+    else:
+        raise ValueError(f"recursion must be one of {_RECURSIONS}, got {recursion!r}")
+    return jnp.concatenate([h1[None], rest])
+
+
+def garch11_loglik(params, data, *, dist: str = "t", recursion: str = "scan"):
+    """Per-period log-likelihood of ``y_t = mu + e_t``, ``e_t = sqrt(h_t) z_t``.
+
+    ``z_t`` is standardised Student-t with ``nu > 2`` degrees of freedom (unit variance) or
+    standard normal. The presample variance ``h_1`` is the sample mean of ``(y - mu)**2``.
+    """
+    e = data["y"] - params["mu"]
+    h1 = jnp.mean(e * e)
+    h = garch11_variance(params["omega"], params["alpha"], params["beta"], e, h1, recursion)
+    if dist == "normal":
+        return -0.5 * (jnp.log(2.0 * jnp.pi) + jnp.log(h) + e * e / h)
+    nu = params["nu"]
+    const = gammaln(0.5 * (nu + 1.0)) - gammaln(0.5 * nu) - 0.5 * jnp.log(jnp.pi * (nu - 2.0))
+    return const - 0.5 * jnp.log(h) - 0.5 * (nu + 1.0) * jnp.log1p(e * e / ((nu - 2.0) * h))
+
+
+def _garch_simulate(key, params, data, *, dist: str, burn: int = 500):
+    n = data["y"].shape[0]
+    dtype = data["y"].dtype
+    omega, alpha, beta = params["omega"], params["alpha"], params["beta"]
+    k_z, k_chi = jax.random.split(key)
+    z = jax.random.normal(k_z, (n + burn,), dtype)
+    if dist == "t":
+        nu = params["nu"]
+        chi2 = 2.0 * jax.random.gamma(k_chi, 0.5 * nu, (n + burn,), dtype)
+        z = z * jnp.sqrt((nu - 2.0) / chi2)  # Student-t scaled to unit variance
+    persistence = alpha + beta
+    h0 = jnp.where(persistence < 1.0, omega / jnp.maximum(1.0 - persistence, 1e-8), jnp.var(data["y"]))
+
+    def step(carry, z_t):
+        h, e_prev = carry
+        h = omega + alpha * e_prev**2 + beta * h
+        e = jnp.sqrt(h) * z_t
+        return (h, e), e
+
+    _, e = lax.scan(step, (h0, jnp.zeros((), dtype)), z)
+    return {**data, "y": params["mu"] + e[burn:]}
+
+
+def garch11(
+    y: Any,
+    *,
+    dist: str = "t",
+    recursion: str = "scan",
+    mu: Optional[float] = None,
+    omega: Optional[float] = None,
+    alpha: float = 0.05,
+    beta: float = 0.90,
+    nu: float = 8.0,
+    hessian_mode: str = "fwd-fwd",
+) -> Model:
+    """GARCH(1,1) model for a return series ``y`` (shape ``(T,)``).
+
+    Parameters: ``mu`` (Real), ``omega`` (Positive), ``alpha`` and ``beta`` (Interval(0, 1)),
+    and for ``dist="t"`` ``nu`` (Interval(2, 500)). Defaults start at the sample mean, an
+    ``omega`` matching the sample variance, ``alpha=0.05``, ``beta=0.9``, ``nu=8``.
+
+    The model is declared ``independent=False`` (each ``h_t`` depends on all earlier data), so
+    chunked Hessians are refused. ``hessian_mode="fwd-fwd"`` is the default because forward-
+    over-forward differentiation needs no reverse sweep through the time loop; see
+    ``benchmarks/bench_hessian.py`` for the measured effect.
+    """
+    if dist not in _DISTS:
+        raise ValueError(f"garch11: dist must be one of {_DISTS}, got {dist!r}")
+    if recursion not in _RECURSIONS:
+        raise ValueError(f"garch11: recursion must be one of {_RECURSIONS}, got {recursion!r}")
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] < 3:
+        raise ValueError(f"garch11: y must be a 1-D series of at least 3 returns, got shape {y.shape}")
+    with np.errstate(invalid="ignore"):
+        mean, var = float(np.mean(y)), float(np.var(y))
+    params = {
+        "mu": mean if mu is None else mu,
+        "omega": Positive(var * (1.0 - alpha - beta) if omega is None else omega),
+        "alpha": Interval(0.0, 1.0, alpha),
+        "beta": Interval(0.0, 1.0, beta),
+    }
+    if dist == "t":
+        params["nu"] = Interval(2.0, 500.0, nu)
+    return Model(
+        functools.partial(garch11_loglik, dist=dist, recursion=recursion),
+        {"y": y},
+        params,
+        independent=False,
+        simulate=functools.partial(_garch_simulate, dist=dist),
+        hessian_mode=hessian_mode,
+        name=f"garch11_{dist}",
+    )

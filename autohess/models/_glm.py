@@ -1,0 +1,165 @@
+"""Regression models with independent observations: logistic, Poisson, NB2, normal linear."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from .._model import Model
+from .._transforms import Positive
+from ._checks import coef, design, support
+
+__all__ = [
+    "logistic",
+    "logistic_loglik",
+    "poisson",
+    "poisson_loglik",
+    "negative_binomial",
+    "negative_binomial_loglik",
+    "linear",
+    "linear_loglik",
+]
+
+
+def _eta(params, data):
+    return data["X"] @ params["beta"] + data["offset"]
+
+
+def _offset(offset: Optional[Any], n: int, model: str) -> np.ndarray:
+    if offset is None:
+        return np.zeros(n)
+    off = np.asarray(offset, dtype=np.float64)
+    if off.shape != (n,):
+        raise ValueError(f"{model}: offset has shape {off.shape}, expected ({n},)")
+    return off
+
+
+# -- logistic -----------------------------------------------------------------------------------
+def logistic_loglik(params, data):
+    """``y*eta - log(1 + exp(eta))`` per observation, ``eta = X @ beta + offset``."""
+    eta = _eta(params, data)
+    return data["y"] * eta - jnp.logaddexp(0.0, eta)
+
+
+def _logistic_simulate(key, params, data):
+    prob = jax.nn.sigmoid(_eta(params, data))
+    y = jax.random.bernoulli(key, prob).astype(prob.dtype)
+    return {**data, "y": y}
+
+
+def logistic(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any] = None) -> Model:
+    """Logistic regression (binary ``y`` in {0, 1}), parameters ``{"beta": (p,)}``.
+
+    Example:
+        >>> model = ah.models.logistic(X, y)
+        >>> ah.hessian(model).matrix      # X' diag(p(1-p)) X at beta = 0
+    """
+    X, y = design(X, y, "logistic")
+    support(y, (y == 0) | (y == 1), "logistic", "y", "0 or 1")
+    data = {"X": X, "y": y, "offset": _offset(offset, len(y), "logistic")}
+    return Model(
+        logistic_loglik, data, {"beta": coef(beta, X.shape[1], "logistic")},
+        simulate=_logistic_simulate, name="logistic",
+    )
+
+
+# -- Poisson -------------------------------------------------------------------------------------
+def poisson_loglik(params, data):
+    """``y*eta - exp(eta) - log(y!)`` per observation, ``eta = X @ beta + offset``."""
+    eta = _eta(params, data)
+    return data["y"] * eta - jnp.exp(eta) - gammaln(data["y"] + 1.0)
+
+
+def _poisson_simulate(key, params, data):
+    mu = jnp.exp(_eta(params, data))
+    return {**data, "y": jax.random.poisson(key, mu).astype(mu.dtype)}
+
+
+def _check_counts(y: np.ndarray, model: str) -> None:
+    yf = y.astype(np.float64)
+    support(yf, (yf >= 0) & (yf == np.round(yf)), model, "y", "non-negative integer counts")
+
+
+def poisson(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any] = None) -> Model:
+    """Poisson regression with log link (``offset`` = log exposure), parameters ``{"beta"}``."""
+    X, y = design(X, y, "poisson")
+    _check_counts(y, "poisson")
+    data = {"X": X, "y": y, "offset": _offset(offset, len(y), "poisson")}
+    return Model(
+        poisson_loglik, data, {"beta": coef(beta, X.shape[1], "poisson")},
+        simulate=_poisson_simulate, name="poisson",
+    )
+
+
+# -- negative binomial (NB2) -----------------------------------------------------------------
+def negative_binomial_loglik(params, data):
+    """NB2: ``Var(y) = mu + alpha * mu**2``, ``mu = exp(X @ beta + offset)``.
+
+    Written with ``log(mu)`` and ``log1p`` so that neither a small ``alpha`` nor a large ``mu``
+    forms ``1 + alpha*mu`` and loses digits.
+    """
+    y, alpha = data["y"], params["alpha"]
+    eta = _eta(params, data)
+    inv = 1.0 / alpha
+    log_alpha_mu = jnp.log(alpha) + eta
+    log1p_alpha_mu = jnp.logaddexp(0.0, log_alpha_mu)  # log(1 + alpha*mu)
+    return (
+        gammaln(y + inv) - gammaln(inv) - gammaln(y + 1.0)
+        - inv * log1p_alpha_mu + y * (log_alpha_mu - log1p_alpha_mu)
+    )
+
+
+def _negative_binomial_simulate(key, params, data):
+    mu = jnp.exp(_eta(params, data))
+    alpha = params["alpha"]
+    k_gamma, k_pois = jax.random.split(key)
+    # Gamma-Poisson mixture: rate ~ Gamma(shape 1/alpha, scale alpha*mu) has mean mu.
+    rate = jax.random.gamma(k_gamma, 1.0 / alpha, mu.shape, dtype=mu.dtype) * alpha * mu
+    return {**data, "y": jax.random.poisson(k_pois, rate).astype(mu.dtype)}
+
+
+def negative_binomial(
+    X: Any, y: Any, *, beta: Optional[Any] = None, alpha: float = 1.0, offset: Optional[Any] = None
+) -> Model:
+    """Negative binomial regression, NB2 (statsmodels' ``NegativeBinomial`` default).
+
+    Parameters ``{"alpha": Positive, "beta": (p,)}``; labels list ``alpha`` first because JAX
+    orders dict keys alphabetically.
+    """
+    X, y = design(X, y, "negative_binomial")
+    _check_counts(y, "negative_binomial")
+    data = {"X": X, "y": y, "offset": _offset(offset, len(y), "negative_binomial")}
+    params = {"beta": coef(beta, X.shape[1], "negative_binomial"), "alpha": Positive(alpha)}
+    return Model(
+        negative_binomial_loglik, data, params,
+        simulate=_negative_binomial_simulate, name="negative_binomial",
+    )
+
+
+# -- normal linear regression ----------------------------------------------------------------
+def linear_loglik(params, data):
+    """``log N(y | X @ beta, sigma**2)`` per observation."""
+    z = (data["y"] - data["X"] @ params["beta"]) / params["sigma"]
+    return -0.5 * jnp.log(2.0 * jnp.pi) - jnp.log(params["sigma"]) - 0.5 * z * z
+
+
+def _linear_simulate(key, params, data):
+    mean = data["X"] @ params["beta"]
+    return {**data, "y": mean + params["sigma"] * jax.random.normal(key, mean.shape, mean.dtype)}
+
+
+def linear(X: Any, y: Any, *, beta: Optional[Any] = None, sigma: float = 1.0) -> Model:
+    """Normal linear regression with unknown error SD, parameters ``{"beta", "sigma": Positive}``.
+
+    The MLE of ``sigma`` divides by ``N`` (not ``N - p`` as OLS does).
+    """
+    X, y = design(X, y, "linear")
+    return Model(
+        linear_loglik, {"X": X, "y": y},
+        {"beta": coef(beta, X.shape[1], "linear"), "sigma": Positive(sigma)},
+        simulate=_linear_simulate, name="linear",
+    )
