@@ -71,13 +71,26 @@ jax.tree_util.register_dataclass(Hessian, data_fields=["matrix"], meta_fields=["
 
 
 def _hessian_of(f: Callable[[jax.Array], jax.Array], mode: str) -> Callable:
-    if mode == "fwd-rev":
-        return jax.jacfwd(jax.grad(f))
-    if mode == "rev-rev":
-        return jax.jacrev(jax.grad(f))
+    """``theta -> (H, f(theta))``: the Hessian, with the value from the same primal pass."""
+    if mode in ("fwd-rev", "rev-rev"):
+        def grad_and_value(t):
+            value, grad = jax.value_and_grad(f)(t)
+            return grad, value
+
+        jac = jax.jacfwd if mode == "fwd-rev" else jax.jacrev
+        return jac(grad_and_value, has_aux=True)
     if mode == "fwd-fwd":
-        return jax.jacfwd(jax.jacfwd(f))
+        def value_twice(t):
+            value = f(t)
+            return value, value
+
+        # The aux output rides on the outer primal pass: the value costs no extra sweep.
+        return jax.jacfwd(jax.jacfwd(value_twice, has_aux=True), has_aux=True)
     raise ValueError(f"mode must be one of {HESSIAN_MODES}, got {mode!r}")
+
+
+def _finite(h: jax.Array, value: jax.Array) -> jax.Array:
+    return jnp.isfinite(value) & jnp.all(jnp.isfinite(h))
 
 
 def _symmetrize(h: jax.Array) -> jax.Array:
@@ -137,7 +150,8 @@ def _build_model_hessian(model: Model, mode: str, scale: str) -> Callable:
     def fn(params, data, weights):
         model.trace_counts["hessian"] += 1
         theta = _start(model, params, scale)
-        return _symmetrize(_hessian_of(lambda t: objective(t, data, weights), mode)(theta))
+        h, value = _hessian_of(lambda t: objective(t, data, weights), mode)(theta)
+        return _symmetrize(h), _finite(h, value)
 
     return jax.jit(fn)
 
@@ -166,14 +180,18 @@ def _build_chunked_hessian(model: Model, mode: str, scale: str, chunk: int) -> C
             part = treedef.unflatten(sliced)
             return _hessian_of(lambda t: objective(t, part, w), mode)(theta)
 
+        def add(acc, start, size):
+            h, value = block(start, size)
+            return acc[0] + h, acc[1] + value
+
         p = theta.shape[0]
-        total = jnp.zeros((p, p), theta.dtype)
+        total = (jnp.zeros((p, p), theta.dtype), jnp.zeros((), theta.dtype))
         if n_full:
             # fori_loop + dynamic_slice reads each chunk in place: no reshaped copy of the data.
-            total = lax.fori_loop(0, n_full, lambda i, acc: acc + block(i * chunk, chunk), total)
+            total = lax.fori_loop(0, n_full, lambda i, acc: add(acc, i * chunk, chunk), total)
         if rem:
-            total = total + block(n_full * chunk, rem)
-        return _symmetrize(total)
+            total = add(total, n_full * chunk, rem)
+        return _symmetrize(total[0]), _finite(*total)
 
     return jax.jit(fn)
 
@@ -190,6 +208,7 @@ def _check_separable(model: Model, chunk: int) -> None:
             "declared independent=False (a recursive model such as GARCH). Compute its Hessian "
             "unchunked."
         )
+    chunk = min(chunk, model.nobs)
     key = ("separable", chunk)
     if key in model._compiled:
         return
@@ -213,13 +232,20 @@ def _check_separable(model: Model, chunk: int) -> None:
     model._compiled[key] = True
 
 
-def _raise_nonfinite(model: Model, params: Any, what: str, value: np.ndarray, labels) -> None:
+def _nonfinite_labels(matrix: jax.Array, labels) -> list[str]:
+    """Parameters whose own second derivative is not finite (else: any affected row)."""
+    host = np.asarray(matrix)
+    diag = ~np.isfinite(np.diag(host))
+    rows = diag if diag.any() else ~np.isfinite(host).all(axis=1)
+    return [lab for lab, bad in zip(labels, rows) if bad]
+
+
+def _raise_nonfinite_model(model: Model, params: Any, matrix: jax.Array, labels) -> None:
     model._check_finite_at(params, "given parameters")  # raises if the likelihood itself is bad
-    bad = sorted({labels[i] for i in np.argwhere(~np.isfinite(value)).reshape(-1) % len(labels)})
     raise FloatingPointError(
-        f"the {what} has non-finite entries for {bad[:8]} although the log-likelihood is finite "
-        f"at ({model.spec.describe(np.asarray(model.spec.flatten(params, model.dtype)))}); the "
-        "likelihood is not twice differentiable there (e.g. sqrt or abs at 0, a boundary of a "
+        f"the Hessian has non-finite entries for {_nonfinite_labels(matrix, labels)[:8]} although "
+        f"the log-likelihood is finite at ({model.spec.describe(model.spec.flatten(params, model.dtype))}); "
+        "the likelihood is not twice differentiable there (e.g. sqrt or abs at 0, a boundary of a "
         "parameter's domain)."
     )
 
@@ -263,7 +289,8 @@ def _build_function_derivative(f: Callable, kind: str, mode: str) -> Callable:
             return out
 
         if kind == "hessian":
-            return _symmetrize(_hessian_of(scalar, mode)(flat))
+            h, value = _hessian_of(scalar, mode)(flat)
+            return _symmetrize(h), _finite(h, value)
         if kind == "gradient":
             return jax.grad(scalar)(flat)
         (v,) = extra
@@ -280,14 +307,11 @@ def _function_derivative(f: Callable, kind: str, mode: str) -> Callable:
     return fn
 
 
-def _check_finite_result(value: jax.Array, what: str, labels) -> None:
-    host = np.asarray(value)
-    if not np.isfinite(host).all():
-        bad = sorted({labels[i] for i in np.argwhere(~np.isfinite(host)).reshape(-1) % len(labels)})
-        raise FloatingPointError(
-            f"the {what} has non-finite entries for {bad[:8]}: the function is not finite or not "
-            "twice differentiable at x"
-        )
+def _raise_nonfinite_function(matrix: jax.Array, labels) -> None:
+    raise FloatingPointError(
+        f"the Hessian has non-finite entries for {_nonfinite_labels(matrix, labels)[:8]}: the "
+        "function is not finite or not twice differentiable at x"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,9 +361,9 @@ def hessian(
         if chunk_size is not None or weights is not None or scale != "natural":
             raise TypeError("chunk_size, weights and scale apply to ah.Model targets only")
         x, labels = _prepare_point(params)
-        matrix = _function_derivative(target, "hessian", mode or "fwd-rev")(x)
-        if check:
-            _check_finite_result(matrix, "Hessian", labels)
+        matrix, ok = _function_derivative(target, "hessian", mode or "fwd-rev")(x)
+        if check and not ok:
+            _raise_nonfinite_function(matrix, labels)
         return Hessian(matrix, labels)
 
     model = target
@@ -351,16 +375,16 @@ def hessian(
     else:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        _check_separable(model, chunk_size)
         chunk = int(min(chunk_size, model.nobs))
-        _check_separable(model, chunk)
         fn = model._jitted(
             ("hessian_chunked", mode, scale, chunk),
             lambda: _build_chunked_hessian(model, mode, scale, chunk),
         )
-    matrix = fn(params, model.data, w)
+    matrix, ok = fn(params, model.data, w)
     labels = _labels(model, scale)
-    if check and not np.isfinite(np.asarray(matrix)).all():
-        _raise_nonfinite(model, params, "Hessian", np.asarray(matrix), labels)
+    if check and not ok:
+        _raise_nonfinite_model(model, params, matrix, labels)
     return Hessian(matrix, labels)
 
 
