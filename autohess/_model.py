@@ -39,9 +39,11 @@ class Model:
         simulate: optional ``simulate(key, params, data) -> data`` drawing a new data set of
             the same structure from the model at ``params`` (used by parametric bootstrap).
         hessian_mode: how the exact Hessian is formed: ``"fwd-rev"`` (forward-over-reverse,
-            the default: one reverse pass, ``p`` forward tangents), ``"rev-rev"`` or
-            ``"fwd-fwd"`` (often fastest for long sequential ``lax.scan`` recursions with few
-            parameters, since it needs no reverse sweep over the time loop).
+            the default: one reverse pass, ``p`` forward tangents), ``"rev-rev"`` (reverse-
+            over-reverse; on CPU it lays the ``p`` directions out as the major axis, which
+            makes the final ``X' W X``-type contraction faster for regression models: the
+            zoo's GLMs use it) or ``"fwd-fwd"`` (no reverse sweep; only for very few
+            parameters). All three give the same matrix up to rounding.
         name: optional name shown in reports.
 
     Dtype: computation is float64 unless every floating input (data and parameters) is

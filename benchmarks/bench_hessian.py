@@ -76,6 +76,7 @@ FIRST_CALL_WORKLOADS = {
     "logistic": ("logistic", None),
     "garch": ("garch", None),
     "garch-fwd-rev": ("garch", "fwd-rev"),
+    "garch-fwd-fwd": ("garch", "fwd-fwd"),
 }
 
 
@@ -136,22 +137,52 @@ def garch_negloglik_np(theta, y):
 # ------------------------------------------------------------------------------------------
 # Timing helpers
 # ------------------------------------------------------------------------------------------
-def time_calls(fn, reps: int, warmup: int = 20) -> dict:
-    """Per-call wall times of ``fn()`` (seconds), garbage collector off while timing."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(reps)
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        for i in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times[i] = time.perf_counter() - t0
-    finally:
-        if gc_was_on:
-            gc.enable()
-    return {"median_us": float(np.median(times) * 1e6), "min_us": float(times.min() * 1e6), "reps": reps}
+class Interleaved:
+    """Per-call wall times of several callables, measured in interleaved rounds.
+
+    Each callable is warmed up, then every round runs ``reps / rounds`` timed calls of each in
+    turn, so a burst of outside load lands on all methods alike instead of on one; the
+    garbage collector is off while timing. Results: median and min over all calls, in µs.
+    """
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+        self.jobs: dict = {}
+
+    def add(self, key, fn, reps: int, warmup: int = 20) -> None:
+        self.jobs[key] = (fn, max(1, -(-reps // self.rounds)), warmup)
+
+    def run(self) -> dict:
+        for fn, _, warmup in self.jobs.values():
+            for _ in range(warmup):
+                fn()
+        times = {key: [] for key in self.jobs}
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(self.rounds):
+                for key, (fn, per_round, _) in self.jobs.items():
+                    out = times[key]
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        fn()
+                        out.append(time.perf_counter() - t0)
+        finally:
+            if gc_was_on:
+                gc.enable()
+        return {
+            key: {"median_us": float(np.median(t) * 1e6), "min_us": float(np.min(t) * 1e6), "reps": len(t)}
+            for key, t in times.items()
+        }
+
+
+def hessian_transform(jax, mode: str):
+    """Plain-JAX Hessian of ``f(x, *args)`` in x for one of autohess's mode names."""
+    return {
+        "fwd-rev": lambda f: jax.jacfwd(jax.grad(f)),
+        "rev-rev": lambda f: jax.jacrev(jax.grad(f)),
+        "fwd-fwd": lambda f: jax.jacfwd(jax.jacfwd(f)),
+    }[mode]
 
 
 def rel_error(h, ref) -> float:
@@ -226,29 +257,28 @@ def row(workload, method, timing, err=None, ref=None, notes=""):
     }
 
 
-def bench_logistic(ah, jax, jnp, reps: int, approx_reps: int) -> tuple[list, dict]:
+def bench_logistic(ah, jax, jnp, reps: int, approx_reps: int, rounds: int) -> tuple[list, dict]:
     from statsmodels.tools.numdiff import approx_hess
 
     wl = f"logistic N={N_LOGISTIC} p={P_LOGISTIC}"
     X, y, beta = logistic_data()
     model = ah.models.logistic(X, y)
     params = {"beta": jnp.asarray(beta, dtype=jnp.float64)}
-    closed = logistic_closed_form(beta, X)
-    rows, exact = [], {}
-
-    for mode in ("fwd-rev", "rev-rev", "fwd-fwd"):
-        H = ah.hessian(model, params, mode=mode)
-        exact[mode] = np.asarray(H.matrix)
-        t = time_calls(lambda: ah.hessian(model, params, mode=mode).matrix.block_until_ready(), reps)
-        note = "default mode" if mode == model.hessian_mode else ""
-        rows.append(row(wl, f"ah.hessian {mode}", t, rel_error(exact[mode], closed), "closed form", note))
     default = model.hessian_mode
+    closed = logistic_closed_form(beta, X)
+    timer = Interleaved(rounds)
+    results = {}  # method -> (matrix, notes)
 
-    t = time_calls(
-        lambda: ah.hessian(model, params, check=False).matrix.block_until_ready(), reps
-    )
-    rows.append(row(wl, f"ah.hessian {default} check=False", t,
-                    rel_error(exact[default], closed), "closed form", "skips the finiteness check"))
+    modes = [default] + [m for m in ("fwd-rev", "rev-rev", "fwd-fwd") if m != default]
+    for mode in modes:
+        method = f"ah.hessian {mode}"
+        results[method] = (np.asarray(ah.hessian(model, params, mode=mode).matrix),
+                           "default mode" if mode == default else "")
+        timer.add(method, lambda mode=mode: ah.hessian(model, params, mode=mode).matrix.block_until_ready(), reps)
+
+    method = f"ah.hessian {default} check=False"
+    results[method] = (np.asarray(ah.hessian(model, params, check=False).matrix), "skips the finiteness check")
+    timer.add(method, lambda: ah.hessian(model, params, check=False).matrix.block_until_ready(), reps)
 
     def nll(b, Xj, yj):
         eta = Xj @ b
@@ -256,33 +286,51 @@ def bench_logistic(ah, jax, jnp, reps: int, approx_reps: int) -> tuple[list, dic
 
     jax_hess = jax.jit(jax.hessian(nll))
     Xj, yj, bj = jnp.asarray(X), jnp.asarray(y), jnp.asarray(beta)
-    Hj = np.asarray(jax_hess(bj, Xj, yj))
-    t = time_calls(lambda: jax_hess(bj, Xj, yj).block_until_ready(), reps)
-    rows.append(row(wl, "jax.jit(jax.hessian) flat", t, rel_error(Hj, closed), "closed form",
-                    "bare JAX baseline, data as arguments"))
+    method = "jax.jit(jax.hessian) flat"
+    results[method] = (np.asarray(jax_hess(bj, Xj, yj)),
+                       "bare JAX, hand-written jnp loglik (jnp.logaddexp), data as arguments")
+    timer.add(method, lambda: jax_hess(bj, Xj, yj).block_until_ready(), reps)
 
-    t = time_calls(lambda: logistic_closed_form(beta, X), reps)
-    rows.append(row(wl, "numpy closed form", t, None, None, "X' diag(p(1-p)) X (reference)"))
+    # The library's own loglik and default mode without the wrapper: isolates its overhead.
+    def nll_ah(b, data):
+        return -jnp.sum(ah.models.logistic_loglik({"beta": b}, data))
 
-    Ha = approx_hess(beta, logistic_negloglik_np, args=(X, y))
-    t = time_calls(lambda: approx_hess(beta, logistic_negloglik_np, args=(X, y)), approx_reps, warmup=2)
-    rows.append(row(wl, "statsmodels approx_hess", t, rel_error(Ha, closed), "closed form",
-                    "numpy negloglik (np.logaddexp)"))
+    bare_default = jax.jit(hessian_transform(jax, default)(nll_ah))
+    data_j = {"X": Xj, "y": yj, "offset": jnp.zeros_like(yj)}
+    method = f"jax.jit({default}) of ah's loglik"
+    results[method] = (np.asarray(bare_default(bj, data_j)),
+                       "bare JAX, same function and mode as ah.hessian: the wrapper's overhead")
+    timer.add(method, lambda: bare_default(bj, data_j).block_until_ready(), reps)
 
-    by = {r["method"]: r for r in rows}
-    exact_med = by[f"ah.hessian {default}"]["median_us"]
+    method = "numpy closed form"
+    results[method] = (None, "X' diag(p(1-p)) X (reference)")
+    timer.add(method, lambda: logistic_closed_form(beta, X), reps)
+
+    method = "statsmodels approx_hess"
+    results[method] = (approx_hess(beta, logistic_negloglik_np, args=(X, y)), "numpy negloglik (np.logaddexp)")
+    timer.add(method, lambda: approx_hess(beta, logistic_negloglik_np, args=(X, y)), approx_reps, warmup=2)
+
+    timings = timer.run()
+    rows = [
+        row(wl, method, timings[method],
+            None if H is None else rel_error(H, closed), None if H is None else "closed form", notes)
+        for method, (H, notes) in results.items()
+    ]
+    med = {method: t["median_us"] for method, t in timings.items()}
+    exact_med = med[f"ah.hessian {default}"]
     ratios = {
         "default_mode": default,
-        "exact_over_closed_form": exact_med / by["numpy closed form"]["median_us"],
-        "approx_hess_over_exact": by["statsmodels approx_hess"]["median_us"] / exact_med,
-        "exact_over_bare_jax": exact_med / by["jax.jit(jax.hessian) flat"]["median_us"],
-        "exact_max_rel_error": max(rel_error(h, closed) for h in exact.values()),
-        "approx_hess_rel_error": rel_error(Ha, closed),
+        "exact_over_closed_form": exact_med / med["numpy closed form"],
+        "approx_hess_over_exact": med["statsmodels approx_hess"] / exact_med,
+        "exact_over_bare_jax": exact_med / med["jax.jit(jax.hessian) flat"],
+        "wrapper_overhead_us": exact_med - med[f"jax.jit({default}) of ah's loglik"],
+        "exact_max_rel_error": max(rel_error(results[f"ah.hessian {m}"][0], closed) for m in modes),
+        "approx_hess_rel_error": rel_error(results["statsmodels approx_hess"][0], closed),
     }
     return rows, ratios
 
 
-def bench_garch(ah, jax, jnp, reps: int, approx_reps: int) -> tuple[list, dict]:
+def bench_garch(ah, jax, jnp, reps: int, approx_reps: int, rounds: int) -> tuple[list, dict]:
     from statsmodels.tools.numdiff import approx_hess
 
     wl = f"GARCH(1,1)-t N={N_GARCH}"
@@ -300,9 +348,11 @@ def bench_garch(ah, jax, jnp, reps: int, approx_reps: int) -> tuple[list, dict]:
     assert abs(nll_np - nll_ah) <= 1e-10 * abs(nll_ah), (nll_np, nll_ah)
 
     default = model.hessian_mode
-    rows, exact = [], {}
-    # The default mode runs first: its result is the reference for the others.
-    scan_modes = [default] + [m for m in ("fwd-fwd", "fwd-rev", "rev-rev") if m != default]
+    ref_name = f"ah {default} (scan)"
+    timer = Interleaved(rounds)
+    results = {}  # method -> (matrix, notes)
+    # The default mode comes first: its result is the reference for the others.
+    scan_modes = [default] + [m for m in ("fwd-rev", "rev-rev", "fwd-fwd") if m != default]
     variants = [(model, "scan", mode) for mode in scan_modes] + [
         (model_assoc, "associative", "fwd-rev"),
         (model_assoc, "associative", "fwd-fwd"),
@@ -311,42 +361,42 @@ def bench_garch(ah, jax, jnp, reps: int, approx_reps: int) -> tuple[list, dict]:
         t0 = time.perf_counter()
         H = np.asarray(ah.hessian(m, params, mode=mode).matrix)
         compile_s = time.perf_counter() - t0
-        if not exact:
-            ref = H
-        exact[(rec, mode)] = H
-        t = time_calls(lambda: ah.hessian(m, params, mode=mode).matrix.block_until_ready(), reps)
-        note = "default mode" if (rec == "scan" and mode == default) else ""
-        note = (note + "; " if note else "") + f"first call here {compile_s:.2f} s (JAX already warm)"
-        rows.append(row(wl, f"ah.hessian {mode} ({rec})", t, rel_error(H, ref),
-                        f"ah {default} (scan)", note))
+        note = "default mode; " if (rec == "scan" and mode == default) else ""
+        method = f"ah.hessian {mode} ({rec})"
+        results[method] = (H, note + f"first call here {compile_s:.2f} s (JAX already warm)")
+        timer.add(method, lambda m=m, mode=mode: ah.hessian(m, params, mode=mode).matrix.block_until_ready(), reps)
+    ref = results[f"ah.hessian {default} (scan)"][0]
 
     def nll(th, yj):
-        p = dict(zip(labels, th))
-        return -jnp.sum(ah.models.garch11_loglik(p, {"y": yj}))
+        return -jnp.sum(ah.models.garch11_loglik(dict(zip(labels, th)), {"y": yj}))
 
     jax_hess = jax.jit(jax.hessian(nll))
     yj, tj = jnp.asarray(y), jnp.asarray(theta)
-    Hj = np.asarray(jax_hess(tj, yj))
-    t = time_calls(lambda: jax_hess(tj, yj).block_until_ready(), reps)
-    rows.append(row(wl, "jax.jit(jax.hessian) flat (scan)", t, rel_error(Hj, ref), f"ah {default} (scan)",
-                    "bare JAX baseline (= fwd-rev), data as argument"))
+    method = "jax.jit(jax.hessian) of ah's loglik"
+    results[method] = (np.asarray(jax_hess(tj, yj)), "bare JAX (= fwd-rev), scan recursion, data as argument")
+    timer.add(method, lambda: jax_hess(tj, yj).block_until_ready(), reps)
 
-    Ha = approx_hess(theta, garch_negloglik_np, args=(y,))
-    t = time_calls(lambda: approx_hess(theta, garch_negloglik_np, args=(y,)), approx_reps, warmup=2)
-    rows.append(row(wl, "statsmodels approx_hess", t, rel_error(Ha, ref), f"ah {default} (scan)",
-                    "numpy negloglik, variance recursion in scipy.signal.lfilter"))
+    method = "statsmodels approx_hess"
+    results[method] = (approx_hess(theta, garch_negloglik_np, args=(y,)),
+                       "numpy negloglik, variance recursion in scipy.signal.lfilter")
+    timer.add(method, lambda: approx_hess(theta, garch_negloglik_np, args=(y,)), approx_reps, warmup=2)
 
-    by = {r["method"]: r for r in rows}
-    exact_med = by[f"ah.hessian {default} (scan)"]["median_us"]
-    best = min((r for r in rows if r["method"].startswith("ah.hessian")), key=lambda r: r["median_us"])
+    timings = timer.run()
+    rows = [row(wl, method, timings[method], rel_error(H, ref), ref_name, notes)
+            for method, (H, notes) in results.items()]
+    med = {method: t["median_us"] for method, t in timings.items()}
+    exact_med = med[f"ah.hessian {default} (scan)"]
+    best = min((m for m in med if m.startswith("ah.hessian")), key=med.get)
     ratios = {
         "default_mode": default,
-        "approx_hess_over_exact": by["statsmodels approx_hess"]["median_us"] / exact_med,
-        "approx_hess_over_fastest_exact": by["statsmodels approx_hess"]["median_us"] / best["median_us"],
-        "fastest_exact_method": best["method"],
-        "default_over_fastest_exact": exact_med / best["median_us"],
-        "approx_hess_rel_error": rel_error(Ha, ref),
-        "exact_modes_max_rel_disagreement": max(rel_error(h, ref) for h in exact.values()),
+        "approx_hess_over_exact": med["statsmodels approx_hess"] / exact_med,
+        "approx_hess_over_fastest_exact": med["statsmodels approx_hess"] / med[best],
+        "fastest_exact_method": best,
+        "default_over_fastest_exact": exact_med / med[best],
+        "approx_hess_rel_error": rel_error(results["statsmodels approx_hess"][0], ref),
+        "exact_modes_max_rel_disagreement": max(
+            rel_error(H, ref) for method, (H, _) in results.items() if method.startswith("ah.hessian")
+        ),
         "numpy_negloglik": nll_np,
         "autohess_negloglik": nll_ah,
     }
@@ -368,11 +418,15 @@ def machine_info(jax) -> dict:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, check=False).stdout.strip() or None
-    except OSError:
-        commit = None
+    def git(*cmd):
+        try:
+            proc = subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True, check=False)
+        except OSError:
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or None
+    changes = git("status", "--porcelain", "--", str(HERE.parent / "autohess"))
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -391,6 +445,8 @@ def machine_info(jax) -> dict:
         "statsmodels": statsmodels.__version__,
         "autohess": autohess.__version__,
         "git_commit": commit,
+        "autohess_uncommitted_changes": None if changes is None else bool(changes),
+        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
     }
 
@@ -458,27 +514,37 @@ def main(argv=None) -> int:
         return 0
 
     t_start = time.perf_counter()
-    reps, approx_reps, fc_repeats = (200, 5, 1) if args.quick else (2000, 20, 3)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    reps, approx_reps, rounds, fc_repeats = (200, 5, 5, 1) if args.quick else (2000, 20, 10, 3)
 
     # First-call timings first, in fresh interpreters, before this process loads JAX.
-    fc = {name: first_call_in_subprocess(name, fc_repeats) for name in FIRST_CALL_WORKLOADS}
+    fc = {name: first_call_in_subprocess(name, fc_repeats) for name in ("logistic", "garch")}
+    # The GARCH mode that is not the default, for comparison (fwd-rev vs fwd-fwd).
+    other = "garch-fwd-fwd" if fc["garch"]["mode"] == "fwd-rev" else "garch-fwd-rev"
+    fc[other] = first_call_in_subprocess(other, fc_repeats)
 
     import autohess as ah  # must precede any JAX array: float64 + synchronous CPU dispatch
     import jax
     import jax.numpy as jnp
 
-    logistic_rows, logistic_ratios = bench_logistic(ah, jax, jnp, reps, approx_reps)
-    garch_rows, garch_ratios = bench_garch(ah, jax, jnp, reps, approx_reps)
+    logistic_rows, logistic_ratios = bench_logistic(ah, jax, jnp, reps, approx_reps, rounds)
+    garch_rows, garch_ratios = bench_garch(ah, jax, jnp, reps, approx_reps, rounds)
     rows = logistic_rows + garch_rows
     targets = evaluate_targets(logistic_ratios, fc)
     info = machine_info(jax)
+    info["load_average_1min_at_start"] = load_start
     total_s = time.perf_counter() - t_start
 
     print(f"# autohess Hessian benchmark ({info['date']})")
     print(f"{info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs, Python {info['python']}, "
           f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
-          f"statsmodels {info['statsmodels']}{' [--quick]' if args.quick else ''}")
-    print(f"\nWarm per-call times ({reps} calls; approx_hess {approx_reps}); "
+          f"statsmodels {info['statsmodels']}, autohess at {(info['git_commit'] or '?')[:10]}"
+          f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}"
+          f"{' [--quick]' if args.quick else ''}")
+    if load_start is not None:
+        print(f"1-min load average before the run: {load_start:.2f} (well above 0: other work was "
+              "running and times are noisier)")
+    print(f"\nWarm per-call times ({reps} calls; approx_hess {approx_reps}; interleaved in {rounds} rounds); "
           "rel. error = max|H - H_ref| / max|H_ref|.\n")
     print_table(rows)
     print(f"\nFirst call (trace + compile + run) in a fresh process, {fc_repeats} process(es) each:\n")
@@ -487,7 +553,8 @@ def main(argv=None) -> int:
     print(f"logistic: exact ({logistic_ratios['default_mode']}) / numpy closed form = "
           f"{logistic_ratios['exact_over_closed_form']:.2f}; approx_hess / exact = "
           f"{logistic_ratios['approx_hess_over_exact']:.0f}; exact / bare jax.hessian = "
-          f"{logistic_ratios['exact_over_bare_jax']:.2f}")
+          f"{logistic_ratios['exact_over_bare_jax']:.2f}; ah.hessian wrapper overhead = "
+          f"{logistic_ratios['wrapper_overhead_us']:.1f} µs")
     print(f"GARCH-t: approx_hess / exact ({garch_ratios['default_mode']}, default) = "
           f"{garch_ratios['approx_hess_over_exact']:.1f}; approx_hess / fastest exact "
           f"({garch_ratios['fastest_exact_method']}) = {garch_ratios['approx_hess_over_fastest_exact']:.1f}; "
@@ -501,7 +568,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "bench_hessian",
         "quick": args.quick,
-        "settings": {"reps": reps, "approx_hess_reps": approx_reps, "first_call_processes": fc_repeats,
+        "settings": {"reps": reps, "approx_hess_reps": approx_reps, "rounds": rounds, "first_call_processes": fc_repeats,
                      "logistic": {"N": N_LOGISTIC, "p": P_LOGISTIC, "seed": SEED},
                      "garch": {"N": N_GARCH, "data": "benchmarks/data/dem2gbp.csv.gz",
                                "params": garch_point(garch_data())}},
