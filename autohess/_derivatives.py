@@ -105,10 +105,17 @@ def _symmetrize(h: jax.Array) -> jax.Array:
 # Models
 # ------------------------------------------------------------------------------------------
 def _model_params(model: Model, params: Any) -> Any:
+    """Checked natural-scale parameters as arrays of the model's dtype.
+
+    Transform declarations stand for their initial values; Python numbers and numpy arrays are
+    converted so that every call reaches the compiled program with the same input types.
+    """
     if params is None:
         return model.init_params
-    model.spec.check_structure(params)
-    return params
+    leaves = model.spec.check_structure(params)
+    if all(isinstance(leaf, jax.Array) and leaf.dtype == model.dtype for leaf in leaves):
+        return params
+    return model.spec.treedef.unflatten([jnp.asarray(leaf, model.dtype) for leaf in leaves])
 
 
 def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
