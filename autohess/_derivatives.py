@@ -238,6 +238,11 @@ def _check_separable(model: Model, chunk: int) -> None:
     model._compiled[key] = True
 
 
+def _concrete(x: jax.Array) -> bool:
+    """False under jit/vmap tracing, where a value cannot be inspected (so cannot raise)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
 def _nonfinite_labels(matrix: jax.Array, labels) -> list[str]:
     """Parameters whose own second derivative is not finite (else: any affected row)."""
     host = np.asarray(matrix)
@@ -352,8 +357,10 @@ def hessian(
             transformed scale optimisers work on; labels read ``log(sigma)``, ``logit(rho)``).
         mode: ``"fwd-rev"``, ``"rev-rev"`` or ``"fwd-fwd"``; default: the model's
             ``hessian_mode`` (``"fwd-rev"`` for plain functions).
-        check: raise ``FloatingPointError``/``ValueError`` when the result is not finite,
-            naming the parameters (costs one device-to-host copy of the ``p x p`` matrix).
+        check: raise ``FloatingPointError``/``ValueError`` when the Hessian or the
+            log-likelihood is not finite, naming the parameters (costs one device-to-host copy
+            of a flag). Inside ``jax.jit``/``vmap`` nothing can be inspected, so no check is
+            made: test ``jnp.isfinite`` on the result there.
 
     Returns:
         ``Hessian`` with ``.matrix`` (``Float[Array, "p p"]``, symmetric) and ``.labels``.
@@ -371,7 +378,7 @@ def hessian(
             raise TypeError("chunk_size, weights and scale apply to ah.Model targets only")
         x, labels = _prepare_point(params)
         matrix, ok = _function_derivative(target, "hessian", mode or "fwd-rev")(x)
-        if check and not np.asarray(ok) and not np.isfinite(np.asarray(matrix)).all():
+        if check and _concrete(ok) and not np.asarray(ok) and not np.isfinite(np.asarray(matrix)).all():
             _raise_nonfinite_function(matrix, labels)
         return Hessian(matrix, labels)
 
@@ -392,7 +399,7 @@ def hessian(
         )
     matrix, ok = fn(params, model.data, w)
     labels = model.spec.unconstrained_labels if scale == "unconstrained" else model.spec.labels
-    if check and not np.asarray(ok):
+    if check and _concrete(ok) and not np.asarray(ok):
         _raise_nonfinite_model(model, params, matrix, labels)
     return Hessian(matrix, labels)
 

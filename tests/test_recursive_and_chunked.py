@@ -155,3 +155,13 @@ def test_chunked_memory_is_bounded(rng):
     assert c80 <= c20 * 1.01 + 4096  # independent of N
     assert u80 > 3 * u20  # unchunked grows linearly
     assert c80 < 64 * chunk * p * 8  # documented bound: k * chunk * p * 8 bytes, k <= 64
+
+
+def test_hessian_under_vmap_and_jit(rng):
+    """ah.hessian composes with JAX transformations (checks are skipped under tracing)."""
+    X, y, beta = logistic_data(rng, n=200, p=3)
+    model = ah.models.logistic(X, y)
+    betas = jnp.asarray(beta + 0.1 * rng.normal(size=(4, 3)))
+    batched = jax.jit(jax.vmap(lambda b: ah.hessian(model, {"beta": b}).matrix))(betas)
+    for i in range(4):
+        assert rel_err(batched[i], ah.hessian(model, {"beta": betas[i]}).matrix) < EXACT
