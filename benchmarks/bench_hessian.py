@@ -5,6 +5,7 @@ Run from the repository root::
 
     python benchmarks/bench_hessian.py            # full run, writes benchmarks/results/hessian.json
     python benchmarks/bench_hessian.py --quick    # fewer repetitions, for a smoke test
+    python benchmarks/bench_hessian.py --pin-cpu 1 --output /tmp/h.json   # warm timings on one CPU
 
 Workloads (float64, CPU, all in one process except the first-call timings):
 
@@ -18,22 +19,27 @@ Workloads (float64, CPU, all in one process except the first-call timings):
    log-likelihood whose variance recursion runs in ``scipy.signal.lfilter``.
 3. First call (trace + compile + run) of ``ah.hessian``, each in a fresh interpreter.
 
-Warm times are per call (median and min over 2000 calls after warm-up, garbage collector
-off), including ``.matrix.block_until_ready()``; "rel. error" is
-``max|H - H_ref| / max|H_ref|``.
+Warm times are per call (median and min over 2000 calls after warm-up, the methods of a
+workload interleaved in 10 rounds, garbage collector off), including
+``.matrix.block_until_ready()``; "rel. error" is ``max|H - H_ref| / max|H_ref|``.
 
-Headline numbers (2-core AMD EPYC VM, Linux, Python 3.12, jax 0.10.2, numpy 2.4.6,
-statsmodels 0.15.0; one full run, ~80 s in all):
+Headline numbers (2-core AMD EPYC VM, Linux, Python 3.11.7, jax 0.10.2, numpy 2.4.6,
+statsmodels 0.15.0, autohess at 609ba04; 2026-11-24, unpinned, 27 s in all):
 
-* Logistic N=1500, p=12: ``ah.hessian`` warm 55 us median (fwd-rev, the default;
-  rev-rev 47 us, fwd-fwd 120 us); bare ``jax.jit(jax.hessian)`` 47 us; numpy closed form
-  28 us; ``approx_hess`` 3.9 ms. Exact/closed form = 1.98 (target <= 2, PASS, by a hair);
-  approx_hess/exact = 71 (target >= 100, FAIL). Exact error ~1e-16, approx_hess ~1e-8.
-* GARCH(1,1)-t N=1500: default fwd-fwd 1.0 ms warm, but fwd-rev 0.13 ms (7.6x faster);
-  approx_hess 1.7 ms, only 1.7x slower than the default exact Hessian (13x slower than
-  fwd-rev) and with 2e-6 relative error.
-* First call in a fresh process: logistic 0.27 s (target <= 1 s, PASS); GARCH-t fwd-fwd
-  0.67 s (target <= 2 s, PASS); GARCH-t fwd-rev 0.76 s. Model construction 0.06-0.2 s.
+* Logistic N=1500, p=12: ``ah.hessian`` 47 us median in its default mode rev-rev (fwd-rev
+  47 us, fwd-fwd 149 us); numpy closed form 29 us; bare ``jax.jit(jax.hessian)`` of a
+  hand-written loglik 48 us; statsmodels ``approx_hess`` 6.7 ms. Exact / closed form = 1.63
+  (target <= 2: PASS); approx_hess / exact = 141 (target >= 100: PASS). Errors vs the closed
+  form: exact <= 2e-15, approx_hess 1.4e-6. The same loglik and mode without the wrapper
+  takes 27 us: ``ah.hessian`` adds ~20 us per call, ~15 us of it the in-program finiteness
+  flag (it computes the log-likelihood value, which the Hessian alone does not need).
+* GARCH(1,1)-t N=1500 (DEM/GBP): default fwd-rev 161 us (rev-rev 165, fwd-fwd 878,
+  associative scan 321-340 us); bare ``jax.jit(jax.hessian)`` 124 us; ``approx_hess`` (numpy +
+  lfilter) 1.9 ms, 12x slower than exact, error 2.3e-6. Pinned to one CPU (``--pin-cpu``)
+  the default drops to ~139 us and stops drifting.
+* First call in a fresh process: logistic 0.10 s (target <= 1 s: PASS), GARCH-t 0.72 s
+  (target <= 2 s: PASS; fwd-fwd 0.66 s); import 0.26 s and model construction 0.07 / 0.19 s
+  on top. Associative-scan Hessians take 2-3.5 s to compile.
 
 See benchmarks/README.md for how to run and read these numbers.
 """
@@ -183,6 +189,22 @@ def hessian_transform(jax, mode: str):
         "rev-rev": lambda f: jax.jacrev(jax.grad(f)),
         "fwd-fwd": lambda f: jax.jacfwd(jax.jacfwd(f)),
     }[mode]
+
+
+def busy_fraction(seconds: float = 1.0):
+    """Share of all CPUs busy during ``seconds`` while this process sleeps (Linux; else None)."""
+    def snapshot():
+        with open("/proc/stat") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = snapshot()
+        time.sleep(seconds)
+        t1, i1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
 
 
 def rel_error(h, ref) -> float:
@@ -361,7 +383,7 @@ def bench_garch(ah, jax, jnp, reps: int, approx_reps: int, rounds: int) -> tuple
         t0 = time.perf_counter()
         H = np.asarray(ah.hessian(m, params, mode=mode).matrix)
         compile_s = time.perf_counter() - t0
-        note = "default mode; " if (rec == "scan" and mode == default) else ""
+        note = "default mode, " if (rec == "scan" and mode == default) else ""
         method = f"ah.hessian {mode} ({rec})"
         results[method] = (H, note + f"first call here {compile_s:.2f} s (JAX already warm)")
         timer.add(method, lambda m=m, mode=mode: ah.hessian(m, params, mode=mode).matrix.block_until_ready(), reps)
@@ -382,8 +404,11 @@ def bench_garch(ah, jax, jnp, reps: int, approx_reps: int, rounds: int) -> tuple
     timer.add(method, lambda: approx_hess(theta, garch_negloglik_np, args=(y,)), approx_reps, warmup=2)
 
     timings = timer.run()
-    rows = [row(wl, method, timings[method], rel_error(H, ref), ref_name, notes)
-            for method, (H, notes) in results.items()]
+    rows = [
+        row(wl, method, timings[method], None, None, "reference; " + notes) if H is ref
+        else row(wl, method, timings[method], rel_error(H, ref), ref_name, notes)
+        for method, (H, notes) in results.items()
+    ]
     med = {method: t["median_us"] for method, t in timings.items()}
     exact_med = med[f"ah.hessian {default} (scan)"]
     best = min((m for m in med if m.startswith("ah.hessian")), key=med.get)
@@ -507,6 +532,9 @@ def main(argv=None) -> int:
     parser.add_argument("--first-call", choices=sorted(FIRST_CALL_WORKLOADS), default=None,
                         help="internal: time the first ah.hessian call and print JSON")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="JSON results path")
+    parser.add_argument("--pin-cpu", type=int, default=None, metavar="N",
+                        help="run the warm timings on CPU N only (steadier numbers; the first-call "
+                             "subprocesses stay unpinned)")
     args = parser.parse_args(argv)
 
     if args.first_call:
@@ -515,6 +543,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy_start = busy_fraction()
     reps, approx_reps, rounds, fc_repeats = (200, 5, 5, 1) if args.quick else (2000, 20, 10, 3)
 
     # First-call timings first, in fresh interpreters, before this process loads JAX.
@@ -522,6 +551,10 @@ def main(argv=None) -> int:
     # The GARCH mode that is not the default, for comparison (fwd-rev vs fwd-fwd).
     other = "garch-fwd-fwd" if fc["garch"]["mode"] == "fwd-rev" else "garch-fwd-rev"
     fc[other] = first_call_in_subprocess(other, fc_repeats)
+
+    if args.pin_cpu is not None:
+        # Before JAX starts, so that XLA's thread pool is confined to this CPU too.
+        os.sched_setaffinity(0, {args.pin_cpu})
 
     import autohess as ah  # must precede any JAX array: float64 + synchronous CPU dispatch
     import jax
@@ -533,6 +566,7 @@ def main(argv=None) -> int:
     targets = evaluate_targets(logistic_ratios, fc)
     info = machine_info(jax)
     info["load_average_1min_at_start"] = load_start
+    info["cpu_busy_fraction_before_run"] = busy_start
     total_s = time.perf_counter() - t_start
 
     print(f"# autohess Hessian benchmark ({info['date']})")
@@ -540,10 +574,11 @@ def main(argv=None) -> int:
           f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
           f"statsmodels {info['statsmodels']}, autohess at {(info['git_commit'] or '?')[:10]}"
           f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}"
-          f"{' [--quick]' if args.quick else ''}")
-    if load_start is not None:
-        print(f"1-min load average before the run: {load_start:.2f} (well above 0: other work was "
-              "running and times are noisier)")
+          f"{' [--quick]' if args.quick else ''}"
+          f"{f' [warm timings pinned to CPU {args.pin_cpu}]' if args.pin_cpu is not None else ''}")
+    if busy_start is not None:
+        note = " (other work was running: times are noisier)" if busy_start > 0.1 else ""
+        print(f"CPUs busy with other work in the 1 s before the run: {100 * busy_start:.0f}%{note}")
     print(f"\nWarm per-call times ({reps} calls; approx_hess {approx_reps}; interleaved in {rounds} rounds); "
           "rel. error = max|H - H_ref| / max|H_ref|.\n")
     print_table(rows)
@@ -568,7 +603,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "bench_hessian",
         "quick": args.quick,
-        "settings": {"reps": reps, "approx_hess_reps": approx_reps, "rounds": rounds, "first_call_processes": fc_repeats,
+        "settings": {"reps": reps, "approx_hess_reps": approx_reps, "rounds": rounds, "pin_cpu": args.pin_cpu, "first_call_processes": fc_repeats,
                      "logistic": {"N": N_LOGISTIC, "p": P_LOGISTIC, "seed": SEED},
                      "garch": {"N": N_GARCH, "data": "benchmarks/data/dem2gbp.csv.gz",
                                "params": garch_point(garch_data())}},

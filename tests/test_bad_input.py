@@ -160,3 +160,14 @@ def test_float32_is_explicit_and_warned():
         m32 = ah.Model(normal_loglik, data, {"mu": np.float32(0), "sigma": ah.Positive(np.float32(1))})
     assert m32.dtype == np.float32
     assert ah.hessian(m32).matrix.dtype == jnp.float32
+
+
+def test_check_false_skips_checks_same_matrix():
+    model = ah.Model(normal_loglik, good_data(), {"mu": 0.0, "sigma": 1.0})
+    bad = {"mu": jnp.asarray(0.0), "sigma": jnp.asarray(-1.0)}
+    H = ah.hessian(model, bad, check=False)  # log(-1) is NaN, the Hessian itself is finite
+    assert np.isfinite(np.asarray(H.matrix)).all()
+    good = {"mu": jnp.asarray(0.1), "sigma": jnp.asarray(0.9)}
+    np.testing.assert_array_equal(
+        np.asarray(ah.hessian(model, good, check=False).matrix), np.asarray(ah.hessian(model, good).matrix)
+    )

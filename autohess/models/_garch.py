@@ -26,7 +26,8 @@ def garch11_variance(omega, alpha, beta, e, h1, recursion: str = "scan"):
     ``recursion="scan"`` runs the textbook sequential loop (``lax.scan``). ``"associative"``
     uses that the recursion is linear in ``h``: the pairs ``(a, b)`` of ``h -> a*h + b`` compose
     associatively, so ``lax.associative_scan`` evaluates all ``h_t`` in ``O(log N)`` parallel
-    steps (for GPUs; on a CPU it is faster to run but slower to compile).
+    steps. That is meant for GPUs: on a 2-core CPU its Hessian measured about twice as slow as
+    the scan's (~330 vs ~160 us at N=1500) and took 2-3.5 s to compile instead of 0.7 s.
     """
     drive = omega + alpha * e[:-1] ** 2
     if recursion == "scan":
