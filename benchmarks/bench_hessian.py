@@ -24,21 +24,21 @@ workload interleaved in 10 rounds, garbage collector off), including
 ``.matrix.block_until_ready()``; "rel. error" is ``max|H - H_ref| / max|H_ref|``.
 
 Headline numbers (2-core AMD EPYC VM, Linux, Python 3.11.7, jax 0.10.2, numpy 2.4.6,
-statsmodels 0.15.0, autohess at 609ba04; 2026-11-24, unpinned, 27 s in all):
+statsmodels 0.15.0; 2026-11-24, unpinned, 27 s in all):
 
-* Logistic N=1500, p=12: ``ah.hessian`` 47 us median in its default mode rev-rev (fwd-rev
-  47 us, fwd-fwd 149 us); numpy closed form 29 us; bare ``jax.jit(jax.hessian)`` of a
-  hand-written loglik 48 us; statsmodels ``approx_hess`` 6.7 ms. Exact / closed form = 1.63
-  (target <= 2: PASS); approx_hess / exact = 141 (target >= 100: PASS). Errors vs the closed
-  form: exact <= 2e-15, approx_hess 1.4e-6. The same loglik and mode without the wrapper
-  takes 27 us: ``ah.hessian`` adds ~20 us per call, ~15 us of it the in-program finiteness
-  flag (it computes the log-likelihood value, which the Hessian alone does not need).
-* GARCH(1,1)-t N=1500 (DEM/GBP): default fwd-rev 161 us (rev-rev 165, fwd-fwd 878,
-  associative scan 321-340 us); bare ``jax.jit(jax.hessian)`` 124 us; ``approx_hess`` (numpy +
+* Logistic N=1500, p=12: ``ah.hessian`` 48 us median in its default mode rev-rev (fwd-rev
+  48 us, fwd-fwd 290 us); numpy closed form 29 us; bare ``jax.jit(jax.hessian)`` of a
+  hand-written loglik (``jnp.logaddexp``) 48 us; statsmodels ``approx_hess`` 6.7 ms.
+  Exact / closed form = 1.67 (target <= 2: PASS); approx_hess / exact = 139 (target >= 100:
+  PASS). Errors vs the closed form: exact <= 2e-15, approx_hess 1.4e-6. ``check=False``
+  (no in-program log-likelihood value and finiteness flag) takes 33 us; the bare compiled
+  program of the same loglik and mode 27 us.
+* GARCH(1,1)-t N=1500 (DEM/GBP): default fwd-rev 161 us (rev-rev 169, fwd-fwd 856,
+  associative scan 328-338 us); bare ``jax.jit(jax.hessian)`` 123 us; ``approx_hess`` (numpy +
   lfilter) 1.9 ms, 12x slower than exact, error 2.3e-6. Pinned to one CPU (``--pin-cpu``)
   the default drops to ~139 us and stops drifting.
-* First call in a fresh process: logistic 0.10 s (target <= 1 s: PASS), GARCH-t 0.72 s
-  (target <= 2 s: PASS; fwd-fwd 0.66 s); import 0.26 s and model construction 0.07 / 0.19 s
+* First call in a fresh process: logistic 0.12 s (target <= 1 s: PASS), GARCH-t 0.77 s
+  (target <= 2 s: PASS; fwd-fwd 0.70 s); import 0.26 s and model construction 0.06 / 0.19 s
   on top. Associative-scan Hessians take 2-3.5 s to compile.
 
 See benchmarks/README.md for how to run and read these numbers.
