@@ -23,7 +23,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ._model import HESSIAN_MODES, Model
-from ._params import element_labels, path_name
+from ._params import Labels, element_labels, path_name
 from ._validation import choose_dtype, float32_warning
 
 __all__ = ["Hessian", "hessian", "gradient", "scores", "hvp", "chunked_memory_bytes"]
@@ -299,7 +299,7 @@ def _prepare_point(x: Any) -> tuple[Any, tuple[str, ...]]:
         arr = jnp.asarray(leaf, dtype)
         leaves.append(arr)
         labels.extend(element_labels(path_name(path, "x"), tuple(arr.shape)))
-    return treedef.unflatten(leaves), tuple(labels)
+    return treedef.unflatten(leaves), Labels(labels)
 
 
 def _build_function_derivative(f: Callable, kind: str, mode: str) -> Callable:

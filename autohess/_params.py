@@ -15,7 +15,7 @@ import numpy as np
 
 from ._transforms import Real, Transform
 
-__all__ = ["ParamSpec", "path_name", "element_labels"]
+__all__ = ["Labels", "ParamSpec", "path_name", "element_labels"]
 
 
 def _is_transform(x: Any) -> bool:
@@ -42,6 +42,27 @@ def element_labels(name: str, shape: tuple[int, ...]) -> list[str]:
     if shape == ():
         return [name]
     return [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+
+
+class Labels(tuple):
+    """Parameter labels: a tuple (hashable, so it can be static JAX metadata) that also compares
+    equal to a list with the same entries, e.g. ``H.labels == ["beta[0]", "beta[1]"]``."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if isinstance(other, (list, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __ne__(self, other):
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    __hash__ = tuple.__hash__
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def _describe_structure(treedef) -> str:
@@ -78,11 +99,11 @@ class ParamSpec:
         self.size = self.offsets[-1]
         if self.size == 0:
             raise ValueError("params has no entries: every parameter array is empty")
-        self.labels: tuple[str, ...] = tuple(
+        self.labels: Labels = Labels(
             lab for name, shape in zip(self.names, self.shapes) for lab in element_labels(name, shape)
         )
         self.all_real = all(type(t) is Real for t in self.transforms)
-        self.unconstrained_labels: tuple[str, ...] = tuple(
+        self.unconstrained_labels: Labels = Labels(
             lab if not t.link else f"{t.link}({lab})"
             for name, shape, t in zip(self.names, self.shapes, self.transforms)
             for lab in element_labels(name, shape)

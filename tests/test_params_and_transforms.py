@@ -56,3 +56,9 @@ def test_hessian_accepts_transform_declarations_as_params():
     model = ah.models.linear(np.c_[np.ones(5), np.arange(5.0)], np.arange(5.0) + 0.1 * np.array([1, -1, 0, 1, -1]))
     declared = {"beta": jnp.zeros(2), "sigma": ah.Positive(1.0)}
     np.testing.assert_array_equal(np.asarray(ah.hessian(model, declared).matrix), np.asarray(ah.hessian(model).matrix))
+
+
+def test_labels_compare_to_lists_and_tuples():
+    H = ah.hessian(lambda x: jnp.sum(x**2), jnp.ones(2))
+    assert H.labels == ["x[0]", "x[1]"] and H.labels == ("x[0]", "x[1]")
+    assert H.labels != ["x[0]"] and hash(H.labels) == hash(("x[0]", "x[1]"))
