@@ -160,7 +160,6 @@ def _start(model: Model, params: Any, scale: str) -> jax.Array:
     return model.spec.to_unconstrained(flat) if scale == "unconstrained" else flat
 
 
-
 def _build_model_hessian(model: Model, mode: str, scale: str, check: bool = True) -> Callable:
     objective = _objective(model, scale)
 
@@ -303,11 +302,15 @@ def _prepare_point(x: Any) -> tuple[Any, tuple[str, ...]]:
 
 
 def _build_function_derivative(f: Callable, kind: str, mode: str) -> Callable:
+    # The compiled function is cached in a WeakKeyDictionary keyed by f: holding f strongly here
+    # would keep every cached lambda alive forever.
+    f_ref = _weak_or_strong(f)
+
     def fn(x, *extra):
         flat, unravel = ravel_pytree(x)
 
         def scalar(t):
-            out = f(unravel(t))
+            out = f_ref()(unravel(t))
             if jnp.shape(out) != ():
                 raise TypeError(f"f must return a scalar, got shape {jnp.shape(out)}")
             return out
@@ -321,6 +324,13 @@ def _build_function_derivative(f: Callable, kind: str, mode: str) -> Callable:
         return jax.jvp(jax.grad(scalar), (flat,), (v,))[1]
 
     return jax.jit(fn)
+
+
+def _weak_or_strong(f: Callable) -> Callable[[], Callable]:
+    try:
+        return weakref.ref(f)
+    except TypeError:
+        return lambda: f
 
 
 def _function_derivative(f: Callable, kind: str, mode: str) -> Callable:

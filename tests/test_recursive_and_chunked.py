@@ -165,3 +165,17 @@ def test_hessian_under_vmap_and_jit(rng):
     batched = jax.jit(jax.vmap(lambda b: ah.hessian(model, {"beta": b}).matrix))(betas)
     for i in range(4):
         assert rel_err(batched[i], ah.hessian(model, {"beta": betas[i]}).matrix) < EXACT
+
+
+def test_function_cache_does_not_keep_functions_alive():
+    import gc
+    import weakref
+
+    def f(x):
+        return jnp.sum(x**3)
+
+    ah.hessian(f, jnp.ones(2))
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    assert ref() is None
