@@ -15,7 +15,16 @@ from ._derivatives import gradient as gradient  # noqa: E402
 from ._derivatives import hessian as hessian  # noqa: E402
 from ._derivatives import hvp as hvp  # noqa: E402
 from ._derivatives import scores as scores  # noqa: E402
+from ._fit import DeltaResult as DeltaResult  # noqa: E402
+from ._fit import FitResult as FitResult  # noqa: E402
+from ._fit import InferenceWarning as InferenceWarning  # noqa: E402
+from ._fit import delta_method as delta_method  # noqa: E402
+from ._fit import evaluate as evaluate  # noqa: E402
+from ._fit import fit as fit  # noqa: E402
 from ._model import Model as Model  # noqa: E402
+from ._report import DiagnosticReport as DiagnosticReport  # noqa: E402
+from ._report import Problem as Problem  # noqa: E402
+from ._solver import Status as Status  # noqa: E402
 from ._transforms import Interval as Interval  # noqa: E402
 from ._transforms import Positive as Positive  # noqa: E402
 from ._transforms import Real as Real  # noqa: E402
@@ -25,6 +34,15 @@ from ._validation import Float32Warning as Float32Warning  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeltaResult",
+    "DiagnosticReport",
+    "FitResult",
+    "InferenceWarning",
+    "Problem",
+    "Status",
+    "delta_method",
+    "evaluate",
+    "fit",
     "Float32Warning",
     "Hessian",
     "Interval",

@@ -208,6 +208,19 @@ class ParamSpec:
             return jnp.zeros((), u.dtype)
         return jnp.sum(self._map_segments(u, lambda t, seg: t.log_abs_det_jacobian(seg)))
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-entry ``(lower, upper)`` domain bounds of the flat natural vector."""
+        lower = np.concatenate([np.full(int(np.prod(s, dtype=int)), t.bounds[0]) for t, s in zip(self.transforms, self.shapes)])
+        upper = np.concatenate([np.full(int(np.prod(s, dtype=int)), t.bounds[1]) for t, s in zip(self.transforms, self.shapes)])
+        return lower, upper
+
+    @property
+    def transformed(self) -> np.ndarray:
+        """Per-entry flag: declared with a transform other than ``Real``."""
+        return np.concatenate(
+            [np.full(int(np.prod(s, dtype=int)), type(t) is not Real) for t, s in zip(self.transforms, self.shapes)]
+        )
+
     def describe(self, flat: np.ndarray, limit: int = 8) -> str:
         """``"beta[0]=0.1, sigma=-1"`` for the first ``limit`` entries of a flat vector."""
         vals = np.asarray(flat).reshape(-1).tolist()

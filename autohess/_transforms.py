@@ -48,6 +48,11 @@ class Transform:
     #: name of the inverse map, used to label the unconstrained scale ("log(sigma)").
     link: str = dataclasses.field(default="", init=False, repr=False)
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(lower, upper)`` of the natural domain (``-inf``/``inf`` where open)."""
+        return (-np.inf, np.inf)
+
     def forward(self, u):
         raise NotImplementedError
 
@@ -98,6 +103,10 @@ class Positive(Transform):
     domain: str = dataclasses.field(default="(0, inf)", init=False, repr=False)
     link: str = dataclasses.field(default="log", init=False, repr=False)
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return (0.0, np.inf)
+
     def forward(self, u):
         return jnp.exp(u)
 
@@ -134,6 +143,10 @@ class Interval(Transform):
         object.__setattr__(self, "init", _as_init(init))
         object.__setattr__(self, "domain", f"({lo_:g}, {hi_:g})")
         object.__setattr__(self, "link", "logit" if (lo_, hi_) == (0.0, 1.0) else f"logit[{lo_:g},{hi_:g}]")
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return (self.lo, self.hi)
 
     def forward(self, u):
         return self.lo + (self.hi - self.lo) * sigmoid(u)

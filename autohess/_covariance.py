@@ -1,0 +1,90 @@
+"""Covariance matrices of the estimate: observed information, OPG, sandwich, cluster-robust.
+
+All on the natural scale. At a stationary point the inverse natural-scale Hessian equals the
+delta-method covariance ``J H_u^-1 J'`` of the unconstrained fit (``J = dx/du``), so
+transformed parameters get delta-method standard errors without a second inversion.
+
+Small-sample corrections (statsmodels-compatible):
+* ``"hessian"`` and ``"opg"``: none (maximum likelihood).
+* ``"robust"``: none by default (statsmodels' ``HC0`` for likelihood models); with
+  ``df_correction=True`` the factor ``N / (N - p)`` (``HC1``).
+* ``"cluster"``: ``G / (G - 1) * (N - 1) / (N - p)`` with ``G`` clusters (statsmodels'
+  default ``use_correction=True``); ``df_correction=False`` drops it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["COV_TYPES", "meat", "restricted_inverse", "covariance"]
+
+COV_TYPES = ("hessian", "opg", "robust", "cluster")
+
+
+def meat(
+    scores: jax.Array,
+    weights: jax.Array | None = None,
+    groups: jax.Array | None = None,
+    n_groups: int | None = None,
+) -> jax.Array:
+    """``sum_i w_i s_i s_i'`` or, with cluster ids ``0..G-1``, ``sum_g S_g S_g'`` with
+    ``S_g = sum_{i in g} w_i s_i`` (frequency weights count an observation ``w_i`` times)."""
+    if groups is not None:
+        if weights is not None:
+            scores = scores * weights[:, None]
+        summed = jax.ops.segment_sum(scores, groups, num_segments=n_groups)
+        return summed.T @ summed
+    if weights is None:
+        return scores.T @ scores
+    return (scores * weights[:, None]).T @ scores
+
+
+def restricted_inverse(matrix: jax.Array, keep: jax.Array) -> jax.Array:
+    """Inverse of the ``keep`` block of a symmetric matrix; NaN in removed rows and columns.
+
+    Removed rows/columns are replaced by the identity, which leaves the kept block's inverse
+    unchanged and keeps the shape static (so this works under ``vmap``). Non-positive variances
+    on the diagonal of the result are never returned: those rows and columns become NaN too.
+    """
+    p = matrix.shape[0]
+    both = keep[:, None] & keep[None, :]
+    block = jnp.where(both, matrix, jnp.eye(p, dtype=matrix.dtype))
+    inv = jnp.linalg.inv(block)
+    inv = 0.5 * (inv + inv.T)
+    good = keep & (jnp.diag(inv) > 0) & jnp.isfinite(jnp.diag(inv))
+    return jnp.where(good[:, None] & good[None, :], inv, jnp.nan)
+
+
+def covariance(
+    hess: jax.Array,
+    keep: jax.Array,
+    cov_type: str,
+    scores: jax.Array | None = None,
+    weights: jax.Array | None = None,
+    groups: jax.Array | None = None,
+    n_groups: int | None = None,
+    df_correction: bool | None = None,
+) -> jax.Array:
+    """Covariance of the estimate for ``cov_type`` (see the module docstring)."""
+    p = hess.shape[0]
+    if cov_type == "hessian":
+        return restricted_inverse(hess, keep)
+    if scores is None:
+        raise ValueError(f"cov_type={cov_type!r} needs per-observation scores")
+    n = scores.shape[0] if weights is None else jnp.sum(weights)
+    B = meat(scores, weights, groups if cov_type == "cluster" else None, n_groups)
+    if cov_type == "opg":
+        return restricted_inverse(B, keep)
+    Hinv = restricted_inverse(hess, keep)
+    Hinv0 = jnp.where(jnp.isfinite(Hinv), Hinv, 0.0)
+    V = Hinv0 @ B @ Hinv0
+    V = jnp.where(jnp.isfinite(Hinv), 0.5 * (V + V.T), jnp.nan)
+    if cov_type == "robust":
+        factor = n / (n - p) if df_correction else 1.0
+    elif cov_type == "cluster":
+        use = True if df_correction is None else df_correction
+        factor = (n_groups / (n_groups - 1.0)) * ((n - 1.0) / (n - p)) if use else 1.0
+    else:
+        raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
+    return V * factor

@@ -1,0 +1,452 @@
+"""``fit``: maximum likelihood with exact derivatives, covariance and diagnostics.
+
+The optimiser runs on the unconstrained scale inside one compiled ``lax.while_loop``
+(``_solver.trust_region_newton``); inference (Hessian, scores, covariance, diagnostics) is then
+computed on the natural scale in a second compiled program. Results are immutable pytrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.stats import norm
+
+from ._covariance import COV_TYPES, covariance
+from ._derivatives import Hessian, _model_params, _model_weights, _symmetrize
+from ._diagnostics import Diagnostics, compute_diagnostics
+from ._model import Model
+from ._solver import Status, lbfgs, trust_region_newton
+
+__all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
+
+METHODS = ("trust-region", "lbfgs")
+#: loading (in the unit-diagonal scaled eigenvector) above which a parameter is part of a flat
+#: or negative-curvature direction; its standard error is then NaN.
+AFFECTED_LOADING = 1e-3
+
+
+class InferenceWarning(UserWarning):
+    """Standard errors were set to NaN (or should not be trusted): see ``res.diagnostics``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """Maximum-likelihood estimate with covariance and diagnostics (natural scale).
+
+    Statsmodels-style views: ``params``, ``bse``, ``tvalues``, ``pvalues`` are pytrees shaped
+    like the model's parameters; ``*_flat`` are the same in ``labels`` order;
+    ``cov_params()`` is the ``p x p`` covariance; ``conf_int(alpha)`` gives Wald intervals.
+    ``status`` is a readable reason, ``status_code`` the ``Status`` code.
+    """
+
+    params_flat: jax.Array
+    cov: jax.Array
+    llf: jax.Array
+    gradient: jax.Array  # of the negative log-likelihood, natural scale
+    hessian_matrix: jax.Array  # of the negative log-likelihood, natural scale
+    status_code: jax.Array
+    iterations: jax.Array
+    diagnostics_data: Diagnostics
+    model: Model
+    cov_type: str
+    method: str
+
+    # -- statsmodels-style views --------------------------------------------------------------
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+    @property
+    def nobs(self) -> Optional[int]:
+        return self.model.nobs
+
+    @property
+    def converged(self) -> bool:
+        return bool(np.asarray(self.status_code) == Status.CONVERGED)
+
+    @property
+    def status(self) -> str:
+        return Status(int(np.asarray(self.status_code))).message
+
+    @property
+    def hessian(self) -> Hessian:
+        return Hessian(self.hessian_matrix, self.model.labels)
+
+    @property
+    def params(self) -> Any:
+        return self.model.spec.unflatten(self.params_flat)
+
+    @property
+    def bse_flat(self) -> jax.Array:
+        return jnp.sqrt(jnp.diag(self.cov))
+
+    @property
+    def bse(self) -> Any:
+        return self.model.spec.unflatten(self.bse_flat)
+
+    @property
+    def tvalues_flat(self) -> jax.Array:
+        return self.params_flat / self.bse_flat
+
+    @property
+    def tvalues(self) -> Any:
+        return self.model.spec.unflatten(self.tvalues_flat)
+
+    @property
+    def pvalues_flat(self) -> jax.Array:
+        return 2.0 * norm.sf(jnp.abs(self.tvalues_flat))
+
+    @property
+    def pvalues(self) -> Any:
+        return self.model.spec.unflatten(self.pvalues_flat)
+
+    def cov_params(self) -> jax.Array:
+        """``p x p`` covariance of the estimate, rows/columns in ``labels`` order."""
+        return self.cov
+
+    def conf_int(self, alpha: float = 0.05, *, flat: bool = False) -> Any:
+        """Wald intervals ``params -/+ z_{1-alpha/2} * bse``: ``(p, 2)`` if ``flat``, else a pytree
+        whose leaves have a trailing axis of 2 (lower, upper)."""
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        z = norm.ppf(1.0 - alpha / 2.0)
+        lo, hi = self.params_flat - z * self.bse_flat, self.params_flat + z * self.bse_flat
+        if flat:
+            return jnp.stack([lo, hi], axis=-1)
+        spec = self.model.spec
+        return jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b], axis=-1), spec.unflatten(lo), spec.unflatten(hi))
+
+    @property
+    def diagnostics(self):
+        """What the Hessian says about this estimate: numbers, problems found, suggestions."""
+        from ._report import DiagnosticReport
+
+        return DiagnosticReport.from_result(self)
+
+    def summary(self) -> str:
+        """A statsmodels-like table with a diagnostics footer."""
+        from ._report import summary
+
+        return summary(self)
+
+    def __repr__(self) -> str:
+        return f"FitResult({self.model.name!r}, llf={float(np.asarray(self.llf)):.6g}, converged={self.converged}, cov_type={self.cov_type!r})"
+
+
+jax.tree_util.register_dataclass(
+    FitResult,
+    data_fields=["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data"],
+    meta_fields=["model", "cov_type", "method"],
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Compiled pieces
+# ------------------------------------------------------------------------------------------
+def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float]) -> Callable:
+    spec = model.spec
+    mode = model.hessian_mode
+
+    def objective(u, data, weights):
+        return model.negloglik_flat(spec.to_natural(u), data, weights)
+
+    def solve(u0, data, weights):
+        model.trace_counts["fit"] += 1
+        f = functools.partial(objective, data=data, weights=weights)
+        if method == "trust-region":
+            res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
+            return res.x, res.iterations, res.status, (res.value, res.grad, res.hess)
+        x, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
+        return x, iterations, status, None
+
+    return jax.jit(solve)
+
+
+def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
+    """``u -> (f, grad f, Hessian)`` from one compiled derivative pass."""
+    if mode in ("fwd-rev", "rev-rev"):
+        jac = jax.jacfwd if mode == "fwd-rev" else jax.jacrev
+
+        def grad_with_aux(t):
+            value, grad = jax.value_and_grad(f)(t)
+            return grad, (value, grad)
+
+        def fun(u):
+            h, (value, grad) = jac(grad_with_aux, has_aux=True)(u)
+            return value, grad, _symmetrize(h)
+
+        return fun
+
+    def fun(u):
+        value, grad = jax.value_and_grad(f)(u)
+        return value, grad, _symmetrize(jax.jacfwd(jax.jacfwd(f))(u))
+
+    return fun
+
+
+def _to_natural_program(model: Model) -> Callable:
+    """Natural-scale value, gradient and Hessian from the solver's unconstrained ones.
+
+    The transforms act elementwise, ``x_i = T_i(u_i)``, so with ``J = T'(u)`` and
+    ``K = T''(u)``: ``g_u = J g_x`` and ``H_u = J H_x J + diag(K g_x)``. Inverting this costs
+    nothing to compile, unlike a second Hessian program. Returns ``ok=False`` where ``J``
+    underflows (a parameter pushed to ``exp(-745)``), and the caller then differentiates
+    directly on the natural scale.
+    """
+    spec = model.spec
+
+    def run(u, value, grad_u, hess_u):
+        ones = jnp.ones_like(u)
+        x, jac = jax.jvp(spec.to_natural, (u,), (ones,))
+        curv = jax.jvp(lambda t: jax.jvp(spec.to_natural, (t,), (ones,))[1], (u,), (ones,))[1]
+        grad = grad_u / jac
+        hess = (hess_u - jnp.diag(curv * grad)) / jnp.outer(jac, jac)
+        ok = jnp.all(jnp.abs(jac) > 0) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
+        return x, value, grad, _symmetrize(hess), ok
+
+    return jax.jit(run)
+
+
+def _inference_program(model: Model, what: str) -> Callable:
+    """``what="all"``: value, gradient, Hessian and scores; ``"hessian"``: no scores;
+    ``"scores"``: per-observation scores only (the rest came from the solver)."""
+    spec = model.spec
+    mode = model.hessian_mode
+
+    def scores_at(x, data):
+        contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
+        return jax.jacfwd(contrib)(x)
+
+    def run(x, data, weights):
+        model.trace_counts["inference"] += 1
+        if what == "scores":
+            return scores_at(x, data)
+        f = lambda t: model.negloglik_flat(t, data, weights)  # noqa: E731
+        value, grad, hess = _value_grad_hess_fn(f, mode)(x)
+        return value, grad, hess, (scores_at(x, data) if what == "all" else None)
+
+    return jax.jit(run)
+
+
+@functools.partial(jax.jit, static_argnames=("cov_type", "n_groups", "df_correction"))
+def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, groups, cov_type, n_groups, df_correction):
+    diag = compute_diagnostics(grad, hess, x, lower, upper)
+    loadings = jnp.abs(diag.eigenvectors) * jnp.sqrt(jnp.abs(jnp.diag(hess)))[:, None]
+    loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
+    affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
+    keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal
+    cov = covariance(hess, keep, cov_type, scores, weights, groups, n_groups, df_correction)
+    return cov, diag
+
+
+# ------------------------------------------------------------------------------------------
+# Public entry points
+# ------------------------------------------------------------------------------------------
+def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.shape[0] != model.nobs:
+        raise ValueError(
+            f"groups has shape {g.shape}, expected ({model.nobs},): one cluster id per observation"
+        )
+    if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
+        raise ValueError("groups contains NaN or infinite cluster ids")
+    _, codes = np.unique(g, return_inverse=True)
+    n_groups = int(codes.max()) + 1
+    if n_groups < 2:
+        raise ValueError("cluster-robust covariance needs at least 2 clusters; groups has 1")
+    return jnp.asarray(codes.reshape(-1), jnp.int32), n_groups
+
+
+def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None):
+    if cov_type not in COV_TYPES:
+        raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
+    with_scores = cov_type != "hessian"
+    if with_scores and not model.per_observation:
+        raise ValueError(
+            f"cov_type={cov_type!r} needs per-observation scores; this Model has "
+            "per_observation=False (loglik returns a scalar). Use cov_type='hessian'."
+        )
+    group_codes, n_groups = (None, None)
+    if cov_type == "cluster":
+        if groups is None:
+            raise ValueError("cov_type='cluster' needs groups=..., one cluster id per observation")
+        group_codes, n_groups = _groups(model, groups)
+    elif groups is not None:
+        raise ValueError(f"groups is only used with cov_type='cluster', not {cov_type!r}")
+    if known is not None:
+        value, grad, hess = known
+        scores = None
+        if with_scores:
+            program = model._jitted(("inference", "scores"), lambda: _inference_program(model, "scores"))
+            scores = program(x, model.data, weights)
+    else:
+        what = "all" if with_scores else "hessian"
+        program = model._jitted(("inference", what), lambda: _inference_program(model, what))
+        value, grad, hess, scores = program(x, model.data, weights)
+    lower, upper = model.spec.bounds()
+    cov, diag = _covariance_and_diagnostics(
+        x, grad, hess, jnp.asarray(lower, x.dtype), jnp.asarray(upper, x.dtype), scores, weights,
+        group_codes, cov_type=cov_type, n_groups=n_groups, df_correction=df_correction,
+    )
+    result = FitResult(
+        params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
+        status_code=jnp.asarray(status, jnp.int32), iterations=jnp.asarray(iterations, jnp.int32),
+        diagnostics_data=diag, model=model, cov_type=cov_type, method=method,
+    )
+    if warn:
+        result.diagnostics.warn()
+    return result
+
+
+def fit(
+    model: Model,
+    start: Any = None,
+    *,
+    method: str = "trust-region",
+    cov_type: str = "hessian",
+    groups: Any = None,
+    weights: Any = None,
+    df_correction: Optional[bool] = None,
+    maxiter: Optional[int] = None,
+    rtol: Optional[float] = None,
+    warn: bool = True,
+) -> FitResult:
+    """Maximum-likelihood fit with standard errors and diagnostics.
+
+    Args:
+        model: an ``ah.Model``.
+        start: starting parameters on the natural scale (default: the model's initial values).
+        method: ``"trust-region"`` (default; exact-Hessian Newton steps in a trust region,
+            robust to indefinite Hessians) or ``"lbfgs"`` (``optax.lbfgs``; for many
+            parameters; the exact Hessian is formed once, at the end).
+        cov_type: ``"hessian"`` (inverse observed information, default), ``"opg"`` (outer
+            product of scores, BHHH), ``"robust"`` (sandwich ``H^-1 B H^-1``, statsmodels'
+            HC0) or ``"cluster"`` (with ``groups``).
+        groups: cluster ids, one per observation (``cov_type="cluster"``).
+        weights: non-negative frequency weights, one per observation.
+        df_correction: small-sample factor: ``N/(N-p)`` for ``"robust"`` (default off),
+            ``G/(G-1) (N-1)/(N-p)`` for ``"cluster"`` (default on, as statsmodels).
+        maxiter: iteration limit (default 200 for trust-region, 1000 for L-BFGS).
+        rtol: convergence tolerance (see ``trust_region_newton``).
+        warn: issue an ``InferenceWarning`` when diagnostics find a problem.
+
+    Returns:
+        ``FitResult``.
+
+    Example:
+        >>> res = ah.fit(ah.models.logistic(X, y))
+        >>> print(res.summary())
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"fit needs an ah.Model, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if maxiter is None:
+        maxiter = 200 if method == "trust-region" else 1000
+    if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+        raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
+    params = _model_params(model, start)
+    model.spec.check_domain(params, "start")
+    w = _model_weights(model, weights)
+    u0 = model.spec.to_unconstrained(model.spec.flatten(params, model.dtype))
+    program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))
+    u, iterations, status, final = program(u0, model.data, w)
+    known = None
+    if final is not None:
+        convert = model._jitted("to_natural", lambda: _to_natural_program(model))
+        x, value, grad, hess, ok = convert(u, *final)
+        if bool(np.asarray(ok)):
+            known = (value, grad, hess)
+    else:
+        x = model.spec.to_natural(u)
+    result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known)
+    if method == "lbfgs" and int(np.asarray(status)) == Status.CONVERGED and not bool(
+        np.asarray(result.diagnostics_data.positive_definite)
+    ):
+        result = dataclasses.replace(result, status_code=jnp.asarray(Status.STALLED, jnp.int32))
+    if warn:
+        result.diagnostics.warn()
+    return result
+
+
+def evaluate(
+    model: Model,
+    params: Any,
+    *,
+    cov_type: str = "hessian",
+    groups: Any = None,
+    weights: Any = None,
+    df_correction: Optional[bool] = None,
+    warn: bool = True,
+) -> FitResult:
+    """Inference at given parameters without optimising (e.g. an estimate from other software).
+
+    The result has ``status`` "not optimised"; its diagnostics say whether the point is an
+    optimum (gradient, Newton decrement, definiteness) and what is wrong if not.
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"evaluate needs an ah.Model, got {type(model).__name__}")
+    params = _model_params(model, params)
+    w = _model_weights(model, weights)
+    x = model.spec.flatten(params, model.dtype)
+    return _infer(model, x, w, cov_type, groups, df_correction, Status.NOT_RUN, 0, "none", warn)
+
+
+# ------------------------------------------------------------------------------------------
+# Delta method
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DeltaResult:
+    """A derived quantity ``g(params)`` with its delta-method covariance ``J V J'``."""
+
+    value: jax.Array
+    cov: jax.Array
+    jacobian: jax.Array
+
+    @property
+    def se(self) -> jax.Array:
+        return jnp.sqrt(jnp.diag(jnp.atleast_2d(self.cov))).reshape(jnp.shape(self.value))
+
+    @property
+    def tvalues(self) -> jax.Array:
+        return self.value / self.se
+
+    @property
+    def pvalues(self) -> jax.Array:
+        return 2.0 * norm.sf(jnp.abs(self.tvalues))
+
+    def conf_int(self, alpha: float = 0.05) -> jax.Array:
+        z = norm.ppf(1.0 - alpha / 2.0)
+        return jnp.stack([self.value - z * self.se, self.value + z * self.se], axis=-1)
+
+
+jax.tree_util.register_dataclass(DeltaResult, data_fields=["value", "cov", "jacobian"], meta_fields=[])
+
+
+def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
+    """Standard errors of ``fn(params)`` by the delta method, ``Var = J V J'``.
+
+    Args:
+        result: a ``FitResult``.
+        fn: JAX function of the natural-scale parameter pytree, returning a scalar or array.
+
+    Returns:
+        ``DeltaResult`` with ``value``, ``se``, ``cov`` (flattened output), ``conf_int()``.
+
+    Example:
+        >>> ah.delta_method(res, lambda p: p["beta"][1] / p["beta"][2]).se
+    """
+    spec = result.model.spec
+    flat_fn = lambda t: jnp.ravel(jnp.asarray(fn(spec.unflatten(t))))  # noqa: E731
+    value = jnp.asarray(fn(spec.unflatten(result.params_flat)))
+    J = jax.jacfwd(flat_fn)(result.params_flat)
+    cov = J @ result.cov @ J.T
+    if value.ndim == 0:
+        cov = cov.reshape(())
+    return DeltaResult(value=value, cov=cov, jacobian=J)

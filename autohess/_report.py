@@ -1,0 +1,242 @@
+"""Words and tables for results: diagnostics in plain language and the summary table.
+
+Pure functions of a ``FitResult``; nothing here is compiled or changes a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from ._diagnostics import FLAT_CONDITION, ILL_CONDITION
+from ._solver import Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._fit import FitResult
+
+__all__ = ["Problem", "DiagnosticReport", "summary", "format_direction"]
+
+#: vocabulary of problem kinds
+KINDS = ("not_converged", "saddle", "flat", "boundary", "ill_conditioned")
+
+_SUGGEST = {
+    "not_converged": "raise maxiter, start closer to the optimum, or check the model; do not "
+    "report these standard errors",
+    "saddle": "this is not a maximum: restart from a point moved along that direction (or from "
+    "several random starts); for mixtures, break the label symmetry (order the components)",
+    "flat": "the data do not identify this combination: reparameterise (estimate the "
+    "combination itself), fix or constrain one of the parameters, collect more data, or use a "
+    "profile likelihood or the bootstrap",
+    "boundary": "Wald standard errors and intervals are not valid at a boundary: use a "
+    "likelihood-ratio test (its null distribution is a 50:50 mixture of chi2(0) and chi2(1) for "
+    "one variance at 0), a profile likelihood interval, or drop the parameter",
+    "ill_conditioned": "standard errors are computed but some lose digits; consider rescaling "
+    "the parameters or the data",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One finding: ``kind`` (from a fixed vocabulary), what was found, what to do."""
+
+    kind: str
+    message: str
+    parameters: tuple[str, ...]
+    direction: Optional[str]
+    suggestion: str
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.message}\n    what to do: {self.suggestion}"
+
+
+def format_direction(vector: np.ndarray, labels, max_terms: int = 6, min_coef: float = 0.05) -> str:
+    """``"0.71*sigma_u - 0.70*sigma_e"`` from a unit vector in parameter coordinates."""
+    v = np.asarray(vector, dtype=np.float64)
+    order = np.argsort(-np.abs(v))
+    if v[order[0]] < 0:  # sign of an eigenvector is arbitrary: lead with a positive term
+        v = -v
+    terms = [(v[i], labels[i]) for i in order[:max_terms] if abs(v[i]) >= min_coef]
+    text = ""
+    for k, (c, lab) in enumerate(terms):
+        sign = "-" if c < 0 else ("+" if k else "")
+        text += f"{' ' if k else ''}{sign}{' ' if k else ''}{abs(c):.2f}*{lab}"
+    rest = int(np.sum(np.abs(v) >= min_coef)) - len(terms)
+    return text + (f" + ({rest} more)" if rest > 0 else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosticReport:
+    """Diagnostics of a fit in numbers and words. ``problems`` is empty when all is well."""
+
+    gradient_max: float
+    newton_decrement: float
+    positive_definite: bool
+    eigenvalues: np.ndarray
+    condition_number: float
+    problems: tuple[Problem, ...]
+    nan_se: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @classmethod
+    def from_result(cls, res: "FitResult") -> "DiagnosticReport":
+        d = res.diagnostics_data
+        labels = res.labels
+        lam = np.asarray(d.eigenvalues, dtype=np.float64)
+        vec = np.asarray(d.eigenvectors, dtype=np.float64)
+        bad = np.asarray(d.bad_directions)
+        boundary = np.asarray(d.at_boundary)
+        hess = np.asarray(res.hessian_matrix, dtype=np.float64)
+        grad = np.asarray(res.gradient, dtype=np.float64)
+        x = np.asarray(res.params_flat, dtype=np.float64)
+        llf = float(np.asarray(res.llf))
+        status = Status(int(np.asarray(res.status_code)))
+        top = float(np.max(np.abs(lam))) if lam.size else 0.0
+        cond = float(np.asarray(d.condition_number))
+        dec = float(np.asarray(d.newton_decrement))
+        pd = bool(np.asarray(d.positive_definite))
+        # unit-free stationarity: change of log-likelihood per marginal standard deviation
+        scaled_grad = np.abs(grad) / np.sqrt(np.maximum(np.abs(np.diag(hess)), np.finfo(float).tiny))
+        stationary = status == Status.CONVERGED or float(np.max(scaled_grad, initial=0.0)) <= 1e-4
+        problems: list[Problem] = []
+
+        if status not in (Status.CONVERGED, Status.NOT_RUN) or not stationary:
+            what = status.message if status != Status.NOT_RUN else "not a stationary point"
+            worst = labels[int(np.argmax(scaled_grad))]
+            problems.append(Problem(
+                "not_converged",
+                f"{what}; max|gradient| = {float(np.max(np.abs(grad))):.3g} (largest, per marginal "
+                f"standard deviation, for {worst}), Newton decrement = {dec:.3g} after "
+                f"{int(np.asarray(res.iterations))} iterations",
+                (worst,), None, _SUGGEST["not_converged"],
+            ))
+        lower, upper = res.model.spec.bounds()
+        for i in np.flatnonzero(boundary):
+            near = lower[i] if abs(x[i] - lower[i]) <= abs(upper[i] - x[i]) else upper[i]
+            problems.append(Problem(
+                "boundary",
+                f"{labels[i]} = {x[i]:.4g} is at the boundary {near:g} of its domain "
+                f"({lower[i]:g}, {upper[i]:g}); its standard error is set to NaN",
+                (labels[i],), None, _SUGGEST["boundary"],
+            ))
+        for j in np.flatnonzero(bad):
+            v = vec[:, j]
+            weight_on_boundary = float(np.sum(v[boundary] ** 2))
+            if weight_on_boundary > 0.5:
+                continue  # the boundary finding above already explains this direction
+            direction = format_direction(v, labels)
+            involved = tuple(labels[i] for i in np.flatnonzero(np.abs(v) >= 0.05))
+            if lam[j] < -top / FLAT_CONDITION:
+                kind = "saddle" if stationary else "not_converged"
+                msg = (
+                    f"the log-likelihood curves upward along {direction} (scaled curvature "
+                    f"{lam[j]:.3g}): "
+                    + ("a saddle point, not a maximum" if stationary else "the Hessian is indefinite away from an optimum")
+                )
+            else:
+                kind = "flat"
+                msg = (
+                    f"flat (unidentified) direction {direction}: scaled curvature {lam[j]:.3g}, "
+                    f"condition number {cond:.3g}"
+                )
+            problems.append(Problem(kind, msg, involved, direction, _SUGGEST[kind]))
+        if not bad.any() and cond > ILL_CONDITION:
+            problems.append(Problem(
+                "ill_conditioned",
+                f"the scaled Hessian has condition number {cond:.3g} (flagged above "
+                f"{ILL_CONDITION:.0e}; directions above {FLAT_CONDITION:.0e} count as flat)",
+                tuple(labels), format_direction(vec[:, 0], labels), _SUGGEST["ill_conditioned"],
+            ))
+        se = np.sqrt(np.diag(np.asarray(res.cov, dtype=np.float64)))
+        nan_se = tuple(lab for lab, s in zip(labels, se) if not np.isfinite(s))
+        return cls(
+            gradient_max=float(np.max(np.abs(grad))), newton_decrement=dec, positive_definite=pd,
+            eigenvalues=lam, condition_number=cond, problems=tuple(problems), nan_se=nan_se,
+        )
+
+    def warn(self) -> None:
+        """Issue one ``InferenceWarning`` listing the problems (nothing if there are none)."""
+        if not self.problems:
+            return
+        from ._fit import InferenceWarning
+
+        text = "; ".join(f"[{p.kind}] {p.message}" for p in self.problems)
+        if self.nan_se:
+            text += f". Standard errors set to NaN: {list(self.nan_se)}"
+            if len(self.nan_se) < len(self.eigenvalues):
+                text += " (the others are conditional on these)"
+        warnings.warn(text + ". See res.diagnostics for what to do.", InferenceWarning, stacklevel=3)
+
+    def __str__(self) -> str:
+        head = (
+            f"max|gradient| {self.gradient_max:.3g}; Newton decrement {self.newton_decrement:.3g}; "
+            f"Hessian {'positive definite' if self.positive_definite else 'NOT positive definite'}; "
+            f"scaled eigenvalues {self.eigenvalues.min():.3g} .. {self.eigenvalues.max():.3g}; "
+            f"condition number {self.condition_number:.3g}"
+        )
+        if not self.problems:
+            return head + "\nNo problems found."
+        body = "\n".join(str(p) for p in self.problems)
+        if self.nan_se:
+            body += f"\nStandard errors set to NaN: {', '.join(self.nan_se)}"
+        return head + "\n" + body
+
+
+def _fmt(v: float, width: int = 10) -> str:
+    if not np.isfinite(v):
+        return f"{'nan':>{width}}"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:>{width}.3e}"
+    return f"{v:>{width}.4f}"
+
+
+_COV_NAMES = {
+    "hessian": "observed information (inverse Hessian)",
+    "opg": "outer product of gradients (BHHH)",
+    "robust": "robust sandwich H^-1 B H^-1 (HC0)",
+    "cluster": "cluster-robust sandwich",
+}
+
+
+def summary(res: "FitResult") -> str:
+    """A statsmodels-like coefficient table with a diagnostics footer."""
+    labels = res.labels
+    x = np.asarray(res.params_flat, dtype=np.float64)
+    se = np.asarray(res.bse_flat, dtype=np.float64)
+    z = np.asarray(res.tvalues_flat, dtype=np.float64)
+    pv = np.asarray(res.pvalues_flat, dtype=np.float64)
+    ci = np.asarray(res.conf_int(0.05, flat=True), dtype=np.float64)
+    transformed = res.model.spec.transformed
+    width = max(12, max(len(lab) for lab in labels) + 2)
+    line = "=" * (width + 66)
+    dash = "-" * (width + 66)
+    diag = res.diagnostics
+    out = [
+        line,
+        f"autohess fit: {res.model.name}".center(width + 66),
+        line,
+        f"{'Log-likelihood:':<18}{float(np.asarray(res.llf)):>14.6g}    {'Observations:':<16}{res.nobs if res.nobs is not None else 'n/a':>10}",
+        f"{'Method:':<18}{res.method:>14}    {'Parameters:':<16}{len(labels):>10}",
+        f"{'Converged:':<18}{str(res.converged):>14}    {'Iterations:':<16}{int(np.asarray(res.iterations)):>10}",
+        f"{'Covariance:':<18}{_COV_NAMES[res.cov_type]}",
+        line,
+        f"{'':<{width}}{'coef':>10}{'std err':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>12}{'0.975]':>12}",
+        dash,
+    ]
+    for i, lab in enumerate(labels):
+        name = lab + ("*" if transformed[i] else "")
+        out.append(
+            f"{name:<{width}}{_fmt(x[i])}{_fmt(se[i], 11)}{z[i]:>9.3f}{pv[i]:>9.3f}"
+            f"{_fmt(ci[i, 0], 12)}{_fmt(ci[i, 1], 12)}"
+        )
+    out.append(line)
+    if transformed.any():
+        out.append("* declared with a transform: estimated on the unconstrained scale; standard error by the delta method")
+    out.append(f"Status: {res.status}")
+    out.append("Diagnostics: " + str(diag))
+    return "\n".join(out)
