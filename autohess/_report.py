@@ -102,10 +102,10 @@ class DiagnosticReport:
         pd = bool(np.asarray(d.positive_definite))
         # unit-free stationarity: change of log-likelihood per marginal standard deviation
         scaled_grad = np.abs(grad) / np.sqrt(np.maximum(np.abs(np.diag(hess)), np.finfo(float).tiny))
-        stationary = status == Status.CONVERGED or float(np.max(scaled_grad, initial=0.0)) <= 1e-4
+        stationary = status in (Status.CONVERGED, Status.SINGULAR) or float(np.max(scaled_grad, initial=0.0)) <= 1e-4
         problems: list[Problem] = []
 
-        if status not in (Status.CONVERGED, Status.NOT_RUN) or not stationary:
+        if status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:
             what = status.message if status != Status.NOT_RUN else "not a stationary point"
             worst = labels[int(np.argmax(scaled_grad))]
             problems.append(Problem(
