@@ -395,7 +395,10 @@ def evaluate(
     params = _model_params(model, params)
     w = _model_weights(model, weights)
     x = model.spec.flatten(params, model.dtype)
-    return _infer(model, x, w, cov_type, groups, df_correction, Status.NOT_RUN, 0, "none", warn)
+    result = _infer(model, x, w, cov_type, groups, df_correction, Status.NOT_RUN, 0, "none", False)
+    if warn:
+        result.diagnostics.warn()
+    return result
 
 
 # ------------------------------------------------------------------------------------------

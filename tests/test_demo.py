@@ -13,6 +13,7 @@ def test_demo_runs():
     assert "Positive definite: True" in out.stdout
     rel = float(out.stdout.split("closed form X'diag(p(1-p))X: ")[1].split()[0])
     assert rel < 1e-12
+    assert "autohess fit: logistic" in out.stdout and "No problems found." in out.stdout
 
 
 def test_cli_usage_error():
