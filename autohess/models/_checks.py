@@ -37,11 +37,16 @@ def support(values: np.ndarray, ok: np.ndarray, model: str, name: str, what: str
         )
 
 
+def vector(value: Optional[Any], n: int, model: str, name: str, why: str) -> np.ndarray:
+    """A float64 vector of length ``n`` (zeros when ``value`` is None); ``why`` says whence ``n``."""
+    if value is None:
+        return np.zeros(n)
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{model}: {name} has shape {arr.shape}, expected ({n},): {why}")
+    return arr
+
+
 def coef(value: Optional[Any], p: int, model: str, name: str = "beta") -> np.ndarray:
     """Initial coefficient vector of length ``p`` (zeros by default)."""
-    if value is None:
-        return np.zeros(p)
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.shape != (p,):
-        raise ValueError(f"{model}: initial {name} has shape {arr.shape}, X has {p} columns")
-    return arr
+    return vector(value, p, model, f"initial {name}", f"X has {p} columns")

@@ -11,7 +11,7 @@ from jax.scipy.special import gammaln
 
 from .._model import Model
 from .._transforms import Positive
-from ._checks import coef, design, support
+from ._checks import coef, design, support, vector
 
 __all__ = [
     "logistic",
@@ -56,12 +56,7 @@ def _eta(params, data):
 
 
 def _offset(offset: Optional[Any], n: int, model: str) -> np.ndarray:
-    if offset is None:
-        return np.zeros(n)
-    off = np.asarray(offset, dtype=np.float64)
-    if off.shape != (n,):
-        raise ValueError(f"{model}: offset has shape {off.shape}, expected ({n},)")
-    return off
+    return vector(offset, n, model, "offset", "one per observation")
 
 
 # -- logistic -----------------------------------------------------------------------------------
