@@ -15,6 +15,14 @@ from ._derivatives import gradient as gradient  # noqa: E402
 from ._derivatives import hessian as hessian  # noqa: E402
 from ._derivatives import hvp as hvp  # noqa: E402
 from ._derivatives import scores as scores  # noqa: E402
+from ._audit import AuditReport as AuditReport  # noqa: E402
+from ._audit import CandidateAudit as CandidateAudit  # noqa: E402
+from ._audit import StepSweep as StepSweep  # noqa: E402
+from ._audit import audit as audit  # noqa: E402
+from ._audit import audit_scipy as audit_scipy  # noqa: E402
+from ._audit import step_sweep as step_sweep  # noqa: E402
+from ._finite_diff import FDHessian as FDHessian  # noqa: E402
+from ._finite_diff import fd_hessian as fd_hessian  # noqa: E402
 from ._fit import DeltaResult as DeltaResult  # noqa: E402
 from ._fit import FitResult as FitResult  # noqa: E402
 from ._fit import InferenceWarning as InferenceWarning  # noqa: E402
@@ -34,6 +42,14 @@ from ._validation import Float32Warning as Float32Warning  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditReport",
+    "CandidateAudit",
+    "FDHessian",
+    "StepSweep",
+    "audit",
+    "audit_scipy",
+    "fd_hessian",
+    "step_sweep",
     "DeltaResult",
     "DiagnosticReport",
     "FitResult",
