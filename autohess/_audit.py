@@ -91,9 +91,13 @@ class StepSweep:
         return f"step sweep ({self.method}):\n{rows}\nbest step {self.best_step:.2e} (error {self.best_error:.2e})"
 
 
-def _scaled_error(candidate: np.ndarray, exact: np.ndarray) -> np.ndarray:
+def _diag_scale(exact: np.ndarray) -> np.ndarray:
     d = np.sqrt(np.abs(np.diag(exact)))
-    d = np.where(d > 0, d, 1.0)
+    return np.where(d > 0, d, 1.0)
+
+
+def _scaled_error(candidate: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    d = _diag_scale(exact)
     return (candidate - exact) / np.outer(d, d)
 
 
@@ -259,55 +263,80 @@ def _se(hess: np.ndarray) -> np.ndarray:
     return np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
 
 
-def _fd_cause(target, x, spec, exact, err_scaled, value) -> tuple[str, str]:
-    """Rounding or truncation, for a finite-difference candidate."""
-    flat = _flat_point(target, x)
+def _fd_estimates(target, x, h: np.ndarray, exact: np.ndarray, value: float):
+    """Per-entry scaled rounding bound and truncation estimate of central differences at ``h``."""
     eps = np.finfo(np.float64).eps
-    step = spec.get("step")
-    method = spec.get("method", "central")
-    if step is None:
-        # Find the step: truncation error is deterministic, so our own FD with the user's step
-        # reproduces a truncation-dominated candidate; a rounding-dominated one (noise) is not
-        # reproducible, only its size is.
-        best = None
-        for h in np.logspace(-10, -1, 37):
-            for rel in (False, True):
-                hv = h * (np.maximum(np.abs(flat), 1.0) if rel else np.ones_like(flat))
-                fd = np.asarray(fd_hessian(target, x, method="central", step=hv).matrix)
-                dist = np.max(np.abs(_scaled_error(fd, spec["matrix"])))
-                if best is None or dist < best[0]:
-                    best = (dist, hv)
-        observed = np.max(np.abs(err_scaled))
-        if best[0] <= 0.1 * observed:
-            step = best[1]
-        else:
-            rounding_size = eps * abs(value) / np.sqrt(np.abs(np.diag(exact)).max())
-            return "rounding", (
-                f"its error (max scaled {observed:.2g}) is noise that no finite-difference step "
-                f"reproduces, the signature of rounding: |f| = {abs(value):.3g} is large, so "
-                f"eps*|f|/h^2 swamps the second differences unless h is large enough "
-                f"(eps*|f| = {eps * abs(value):.2g}; {rounding_size:.1g} per unit curvature)"
-            )
-    h = np.broadcast_to(np.asarray(step, dtype=np.float64), flat.shape)
-    d = np.sqrt(np.abs(np.diag(exact)))
-    d = np.where(d > 0, d, 1.0)
-    rounding = float(np.max(4.0 * eps * abs(value) / (np.outer(h, h) * np.outer(d, d))))
+    d = _diag_scale(exact)
+    rounding = 4.0 * eps * abs(value) / (np.outer(h, h) * np.outer(d, d))
     coarse = np.asarray(fd_hessian(target, x, method="central", step=2.0 * h).matrix)
     fine = np.asarray(fd_hessian(target, x, method="central", step=h).matrix)
-    truncation = float(np.max(np.abs(_scaled_error(coarse, exact) - _scaled_error(fine, exact)))) / 3.0
+    # central differences err by c*h^2, so FD(2h) - FD(h) = 3*c*h^2
+    truncation = np.abs(_scaled_error(coarse, exact) - _scaled_error(fine, exact)) / 3.0
+    return rounding, truncation
+
+
+def _infer_step(target, x, matrix: np.ndarray, err: np.ndarray, exact: np.ndarray, flat: np.ndarray):
+    """The step (uniform or relative) whose central differences reproduce most wrong entries.
+
+    Truncation error is deterministic, so entries dominated by it are reproduced by our own
+    differences at the user's step; rounding noise is not. Returns ``None`` if nothing matches.
+    """
+    wrong = np.abs(err) > OK_TOL
+    best_count, best_step = 0, None
+    for h in np.logspace(-10, -1, 37):
+        for relative in (False, True):
+            hv = h * (np.maximum(np.abs(flat), 1.0) if relative else np.ones_like(flat))
+            fd = np.asarray(fd_hessian(target, x, method="central", step=hv).matrix)
+            gap = np.abs(_scaled_error(fd, exact) - err)
+            matched = int(np.sum(wrong & (gap <= 0.1 * np.abs(err))))
+            if matched > best_count:
+                best_count, best_step = matched, hv
+    return best_step
+
+
+def _fd_causes(target, x, spec, exact, err, value, labels) -> list:
+    """Rounding and/or truncation, entry by entry, for a finite-difference candidate."""
+    flat = _flat_point(target, x)
+    step = spec.get("step")
+    inferred = step is None
+    if inferred:
+        step = _infer_step(target, x, spec["matrix"], err, exact, flat)
+    wrong = np.abs(err) > OK_TOL
+    iu = np.triu_indices(len(flat))
+
+    def entries(mask):
+        idx = [(i, j) for i, j in zip(*iu) if mask[i, j]]
+        idx.sort(key=lambda ij: -abs(err[ij]))
+        more = f" and {len(idx) - 4} more" if len(idx) > 4 else ""
+        return ", ".join(f"[{labels[i]}, {labels[j]}]" for i, j in idx[:4]) + more
+
+    if step is None:
+        return [("rounding", (
+            f"its errors (max scaled {np.max(np.abs(err)):.2g}, at {entries(wrong)}) are noise that no "
+            "finite-difference step reproduces, the signature of rounding: eps*|f| = "
+            f"{np.finfo(np.float64).eps * abs(value):.2g} divided by h^2 swamps these second differences"
+        ))]
+    h = np.broadcast_to(np.asarray(step, dtype=np.float64), flat.shape)
+    rounding, truncation = _fd_estimates(target, x, h, exact, value)
     hmin, hmax = float(np.min(h)), float(np.max(h))
-    htxt = f"h = {hmin:.2g}" if hmin == hmax else f"h = {hmin:.2g}..{hmax:.2g}"
-    if method == "central" and rounding >= truncation:
-        return "rounding", (
-            f"step {htxt} is too small for |f| = {abs(value):.3g}: the rounding error "
-            f"eps*|f|/h^2 is about {rounding:.2g} (scaled) against a truncation error of {truncation:.2g}; "
-            f"take h ~ eps^(1/4)*max(|x|, 1) or use the exact Hessian"
-        )
-    return "truncation", (
-        f"step {htxt} is too large: the truncation error (~h^2 f''''/12) is about {truncation:.2g} "
-        f"(scaled) against a rounding error of {rounding:.2g}; take a smaller step or Richardson "
-        "extrapolation, or use the exact Hessian"
-    )
+    htxt = f"h = {hmin:.2g}" if np.isclose(hmin, hmax) else f"h = {hmin:.2g}..{hmax:.2g}"
+    htxt += " (inferred)" if inferred else ""
+    by_rounding = wrong & (rounding >= truncation)
+    by_truncation = wrong & ~by_rounding
+    out = []
+    if by_rounding.any() or not wrong.any():
+        out.append(("rounding", (
+            f"step {htxt} is too small for |f| = {abs(value):.3g} at {entries(by_rounding) or 'no entry'}: "
+            f"there the rounding error eps*|f|/(h_i h_j) (up to {np.max(np.where(by_rounding, rounding, 0)):.2g}, "
+            "scaled) exceeds the truncation error; take h_i ~ eps^(1/4)*max(|x_i|, 1) or use the exact Hessian"
+        )))
+    if by_truncation.any():
+        out.append(("truncation", (
+            f"step {htxt} is too large at {entries(by_truncation)}: there the truncation error "
+            f"(~h^2 f4/12, up to {np.max(np.where(by_truncation, truncation, 0)):.2g}, scaled) dominates; "
+            "take a smaller step or Richardson extrapolation, or use the exact Hessian"
+        )))
+    return out
 
 
 def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = None) -> AuditReport:
@@ -343,8 +372,7 @@ def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = 
         from ._derivatives import _prepare_point
 
         value = float(target(_prepare_point(x)[0]))
-    d = np.sqrt(np.abs(np.diag(exact)))
-    d = np.where(d > 0, d, 1.0)
+    d = _diag_scale(exact)
     scaled_grad = np.abs(grad) / d
     stationary = bool(np.max(scaled_grad) <= STATIONARY_TOL)
     exact_eig, exact_vec = np.linalg.eigh(exact / np.outer(d, d))
@@ -408,9 +436,9 @@ def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = 
                     f"next step); here it is off by {rel_frob:.2g} in relative Frobenius norm"
                 )
             elif spec["kind"] == "hessian":
-                cause, why = _fd_cause(target, x, spec, exact, err, value)
-                causes.append(cause)
-                evidence.append(why)
+                for cause, why in _fd_causes(target, x, spec, exact, err, value, labels):
+                    causes.append(cause)
+                    evidence.append(why)
             else:
                 causes.append("not_a_hessian")
                 evidence.append(f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm")
