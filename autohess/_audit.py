@@ -41,9 +41,11 @@ CAUSES = ("ok", "sign", "not_a_hessian", "rounding", "truncation", "indefinite",
 #: a candidate is "ok" when every entry, scaled by sqrt(|H_ii H_jj|), is within this of the
 #: exact one and the standard errors agree to the same relative tolerance.
 OK_TOL = 1e-3
-#: the point is not an optimum when moving one marginal standard deviation along some
-#: parameter would change the objective by more than this (|g_i| / sqrt(H_ii)).
-STATIONARY_TOL = 1e-3
+#: the point is not an optimum when a Newton step from it is longer than this many standard
+#: errors (Mahalanobis length sqrt(g' H^-1 g); where H is not positive definite, the largest
+#: |g_i| / sqrt(|H_ii|)). Closer than that, Hessians and standard errors there differ from
+#: those at the optimum by a negligible third-derivative term.
+STATIONARY_TOL = 0.1
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,6 +189,7 @@ class AuditReport:
     exact: np.ndarray
     gradient: np.ndarray
     value: float
+    newton_length: float  # Newton step to the optimum, in standard errors (see STATIONARY_TOL)
     stationary: bool
     exact_positive_definite: bool
     candidates: tuple[CandidateAudit, ...]
@@ -200,7 +203,7 @@ class AuditReport:
     def to_dict(self) -> dict:
         return {
             "labels": list(self.labels), "exact": self.exact.tolist(), "gradient": self.gradient.tolist(),
-            "value": self.value, "stationary": self.stationary,
+            "value": self.value, "newton_length": self.newton_length, "stationary": self.stationary,
             "exact_positive_definite": self.exact_positive_definite,
             "candidates": [c.to_dict() for c in self.candidates],
         }
@@ -209,8 +212,8 @@ class AuditReport:
         se = np.sqrt(np.diag(np.linalg.inv(self.exact))) if self.exact_positive_definite else None
         head = [
             f"Audit against the exact Hessian ({len(self.labels)} parameters, f = {self.value:.6g}, "
-            f"max|gradient| = {np.max(np.abs(self.gradient)):.3g}, "
-            f"{'at a stationary point' if self.stationary else 'NOT at a stationary point'}, exact Hessian "
+            f"Newton step to the optimum {self.newton_length:.2g} standard errors: "
+            f"{'at the optimum' if self.stationary else 'NOT at the optimum'}; exact Hessian "
             f"{'positive definite' if self.exact_positive_definite else 'NOT positive definite'})",
             "",
             f"{'candidate':<30}{'rel. Frobenius':>15}{'max scaled':>12}{'min eig':>10}{'SE ratio':>17}  cause",
@@ -374,9 +377,10 @@ def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = 
         value = float(target(_prepare_point(x)[0]))
     d = _diag_scale(exact)
     scaled_grad = np.abs(grad) / d
-    stationary = bool(np.max(scaled_grad) <= STATIONARY_TOL)
     exact_eig, exact_vec = np.linalg.eigh(exact / np.outer(d, d))
     exact_pd = bool(exact_eig[0] > 0)
+    newton_length = float(np.sqrt(grad @ np.linalg.solve(exact, grad))) if exact_pd else float(np.max(scaled_grad))
+    stationary = newton_length <= STATIONARY_TOL
     se_exact = _se(exact) if exact_pd else np.full(p, np.nan)
     iu = np.triu_indices(p)
     results = []
@@ -454,8 +458,9 @@ def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = 
             causes.append("not_at_optimum")
             worst_g = labels[int(np.argmax(scaled_grad))]
             evidence.append(
-                f"the point is not an optimum (gradient per marginal standard deviation up to "
-                f"{np.max(scaled_grad):.2g}, for {worst_g}): no Hessian here gives valid standard errors"
+                f"the point is not an optimum: a Newton step from it is {newton_length:.2g} standard "
+                f"errors long (largest gradient component, per marginal standard deviation, for "
+                f"{worst_g}); no Hessian here gives valid standard errors: optimise first"
             )
         if not exact_pd and "indefinite" not in causes:
             causes.append("indefinite")
@@ -466,7 +471,8 @@ def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = 
             causes=tuple(causes), evidence=tuple(evidence),
         ))
     return AuditReport(
-        labels=tuple(labels), exact=exact, gradient=grad, value=float(value), stationary=stationary,
+        labels=tuple(labels), exact=exact, gradient=grad, value=float(value),
+        newton_length=newton_length, stationary=stationary,
         exact_positive_definite=exact_pd, candidates=tuple(results),
     )
 
