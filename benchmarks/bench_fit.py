@@ -36,23 +36,30 @@ the garbage collector off (helpers shared with bench_hessian.py). statsmodels' m
 are built once outside the timing (except ``Logit``, see above); so is autohess's ``Model``.
 
 Headline numbers (2-core AMD EPYC VM, Linux, Python 3.11.7, jax 0.10.2, numpy 2.4.6,
-statsmodels 0.15.0; 2026-11-24, unpinned, another test suite running beside it, 43 s in all):
+scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-24, CPUs idle at the start,
+21 s in all):
 
-* Logistic N=1500, p=12: ``ah.fit`` + bse 0.95 ms median (8 Newton iterations);
-  ``GenericLikelihoodModel`` BFGS + ``approx_hess`` 15.7 ms, i.e. 16x slower (target >= 100x:
-  FAIL); ``sm.Logit`` (analytic Newton) 2.4 ms. Differences from autohess: params 5e-8 and bse
-  4e-7 (relative) for GenericLikelihoodModel, 1e-13 / 3e-13 for Logit.
-* GARCH(1,1)-t (DEM/GBP, N=1500): ``ah.fit`` + bse 3.0 ms median from the default start
-  (12 iterations), 3.9 ms from the poor start (15 iterations, same optimum);
+* Logistic N=1500, p=12: ``ah.fit`` + bse 0.85 ms median (9 Newton iterations, rev-rev);
+  ``GenericLikelihoodModel`` BFGS + ``approx_hess`` 16.7 ms, i.e. 20x slower (target >= 100x:
+  FAIL); ``sm.Logit`` (analytic Newton) 0.89 ms, 1.05x. Differences from autohess:
+  GenericLikelihoodModel params 5e-3 relative (on a coefficient near 0; 1e-3 standard errors),
+  bse 1.5e-5, llf 9e-7 lower (its BFGS stops early); Logit 8e-15 / 1e-15.
+* GARCH(1,1)-t (DEM/GBP, N=1500): ``ah.fit`` + bse 2.5 ms median from the default start
+  (12 iterations), 3.1 ms from the poor start (15 iterations, same optimum to 1e-14);
   ``GenericLikelihoodModel`` BFGS (converges on its own from the default start thanks to the
-  ``-inf`` domain guard) + ``approx_hess`` 68 ms, 23x slower (target >= 100x: FAIL). llf agrees
-  to 1e-7; params to 2e-5 relative (4e-4 standard errors), bse to 1e-4 relative.
-* First call in a fresh process: logistic 1.0 s, GARCH-t 2.2 s (target <= 3 s: PASS both);
-  import 0.3 s and model construction 0.08 / 0.2 s on top.
+  ``-inf`` domain guard; 51 loglik + 45 gradient evaluations) + ``approx_hess`` 21.3 ms, 8.7x
+  slower (target >= 100x: FAIL). llf agrees to 1.4e-11, params to 2.7e-6 relative, bse to
+  7.6e-5 relative.
+* First call in a fresh process: logistic 1.0 s, GARCH-t 2.1 s (median of 3 processes; 2.0-2.8
+  s in other idle runs, 2.2-3.6 s with a test suite beside it, when it can FAIL); target <= 3 s:
+  PASS both. Import 0.3 s and model construction 0.09 / 0.21 s come on top; ~1.4 s of GARCH's
+  first call is XLA compiling the solver loop. A new start does not recompile (12 ms).
 
-The 100x targets fail because a 1500-observation numpy log-likelihood costs only 20-60 us, so
-statsmodels' few hundred numerical evaluations add up to 15-70 ms, while most of ``ah.fit``'s
-time is per-iteration Hessians and the fixed cost of the inference and diagnostics step.
+The 100x targets fail because a 1500-observation numpy log-likelihood costs only 20-40 us, so
+statsmodels' few hundred numerical evaluations add up to 16-20 ms, while ``ah.fit`` pays one
+exact Hessian per Newton iteration (the compiled solve: ~0.5 ms logistic, ~1.7 ms GARCH) plus
+the covariance/diagnostics program and eager Python/JAX around it (~0.3 ms logistic, ~0.8 ms
+GARCH, of which ~0.3 ms is flattening and transforming the GARCH start op by op).
 
 See benchmarks/README.md for how to run and read these numbers.
 """
@@ -90,12 +97,14 @@ RESULTS_FILE = HERE / "results" / "fit.json"
 
 #: Why the script runs numpy/scipy with one OpenBLAS thread by default (``--blas-threads``).
 BLAS_NOTE = """\
-numpy and scipy each load their own OpenBLAS, and both start one worker thread per core that
-spins after each call. With JAX's own threads in the same process on a 2-core VM, the pools
-fight: measured unpinned, sm.Logit's QR (scipy) took 43-48 ms instead of ~0.9 ms on every call,
-GenericLikelihoodModel alternated between 17 and 25-33 ms and ah.fit had 2-6 ms spikes. On
-matrices of 1500 x 12 a second BLAS thread gains nothing, so one thread is the fair setting;
-pass --blas-threads 0 to see the library default."""
+numpy's and scipy's OpenBLAS split even small calls over one thread per core. On an idle 2-core
+VM that costs nothing, but when another process keeps a core busy (a test suite running beside
+the benchmark), each such call waits for the second thread to get that core: measured with the
+library default under that load, sm.Logit (its QR of X in scipy) took 43-48 ms instead of
+~0.9 ms on every call, GenericLikelihoodModel alternated between 17 and 25-33 ms and ah.fit had
+2-6 ms spikes; one busy-loop process beside it gave ~4 ms spikes in every fifth sm.Logit call.
+One thread gains nothing at 1500 x 12 and makes the numbers immune, so it is the default here;
+--blas-threads 0 leaves the environment as it is (idle, both settings measure the same)."""
 
 N_LOGISTIC, P_LOGISTIC, SEED = 1500, 12, 0
 GARCH_LABELS = ("alpha", "beta", "mu", "nu", "omega")
@@ -252,7 +261,7 @@ def first_call_in_subprocess(which: str, repeats: int) -> dict:
         if key in runs[0]:
             vals = [r[key] for r in runs]
             out[key] = statistics.median(vals)
-            out[key.replace("_s", "_min_s")] = min(vals)
+            out[key[:-2] + "_min_s"] = min(vals)
     return out
 
 
