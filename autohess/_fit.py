@@ -150,20 +150,23 @@ jax.tree_util.register_dataclass(
 # Compiled pieces
 # ------------------------------------------------------------------------------------------
 def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float]) -> Callable:
+    """One compiled program: start (natural) -> unconstrained solve -> natural-scale results."""
     spec = model.spec
     mode = model.hessian_mode
 
     def objective(u, data, weights):
         return model.negloglik_flat(spec.to_natural(u), data, weights)
 
-    def solve(u0, data, weights):
+    def solve(params, data, weights):
         model.trace_counts["fit"] += 1
+        u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
         f = functools.partial(objective, data=data, weights=weights)
         if method == "trust-region":
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
-            return res.x, res.iterations, res.status, (res.value, res.grad, res.hess)
-        x, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
-        return x, iterations, status, None
+            x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
+            return x, res.iterations, res.status, (value, grad, hess), ok
+        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
+        return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool)
 
     return jax.jit(solve)
 
@@ -190,27 +193,22 @@ def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
     return fun
 
 
-def _to_natural_program(model: Model) -> Callable:
+def _natural_derivatives(spec, u, value, grad_u, hess_u):
     """Natural-scale value, gradient and Hessian from the solver's unconstrained ones.
 
     The transforms act elementwise, ``x_i = T_i(u_i)``, so with ``J = T'(u)`` and
     ``K = T''(u)``: ``g_u = J g_x`` and ``H_u = J H_x J + diag(K g_x)``. Inverting this costs
-    nothing to compile, unlike a second Hessian program. Returns ``ok=False`` where ``J``
-    underflows (a parameter pushed to ``exp(-745)``), and the caller then differentiates
-    directly on the natural scale.
+    nothing to compile, unlike a second Hessian program. ``ok`` is False where ``J``
+    underflows (a parameter pushed to ``exp(-745)``); the caller then differentiates directly
+    on the natural scale.
     """
-    spec = model.spec
-
-    def run(u, value, grad_u, hess_u):
-        ones = jnp.ones_like(u)
-        x, jac = jax.jvp(spec.to_natural, (u,), (ones,))
-        curv = jax.jvp(lambda t: jax.jvp(spec.to_natural, (t,), (ones,))[1], (u,), (ones,))[1]
-        grad = grad_u / jac
-        hess = (hess_u - jnp.diag(curv * grad)) / jnp.outer(jac, jac)
-        ok = jnp.all(jnp.abs(jac) > 0) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
-        return x, value, grad, _symmetrize(hess), ok
-
-    return jax.jit(run)
+    ones = jnp.ones_like(u)
+    x, jac = jax.jvp(spec.to_natural, (u,), (ones,))
+    curv = jax.jvp(lambda t: jax.jvp(spec.to_natural, (t,), (ones,))[1], (u,), (ones,))[1]
+    grad = grad_u / jac
+    hess = (hess_u - jnp.diag(curv * grad)) / jnp.outer(jac, jac)
+    ok = jnp.all(jnp.abs(jac) > 0) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
+    return x, value, grad, _symmetrize(hess), ok
 
 
 def _inference_program(model: Model, what: str) -> Callable:
@@ -289,9 +287,9 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         what = "all" if with_scores else "hessian"
         program = model._jitted(("inference", what), lambda: _inference_program(model, what))
         value, grad, hess, scores = program(x, model.data, weights)
-    lower, upper = model.spec.bounds()
+    lower, upper = model.spec.bounds_arrays(model.dtype)
     cov, diag = _covariance_and_diagnostics(
-        x, grad, hess, jnp.asarray(lower, x.dtype), jnp.asarray(upper, x.dtype), scores, weights,
+        x, grad, hess, lower, upper, scores, weights,
         group_codes, cov_type=cov_type, n_groups=n_groups, df_correction=df_correction,
     )
     result = FitResult(
@@ -351,20 +349,16 @@ def fit(
         maxiter = 200 if method == "trust-region" else 1000
     if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
-    params = _model_params(model, start)
-    model.spec.check_domain(params, "start")
-    w = _model_weights(model, weights)
-    u0 = model.spec.to_unconstrained(model.spec.flatten(params, model.dtype))
-    program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))
-    u, iterations, status, final = program(u0, model.data, w)
-    known = None
-    if final is not None:
-        convert = model._jitted("to_natural", lambda: _to_natural_program(model))
-        x, value, grad, hess, ok = convert(u, *final)
-        if bool(np.asarray(ok)):
-            known = (value, grad, hess)
+    if start is None:
+        params = model.init_params  # checked when the model was built
     else:
-        x = model.spec.to_natural(u)
+        params = _model_params(model, start)
+        model.spec.check_domain(params, "start")
+    w = _model_weights(model, weights)
+    program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))
+    x, iterations, status, known, ok = program(params, model.data, w)
+    if known is not None and not bool(np.asarray(ok)):
+        known = None
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known)
     if method == "lbfgs" and int(np.asarray(status)) == Status.CONVERGED and not bool(
         np.asarray(result.diagnostics_data.positive_definite)

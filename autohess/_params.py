@@ -214,6 +214,15 @@ class ParamSpec:
         upper = np.concatenate([np.full(int(np.prod(s, dtype=int)), t.bounds[1]) for t, s in zip(self.transforms, self.shapes)])
         return lower, upper
 
+    def bounds_arrays(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """``bounds()`` as device arrays of ``dtype``, computed once per spec and dtype."""
+        cache = self.__dict__.setdefault("_bounds_cache", {})
+        key = np.dtype(dtype).name
+        if key not in cache:
+            lower, upper = self.bounds()
+            cache[key] = (jnp.asarray(lower, dtype), jnp.asarray(upper, dtype))
+        return cache[key]
+
     @property
     def transformed(self) -> np.ndarray:
         """Per-entry flag: declared with a transform other than ``Real``."""

@@ -294,11 +294,14 @@ def bench_logistic(ah, reps: int, sm_reps: int, rounds: int) -> tuple[list, dict
     logit = sm.Logit(y, X).fit(disp=0)
     l_bse = np.asarray(logit.bse)
 
-    names = ("ah.fit + bse", "GenericLikelihoodModel bfgs + bse", "sm.Logit newton + bse")
+    nm_res, nm_bse = sm_fit(generic, zeros, "nm")
+    names = ("ah.fit + bse", "GenericLikelihoodModel bfgs + bse", "sm.Logit newton + bse",
+             "GenericLikelihoodModel nm (its default) + bse")
     timer = Interleaved(rounds)
     timer.add(names[0], lambda: ah_fit_and_bse(ah, model), reps)
     timer.add(names[1], lambda: sm_fit(generic, zeros, "bfgs"), sm_reps, warmup=2)
     timer.add(names[2], lambda: np.asarray(sm.Logit(y, X).fit(disp=0).bse), sm_reps, warmup=2)
+    timer.add(names[3], lambda: sm_fit(generic, zeros, "nm"), max(1, sm_reps // 2), warmup=1)
     timings = timer.run()
 
     g_diff = compare(g_res.params, g_bse, ah_params, bse)
@@ -315,11 +318,15 @@ def bench_logistic(ah, reps: int, sm_reps: int, rounds: int) -> tuple[list, dict
         row(wl, names[2], timings[names[2]], iterations=int(logit.mle_retvals["iterations"]),
             converged=bool(logit.mle_retvals["converged"]), llf=float(logit.llf), diffs=l_diff,
             notes="analytic score and Hessian; timing includes building Logit(y, X)"),
+        row(wl, names[3], timings[names[3]], converged=sm_converged(nm_res, nm_bse), llf=float(nm_res.llf),
+            diffs=compare(nm_res.params, nm_bse, ah_params, bse),
+            notes="what GenericLikelihoodModel.fit() uses unless told otherwise (maxiter 1000 here)"),
     ]
     med = {k: v["median_us"] for k, v in timings.items()}
     ratios = {
         "generic_over_ah": med[names[1]] / med[names[0]],
         "logit_over_ah": med[names[2]] / med[names[0]],
+        "generic_nm_over_ah": med[names[3]] / med[names[0]],
         "generic_vs_ah": g_diff,
         "logit_vs_ah": l_diff,
         "llf_ah_minus_generic": ah_llf - float(g_res.llf),
@@ -546,6 +553,7 @@ def main(argv=None) -> int:
     print_first_calls(list(fc.values()))
     print("\n## ratios")
     print(f"logistic: GenericLikelihoodModel bfgs / ah.fit = {logistic_ratios['generic_over_ah']:.1f}; "
+          f"GenericLikelihoodModel nm (its default) / ah.fit = {logistic_ratios['generic_nm_over_ah']:.1f}; "
           f"sm.Logit / ah.fit = {logistic_ratios['logit_over_ah']:.2f}; llf(ah) - llf(generic) = "
           f"{logistic_ratios['llf_ah_minus_generic']:.2e}, - llf(Logit) = {logistic_ratios['llf_ah_minus_logit']:.2e}")
     gb = garch_ratios["generic_bfgs_alone"]
