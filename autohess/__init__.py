@@ -29,6 +29,8 @@ from ._fit import InferenceWarning as InferenceWarning  # noqa: E402
 from ._fit import delta_method as delta_method  # noqa: E402
 from ._fit import evaluate as evaluate  # noqa: E402
 from ._fit import fit as fit  # noqa: E402
+from ._least_squares import LeastSquaresModel as LeastSquaresModel  # noqa: E402
+from ._least_squares import least_squares as least_squares  # noqa: E402
 from ._model import Model as Model  # noqa: E402
 from ._report import DiagnosticReport as DiagnosticReport  # noqa: E402
 from ._report import Problem as Problem  # noqa: E402
@@ -60,6 +62,8 @@ __all__ = [
     "evaluate",
     "fit",
     "Float32Warning",
+    "LeastSquaresModel",
+    "least_squares",
     "Hessian",
     "Interval",
     "Model",

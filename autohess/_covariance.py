@@ -10,6 +10,8 @@ Small-sample corrections (statsmodels-compatible):
   ``df_correction=True`` the factor ``N / (N - p)`` (``HC1``).
 * ``"cluster"``: ``G / (G - 1) * (N - 1) / (N - p)`` with ``G`` clusters (statsmodels'
   default ``use_correction=True``); ``df_correction=False`` drops it.
+* ``"gauss-newton"`` (least-squares models only): ``s^2 (J'J)^-1`` with ``s^2 = RSS/(n-p)``;
+  see ``_least_squares.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 
 __all__ = ["COV_TYPES", "meat", "restricted_inverse", "covariance"]
 
-COV_TYPES = ("hessian", "opg", "robust", "cluster")
+COV_TYPES = ("hessian", "opg", "robust", "cluster", "gauss-newton")
 
 
 def meat(
@@ -70,6 +72,9 @@ def covariance(
     p = hess.shape[0]
     if cov_type == "hessian":
         return restricted_inverse(hess, keep)
+    if cov_type == "gauss-newton":  # computed by the least-squares model; here only masked
+        gn = scores
+        return jnp.where(keep[:, None] & keep[None, :], gn, jnp.nan)
     if scores is None:
         raise ValueError(f"cov_type={cov_type!r} needs per-observation scores")
     n = scores.shape[0] if weights is None else jnp.sum(weights)

@@ -264,7 +264,10 @@ def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
 def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None):
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
-    with_scores = cov_type != "hessian"
+    gauss_newton = cov_type == "gauss-newton"
+    if gauss_newton and not hasattr(model, "residual_fn"):
+        raise ValueError("cov_type='gauss-newton' needs a least-squares model: build it with ah.least_squares")
+    with_scores = cov_type not in ("hessian", "gauss-newton")
     if with_scores and not model.per_observation:
         raise ValueError(
             f"cov_type={cov_type!r} needs per-observation scores; this Model has "
@@ -287,6 +290,10 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         what = "all" if with_scores else "hessian"
         program = model._jitted(("inference", what), lambda: _inference_program(model, what))
         value, grad, hess, scores = program(x, model.data, weights)
+    if gauss_newton:
+        from ._least_squares import gauss_newton_covariance
+
+        scores = gauss_newton_covariance(model, x)  # passed through to be masked
     lower, upper = model.spec.bounds_arrays(model.dtype)
     cov, diag = _covariance_and_diagnostics(
         x, grad, hess, lower, upper, scores, weights,

@@ -200,6 +200,7 @@ _COV_NAMES = {
     "opg": "outer product of gradients (BHHH)",
     "robust": "robust sandwich H^-1 B H^-1 (HC0)",
     "cluster": "cluster-robust sandwich",
+    "gauss-newton": "Gauss-Newton s^2 (J'J)^-1, s^2 = RSS/(n-p)",
 }
 
 
