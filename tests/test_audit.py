@@ -162,3 +162,15 @@ def test_audit_bad_input():
         ah.fd_hessian(smooth, X0, method="backward")
     with pytest.raises(ValueError, match="step must be positive"):
         ah.fd_hessian(smooth, X0, step=0.0)
+
+
+def test_relative_steps_for_small_parameters():
+    """A parameter of size 0.01: the max(|x|, 1) floor makes the step 1% of it; relative
+    steps are ~100x more accurate (bench_fd measured the same on GARCH's omega)."""
+    f = lambda x: jnp.sum(jnp.exp(x / 0.01)) * 1e-4  # noqa: E731
+    x = jnp.array([0.01, 0.02])
+    exact = np.asarray(ah.hessian(f, x).matrix)
+    err = lambda step: np.max(np.abs(np.asarray(ah.fd_hessian(f, x, method="richardson", step=step).matrix) - exact)) / np.abs(exact).max()  # noqa: E731
+    assert err("relative") < 1e-2 * err(None)
+    with pytest.raises(ValueError, match="'relative' or None"):
+        ah.fd_hessian(f, x, step="absolute")
