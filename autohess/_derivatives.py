@@ -115,7 +115,7 @@ def _symmetrize(h: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
-def _model_params(model: Model, params: Any) -> Any:
+def _model_params(model: Model, params: Any, what: str = "params") -> Any:
     """Checked natural-scale parameters as arrays of the model's dtype.
 
     Transform declarations stand for their initial values; Python numbers and numpy arrays are
@@ -123,7 +123,7 @@ def _model_params(model: Model, params: Any) -> Any:
     """
     if params is None:
         return model.init_params
-    leaves = model.spec.check_structure(params)
+    leaves = model.spec.check_structure(params, what)
     if all(isinstance(leaf, jax.Array) and leaf.dtype == model.dtype for leaf in leaves):
         return params
     return model.spec.treedef.unflatten([jnp.asarray(leaf, model.dtype) for leaf in leaves])

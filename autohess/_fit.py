@@ -359,7 +359,7 @@ def fit(
     if start is None:
         params = model.init_params  # checked when the model was built
     else:
-        params = _model_params(model, start)
+        params = _model_params(model, start, "start")
         model.spec.check_domain(params, "start")
     w = _model_weights(model, weights)
     program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))

@@ -102,6 +102,15 @@ class ParamSpec:
         self.labels: Labels = Labels(
             lab for name, shape in zip(self.names, self.shapes) for lab in element_labels(name, shape)
         )
+        seen: dict = {}
+        for lab in self.labels:
+            seen[lab] = seen.get(lab, 0) + 1
+        dup = sorted(lab for lab, k in seen.items() if k > 1)
+        if dup:
+            raise ValueError(
+                f"duplicate parameter labels {dup[:5]}: two pytree paths print the same (e.g. "
+                "{'a': {'b': ...}} and {'a.b': ...}); rename one of them"
+            )
         self.all_real = all(type(t) is Real for t in self.transforms)
         self.unconstrained_labels: Labels = Labels(
             lab if not t.link else f"{t.link}({lab})"

@@ -71,6 +71,8 @@ def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
             raise TypeError(f"{name} must be a numeric array, got dtype {dt}")
         if np.issubdtype(dt, np.complexfloating):
             raise TypeError(f"{name} is complex ({dt}); log-likelihoods need real data")
+        if np.size(arr) == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(np.shape(arr))}): there are no observations to fit")
         if np.issubdtype(dt, np.floating):
             host = np.asarray(arr)
             finite = np.isfinite(host)

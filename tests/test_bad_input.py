@@ -171,3 +171,29 @@ def test_check_false_skips_checks_same_matrix():
     np.testing.assert_array_equal(
         np.asarray(ah.hessian(model, good, check=False).matrix), np.asarray(ah.hessian(model, good).matrix)
     )
+
+
+def test_empty_data_named():
+    with pytest.raises(ValueError, match=r"data\['y'\] is empty \(shape \(0,\)\)"):
+        ah.Model(normal_loglik, {"y": np.zeros(0)}, {"mu": 0.0, "sigma": ah.Positive(1.0)})
+
+
+def test_mismatched_leading_dimensions_show_data_shapes():
+    def loglik(p, d):
+        return d["y"] * (d["X"] @ p["b"])
+
+    with pytest.raises(TypeError, match=r"data shapes \{'X': \(10, 2\), 'y': \(9,\)\}"):
+        ah.Model(loglik, {"X": np.ones((10, 2)), "y": np.ones(9)}, {"b": jnp.zeros(2)})
+
+
+def test_duplicate_parameter_labels_rejected():
+    with pytest.raises(ValueError, match=r"duplicate parameter labels \['a.b'\]"):
+        ah.Model(lambda p, d: d["y"] * 0.0, {"y": np.ones(3)}, {"a": {"b": 1.0}, "a.b": 2.0})
+
+
+def test_unknown_parameter_name_in_start():
+    model = ah.Model(normal_loglik, good_data(), {"mu": 0.0, "sigma": ah.Positive(1.0)})
+    with pytest.raises(ValueError, match=r"start do not match the model's parameters: unknown parameter\(s\) \['muu'\]"):
+        ah.fit(model, start={"muu": 0.0, "sigma": 1.0})
+    with pytest.raises(ValueError, match=r"parameter 'sigma': start value outside the domain \(0, inf\)"):
+        ah.fit(model, start={"mu": 0.0, "sigma": -1.0})
