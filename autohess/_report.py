@@ -27,9 +27,11 @@ _SUGGEST = {
     "report these standard errors",
     "saddle": "this is not a maximum: restart from a point moved along that direction (or from "
     "several random starts); for mixtures, break the label symmetry (order the components)",
-    "flat": "the data do not identify this combination: reparameterise (estimate the "
+    "flat": "the data do not identify this combination here: reparameterise (estimate the "
     "combination itself), fix or constrain one of the parameters, collect more data, or use a "
-    "profile likelihood or the bootstrap",
+    "profile likelihood or the bootstrap. If the fit stopped with status SINGULAR, the point may "
+    "also be a degenerate stationary point (e.g. two components merged) with a better optimum "
+    "elsewhere: refit from other starting values",
     "boundary": "Wald standard errors and intervals are not valid at a boundary: use a "
     "likelihood-ratio test (its null distribution is a 50:50 mixture of chi2(0) and chi2(1) for "
     "one variance at 0), a profile likelihood interval, or drop the parameter",
