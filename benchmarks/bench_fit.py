@@ -39,27 +39,29 @@ Headline numbers (2-core AMD EPYC VM, Linux, Python 3.11.7, jax 0.10.2, numpy 2.
 scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-24, CPUs idle at the start,
 21 s in all):
 
-* Logistic N=1500, p=12: ``ah.fit`` + bse 0.85 ms median (9 Newton iterations, rev-rev);
-  ``GenericLikelihoodModel`` BFGS + ``approx_hess`` 16.7 ms, i.e. 20x slower (target >= 100x:
-  FAIL); ``sm.Logit`` (analytic Newton) 0.89 ms, 1.05x. Differences from autohess:
+* Logistic N=1500, p=12: ``ah.fit`` + bse 0.67 ms median (9 Newton iterations, rev-rev);
+  ``GenericLikelihoodModel`` BFGS + ``approx_hess`` 16.6 ms, i.e. 25x slower (target >= 100x:
+  FAIL); with its default optimiser (Nelder-Mead) 47.9 ms, 72x, and not converged;
+  ``sm.Logit`` (analytic Newton) 0.97 ms, 1.45x. Differences from autohess:
   GenericLikelihoodModel params 5e-3 relative (on a coefficient near 0; 1e-3 standard errors),
   bse 1.5e-5, llf 9e-7 lower (its BFGS stops early); Logit 8e-15 / 1e-15.
-* GARCH(1,1)-t (DEM/GBP, N=1500): ``ah.fit`` + bse 2.5 ms median from the default start
-  (12 iterations), 3.1 ms from the poor start (15 iterations, same optimum to 1e-14);
+* GARCH(1,1)-t (DEM/GBP, N=1500): ``ah.fit`` + bse 2.0 ms median from the default start
+  (12 iterations), 2.6 ms from the poor start (15 iterations, same optimum to 1e-14);
   ``GenericLikelihoodModel`` BFGS (converges on its own from the default start thanks to the
-  ``-inf`` domain guard; 51 loglik + 45 gradient evaluations) + ``approx_hess`` 21.3 ms, 8.7x
+  ``-inf`` domain guard; 51 loglik + 45 gradient evaluations) + ``approx_hess`` 21.2 ms, 10.5x
   slower (target >= 100x: FAIL). llf agrees to 1.4e-11, params to 2.7e-6 relative, bse to
   7.6e-5 relative.
-* First call in a fresh process: logistic 1.0 s, GARCH-t 2.1 s (median of 3 processes; 2.0-2.8
-  s in other idle runs, 2.2-3.6 s with a test suite beside it, when it can FAIL); target <= 3 s:
-  PASS both. Import 0.3 s and model construction 0.09 / 0.21 s come on top; ~1.4 s of GARCH's
-  first call is XLA compiling the solver loop. A new start does not recompile (12 ms).
+* First call in a fresh process: logistic 1.0 s, GARCH-t 2.0 s (median of 3 processes; up to
+  3.1 s with a benchmark running beside it, when it can FAIL); target <= 3 s: PASS both.
+  Import 0.3 s and model construction 0.09 / 0.22 s come on top; ~1.3 s of GARCH's first call
+  is XLA compiling the solver loop. A new start does not recompile (13 ms).
 
 The 100x targets fail because a 1500-observation numpy log-likelihood costs only 20-40 us, so
 statsmodels' few hundred numerical evaluations add up to 16-20 ms, while ``ah.fit`` pays one
 exact Hessian per Newton iteration (the compiled solve: ~0.5 ms logistic, ~1.7 ms GARCH) plus
-the covariance/diagnostics program and eager Python/JAX around it (~0.3 ms logistic, ~0.8 ms
-GARCH, of which ~0.3 ms is flattening and transforming the GARCH start op by op).
+the covariance/diagnostics program and Python around it (~0.15 ms; the start's flattening and
+transform now run inside the compiled solve). Even a fit with zero overhead would need fewer
+than 4 Newton iterations to reach 100x on the logistic model.
 
 See benchmarks/README.md for how to run and read these numbers.
 """
