@@ -25,7 +25,7 @@ from ._solver import Status, lbfgs, trust_region_newton
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
 
-METHODS = ("trust-region", "lbfgs")
+METHODS = ("trust-region", "lbfgs", "gauss-newton")
 #: loading (in the unit-diagonal scaled eigenvector) above which a parameter is part of a flat
 #: or negative-curvature direction; its standard error is then NaN.
 AFFECTED_LOADING = 1e-3
@@ -165,10 +165,39 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
             x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
             return x, res.iterations, res.status, (value, grad, hess), ok
+        if method == "gauss-newton":
+            # Levenberg-Marquardt steps to reach the basin, then exact Newton to finish: the
+            # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
+            lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol)
+            res = trust_region_newton(_value_grad_hess_fn(f, mode), lm.x, maxiter=maxiter, rtol=rtol)
+            x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
+            return x, lm.iterations + res.iterations, res.status, (value, grad, hess), ok
         u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
         return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool)
 
     return jax.jit(solve)
+
+
+def _gauss_newton_fn(model: Model, data: Any) -> Callable:
+    """``u -> (f, grad f, G)`` for a least-squares model, ``f = (n/2) log RSS`` (up to a
+    constant) and ``G = (n / RSS) J'J`` its Gauss-Newton matrix (``J``: Jacobian of the
+    residuals with respect to ``u``). ``G`` is positive semi-definite everywhere and equals the
+    Hessian at a zero-residual optimum: the trust region on it is Levenberg-Marquardt.
+    """
+    spec = model.spec
+
+    def residuals(u):
+        return model.residual_fn(spec.unflatten(spec.to_natural(u)), data)
+
+    def fun(u):
+        r = residuals(u)
+        J = jax.jacfwd(residuals)(u)
+        n = r.shape[0]
+        rss = jnp.dot(r, r)
+        value = 0.5 * n * (jnp.log(2.0 * jnp.pi * rss / n) + 1.0)
+        return value, (n / rss) * (J.T @ r), (n / rss) * (J.T @ J)
+
+    return fun
 
 
 def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
@@ -328,8 +357,10 @@ def fit(
         model: an ``ah.Model``.
         start: starting parameters on the natural scale (default: the model's initial values).
         method: ``"trust-region"`` (default; exact-Hessian Newton steps in a trust region,
-            robust to indefinite Hessians) or ``"lbfgs"`` (``optax.lbfgs``; for many
-            parameters; the exact Hessian is formed once, at the end).
+            robust to indefinite Hessians), ``"lbfgs"`` (``optax.lbfgs``; for many
+            parameters; the exact Hessian is formed once, at the end) or ``"gauss-newton"``
+            (least-squares models only: the same trust region on ``J'J``, i.e.
+            Levenberg-Marquardt; inference still uses exact derivatives).
         cov_type: ``"hessian"`` (inverse observed information, default), ``"opg"`` (outer
             product of scores, BHHH), ``"robust"`` (sandwich ``H^-1 B H^-1``, statsmodels'
             HC0) or ``"cluster"`` (with ``groups``).
@@ -352,8 +383,10 @@ def fit(
         raise TypeError(f"fit needs an ah.Model, got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "gauss-newton" and not hasattr(model, "residual_fn"):
+        raise ValueError("method='gauss-newton' needs a least-squares model: build it with ah.least_squares")
     if maxiter is None:
-        maxiter = 200 if method == "trust-region" else 1000
+        maxiter = 1000 if method == "lbfgs" else 200
     if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
     if start is None:

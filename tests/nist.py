@@ -307,3 +307,18 @@ def rss_at(problem: Problem, b) -> float:
     b = jnp.asarray(b, dtype=jnp.float64)
     r = jnp.asarray(problem.response) - MODELS[problem.name](b, jnp.asarray(problem.x))
     return float(jnp.sum(r**2))
+
+
+def canonical_order(name: str, b: np.ndarray) -> np.ndarray:
+    """Index order that puts a solution in a canonical form.
+
+    The Lanczos models are sums of three exponentials ``b1 exp(-b2 x) + b3 exp(-b4 x) +
+    b5 exp(-b6 x)``: swapping two terms gives the same curve and RSS, so a solver may return the
+    certified optimum with its terms relabelled. Ordering the (amplitude, rate) pairs by rate
+    makes two such labellings compare equal. Other problems keep their order.
+    """
+    b = np.asarray(b, dtype=np.float64)
+    if not name.startswith("Lanczos"):
+        return np.arange(b.size)
+    pairs = np.argsort(b[1::2])
+    return np.concatenate([[2 * k, 2 * k + 1] for k in pairs])

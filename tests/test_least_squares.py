@@ -29,5 +29,7 @@ def test_gauss_newton_needs_least_squares_model(rng):
     model = ah.models.poisson(np.ones((10, 1)), np.arange(10))
     with pytest.raises(ValueError, match="needs a least-squares model"):
         ah.fit(model, cov_type="gauss-newton")
+    with pytest.raises(ValueError, match="method='gauss-newton' needs a least-squares model"):
+        ah.fit(model, method="gauss-newton")
     with pytest.raises(ValueError, match="more residuals"):
         ah.least_squares(lambda p, d: d["y"] - p["b"], {"y": np.ones(2)}, {"b": jnp.zeros(2)})

@@ -186,6 +186,49 @@ def test_nist_from_nist_start(name, start):
     assert abs(rss - prob.rss) / prob.rss <= RSS_RTOL, info
 
 
+# method="gauss-newton": Levenberg-Marquardt steps (the trust region on J'J) to reach the basin,
+# then exact Newton to finish. Known failures, checked case by case (default maxiter=200):
+KNOWN_FAILURES_GN = {
+    ("Lanczos1", 1): "STALLED: RSS 1.4e-25 is at the rounding level of the data, so log RSS is "
+    "noise near the optimum and no step passes the ratio test (see the certified-start test)",
+    ("Lanczos1", 2): "STALLED, as from start 1 (rounding noise in log RSS at RSS ~ 1e-25)",
+    ("BoxBOD", 1): "SINGULAR after 4 iterations at b = (172.5, 104.9): the Levenberg-Marquardt "
+    "steps saturate the exponential (b2 * x >> 1, so the model is flat in b2) far from the "
+    "certified b2 = 0.547; the default trust-region Newton solves this case",
+    ("MGH10", 1): "MAX_ITERATIONS: the Levenberg-Marquardt phase runs away to b ~ (1e7, -5e7, 7e6) "
+    "(RSS 1.4e9) and the Newton phase cannot come back within 200 iterations",
+    ("MGH17", 1): "MAX_ITERATIONS: both phases crawl along the valley where the two exponentials "
+    "nearly coincide (RSS 6.7e-5 vs certified 5.5e-5 after 400 iterations)",
+}
+
+CASES_GN = [
+    pytest.param(
+        name, start,
+        id=f"{name}-start{start}",
+        marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_FAILURES_GN[(name, start)])]
+        if (name, start) in KNOWN_FAILURES_GN else [],
+    )
+    for name in nist.NAMES
+    for start in (1, 2)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,start", CASES_GN)
+def test_nist_gauss_newton_method(name, start):
+    """Same accuracy requirements with method="gauss-newton"; Lanczos solutions are compared
+    up to relabelling of their three exponential terms (same curve, same RSS)."""
+    prob, model = problem_and_model(name)
+    res = ah.fit(model, start={"b": jnp.asarray(prob.start(start))}, method="gauss-newton",
+                 cov_type="gauss-newton", warn=False)
+    rss = model.rss(res.params)
+    info = describe(res, prob, rss)
+    assert int(res.status_code) == Status.CONVERGED, info
+    mine, cert = nist.canonical_order(name, res.params_flat), nist.canonical_order(name, prob.certified)
+    assert np.max(rel_errors(np.asarray(res.params_flat)[mine], prob.certified[cert])) <= EST_RTOL, info
+    assert np.max(rel_errors(np.asarray(res.bse_flat)[mine], prob.certified_sd[cert])) <= SD_RTOL, info
+    assert abs(rss - prob.rss) / prob.rss <= RSS_RTOL, info
+
+
 @pytest.mark.parametrize("name", nist.NAMES)
 def test_nist_from_certified_estimates(name):
     """Re-solving from the certified estimates: the answer's accuracy without the path."""
