@@ -9,6 +9,8 @@ from . import _config
 _config.apply()
 
 from . import models as models  # noqa: E402
+from ._batch import BatchResult as BatchResult  # noqa: E402
+from ._batch import fit_batch as fit_batch  # noqa: E402
 from ._derivatives import Hessian as Hessian  # noqa: E402
 from ._derivatives import chunked_memory_bytes as chunked_memory_bytes  # noqa: E402
 from ._derivatives import gradient as gradient  # noqa: E402
@@ -45,6 +47,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditReport",
+    "BatchResult",
+    "fit_batch",
     "CandidateAudit",
     "FDHessian",
     "StepSweep",
