@@ -74,6 +74,7 @@ if str(HERE) not in sys.path:
 
 # Shared with the Hessian benchmark (none of these touch JAX at import time).
 from bench_hessian import (  # noqa: E402
+    print_markdown_table,
     N_GARCH,
     N_LOGISTIC,
     P_LOGISTIC,
@@ -332,11 +333,7 @@ def print_table(rows: list) -> None:
         for r in rows
     ]
     lines = [[c.replace("|", "\\|") for c in ln] for ln in lines]  # keep the markdown table intact
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for ln in lines:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
+    print_markdown_table(header, lines)
 
 
 def main(argv=None) -> int:

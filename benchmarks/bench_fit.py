@@ -87,6 +87,7 @@ if str(HERE) not in sys.path:
 
 # Shared with the Hessian benchmark (none of these touch JAX at import time).
 from bench_hessian import (  # noqa: E402
+    print_markdown_table,
     N_GARCH,
     Interleaved,
     busy_fraction,
@@ -445,11 +446,7 @@ def print_table(rows: list) -> None:
          f"{r['llf']:.8f}", fmt_diff(r["diff_vs_autohess"]), r["notes"]]
         for r in rows
     ]
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for ln in lines:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
+    print_markdown_table(header, lines)
 
 
 def print_first_calls(fc: list) -> None:

@@ -480,6 +480,15 @@ def fmt_us(x: float) -> str:
     return f"{x:,.1f}" if x < 1e4 else f"{x:,.0f}"
 
 
+def print_markdown_table(header: list, lines: list) -> None:
+    """Print rows of strings as a padded markdown table (shared by the benchmark scripts)."""
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for ln in lines:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
+
+
 def print_table(rows: list) -> None:
     header = ["workload", "method", "median µs", "min µs", "rel. error vs exact/closed form", "notes"]
     lines = [
@@ -488,11 +497,7 @@ def print_table(rows: list) -> None:
          r["notes"]]
         for r in rows
     ]
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for ln in lines:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
+    print_markdown_table(header, lines)
 
 
 def print_first_calls(fc: list) -> None:
