@@ -142,16 +142,21 @@ KNOWN_FAILURES = {
     ),
 }
 
-CASES = [
-    pytest.param(
-        name, start,
-        id=f"{name}-start{start}",
-        marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_FAILURES[(name, start)])]
-        if (name, start) in KNOWN_FAILURES else [],
-    )
-    for name in nist.NAMES
-    for start in (1, 2)
-]  # fmt: skip
+def _cases(known: dict) -> list:
+    """All 54 (dataset, start) cases; those in ``known`` are strict xfails with their reason."""
+    return [
+        pytest.param(
+            name, start,
+            id=f"{name}-start{start}",
+            marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=known[(name, start)])]
+            if (name, start) in known else [],
+        )
+        for name in nist.NAMES
+        for start in (1, 2)
+    ]  # fmt: skip
+
+
+CASES = _cases(KNOWN_FAILURES)
 
 
 def test_parser_and_models_reproduce_certified_rss():
@@ -201,16 +206,7 @@ KNOWN_FAILURES_GN = {
     "nearly coincide (RSS 6.7e-5 vs certified 5.5e-5 after 400 iterations)",
 }
 
-CASES_GN = [
-    pytest.param(
-        name, start,
-        id=f"{name}-start{start}",
-        marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_FAILURES_GN[(name, start)])]
-        if (name, start) in KNOWN_FAILURES_GN else [],
-    )
-    for name in nist.NAMES
-    for start in (1, 2)
-]  # fmt: skip
+CASES_GN = _cases(KNOWN_FAILURES_GN)
 
 
 @pytest.mark.parametrize("name,start", CASES_GN)
