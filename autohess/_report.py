@@ -50,6 +50,10 @@ class Problem:
     direction: Optional[str]
     suggestion: str
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"problem kind must be one of {KINDS}, got {self.kind!r}")
+
     def __str__(self) -> str:
         return f"[{self.kind}] {self.message}\n    what to do: {self.suggestion}"
 
@@ -96,7 +100,6 @@ class DiagnosticReport:
         hess = np.asarray(res.hessian_matrix, dtype=np.float64)
         grad = np.asarray(res.gradient, dtype=np.float64)
         x = np.asarray(res.params_flat, dtype=np.float64)
-        llf = float(np.asarray(res.llf))
         status = Status(int(np.asarray(res.status_code)))
         top = float(np.max(np.abs(lam))) if lam.size else 0.0
         cond = float(np.asarray(d.condition_number))

@@ -69,7 +69,6 @@ See benchmarks/README.md for how to run and read these numbers.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics

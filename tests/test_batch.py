@@ -1,6 +1,5 @@
 """fit_batch: one compiled vmap over data sets, weights or starts; bad members isolated."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

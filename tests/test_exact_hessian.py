@@ -1,6 +1,5 @@
 """Exact Hessians against closed forms (issue #2: 1e-10 relative) and the seed example."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

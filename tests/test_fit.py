@@ -1,6 +1,5 @@
 """ah.fit: estimates and standard errors against statsmodels, pathologies, delta method."""
 
-import warnings
 
 import jax
 import jax.numpy as jnp
