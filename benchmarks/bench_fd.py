@@ -74,6 +74,7 @@ if str(HERE) not in sys.path:
 # Shared with the Hessian benchmark (none of these touch JAX at import time).
 from bench_hessian import (  # noqa: E402
     print_markdown_table,
+    print_run_header,
     N_GARCH,
     N_LOGISTIC,
     P_LOGISTIC,
@@ -376,17 +377,12 @@ def main(argv=None) -> int:
     info["cpu_busy_fraction_before_run"] = busy_start
     total_s = time.perf_counter() - t_start
 
-    print(f"# autohess finite-difference Hessian benchmark ({info['date']})")
-    print(f"{info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs, Python {info['python']}, "
-          f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
-          f"statsmodels {info['statsmodels']}, numdifftools {info['numdifftools']}, autohess at "
-          f"{(info['git_commit'] or '?')[:10]}"
-          f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}"
-          f"{' [--quick]' if args.quick else ''}; OPENBLAS_NUM_THREADS="
-          f"{info['OPENBLAS_NUM_THREADS'] or 'unset (library default)'}")
-    if busy_start is not None:
-        note = " (other work was running: times are noisier)" if busy_start > 0.1 else ""
-        print(f"CPUs busy with other work in the 1 s before the run: {100 * busy_start:.0f}%{note}")
+    print_run_header(
+        "autohess finite-difference Hessian benchmark", info, busy_start,
+        versions=f", numdifftools {info['numdifftools']}",
+        flags=f"{' [--quick]' if args.quick else ''}; OPENBLAS_NUM_THREADS="
+        f"{info['OPENBLAS_NUM_THREADS'] or 'unset (library default)'}",
+    )
     print(f"\nWarm per-call times (autohess {reps['fast']} calls, numdifftools {reps['nd']}, approx_hess3 "
           f"{reps['sm']}; interleaved in {rounds} rounds). Errors vs the exact Hessian E: rel. error = "
           "max|H - E| / max|E|, max scaled error = max |H_ij - E_ij| / sqrt(|E_ii E_jj|).\n")

@@ -87,6 +87,7 @@ if str(HERE) not in sys.path:
 # Shared with the Hessian benchmark (none of these touch JAX at import time).
 from bench_hessian import (  # noqa: E402
     print_markdown_table,
+    print_run_header,
     N_GARCH,
     Interleaved,
     busy_fraction,
@@ -531,16 +532,11 @@ def main(argv=None) -> int:
     info["cpu_busy_fraction_before_run"] = busy_start
     total_s = time.perf_counter() - t_start
 
-    print(f"# autohess fit benchmark ({info['date']})")
-    print(f"{info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs, Python {info['python']}, "
-          f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
-          f"statsmodels {info['statsmodels']}, autohess at {(info['git_commit'] or '?')[:10]}"
-          f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}"
-          f"{' [--quick]' if args.quick else ''}; OPENBLAS_NUM_THREADS="
-          f"{info['OPENBLAS_NUM_THREADS'] or 'unset (library default)'}")
-    if busy_start is not None:
-        note = " (other work was running: times are noisier)" if busy_start > 0.1 else ""
-        print(f"CPUs busy with other work in the 1 s before the run: {100 * busy_start:.0f}%{note}")
+    print_run_header(
+        "autohess fit benchmark", info, busy_start,
+        flags=f"{' [--quick]' if args.quick else ''}; OPENBLAS_NUM_THREADS="
+        f"{info['OPENBLAS_NUM_THREADS'] or 'unset (library default)'}",
+    )
     print(f"\nWarm time per fit + standard errors (logistic: autohess {s['logistic_reps']} calls, statsmodels "
           f"{s['logistic_sm_reps']} each; GARCH: autohess {s['garch_reps']} per start, statsmodels "
           f"{s['garch_sm_reps']}; interleaved in {s['rounds']} rounds). Differences: max_i |x_i - ah_i| / |ah_i| "

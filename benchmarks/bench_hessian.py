@@ -480,6 +480,18 @@ def fmt_us(x: float) -> str:
     return f"{x:,.1f}" if x < 1e4 else f"{x:,.0f}"
 
 
+def print_run_header(title: str, info: dict, busy_start, *, versions: str = "", flags: str = "") -> None:
+    """The first lines every benchmark prints: title, machine, versions, commit, CPU load."""
+    print(f"# {title} ({info['date']})")
+    print(f"{info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs, Python {info['python']}, "
+          f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
+          f"statsmodels {info['statsmodels']}{versions}, autohess at {(info['git_commit'] or '?')[:10]}"
+          f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}{flags}")
+    if busy_start is not None:
+        note = " (other work was running: times are noisier)" if busy_start > 0.1 else ""
+        print(f"CPUs busy with other work in the 1 s before the run: {100 * busy_start:.0f}%{note}")
+
+
 def print_markdown_table(header: list, lines: list) -> None:
     """Print rows of strings as a padded markdown table (shared by the benchmark scripts)."""
     widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
@@ -574,16 +586,11 @@ def main(argv=None) -> int:
     info["cpu_busy_fraction_before_run"] = busy_start
     total_s = time.perf_counter() - t_start
 
-    print(f"# autohess Hessian benchmark ({info['date']})")
-    print(f"{info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs, Python {info['python']}, "
-          f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
-          f"statsmodels {info['statsmodels']}, autohess at {(info['git_commit'] or '?')[:10]}"
-          f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}"
-          f"{' [--quick]' if args.quick else ''}"
-          f"{f' [warm timings pinned to CPU {args.pin_cpu}]' if args.pin_cpu is not None else ''}")
-    if busy_start is not None:
-        note = " (other work was running: times are noisier)" if busy_start > 0.1 else ""
-        print(f"CPUs busy with other work in the 1 s before the run: {100 * busy_start:.0f}%{note}")
+    print_run_header(
+        "autohess Hessian benchmark", info, busy_start,
+        flags=f"{' [--quick]' if args.quick else ''}"
+        f"{f' [warm timings pinned to CPU {args.pin_cpu}]' if args.pin_cpu is not None else ''}",
+    )
     print(f"\nWarm per-call times ({reps} calls; approx_hess {approx_reps}; interleaved in {rounds} rounds); "
           "rel. error = max|H - H_ref| / max|H_ref|.\n")
     print_table(rows)
