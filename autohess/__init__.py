@@ -11,6 +11,15 @@ _config.apply()
 from . import models as models  # noqa: E402
 from ._batch import BatchResult as BatchResult  # noqa: E402
 from ._batch import fit_batch as fit_batch  # noqa: E402
+from ._bootstrap import BootstrapComparison as BootstrapComparison  # noqa: E402
+from ._bootstrap import BootstrapResult as BootstrapResult  # noqa: E402
+from ._bootstrap import BootstrapWarning as BootstrapWarning  # noqa: E402
+from ._bootstrap import bootstrap as bootstrap  # noqa: E402
+from ._profile import ProfileResult as ProfileResult  # noqa: E402
+from ._profile import profile as profile  # noqa: E402
+from ._simulation import SimulationStudy as SimulationStudy  # noqa: E402
+from ._simulation import StudyTable as StudyTable  # noqa: E402
+from ._simulation import simulation_study as simulation_study  # noqa: E402
 from ._derivatives import Hessian as Hessian  # noqa: E402
 from ._derivatives import chunked_memory_bytes as chunked_memory_bytes  # noqa: E402
 from ._derivatives import gradient as gradient  # noqa: E402
@@ -49,6 +58,15 @@ __all__ = [
     "AuditReport",
     "BatchResult",
     "fit_batch",
+    "BootstrapComparison",
+    "BootstrapResult",
+    "BootstrapWarning",
+    "bootstrap",
+    "ProfileResult",
+    "profile",
+    "SimulationStudy",
+    "StudyTable",
+    "simulation_study",
     "CandidateAudit",
     "FDHessian",
     "StepSweep",

@@ -6,16 +6,26 @@ single fits. Nothing raises for one bad member: a member whose data or start mak
 likelihood non-finite gets status ``NONFINITE``, one that stops early ``MAX_ITERATIONS``, and
 its neighbours are unaffected (``vmap`` runs every member's loop until the slowest finishes;
 finished members simply stop changing).
+
+The driver here (``run_members``) is shared by the bootstrap, the simulation study and the
+profile likelihood: it runs a per-member function over a leading batch axis in chunks of
+``batch_size`` members (every chunk padded to the same size, so one compiled program serves
+all of them), shards each chunk's batch axis over all local devices, and reports progress on
+long runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
@@ -23,9 +33,13 @@ from ._fit import _covariance_and_diagnostics, _natural_derivatives, _value_grad
 from ._model import Model
 from ._solver import Status, trust_region_newton
 
-__all__ = ["BatchResult", "fit_batch"]
+__all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size"]
 
 BATCH_COV_TYPES = ("hessian", "opg", "robust")
+#: host memory a chunk may use on CPU when the caller does not choose ``batch_size``
+CPU_CHUNK_BYTES = 2 * 2**30
+#: fraction of an accelerator's memory a chunk may use
+DEVICE_CHUNK_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +48,9 @@ class BatchResult:
 
     ``params``, ``bse`` are pytrees shaped like the model's parameters with a leading batch
     axis; ``*_flat`` are ``(B, p)`` in ``labels`` order; ``converged`` is a ``(B,)`` bool
-    array and ``status`` a list of readable reasons, one per member.
+    array and ``status`` a list of readable reasons, one per member. ``cov`` holds the
+    covariances of the first requested ``cov_type``; ``cov_params(cov_type)`` any other one
+    computed in the same run.
     """
 
     params_flat: jax.Array
@@ -44,8 +60,10 @@ class BatchResult:
     status_code: jax.Array
     iterations: jax.Array
     diagnostics_data: Diagnostics
+    other_cov: dict
     model: Model
     cov_type: str
+    cov_types: tuple
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -62,9 +80,21 @@ class BatchResult:
     def status(self) -> list[str]:
         return [Status(int(c)).message for c in np.asarray(self.status_code)]
 
+    def cov_params(self, cov_type: Optional[str] = None) -> jax.Array:
+        """``(B, p, p)`` covariances of ``cov_type`` (default: the first one requested)."""
+        if cov_type is None or cov_type == self.cov_type:
+            return self.cov
+        if cov_type not in self.other_cov:
+            raise ValueError(f"cov_type {cov_type!r} was not computed in this batch; it has {self.cov_types}")
+        return self.other_cov[cov_type]
+
+    def bse_flat_of(self, cov_type: Optional[str] = None) -> jax.Array:
+        """``(B, p)`` standard errors of ``cov_type`` (NaN where the diagnostics removed them)."""
+        return jnp.sqrt(jnp.diagonal(self.cov_params(cov_type), axis1=-2, axis2=-1))
+
     @property
     def bse_flat(self) -> jax.Array:
-        return jnp.sqrt(jnp.diagonal(self.cov, axis1=-2, axis2=-1))
+        return self.bse_flat_of(None)
 
     @property
     def params(self) -> Any:
@@ -74,17 +104,193 @@ class BatchResult:
     def bse(self) -> Any:
         return jax.vmap(self.model.spec.unflatten)(self.bse_flat)
 
+    def __getitem__(self, index) -> "BatchResult":
+        """A sub-batch (``index``: slice, integer array or boolean mask)."""
+        take = lambda a: a[index]  # noqa: E731
+        return dataclasses.replace(
+            self,
+            **{f: jax.tree_util.tree_map(take, getattr(self, f)) for f in _DATA_FIELDS},
+        )
+
     def __repr__(self) -> str:
         return f"BatchResult({self.model.name!r}, B={len(self)}, converged={int(self.converged.sum())}/{len(self)})"
 
 
+_DATA_FIELDS = ["params_flat", "cov", "llf", "gradient", "status_code", "iterations", "diagnostics_data", "other_cov"]
 jax.tree_util.register_dataclass(
-    BatchResult,
-    data_fields=["params_flat", "cov", "llf", "gradient", "status_code", "iterations", "diagnostics_data"],
-    meta_fields=["model", "cov_type"],
+    BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types"]
 )
 
 
+# ------------------------------------------------------------------------------------------
+# One member: solve, differentiate, covariances, diagnostics (pure, vmappable)
+# ------------------------------------------------------------------------------------------
+def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable:
+    """``(params, data, weights) -> outputs`` of one fit, as ``fit`` computes it.
+
+    ``params`` are natural-scale starting values (a pytree), ``weights`` ``None`` or ``(N,)``.
+    The outputs are ``(x, covs, llf, grad, status, iterations, diagnostics)`` with ``covs`` a
+    tuple aligned with ``cov_types``.
+    """
+    spec = model.spec
+    mode = model.hessian_mode
+    lower, upper = spec.bounds_arrays(model.dtype)
+    need_scores = any(c != "hessian" for c in cov_types)
+
+    def one(params, data, weights):
+        def f(u):
+            return model.negloglik_flat(spec.to_natural(u), data, weights)
+
+        u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
+        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter)
+        x, value, grad, hess, _ = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
+        scores = None
+        if need_scores:
+            contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
+            scores = jax.jacfwd(contrib)(x)
+        covs = []
+        diag = None
+        for cov_type in cov_types:
+            cov, diag = _covariance_and_diagnostics(
+                x, grad, hess, lower, upper, scores if cov_type != "hessian" else None, weights, None,
+                cov_type=cov_type, n_groups=None, df_correction=None,
+            )
+            covs.append(cov)
+        # a member whose likelihood is not finite ends with NaNs; its status must say so
+        bad = ~(jnp.isfinite(value) & jnp.all(jnp.isfinite(x)))
+        status = jnp.where(bad, Status.NONFINITE, res.status).astype(jnp.int32)
+        return x, tuple(covs), -value, grad, status, res.iterations, diag
+
+    return one
+
+
+def result_from_outputs(model: Model, cov_types: Sequence[str], outputs) -> BatchResult:
+    """Wrap ``member_fit`` outputs with a leading batch axis into a ``BatchResult``."""
+    x, covs, llf, grad, status, iterations, diag = outputs
+    return BatchResult(
+        params_flat=x, cov=covs[0], llf=llf, gradient=grad, status_code=status,
+        iterations=iterations, diagnostics_data=diag,
+        other_cov={c: v for c, v in zip(cov_types[1:], covs[1:])},
+        model=model, cov_type=cov_types[0], cov_types=tuple(cov_types),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The driver: chunks, padding, sharding, progress
+# ------------------------------------------------------------------------------------------
+def default_batch_size(model: Model, extra_bytes_per_member: int = 0) -> int:
+    """Members per chunk so that a chunk's working set stays within a memory budget.
+
+    The working set of one member is estimated as its data plus the derivative temporaries,
+    about ``8 * (4 N p + 16 p^2)`` bytes in float64 (the forward-over-reverse Hessian keeps a
+    few ``N x p`` tangent arrays alive). The budget is half an accelerator's memory, or
+    ``CPU_CHUNK_BYTES`` on the CPU. Pass ``batch_size=`` to override.
+    """
+    p = model.n_params
+    n = model.nobs or 1
+    item = np.dtype(model.dtype).itemsize
+    data_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(model.data))
+    per_member = data_bytes + item * (4 * n * p + 16 * p * p) + extra_bytes_per_member
+    device = jax.local_devices()[0]
+    budget = CPU_CHUNK_BYTES
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        if limit:
+            budget = int(DEVICE_CHUNK_FRACTION * limit) * jax.local_device_count()
+    return max(1, int(budget // max(per_member, 1)))
+
+
+def _mesh() -> Optional[Mesh]:
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return Mesh(np.array(devices), ("batch",))
+
+
+class _Progress:
+    """Host-side progress line on stderr, shown only for a TTY (or when asked)."""
+
+    def __init__(self, label: str, total: int, chunks: int, show: Optional[bool]):
+        self.show = (sys.stderr.isatty() and chunks > 1) if show is None else bool(show)
+        self.label, self.total, self.start = label, total, time.perf_counter()
+
+    def update(self, done: int) -> None:
+        if not self.show:
+            return
+        elapsed = time.perf_counter() - self.start
+        end = "\n" if done >= self.total else ""
+        sys.stderr.write(f"\r{self.label}: {done}/{self.total} members, {elapsed:.1f} s{end}")
+        sys.stderr.flush()
+
+
+def run_members(
+    member: Callable,
+    batched: Any,
+    shared: Any,
+    size: int,
+    *,
+    model: Model,
+    key: Any,
+    batch_size: Optional[int],
+    progress: Optional[bool],
+    label: str,
+    shard: bool = True,
+) -> Any:
+    """Run ``member(batched_i, shared)`` for ``i < size`` as one compiled ``vmap`` per chunk.
+
+    ``batched`` is a pytree whose leaves have a leading axis of length ``size``; ``shared`` is
+    passed whole to every member. Chunks are padded (by repeating their first member) to one
+    size so every chunk reuses one compiled program, and each chunk's batch axis is sharded
+    over all local devices when there are several (``shard=False`` keeps one device). The
+    program is cached on the model under ``key``. Returns the stacked outputs, ``size`` long.
+    """
+    mesh = _mesh() if shard else None
+    n_dev = 1 if mesh is None else mesh.devices.size
+    bs = default_batch_size(model) if batch_size is None else int(batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    bs = min(bs, size)
+    bs = int(math.ceil(bs / n_dev) * n_dev)  # every device gets the same number of members
+    chunks = int(math.ceil(size / bs))
+
+    def build():
+        def run(b, s):
+            model.trace_counts[label] += 1
+            return jax.vmap(member, in_axes=(0, None))(b, s)
+
+        return jax.jit(run)
+
+    program = model._jitted((label, key, bs, n_dev), build)
+    if mesh is not None:
+        row = NamedSharding(mesh, PartitionSpec("batch"))
+        shared = jax.device_put(shared, NamedSharding(mesh, PartitionSpec()))
+    bar = _Progress(label, size, chunks, progress)
+    pieces = []
+    for c in range(chunks):
+        lo, hi = c * bs, min((c + 1) * bs, size)
+        part = jax.tree_util.tree_map(lambda a: _pad(a[lo:hi], bs), batched)
+        if mesh is not None:
+            part = jax.device_put(part, row)
+        out = program(part, shared)
+        if chunks == 1 and hi - lo == bs:
+            return out
+        pieces.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[: hi - lo], out))
+        bar.update(hi)
+    return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *pieces)
+
+
+def _pad(a: Any, size: int) -> Any:
+    short = size - a.shape[0]
+    if short <= 0:
+        return a
+    fill = jnp.broadcast_to(a[:1], (short,) + a.shape[1:])
+    return jnp.concatenate([a, fill])
+
+
+# ------------------------------------------------------------------------------------------
+# Public entry point
+# ------------------------------------------------------------------------------------------
 def _batch_data(model: Model, data: Any) -> tuple[Any, int]:
     """Check that every leaf is the model's leaf with a leading batch axis; cast the dtype.
 
@@ -111,35 +317,25 @@ def _batch_data(model: Model, data: Any) -> tuple[Any, int]:
     return treedef.unflatten(out), sizes.pop()
 
 
-def _build(model: Model, cov_type: str, maxiter: int, params_batched: bool, data_batched: bool, has_weights: bool):
-    spec = model.spec
-    mode = model.hessian_mode
-    lower, upper = spec.bounds_arrays(model.dtype)
+def check_cov_types(model: Model, cov_type: Any) -> tuple[str, ...]:
+    """Normalise ``cov_type`` (a name or a sequence of names) for batched fits."""
+    cov_types = (cov_type,) if isinstance(cov_type, str) else tuple(cov_type)
+    if not cov_types:
+        raise ValueError("cov_type: give at least one covariance type")
+    for c in cov_types:
+        if c not in BATCH_COV_TYPES:
+            raise ValueError(f"cov_type must be one of {BATCH_COV_TYPES} for batches, got {c!r}")
+        if c != "hessian" and not model.per_observation:
+            raise ValueError(f"cov_type={c!r} needs per-observation contributions")
+    if len(set(cov_types)) != len(cov_types):
+        raise ValueError(f"cov_type lists a type twice: {cov_types}")
+    return cov_types
 
-    def one(params, data, weights):
-        def f(u):
-            return model.negloglik_flat(spec.to_natural(u), data, weights)
 
-        u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter)
-        x, value, grad, hess, _ = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
-        scores = None
-        if cov_type != "hessian":
-            contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
-            scores = jax.jacfwd(contrib)(x)
-        cov, diag = _covariance_and_diagnostics(
-            x, grad, hess, lower, upper, scores, weights, None,
-            cov_type=cov_type, n_groups=None, df_correction=None,
-        )
-        return x, cov, -value, grad, res.status, res.iterations, diag
-
-    axes = (0 if params_batched else None, 0 if data_batched else None, 0 if has_weights else None)
-
-    def run(params, data, weights):
-        model.trace_counts["fit_batch"] += 1
-        return jax.vmap(one, in_axes=axes)(params, data, weights)
-
-    return jax.jit(run)
+def check_maxiter(maxiter: Any) -> int:
+    if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+        raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
+    return int(maxiter)
 
 
 def fit_batch(
@@ -148,8 +344,11 @@ def fit_batch(
     *,
     weights: Any = None,
     start: Any = None,
-    cov_type: str = "hessian",
+    cov_type: Any = "hessian",
     maxiter: int = 200,
+    batch_size: Optional[int] = None,
+    progress: Optional[bool] = None,
+    shard: bool = True,
 ) -> BatchResult:
     """Fit ``model`` to many data sets, weight vectors or starts at once (one compiled ``vmap``).
 
@@ -159,8 +358,15 @@ def fit_batch(
             model's own data for every member).
         weights: ``(B, N)`` non-negative frequency weights (bootstrap without copying data).
         start: starting parameters: like the model's (shared) or with a leading batch axis.
-        cov_type: ``"hessian"``, ``"opg"`` or ``"robust"``.
+        cov_type: ``"hessian"``, ``"opg"`` or ``"robust"``, or a sequence of them (all are
+            computed in the same run; ``cov_params(name)`` returns each).
         maxiter: iteration limit per member.
+        batch_size: members per compiled chunk (default: as many as fit a memory budget, see
+            ``default_batch_size``). Larger batches run chunk after chunk.
+        progress: show a progress line on stderr (default: only on a terminal with several
+            chunks).
+        shard: split each chunk's batch axis over all local devices (``jax.local_devices()``)
+            when there are several.
 
     Returns:
         ``BatchResult``. Never raises for a bad member: see ``status``.
@@ -171,10 +377,8 @@ def fit_batch(
     """
     if not isinstance(model, Model):
         raise TypeError(f"fit_batch needs an ah.Model, got {type(model).__name__}")
-    if cov_type not in BATCH_COV_TYPES:
-        raise ValueError(f"cov_type must be one of {BATCH_COV_TYPES} for batches, got {cov_type!r}")
-    if cov_type != "hessian" and not model.per_observation:
-        raise ValueError(f"cov_type={cov_type!r} needs per-observation contributions")
+    cov_types = check_cov_types(model, cov_type)
+    maxiter = check_maxiter(maxiter)
     sizes = []
     data_batched = data_batch is not None
     if data_batched:
@@ -203,13 +407,18 @@ def fit_batch(
         raise ValueError("fit_batch needs something batched: data_batch, weights (B, N) or a batched start")
     if len(set(sizes)) != 1:
         raise ValueError(f"batch sizes disagree: {sizes}")
-    key = ("fit_batch", cov_type, int(maxiter), params_batched, data_batched, w is not None)
-    program = model._jitted(key, lambda: _build(model, cov_type, int(maxiter), params_batched, data_batched, w is not None))
-    x, cov, llf, grad, status, iterations, diag = program(params, data, w)
-    # a member whose likelihood is not finite ends with NaNs; its status must say so
-    bad = ~(jnp.isfinite(llf) & jnp.all(jnp.isfinite(x), axis=-1))
-    status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
-    return BatchResult(
-        params_flat=x, cov=cov, llf=llf, gradient=grad, status_code=status,
-        iterations=iterations, diagnostics_data=diag, model=model, cov_type=cov_type,
+    one = member_fit(model, cov_types, maxiter)
+    flags = (params_batched, data_batched, w is not None)
+
+    def member(b, s):
+        pick = lambda flag, name: b[name] if flag else s[name]  # noqa: E731
+        return one(pick(flags[0], "params"), pick(flags[1], "data"), pick(flags[2], "weights"))
+
+    inputs = {"params": params, "data": data, "weights": w}
+    batched = {k: v for k, v, f in zip(inputs, inputs.values(), flags) if f}
+    shared = {k: v for k, v, f in zip(inputs, inputs.values(), flags) if not f}
+    out = run_members(
+        member, batched, shared, sizes[0], model=model, key=(cov_types, maxiter, flags),
+        batch_size=batch_size, progress=progress, label="fit_batch", shard=shard,
     )
+    return result_from_outputs(model, cov_types, out)

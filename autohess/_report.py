@@ -246,3 +246,76 @@ def summary(res: "FitResult") -> str:
     out.append(f"Status: {res.status}")
     out.append("Diagnostics: " + str(diag))
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Tables for batch results: bootstrap, simulation study, profile likelihood
+# ------------------------------------------------------------------------------------------
+def format_table(headers, rows, title: Optional[str] = None) -> str:
+    """Plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else _fmt(c).strip() for c in row] for row in rows]
+    widths = [max(len(r[k]) for r in cells) for k in range(len(headers))]
+    fmt = lambda r: "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    rule = "-" * len(fmt(cells[0]))
+    out = ([title] if title else []) + [fmt(cells[0]), rule] + [fmt(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def bootstrap_comparison_table(cmp) -> str:
+    """Bootstrap SEs next to Wald SEs (``BootstrapComparison.__str__``)."""
+    kinds = list(cmp.wald_se)
+    headers = ["parameter", "estimate", "boot SE"] + [f"{k} SE" for k in kinds] + [f"boot/{kinds[0]}", "boot bias"]
+    rows = []
+    for i, lab in enumerate(cmp.labels):
+        ratio = cmp.bootstrap_se[i] / cmp.wald_se[kinds[0]][i]
+        rows.append([lab, cmp.estimate[i], cmp.bootstrap_se[i]] + [cmp.wald_se[k][i] for k in kinds] + [ratio, cmp.bias[i]])
+    title = f"{cmp.kind} bootstrap, {cmp.n_ok} converged replicates"
+    return format_table(headers, rows, title)
+
+
+def study_table(t) -> str:
+    """Simulation-study summary with Monte-Carlo standard errors (``StudyTable.__str__``)."""
+    kinds = list(t.coverage)
+    headers = ["parameter", "true", "mean", "bias", "(mcse)", "emp SD", "(mcse)"]
+    for k in kinds:
+        headers += [f"SE {k}", f"cover {k}", "(mcse)"]
+    rows = []
+    for i, lab in enumerate(t.labels):
+        row = [lab, t.truth[i], t.mean[i], t.bias[i], t.bias_mcse[i], t.emp_sd[i], t.emp_sd_mcse[i]]
+        for k in kinds:
+            row += [t.mean_se[k][i], t.coverage[k][i], t.coverage_mcse[k][i]]
+        rows.append(row)
+    title = (
+        f"simulation study: {t.n_ok} of {t.n} fits converged; Wald coverage at nominal {t.level:.3g}"
+    )
+    return format_table(headers, rows, title)
+
+
+def profile_table(prof) -> str:
+    """Profile-likelihood interval next to the Wald interval (``ProfileResult.__str__``)."""
+    level = 1.0 - prof.alpha
+    lo, hi = prof.interval
+    rows = [
+        ["profile likelihood", lo, hi, hi - prof.estimate, prof.estimate - lo],
+        ["Wald", prof.wald[0], prof.wald[1], prof.wald[1] - prof.estimate, prof.estimate - prof.wald[0]],
+    ]
+    text = format_table(
+        ["interval", "lower", "upper", "upper - est", "est - lower"], rows,
+        f"{prof.name} = {_fmt(prof.estimate).strip()}: {level:.3g} intervals",
+    )
+    notes = []
+    for side, is_open in zip(("lower", "upper"), prof.open_ends):
+        if is_open:
+            notes.append(
+                f"the {side} end is open: within the searched range the profile log-likelihood never "
+                "falls chi2_1(1 - alpha)/2 below the maximum on that side (shown: the domain bound)"
+            )
+    if prof.higher_found > 1e-6 * (1.0 + abs(prof.llf_hat)):
+        notes.append(
+            f"a constrained refit found a log-likelihood {prof.higher_found:.3g} above the fit's: "
+            "the fit is not at the maximum; refit from there"
+        )
+    failed = int(np.sum(prof.status_code != Status.CONVERGED))
+    if failed:
+        notes.append(f"{failed} of {prof.status_code.size} constrained refits did not converge and were left out")
+    return text + ("\n" + "\n".join(notes) if notes else "")

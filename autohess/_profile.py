@@ -1,0 +1,294 @@
+"""``profile``: profile-likelihood intervals from batched constrained refits.
+
+For one parameter ``theta_j`` the profile log-likelihood is ``l_p(v) = max l(theta)`` over the
+other parameters with ``theta_j = v``. The likelihood-ratio interval is
+``{v : 2 (l(theta_hat) - l_p(v)) <= chi2_1(1 - alpha)}``; unlike the Wald interval it follows the
+shape of the likelihood, so it is asymmetric where the likelihood is, respects a parameter's
+domain, and does not change under reparameterisation.
+
+How it is computed: every constrained refit is the same trust-region Newton solve as ``fit``
+(on the unconstrained scale, exact Hessian) over the remaining ``p - 1`` parameters, and a
+whole grid of values is one batched, compiled call. The grid is laid out on the unconstrained
+scale of ``theta_j`` (so a variance's grid never crosses zero), ``span`` Wald standard errors
+either side; a side whose end is still inside the interval is extended (twice as far, up to
+four times); then each end of the interval is bracketed and the bracket narrowed by
+``refine`` further batched rounds, and the end is placed by linear interpolation of the
+signed root ``r(v) = sign(v - theta_hat) sqrt(2 (l_hat - l_p(v)))``, which is nearly linear in
+``v``. Every call has the same batch size, so one compiled program serves them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.stats import norm
+
+from ._batch import check_maxiter, run_members
+from ._fit import FitResult, _value_grad_hess_fn
+from ._solver import Status, trust_region_newton
+
+__all__ = ["ProfileResult", "profile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    """Profile log-likelihood of one parameter and its likelihood-ratio interval.
+
+    ``values`` (sorted, natural scale) are every point evaluated, ``llf`` the profile
+    log-likelihood there, ``status_code`` each constrained refit's ``Status``, ``params`` the
+    full natural-scale parameter vector at each point. ``interval`` is the LR interval
+    (``-inf``/``inf`` or the domain bound where the profile never drops far enough:
+    ``open_ends`` says which), ``wald`` the Wald interval of the fit.
+    """
+
+    name: str
+    index: int
+    estimate: float
+    llf_hat: float
+    values: np.ndarray
+    llf: np.ndarray
+    status_code: np.ndarray
+    params: np.ndarray
+    interval: np.ndarray
+    open_ends: tuple
+    wald: np.ndarray
+    alpha: float
+    higher_found: float  # max over the grid of l_p - l_hat (> 0: the fit was not the maximum)
+
+    @property
+    def lr(self) -> np.ndarray:
+        """Likelihood-ratio statistic ``2 (l_hat - l_p(v))`` at ``values``."""
+        return 2.0 * (self.llf_hat - self.llf)
+
+    @property
+    def signed_root(self) -> np.ndarray:
+        return np.sign(self.values - self.estimate) * np.sqrt(np.maximum(self.lr, 0.0))
+
+    def conf_int(self) -> np.ndarray:
+        """``(lower, upper)`` of the likelihood-ratio interval."""
+        return self.interval
+
+    @property
+    def asymmetry(self) -> float:
+        """``(upper - estimate) / (estimate - lower)``: 1 for a symmetric interval."""
+        lo, hi = self.interval
+        return float((hi - self.estimate) / (self.estimate - lo))
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "estimate": self.estimate, "interval": self.interval.tolist(),
+            "wald": self.wald.tolist(), "open_ends": list(self.open_ends), "alpha": self.alpha,
+            "values": self.values.tolist(), "llf": self.llf.tolist(), "llf_hat": self.llf_hat,
+        }
+
+    def __str__(self) -> str:
+        from ._report import profile_table
+
+        return profile_table(self)
+
+
+def _index(res: FitResult, name: Union[str, int]) -> int:
+    labels = list(res.labels)
+    if isinstance(name, (int, np.integer)):
+        if not 0 <= int(name) < len(labels):
+            raise ValueError(f"parameter index {name} is out of range: the model has {len(labels)} parameters")
+        return int(name)
+    if name not in labels:
+        raise ValueError(f"unknown parameter {name!r}; the model's parameters are {labels}")
+    return labels.index(name)
+
+
+def _member(model, j: int, maxiter: int):
+    spec = model.spec
+    mode = model.hessian_mode
+    p = model.n_params
+
+    def one(u_j, s):
+        u_hat = s["u_hat"]
+        free0 = jnp.concatenate([u_hat[:j], u_hat[j + 1:]])
+
+        def full(free):
+            return jnp.concatenate([free[:j], u_j[None], free[j:]])
+
+        def f(free):
+            return model.negloglik_flat(spec.to_natural(full(free)), s["data"], None)
+
+        if p == 1:
+            value = f(free0)
+            status = jnp.where(jnp.isfinite(value), Status.CONVERGED, Status.NONFINITE)
+            return spec.to_natural(full(free0)), -value, jnp.asarray(status, jnp.int32)
+        res = trust_region_newton(_value_grad_hess_fn(f, mode), free0, maxiter=maxiter)
+        status = jnp.where(jnp.isfinite(res.value), res.status, Status.NONFINITE)
+        return spec.to_natural(full(res.x)), -res.value, jnp.asarray(status, jnp.int32)
+
+    return one
+
+
+def profile(
+    res: FitResult,
+    name: Union[str, int],
+    *,
+    alpha: float = 0.05,
+    grid: Any = None,
+    n_grid: int = 21,
+    span: float = 4.0,
+    refine: int = 5,
+    maxiter: int = 200,
+    shard: bool = True,
+) -> ProfileResult:
+    """Profile-likelihood interval of one parameter, from batched constrained refits.
+
+    Args:
+        res: a ``FitResult`` (the maximum the profile is measured from).
+        name: the parameter's label (``"beta[3]"``, ``"sigma"``) or its index.
+        alpha: the interval has level ``1 - alpha`` (cut-off ``chi2_1(1 - alpha) / 2`` below
+            the maximum).
+        grid: natural-scale values to evaluate first (default: ``n_grid`` points, ``span``
+            Wald standard errors either side on the unconstrained scale). Needed when the
+            parameter's Wald standard error is NaN (a flat or boundary problem).
+        n_grid: points per batched call (every call uses this batch size).
+        span: half-width of the default grid in Wald standard errors.
+        refine: batched rounds that narrow the bracket around each end of the interval.
+        maxiter: iteration limit of each constrained refit.
+        shard: as for ``fit_batch``.
+
+    Returns:
+        ``ProfileResult``: ``conf_int()``, ``wald``, the profile curve, ``str()`` a comparison.
+
+    Example:
+        >>> prof = ah.profile(res, "sigma")
+        >>> prof.conf_int(), prof.wald, prof.asymmetry
+    """
+    if not isinstance(res, FitResult):
+        raise TypeError(f"profile needs a FitResult from ah.fit, got {type(res).__name__}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not isinstance(n_grid, (int, np.integer)) or n_grid < 5:
+        raise ValueError(f"n_grid must be an integer >= 5, got {n_grid!r}")
+    maxiter = check_maxiter(maxiter)
+    model = res.model
+    spec = model.spec
+    j = _index(res, name)
+    label = res.labels[j]
+    x_hat = np.asarray(res.params_flat, dtype=np.float64)
+    u_hat = np.asarray(spec.to_unconstrained(res.params_flat), dtype=np.float64)
+    llf_hat = float(np.asarray(res.llf))
+    cut = float(norm.ppf(1.0 - alpha / 2.0)) ** 2  # chi2_1(1 - alpha)
+    to_u = lambda v: _to_u(spec, x_hat, j, v)  # noqa: E731
+    to_x = lambda u: _to_x(spec, u_hat, j, u)  # noqa: E731
+
+    one = _member(model, j, maxiter)
+    shared = {"u_hat": jnp.asarray(u_hat, model.dtype), "data": model.data}
+    n_grid = int(n_grid)
+    seen: dict[float, tuple] = {}
+
+    def evaluate(us: np.ndarray) -> None:
+        us = np.asarray([u for u in np.asarray(us, dtype=np.float64) if np.isfinite(u)])
+        for start in range(0, us.size, n_grid):
+            part = us[start:start + n_grid]
+            padded = np.concatenate([part, np.full(n_grid - part.size, part[0])])
+            xs, llf, status = run_members(
+                one, jnp.asarray(padded, model.dtype), shared, n_grid, model=model, key=("profile", j, maxiter),
+                batch_size=n_grid, progress=False, label="profile", shard=shard,
+            )
+            xs, llf, status = np.asarray(xs), np.asarray(llf), np.asarray(status)
+            for k, u in enumerate(part):
+                seen[float(u)] = (xs[k], float(llf[k]), int(status[k]))
+
+    if grid is None:
+        se = float(np.asarray(res.bse_flat)[j])
+        if not np.isfinite(se) or se <= 0:
+            raise ValueError(
+                f"the Wald standard error of {label} is {se}: give grid=... (natural-scale values) "
+                "to profile it; see res.diagnostics for why the standard error is missing"
+            )
+        dxdu = float(np.asarray(jax.jvp(spec.to_natural, (jnp.asarray(u_hat),), (jnp.eye(u_hat.size)[j],))[1][j]))
+        se_u = se / abs(dxdu)
+        us = u_hat[j] + np.linspace(-span, span, n_grid) * se_u
+    else:
+        values = np.atleast_1d(np.asarray(grid, dtype=np.float64))
+        if values.ndim != 1 or values.size < 2:
+            raise ValueError(f"grid must be a 1-D array of at least 2 values, got shape {values.shape}")
+        lower, upper = spec.bounds()
+        if np.any((values <= lower[j]) | (values >= upper[j])):
+            raise ValueError(f"grid values for {label} must lie inside its domain ({lower[j]:g}, {upper[j]:g})")
+        us = np.asarray([to_u(v) for v in values])
+        se_u = float(np.ptp(us)) / max(values.size - 1, 1) * 2.0
+    evaluate(np.append(us, u_hat[j]))
+
+    def curve():
+        keys = np.array(sorted(seen))
+        llf = np.array([seen[k][1] for k in keys])
+        good = np.array([seen[k][2] == Status.CONVERGED for k in keys]) & np.isfinite(llf)
+        return keys, llf, good
+
+    ends = []
+    open_ends = []
+    for side in (-1.0, 1.0):
+        # extend this side until the LR statistic passes the cut-off (at most 4 doublings)
+        for _ in range(4):
+            keys, llf, good = curve()
+            sel = good & (side * (keys - u_hat[j]) > 0)
+            if sel.any() and np.max(2.0 * (llf_hat - llf[sel])) >= cut:
+                break
+            reach = np.max(side * (keys[sel] - u_hat[j])) if sel.any() else span * se_u
+            evaluate(u_hat[j] + side * np.linspace(reach, 2.0 * reach, n_grid + 1)[1:])
+        keys, llf, good = curve()
+        sel = good & (side * (keys - u_hat[j]) >= 0)
+        ks, d = keys[sel], 2.0 * (llf_hat - llf[sel])
+        order = np.argsort(side * (ks - u_hat[j]))
+        ks, d = ks[order], d[order]
+        past = np.flatnonzero(d >= cut)
+        if past.size == 0:
+            lo_b, hi_b = spec.bounds()
+            ends.append(lo_b[j] if side < 0 else hi_b[j])
+            open_ends.append(True)
+            continue
+        k = past[0]
+        inside, outside = ks[k - 1] if k > 0 else u_hat[j], ks[k]
+        for _ in range(int(refine)):
+            evaluate(np.linspace(inside, outside, n_grid + 1)[1:-1])
+            keys, llf, good = curve()
+            between = good & (np.minimum(inside, outside) <= keys) & (keys <= np.maximum(inside, outside))
+            kb, db = keys[between], 2.0 * (llf_hat - llf[between])
+            order = np.argsort(side * (kb - u_hat[j]))
+            kb, db = kb[order], db[order]
+            first = np.flatnonzero(db >= cut)
+            if first.size == 0 or first[0] == 0:
+                break
+            inside, outside = kb[first[0] - 1], kb[first[0]]
+        r_in = np.sqrt(max(2.0 * (llf_hat - seen[float(inside)][1]), 0.0)) if float(inside) in seen else 0.0
+        r_out = np.sqrt(max(2.0 * (llf_hat - seen[float(outside)][1]), 0.0))
+        target = np.sqrt(cut)
+        # interpolate the signed root in the natural-scale value: nearly linear there
+        x_in, x_out = to_x(inside), to_x(outside)
+        t = (target - r_in) / (r_out - r_in) if r_out > r_in else 1.0
+        ends.append(x_in + t * (x_out - x_in))
+        open_ends.append(False)
+
+    keys, llf, good = curve()
+    xs = np.array([seen[k][0] for k in keys])
+    status = np.array([seen[k][2] for k in keys], dtype=np.int32)
+    values = xs[:, j]
+    z = float(norm.ppf(1.0 - alpha / 2.0))
+    se = float(np.asarray(res.bse_flat)[j])
+    higher = float(np.max(np.where(good, llf, -np.inf)) - llf_hat)
+    return ProfileResult(
+        name=label, index=j, estimate=float(x_hat[j]), llf_hat=llf_hat, values=values, llf=np.where(good, llf, np.nan),
+        status_code=status, params=xs, interval=np.array(ends), open_ends=tuple(open_ends),
+        wald=np.array([x_hat[j] - z * se, x_hat[j] + z * se]), alpha=float(alpha), higher_found=higher,
+    )
+
+
+def _to_u(spec, x_hat: np.ndarray, j: int, v: float) -> float:
+    x = jnp.asarray(x_hat).at[j].set(v)
+    return float(np.asarray(spec.to_unconstrained(x))[j])
+
+
+def _to_x(spec, u_hat: np.ndarray, j: int, u: float) -> float:
+    uu = jnp.asarray(u_hat).at[j].set(u)
+    return float(np.asarray(spec.to_natural(uu))[j])
