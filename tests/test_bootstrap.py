@@ -1,0 +1,211 @@
+"""Bootstrap: replicates equal single fits, SEs agree with theory, intervals are the textbook ones.
+
+References: each replicate is checked against ``ah.fit`` on the same resampled data (weights,
+simulated or block-resampled), which is the definition; the bootstrap SE against the inverse
+observed information (asymptotically equal for a correctly specified model); the block
+bootstrap against the closed-form long-run standard error of an AR(1) mean; BCa's acceleration
+against its closed form for a sample mean and against the delete-one jackknife.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autohess as ah
+from autohess._bootstrap import _block_resample, _multinomial_weights, key_data, simulated
+from helpers import dem2gbp
+
+
+def _logistic(n=1500, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.c_[np.ones(n), rng.normal(size=(n, 3))]
+    beta = np.array([0.2, 0.5, -0.4, 0.3])
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-X @ beta))).astype(float)
+    return ah.models.logistic(X, y), beta
+
+
+@pytest.fixture(scope="module")
+def logistic_fit():
+    model, _ = _logistic()
+    return ah.fit(model)
+
+
+def test_nonparametric_se_within_10_percent_of_hessian_se(logistic_fit):
+    """N = 1500: the bootstrap SD estimates the same sampling SD as the inverse information.
+    With B = 2000 its Monte-Carlo error is ~1/sqrt(2B) = 1.6%, and the two differ by
+    O(1/sqrt(N)) otherwise: 10% is the issue's bound."""
+    boot = ah.bootstrap(logistic_fit, n=2000, key=jax.random.key(1))
+    assert boot.n_failed == 0 and boot.replicates.shape == (2000, 4)
+    ratio = boot.se_flat / np.asarray(logistic_fit.bse_flat)
+    assert np.all(np.abs(ratio - 1) < 0.10), ratio
+    assert set(boot.se) == {"beta"} and boot.se["beta"].shape == (4,)
+    cmp = boot.compare()
+    np.testing.assert_allclose(cmp.wald_se["hessian"], np.asarray(logistic_fit.bse_flat), rtol=1e-12)
+    assert "boot SE" in str(cmp) and "robust SE" in str(cmp)
+    assert cmp.to_dict()["n_ok"] == 2000
+
+
+def test_replicates_equal_single_fits_with_the_same_weights(logistic_fit):
+    model = logistic_fit.model
+    boot = ah.bootstrap(logistic_fit, n=5, key=3, cov_type="robust")
+    raw = key_data(3, 5)
+    for b in range(5):
+        w = _multinomial_weights(raw[b], model.nobs, model.dtype)
+        assert float(w.sum()) == model.nobs  # a resample of N observations
+        single = ah.fit(model, weights=w, cov_type="robust")
+        # same solver, same arithmetic; vmap may reorder reductions: 1e-10
+        np.testing.assert_allclose(np.asarray(boot.replicates[b]), np.asarray(single.params_flat), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(boot.fits.bse_flat[b]), np.asarray(single.bse_flat), rtol=1e-10)
+
+
+def test_intervals_are_the_textbook_formulas(logistic_fit):
+    boot = ah.bootstrap(logistic_fit, n=400, key=5)
+    reps = np.asarray(boot.replicates)
+    theta = np.asarray(logistic_fit.params_flat)
+    pct = boot.conf_int(0.1, method="percentile", flat=True)
+    np.testing.assert_allclose(pct, np.quantile(reps, [0.05, 0.95], axis=0).T, rtol=1e-14)
+    basic = boot.conf_int(0.1, method="basic", flat=True)
+    np.testing.assert_allclose(basic, (2 * theta - np.quantile(reps, [0.95, 0.05], axis=0)).T, rtol=1e-14)
+    t = (reps - theta) / np.asarray(boot.fits.bse_flat)
+    se = np.asarray(logistic_fit.bse_flat)
+    stud = boot.conf_int(0.1, method="studentized", flat=True)
+    np.testing.assert_allclose(stud, np.stack([theta - np.quantile(t, 0.95, axis=0) * se,
+                                               theta - np.quantile(t, 0.05, axis=0) * se], 1), rtol=1e-14)
+    tree = boot.conf_int(method="bca")
+    assert tree["beta"].shape == (4, 2) and np.all(tree["beta"][:, 0] < tree["beta"][:, 1])
+    # a well-behaved logistic model: every interval is close to Wald's (within 15% of its width)
+    wald = np.asarray(logistic_fit.conf_int(flat=True))
+    for method in ah._bootstrap.INTERVALS:
+        ci = boot.conf_int(method=method, flat=True)
+        assert np.all(np.abs(ci - wald) < 0.15 * (wald[:, 1:] - wald[:, :1])), method
+    with pytest.raises(ValueError, match="method must be one of"):
+        boot.conf_int(method="bc")
+
+
+def test_bca_acceleration_closed_form_for_a_mean():
+    """For the mean of a normal sample the influence of y_i is exactly proportional to
+    y_i - ybar, so a = sum d^3 / (6 (sum d^2)^1.5): a closed form (rounding: 1e-10)."""
+    rng = np.random.default_rng(2)
+    y = rng.gamma(2.0, 1.0, size=300)  # skewed, so a is far from 0
+    res = ah.fit(ah.models.linear(np.ones((300, 1)), y))
+    boot = ah.bootstrap(res, n=200, key=0)
+    d = y - y.mean()
+    np.testing.assert_allclose(boot.acceleration()[0], np.sum(d**3) / (6 * np.sum(d**2) ** 1.5), rtol=1e-10)
+
+
+def test_bca_acceleration_matches_the_jackknife():
+    """The infinitesimal jackknife (exact scores and Hessian) against N delete-one refits: they
+    agree to O(1/N); at N = 200 within 10%."""
+    rng = np.random.default_rng(1)
+    n = 200
+    X = np.c_[np.ones(n), rng.normal(size=n)]
+    model = ah.models.poisson(X, rng.poisson(np.exp(-0.5 + 0.8 * X[:, 1])))
+    boot = ah.bootstrap(ah.fit(model), n=50, key=0)
+    jack = ah.fit_batch(model, weights=np.ones((n, n)) - np.eye(n))
+    theta = np.asarray(jack.params_flat)
+    U = (n - 1) * (theta.mean(0) - theta)
+    a_jack = np.sum(U**3, 0) / (6 * np.sum(U**2, 0) ** 1.5)
+    np.testing.assert_allclose(boot.acceleration(), a_jack, rtol=0.10)
+
+
+def test_parametric_bootstrap_replicates_are_fits_to_simulated_data(logistic_fit):
+    model = logistic_fit.model
+    boot = ah.bootstrap(logistic_fit, n=1000, key=7, kind="parametric")
+    ratio = boot.se_flat / np.asarray(logistic_fit.bse_flat)
+    assert np.all(np.abs(ratio - 1) < 0.10), ratio  # correctly specified: as for nonparametric
+    raw = key_data(7, 1000)
+    for b in (0, 999):
+        data = simulated(model, raw[b], logistic_fit.params, model.data)
+        single = ah.fit(model.with_data(data), start=logistic_fit.params)
+        np.testing.assert_allclose(np.asarray(boot.replicates[b]), np.asarray(single.params_flat), rtol=1e-10)
+
+
+def test_garch_parametric_and_block_bootstrap_equal_single_fits():
+    y = dem2gbp()[:600]
+    model = ah.models.garch11(y)
+    res = ah.fit(model)
+    with pytest.raises(ValueError, match="use kind='block' or kind='parametric'"):
+        ah.bootstrap(res, n=4, key=0)
+    for kind in ("parametric", "block"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ah.BootstrapWarning)
+            boot = ah.bootstrap(res, n=3, key=11, kind=kind, block_length=20 if kind == "block" else None)
+        raw = key_data(11, 3)
+        for b in (2,):  # one member: each single fit compiles a new model (with_data)
+            if kind == "parametric":
+                data = simulated(model, raw[b], res.params, model.data)
+            else:
+                data = _block_resample(raw[b], model.data, 600, 20)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ah.InferenceWarning)
+                single = ah.fit(model.with_data(jax.tree_util.tree_map(np.asarray, data)), start=res.params)
+            assert int(boot.fits.status_code[b]) == int(single.status_code)
+            # the recursion's long sums make GARCH fits agree to ~1e-9 relative (not 1e-10)
+            np.testing.assert_allclose(np.asarray(boot.replicates[b]), np.asarray(single.params_flat), rtol=1e-8)
+
+
+def test_block_resampling_lays_out_wrapped_blocks():
+    n, L = 103, 10
+    data = {"t": jnp.arange(n, dtype=float), "const": jnp.ones(3)}
+    out = _block_resample(key_data(0, 1)[0], data, n, L)
+    t = np.asarray(out["t"]).astype(int)
+    assert t.shape == (n,) and np.array_equal(np.asarray(out["const"]), np.ones(3))
+    for start in range(0, n, L):
+        block = t[start:start + L]
+        assert np.array_equal(block, (block[0] + np.arange(block.size)) % n)
+
+
+def test_block_bootstrap_recovers_the_long_run_variance():
+    """Mean of an AR(1) series, rho = 0.6: the i.i.d. bootstrap SE estimates sigma_e/sqrt(N)
+    but the true SE is sqrt((1+rho)/(1-rho)) = 2 times larger. The block bootstrap (L = 50)
+    recovers it up to its O(1/L) downward bias and ~2% Monte-Carlo error: ratio in [1.7, 2.2]."""
+    rng = np.random.default_rng(4)
+    n, rho = 4000, 0.6
+    e = rng.standard_normal(n + 200)
+    x = np.zeros_like(e)
+    for t in range(1, e.size):
+        x[t] = rho * x[t - 1] + e[t]
+    res = ah.fit(ah.models.linear(np.ones((n, 1)), x[200:]))
+    iid = ah.bootstrap(res, n=1000, key=1)
+    block = ah.bootstrap(res, n=1000, key=1, kind="block", block_length=50)
+    ratio = block.se_flat[0] / iid.se_flat[0]
+    assert 1.7 < ratio < 2.2, ratio
+
+
+def test_failed_replicates_are_counted_and_left_out():
+    """Small logistic sample with a strong covariate: some resamples are separable (the MLE
+    is at infinity) and run into the iteration limit (regular resamples need 5-11 of the
+    20 iterations). They get a status, a warning, and are excluded; nothing raises."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    y = (x + 0.3 * rng.normal(size=30) > 0).astype(float)
+    res = ah.fit(ah.models.logistic(np.c_[np.ones(30), x], y))
+    with pytest.warns(ah.BootstrapWarning, match="bootstrap fits failed"):
+        boot = ah.bootstrap(res, n=200, key=0, maxiter=20)
+    assert 0 < boot.n_failed < 200
+    assert np.all(np.asarray(boot.fits.status_code)[~boot.ok] == ah.Status.MAX_ITERATIONS)
+    assert np.all(np.isfinite(boot.se_flat))
+    assert boot.ok.sum() == 200 - boot.n_failed
+
+
+def test_bootstrap_bad_input(logistic_fit):
+    with pytest.raises(ValueError, match="PRNG key is needed"):
+        ah.bootstrap(logistic_fit, n=10)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ah.bootstrap(logistic_fit, n=10, key=0, kind="wild")
+    with pytest.raises(ValueError, match="positive integer number of replicates"):
+        ah.bootstrap(logistic_fit, n=0, key=0)
+    with pytest.raises(ValueError, match=r"block_length must be an integer in \[1, 1500\]"):
+        ah.bootstrap(logistic_fit, n=10, key=0, kind="block", block_length=0)
+    with pytest.raises(ValueError, match="only used with kind='block'"):
+        ah.bootstrap(logistic_fit, n=10, key=0, block_length=5)
+    with pytest.raises(ValueError, match="single PRNG key"):
+        ah.bootstrap(logistic_fit, n=10, key=jax.random.split(jax.random.key(0), 2))
+    with pytest.raises(TypeError, match="needs a FitResult"):
+        ah.bootstrap(logistic_fit.model, n=10, key=0)
+    plain = ah.Model(ah.models.logistic_loglik, dict(logistic_fit.model.data), {"beta": jnp.zeros(4)})
+    with pytest.raises(ValueError, match="has no simulate function"):
+        ah.bootstrap(ah.fit(plain), n=10, key=0, kind="parametric")
