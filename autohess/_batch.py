@@ -178,10 +178,11 @@ def result_from_outputs(model: Model, cov_types: Sequence[str], outputs) -> Batc
 # ------------------------------------------------------------------------------------------
 # The driver: chunks, padding, sharding, progress
 # ------------------------------------------------------------------------------------------
-def default_batch_size(model: Model, extra_bytes_per_member: int = 0) -> int:
+def default_batch_size(model: Model, batched: Any = None, size: int = 1) -> int:
     """Members per chunk so that a chunk's working set stays within a memory budget.
 
-    The working set of one member is estimated as its data plus the derivative temporaries,
+    The working set of one member is estimated as its own share of the batched inputs (a data
+    set or a weight vector; nothing for keys or shared data) plus the derivative temporaries,
     about ``8 * (4 N p + 16 p^2)`` bytes in float64 (the forward-over-reverse Hessian keeps a
     few ``N x p`` tangent arrays alive). The budget is half an accelerator's memory, or
     ``CPU_CHUNK_BYTES`` on the CPU. Pass ``batch_size=`` to override.
@@ -189,8 +190,8 @@ def default_batch_size(model: Model, extra_bytes_per_member: int = 0) -> int:
     p = model.n_params
     n = model.nobs or 1
     item = np.dtype(model.dtype).itemsize
-    data_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(model.data))
-    per_member = data_bytes + item * (4 * n * p + 16 * p * p) + extra_bytes_per_member
+    own = sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(batched))
+    per_member = own // max(size, 1) + item * (4 * n * p + 16 * p * p)
     device = jax.local_devices()[0]
     budget = CPU_CHUNK_BYTES
     if device.platform != "cpu":
@@ -247,7 +248,7 @@ def run_members(
     """
     mesh = _mesh() if shard else None
     n_dev = 1 if mesh is None else mesh.devices.size
-    bs = default_batch_size(model) if batch_size is None else int(batch_size)
+    bs = default_batch_size(model, batched, size) if batch_size is None else int(batch_size)
     if bs < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     bs = min(bs, size)
