@@ -15,6 +15,7 @@ from ._bootstrap import BootstrapComparison as BootstrapComparison  # noqa: E402
 from ._bootstrap import BootstrapResult as BootstrapResult  # noqa: E402
 from ._bootstrap import BootstrapWarning as BootstrapWarning  # noqa: E402
 from ._bootstrap import bootstrap as bootstrap  # noqa: E402
+from ._recurrence import linear_recurrence as linear_recurrence  # noqa: E402
 from ._profile import ProfileResult as ProfileResult  # noqa: E402
 from ._profile import profile as profile  # noqa: E402
 from ._simulation import SimulationStudy as SimulationStudy  # noqa: E402
@@ -64,6 +65,7 @@ __all__ = [
     "bootstrap",
     "ProfileResult",
     "profile",
+    "linear_recurrence",
     "SimulationStudy",
     "StudyTable",
     "simulation_study",
