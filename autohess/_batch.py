@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
-from ._fit import _covariance_and_diagnostics, _natural_derivatives, _value_grad_hess_fn
+from ._fit import FitResult, _covariance_and_diagnostics, _natural_derivatives, _value_grad_hess_fn
 from ._model import Model
 from ._solver import Status, trust_region_newton
 
@@ -57,6 +57,7 @@ class BatchResult:
     cov: jax.Array
     llf: jax.Array
     gradient: jax.Array
+    hessian_matrix: jax.Array
     status_code: jax.Array
     iterations: jax.Array
     diagnostics_data: Diagnostics
@@ -104,6 +105,23 @@ class BatchResult:
     def bse(self) -> Any:
         return jax.vmap(self.model.spec.unflatten)(self.bse_flat)
 
+    def member(self, i: int) -> FitResult:
+        """Member ``i`` as a ``FitResult``: ``summary()``, ``diagnostics`` in words, intervals.
+
+        Its ``model`` is the batch's model, whose data are the template, not member ``i``'s
+        (for data batches): use it for reports, not to refit.
+        """
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"member {i} out of range for a batch of {len(self)}")
+        take = lambda a: a[i]  # noqa: E731
+        return FitResult(
+            params_flat=self.params_flat[i], cov=self.cov[i], llf=self.llf[i], gradient=self.gradient[i],
+            hessian_matrix=self.hessian_matrix[i], status_code=self.status_code[i],
+            iterations=self.iterations[i], diagnostics_data=jax.tree_util.tree_map(take, self.diagnostics_data),
+            model=self.model, cov_type=self.cov_type, method="trust-region",
+        )
+
     def __getitem__(self, index) -> "BatchResult":
         """A sub-batch (``index``: slice, integer array or boolean mask)."""
         take = lambda a: a[index]  # noqa: E731
@@ -116,7 +134,7 @@ class BatchResult:
         return f"BatchResult({self.model.name!r}, B={len(self)}, converged={int(self.converged.sum())}/{len(self)})"
 
 
-_DATA_FIELDS = ["params_flat", "cov", "llf", "gradient", "status_code", "iterations", "diagnostics_data", "other_cov"]
+_DATA_FIELDS = ["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data", "other_cov"]
 jax.tree_util.register_dataclass(
     BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types"]
 )
@@ -129,7 +147,7 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
     """``(params, data, weights) -> outputs`` of one fit, as ``fit`` computes it.
 
     ``params`` are natural-scale starting values (a pytree), ``weights`` ``None`` or ``(N,)``.
-    The outputs are ``(x, covs, llf, grad, status, iterations, diagnostics)`` with ``covs`` a
+    The outputs are ``(x, covs, llf, grad, hess, status, iterations, diagnostics)`` with ``covs`` a
     tuple aligned with ``cov_types``.
     """
     spec = model.spec
@@ -159,16 +177,16 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
         # a member whose likelihood is not finite ends with NaNs; its status must say so
         bad = ~(jnp.isfinite(value) & jnp.all(jnp.isfinite(x)))
         status = jnp.where(bad, Status.NONFINITE, res.status).astype(jnp.int32)
-        return x, tuple(covs), -value, grad, status, res.iterations, diag
+        return x, tuple(covs), -value, grad, hess, status, res.iterations, diag
 
     return one
 
 
 def result_from_outputs(model: Model, cov_types: Sequence[str], outputs) -> BatchResult:
     """Wrap ``member_fit`` outputs with a leading batch axis into a ``BatchResult``."""
-    x, covs, llf, grad, status, iterations, diag = outputs
+    x, covs, llf, grad, hess, status, iterations, diag = outputs
     return BatchResult(
-        params_flat=x, cov=covs[0], llf=llf, gradient=grad, status_code=status,
+        params_flat=x, cov=covs[0], llf=llf, gradient=grad, hessian_matrix=hess, status_code=status,
         iterations=iterations, diagnostics_data=diag,
         other_cov={c: v for c, v in zip(cov_types[1:], covs[1:])},
         model=model, cov_type=cov_types[0], cov_types=tuple(cov_types),

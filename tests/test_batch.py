@@ -106,6 +106,11 @@ def test_singular_and_diverging_members_are_isolated():
     for b in (0, 2, 4):
         single = ah.fit(ah.models.logistic(X[b], y[b]))
         np.testing.assert_allclose(np.asarray(bres.params_flat[b]), np.asarray(single.params_flat), rtol=1e-10)
+    kinds = [p.kind for p in bres.member(1).diagnostics.problems]
+    assert "flat" in kinds and "x[2]" not in str(bres.member(1).diagnostics)
+    assert "beta[1]" in str(bres.member(1).diagnostics) and "beta[2]" in str(bres.member(1).diagnostics)
+    assert "not_converged" in [p.kind for p in bres.member(3).diagnostics.problems]
+    assert "Diagnostics" in bres.member(0).summary() and bres.member(0).converged
     sub = bres[np.array([0, 2, 4])]
     assert len(sub) == 3 and sub.converged.all()
 
