@@ -4,7 +4,8 @@ A user fits a 12-parameter logistic regression on 1500 observations with
 ``scipy.optimize.minimize(method="BFGS")`` and gets three different "Hessians": BFGS's
 ``hess_inv``, a statsmodels-style finite-difference Hessian and a hand-written central
 difference code, some with negative "variances". The demo audits all three against the exact
-Hessian, says why each is off, and ends with the fit and standard errors to trust.
+Hessian, says why each is off, gives the fit and standard errors to trust, and checks them
+against 2000 bootstrap refits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import models
 from ._audit import audit
+from ._bootstrap import bootstrap
 from ._derivatives import hessian
 from ._finite_diff import fd_hessian
 from ._fit import fit
@@ -99,5 +101,19 @@ def run(n: int = 1500, seed: int = 0) -> dict:
     moved = np.abs(np.asarray(result.params_flat) - res.x) / np.asarray(result.bse_flat)
     print(f"\nBFGS's estimate was {np.max(moved):.2g} standard errors away from the MLE "
           f"(largest for {model.labels[int(np.argmax(moved))]}).")
+
+    print("\n4. Trust, but verify: 2000 nonparametric bootstrap refits, each with its exact Hessian,")
+    print("   as one compiled, batched program (ah.bootstrap):\n")
+    t0 = time.perf_counter()
+    boot = bootstrap(result, n=2000, key=0)
+    elapsed = time.perf_counter() - t0
+    cmp = boot.compare()
+    ratio = cmp.bootstrap_se / cmp.wald_se["hessian"]
+    print(f"   {boot.n - boot.n_failed} of {boot.n} refits converged in {elapsed:.1f} s (compilation included).")
+    print(f"   {'':<22}" + "".join(f"{lab:>10}" for lab in model.labels[:7]))
+    print(f"   {'bootstrap SE':<22}" + "".join(f"{v:10.3g}" for v in cmp.bootstrap_se[:7]))
+    print(f"   {'Hessian SE':<22}" + "".join(f"{v:10.3g}" for v in cmp.wald_se["hessian"][:7]))
+    print(f"   Bootstrap / Hessian SE over all {p} parameters: {ratio.min():.3f} .. {ratio.max():.3f} "
+          "(Monte-Carlo error ~1.6% at 2000 refits).")
     print(f"Demo finished in {time.perf_counter() - start:.1f} s.")
-    return {"report": report, "fit": result, "scipy": res}
+    return {"report": report, "fit": result, "scipy": res, "bootstrap": boot}

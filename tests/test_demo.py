@@ -11,6 +11,7 @@ def test_demo_tells_the_seed_story():
     assert out.returncode == 0, out.stderr
     assert "scipy.optimize.minimize" in out.stdout and "Audit against the exact Hessian" in out.stdout
     assert "autohess fit: logistic" in out.stdout and "No problems found." in out.stdout
+    assert "2000 of 2000 refits converged" in out.stdout and "Bootstrap / Hessian SE" in out.stdout
     for cause in ("not_a_hessian", "truncation", "rounding", "indefinite"):
         assert cause in out.stdout  # the seed story: every wrong candidate gets its reason
 
