@@ -31,7 +31,7 @@ from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import FitResult, _covariance_and_diagnostics, _natural_derivatives, _value_grad_hess_fn
 from ._model import Model
-from ._solver import Status, trust_region_newton
+from ._solver import Status, after, trust_region_newton
 
 __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size"]
 
@@ -169,9 +169,10 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
         covs = []
         diag = None
         for cov_type in cov_types:
+            # each covariance's inverse after the previous one (see ``_solver.after``)
             cov, diag = _covariance_and_diagnostics(
-                x, grad, hess, lower, upper, scores if cov_type != "hessian" else None, weights, None,
-                cov_type=cov_type, n_groups=None, df_correction=None,
+                after(x, *covs), grad, hess, lower, upper, scores if cov_type != "hessian" else None, weights,
+                None, cov_type=cov_type, n_groups=None, df_correction=None,
             )
             covs.append(cov)
         # a member whose likelihood is not finite ends with NaNs; its status must say so

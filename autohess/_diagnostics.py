@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ._solver import newton_decrement
+from ._solver import after, newton_decrement
 
 __all__ = ["Diagnostics", "compute_diagnostics", "FLAT_CONDITION", "ILL_CONDITION"]
 
@@ -80,7 +80,7 @@ def compute_diagnostics(
     tiny = jnp.finfo(hess.dtype).tiny
     cond = top / jnp.maximum(jnp.min(jnp.abs(lam)), tiny)
     bad = lam <= top / FLAT_CONDITION
-    dec, pd = newton_decrement(grad, hess)
+    dec, pd = newton_decrement(grad, after(hess, lam, vec))  # one LAPACK call at a time
     # distance to the nearest bound, in marginal standard deviations 1/sqrt(H_ii)
     dist = jnp.minimum(x - lower, upper - x)
     bounded = jnp.isfinite(lower) | jnp.isfinite(upper)

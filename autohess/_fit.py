@@ -20,7 +20,7 @@ from ._covariance import COV_TYPES, covariance
 from ._derivatives import Hessian, _model_params, _model_weights, _symmetrize
 from ._diagnostics import Diagnostics, compute_diagnostics
 from ._model import Model
-from ._solver import Status, lbfgs, trust_region_newton
+from ._solver import Status, after, lbfgs, trust_region_newton
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
 
@@ -267,6 +267,8 @@ def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, gr
     loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
     affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
     keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal
+    # the inverse only after the diagnostics' factorisations (see ``_solver.after``)
+    hess = after(hess, diag.newton_decrement, diag.positive_definite, diag.eigenvalues)
     cov = covariance(hess, keep, cov_type, scores, weights, groups, n_groups, df_correction)
     return cov, diag
 

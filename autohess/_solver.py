@@ -17,7 +17,30 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-__all__ = ["Status", "SolverResult", "trust_region_newton", "lbfgs", "newton_decrement"]
+__all__ = ["Status", "SolverResult", "trust_region_newton", "lbfgs", "newton_decrement", "after"]
+
+
+def after(x, *deps):
+    """``x``, but computed only once ``deps`` are: orders independent LAPACK calls.
+
+    jaxlib's CPU LAPACK kernels (Cholesky, eigh, LU) split a batch (a ``vmap``-ed call) over
+    XLA's intra-op thread pool and block until their pieces finish. XLA may start two
+    independent kernels at once, each on a pool thread; on a 2-core machine both pool threads
+    then wait for pieces no thread is left to run: a deadlock (seen in batched fits, every
+    thread idle). Chaining every factorisation in a program after the previous one means at
+    most one kernel blocks at a time. The chain must be a real data dependency (XLA's CPU
+    runtime orders work by data flow; an ``optimization_barrier`` did not order it): ``x`` gets
+    ``0 * |d|``-like terms added that are exactly 0 whatever ``d`` is (``min(|d|, 0)`` with NaN
+    mapped to 0), so values are unchanged.
+    """
+    if not deps:
+        return x
+    tie = jnp.zeros((), x.dtype)
+    for d in deps:
+        first = jnp.ravel(jnp.asarray(d))[0].astype(x.dtype)
+        zero = jnp.minimum(jnp.abs(first), jnp.zeros((), x.dtype))
+        tie = tie + jnp.where(jnp.isnan(zero), jnp.zeros((), x.dtype), zero)
+    return x + tie
 
 
 class Status(enum.IntEnum):
@@ -250,7 +273,7 @@ def trust_region_newton(
         )
         # the next trial step, from the trust-region subproblem in scaled variables z = D s
         gz, Hz = grad / D, hess / jnp.outer(D, D)
-        z = _subproblem(gz, Hz, radius)
+        z = _subproblem(gz, after(Hz, dec, pd), radius)  # eigh only after the Cholesky: see ``after``
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
         predicted = -(jnp.dot(gz, z) + 0.5 * jnp.dot(z, Hz @ z))
         return _TRState(
