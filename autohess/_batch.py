@@ -81,6 +81,15 @@ class BatchResult:
     def status(self) -> list[str]:
         return [Status(int(c)).message for c in np.asarray(self.status_code)]
 
+    @property
+    def usable(self) -> np.ndarray:
+        """``(B,)``: converged with finite estimates; what summaries over members use."""
+        return self.converged & np.all(np.isfinite(np.asarray(self.params_flat)), axis=1)
+
+    @property
+    def n_failed(self) -> int:
+        return int(len(self) - self.usable.sum())
+
     def cov_params(self, cov_type: Optional[str] = None) -> jax.Array:
         """``(B, p, p)`` covariances of ``cov_type`` (default: the first one requested)."""
         if cov_type is None or cov_type == self.cov_type:

@@ -158,7 +158,7 @@ class BootstrapResult:
 
     @property
     def ok(self) -> np.ndarray:
-        return self.fits.converged & np.all(np.isfinite(np.asarray(self.replicates)), axis=1)
+        return self.fits.usable
 
     @property
     def n(self) -> int:
@@ -166,7 +166,7 @@ class BootstrapResult:
 
     @property
     def n_failed(self) -> int:
-        return int(self.n - self.ok.sum())
+        return self.fits.n_failed
 
     def _good(self) -> np.ndarray:
         good = np.asarray(self.replicates, dtype=np.float64)[self.ok]

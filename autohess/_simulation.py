@@ -73,11 +73,11 @@ class SimulationStudy:
 
     @property
     def ok(self) -> np.ndarray:
-        return self.fits.converged & np.all(np.isfinite(np.asarray(self.fits.params_flat)), axis=1)
+        return self.fits.usable
 
     @property
     def n_failed(self) -> int:
-        return int(len(self.fits) - self.ok.sum())
+        return self.fits.n_failed
 
     def coverage(self, cov_type: Optional[str] = None, alpha: Optional[float] = None) -> np.ndarray:
         """Fraction of converged replicates whose Wald interval covers the true value."""
