@@ -271,7 +271,9 @@ def run_members(
     ``batched`` is a pytree whose leaves have a leading axis of length ``size``; ``shared`` is
     passed whole to every member. Chunks are padded (by repeating their first member) to one
     size so every chunk reuses one compiled program, and each chunk's batch axis is sharded
-    over all local devices when there are several (``shard=False`` keeps one device). The
+    over all local devices when there are several (``shard=False`` keeps one device). With
+    ``batch_size`` at most ``k``, the ``size`` members are split into ``ceil(size / k)`` equal
+    chunks (so 5000 members at ``k = 3612`` run as two chunks of 2500, not 3612 + padding). The
     program is cached on the model under ``key``. Returns the stacked outputs, ``size`` long.
     """
     mesh = _mesh() if shard else None
@@ -280,6 +282,8 @@ def run_members(
     if bs < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     bs = min(bs, size)
+    chunks = int(math.ceil(size / bs))
+    bs = int(math.ceil(size / chunks))  # equal chunks: padding wastes less than one member per chunk
     bs = int(math.ceil(bs / n_dev) * n_dev)  # every device gets the same number of members
     chunks = int(math.ceil(size / bs))
 
