@@ -337,9 +337,6 @@ def print_table(rows: list) -> None:
 
 
 def main(argv=None) -> int:
-    # Single small calls, timed as committed: synchronous CPU dispatch (see autohess/_config.py;
-    # a default install dispatches asynchronously, ~10-25 us more per call on 2 cores).
-    os.environ.setdefault("AUTOHESS_SYNC_DISPATCH", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="JSON results path")
@@ -362,7 +359,7 @@ def main(argv=None) -> int:
     reps = {"fast": 100, "nd": 2, "sm": 10} if args.quick else {"fast": 1000, "nd": 20, "sm": 100}
     rounds = 2 if args.quick else 10
 
-    import autohess as ah  # must precede any JAX array: float64 (+ synchronous dispatch, set above)
+    import autohess as ah  # must precede any JAX array: float64 + synchronous CPU dispatch
     import jax
     import jax.numpy as jnp
     import numdifftools as nd

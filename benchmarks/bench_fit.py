@@ -484,9 +484,6 @@ def evaluate_targets(lr: dict, gr: dict, fc: dict) -> list:
 
 
 def main(argv=None) -> int:
-    # Single small calls, timed as committed: synchronous CPU dispatch (see autohess/_config.py;
-    # a default install dispatches asynchronously, ~10-25 us more per call on 2 cores).
-    os.environ.setdefault("AUTOHESS_SYNC_DISPATCH", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     parser.add_argument("--first-call", choices=("logistic", "garch"), default=None,
@@ -521,7 +518,7 @@ def main(argv=None) -> int:
     # First-call timings first, in fresh interpreters, before this process loads JAX.
     fc = {name: first_call_in_subprocess(name, s["first_call_processes"]) for name in ("logistic", "garch")}
 
-    import autohess as ah  # must precede any JAX array: float64 (+ synchronous dispatch, set above)
+    import autohess as ah  # must precede any JAX array: float64 + synchronous CPU dispatch
     import jax
     import jax.numpy as jnp
 

@@ -544,9 +544,6 @@ def evaluate_targets(lr: dict, fc: dict) -> list:
 
 
 def main(argv=None) -> int:
-    # Single small calls, timed as committed: synchronous CPU dispatch (see autohess/_config.py;
-    # a default install dispatches asynchronously, ~10-25 us more per call on 2 cores).
-    os.environ.setdefault("AUTOHESS_SYNC_DISPATCH", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     parser.add_argument("--first-call", choices=sorted(FIRST_CALL_WORKLOADS), default=None,
@@ -576,7 +573,7 @@ def main(argv=None) -> int:
         # Before JAX starts, so that XLA's thread pool is confined to this CPU too.
         os.sched_setaffinity(0, {args.pin_cpu})
 
-    import autohess as ah  # must precede any JAX array: float64 (+ synchronous dispatch, set above)
+    import autohess as ah  # must precede any JAX array: float64 + synchronous CPU dispatch
     import jax
     import jax.numpy as jnp
 
