@@ -9,6 +9,14 @@
   dispatch runs the program on the calling thread. JAX reads this flag when its CPU backend
   starts, so it only takes effect if autohess is imported before any JAX array is created.
   Set ``AUTOHESS_KEEP_ASYNC_DISPATCH=1`` to leave JAX's default alone.
+
+Not changed, but worth knowing for batched work on CPUs: jaxlib's LAPACK kernels split a
+batched factorisation over XLA's intra-op thread pool and block until it is done, so two
+independent batched factorisations running at once can starve a small pool (2 cores) and
+deadlock, whatever the dispatch mode. autohess orders its own factorisations one after the
+other (``_solver.after``); a likelihood that itself calls ``cholesky``/``eigh``/``solve`` and is
+fitted in batches can meet this. ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false``
+(set before JAX starts) avoided it in our tests at no measurable cost.
 """
 
 from __future__ import annotations
