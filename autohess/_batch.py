@@ -33,7 +33,7 @@ from ._fit import FitResult, _covariance_and_diagnostics, _natural_derivatives, 
 from ._model import Model
 from ._solver import Status, after, trust_region_newton
 
-__all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size"]
+__all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size", "chunk_plan"]
 
 BATCH_COV_TYPES = ("hessian", "opg", "robust")
 #: host memory a chunk may use on CPU when the caller does not choose ``batch_size``
@@ -230,6 +230,17 @@ def default_batch_size(model: Model, batched: Any = None, size: int = 1) -> int:
     return max(1, int(budget // max(per_member, 1)))
 
 
+def chunk_plan(size: int, cap: int, n_devices: int = 1) -> tuple[int, int]:
+    """``(chunks, members per chunk)`` for ``size`` members, at most ``cap`` per chunk (rounded
+    up to a multiple of ``n_devices``): equal chunks, so padding wastes less than one member
+    per chunk and device."""
+    bs = min(int(cap), size)
+    chunks = int(math.ceil(size / bs))
+    bs = int(math.ceil(size / chunks))
+    bs = int(math.ceil(bs / n_devices) * n_devices)
+    return int(math.ceil(size / bs)), bs
+
+
 def _mesh() -> Optional[Mesh]:
     devices = jax.local_devices()
     if len(devices) < 2:
@@ -278,14 +289,10 @@ def run_members(
     """
     mesh = _mesh() if shard else None
     n_dev = 1 if mesh is None else mesh.devices.size
-    bs = default_batch_size(model, batched, size) if batch_size is None else int(batch_size)
-    if bs < 1:
+    cap = default_batch_size(model, batched, size) if batch_size is None else int(batch_size)
+    if cap < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    bs = min(bs, size)
-    chunks = int(math.ceil(size / bs))
-    bs = int(math.ceil(size / chunks))  # equal chunks: padding wastes less than one member per chunk
-    bs = int(math.ceil(bs / n_dev) * n_dev)  # every device gets the same number of members
-    chunks = int(math.ceil(size / bs))
+    chunks, bs = chunk_plan(size, cap, n_dev)
 
     def build():
         def run(b, s):
