@@ -31,7 +31,7 @@ from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import FitResult, _covariance_and_diagnostics, _natural_derivatives, _value_grad_hess_fn
 from ._model import Model
-from ._solver import Status, after, trust_region_newton
+from ._solver import Status, trust_region_newton
 
 __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size", "chunk_plan"]
 
@@ -175,19 +175,14 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
         if need_scores:
             contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
             scores = jax.jacfwd(contrib)(x)
-        covs = []
-        diag = None
-        for cov_type in cov_types:
-            # each covariance's inverse after the previous one (see ``_solver.after``)
-            cov, diag = _covariance_and_diagnostics(
-                after(x, *covs), grad, hess, lower, upper, scores if cov_type != "hessian" else None, weights,
-                None, cov_type=cov_type, n_groups=None, df_correction=None,
-            )
-            covs.append(cov)
+        covs, diag = _covariance_and_diagnostics(
+            x, grad, hess, lower, upper, scores, weights, None,
+            cov_types=tuple(cov_types), n_groups=None, df_correction=None,
+        )
         # a member whose likelihood is not finite ends with NaNs; its status must say so
         bad = ~(jnp.isfinite(value) & jnp.all(jnp.isfinite(x)))
         status = jnp.where(bad, Status.NONFINITE, res.status).astype(jnp.int32)
-        return x, tuple(covs), -value, grad, hess, status, res.iterations, diag
+        return x, covs, -value, grad, hess, status, res.iterations, diag
 
     return one
 

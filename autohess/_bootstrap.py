@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
-from ._fit import FitResult, evaluate
+from ._fit import FitResult, _inference_program, evaluate
 from ._model import Model
 from ._solver import Status
 
@@ -215,8 +215,8 @@ class BootstrapResult:
             se_b = np.asarray(self.fits.bse_flat, dtype=np.float64)[self.ok]
             t = (good - theta) / se_b
             se = np.asarray(self.estimate_se, dtype=np.float64)
-            lo = theta - _nanquantile(t, hi_q) * se
-            hi = theta - _nanquantile(t, lo_q) * se
+            lo = theta - np.nanquantile(t, hi_q, axis=0) * se
+            hi = theta - np.nanquantile(t, lo_q, axis=0) * se
         else:
             lo, hi = self._bca(good, theta, lo_q, hi_q)
         if flat:
@@ -262,10 +262,6 @@ class BootstrapResult:
 
     def __repr__(self) -> str:
         return f"BootstrapResult({self.kind}, n={self.n}, failed={self.n_failed})"
-
-
-def _nanquantile(a: np.ndarray, q: float) -> np.ndarray:
-    return np.nanquantile(a, q, axis=0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,7 +350,8 @@ def bootstrap(
     fits = result_from_outputs(model, cov_types, out)
     influence = None
     if model.per_observation:
-        S = np.asarray(model._jitted(("bootstrap", "scores"), lambda: _scores_program(model))(res.params_flat, model.data))
+        program = model._jitted(("inference", "scores"), lambda: _inference_program(model, "scores"))
+        S = np.asarray(program(res.params_flat, model.data, None))
         H = np.asarray(res.hessian_matrix, dtype=np.float64)
         try:
             influence = jnp.asarray(np.linalg.solve(H, S.T).T)
@@ -372,12 +369,3 @@ def bootstrap(
             BootstrapWarning, stacklevel=2,
         )
     return result
-
-
-def _scores_program(model: Model):
-    spec = model.spec
-
-    def run(x, data):
-        return jax.jacfwd(lambda t: model._loglik(spec.unflatten(t), data))(x)
-
-    return jax.jit(run)

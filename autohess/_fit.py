@@ -260,17 +260,22 @@ def _inference_program(model: Model, what: str) -> Callable:
     return jax.jit(run)
 
 
-@functools.partial(jax.jit, static_argnames=("cov_type", "n_groups", "df_correction"))
-def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, groups, cov_type, n_groups, df_correction):
+@functools.partial(jax.jit, static_argnames=("cov_types", "n_groups", "df_correction"))
+def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, groups, cov_types, n_groups, df_correction):
+    """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple)."""
     diag = compute_diagnostics(grad, hess, x, lower, upper)
     loadings = jnp.abs(diag.eigenvectors) * jnp.sqrt(jnp.abs(jnp.diag(hess)))[:, None]
     loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
     affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
     keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal
-    # the inverse only after the diagnostics' factorisations (see ``_solver.after``)
-    hess = after(hess, diag.newton_decrement, diag.positive_definite, diag.eigenvalues)
-    cov = covariance(hess, keep, cov_type, scores, weights, groups, n_groups, df_correction)
-    return cov, diag
+    covs = []
+    for cov_type in cov_types:
+        # each inverse only after the diagnostics' factorisations and the previous inverse
+        # (see ``_solver.after``)
+        h = after(hess, diag.newton_decrement, diag.positive_definite, diag.eigenvalues, *covs)
+        s = scores if cov_type != "hessian" else None
+        covs.append(covariance(h, keep, cov_type, s, weights, groups, n_groups, df_correction))
+    return tuple(covs), diag
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,9 +330,9 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
 
         scores = gauss_newton_covariance(model, x)  # passed through to be masked
     lower, upper = model.spec.bounds_arrays(model.dtype)
-    cov, diag = _covariance_and_diagnostics(
+    (cov,), diag = _covariance_and_diagnostics(
         x, grad, hess, lower, upper, scores, weights,
-        group_codes, cov_type=cov_type, n_groups=n_groups, df_correction=df_correction,
+        group_codes, cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction,
     )
     result = FitResult(
         params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
