@@ -272,8 +272,9 @@ def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, gr
     for cov_type in cov_types:
         # each inverse only after the diagnostics' factorisations and the previous inverse
         # (see ``_solver.after``)
-        h = after(hess, diag.newton_decrement, diag.positive_definite, diag.eigenvalues, *covs)
-        s = scores if cov_type != "hessian" else None
+        deps = (diag.newton_decrement, diag.positive_definite, diag.eigenvalues, *covs)
+        h = after(hess, *deps)
+        s = after(scores, *deps) if cov_type != "hessian" else None  # OPG inverts the meat, not h
         covs.append(covariance(h, keep, cov_type, s, weights, groups, n_groups, df_correction))
     return tuple(covs), diag
 
