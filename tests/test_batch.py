@@ -190,3 +190,28 @@ def test_sharded_equals_unsharded(tmp_path):
     y = (rng.uniform(size=n) < 1 / (1 + np.exp(-X @ np.array([0.2, 0.5, -0.4])))).astype(float)
     boot = ah.bootstrap(ah.fit(ah.models.logistic(X, y)), n=10, key=1)
     np.testing.assert_allclose(np.asarray(out["True"][0]), np.asarray(boot.replicates), rtol=1e-12)
+
+
+_LARGE = r"""
+import numpy as np, autohess as ah
+rng = np.random.default_rng(0)
+X = rng.normal(size=(1500, 12))
+y = (rng.uniform(size=1500) < 1 / (1 + np.exp(-X @ (0.3 * rng.normal(size=12))))).astype(float)
+model = ah.models.logistic(X, y)
+W = rng.multinomial(1500, np.full(1500, 1 / 1500), size=800).astype(float)
+bres = ah.fit_batch(model, weights=W, cov_type=("hessian", "robust", "opg"))
+boot = ah.bootstrap(ah.fit(model), n=1000, key=0)
+print(int(bres.converged.sum()), boot.n - boot.n_failed)
+"""
+
+
+def test_large_batches_do_not_deadlock():
+    """Batches of ~1000 members at p = 12 once hung forever on 2 cores: two batched LAPACK
+    factorisations ran at once and starved XLA's thread pool (see ``_solver.after``). Run in a
+    subprocess with a timeout so a regression fails here instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _LARGE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["800", "1000"]
