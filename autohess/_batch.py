@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
-from ._fit import FitResult, _covariance_and_diagnostics, _natural_derivatives, _value_grad_hess_fn
+from ._fit import FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _value_grad_hess_fn
 from ._model import Model
 from ._solver import Status, trust_region_newton
 
@@ -170,18 +170,19 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
 
         u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
         res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter)
+        status, escape = _escape_status(spec, model.dtype, f, res)
         x, value, grad, hess, _ = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
         scores = None
         if need_scores:
             contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
             scores = jax.jacfwd(contrib)(x)
         covs, diag = _covariance_and_diagnostics(
-            x, grad, hess, lower, upper, scores, weights, None,
+            x, grad, hess, lower, upper, scores, weights, None, escape,
             cov_types=tuple(cov_types), n_groups=None, df_correction=None,
         )
         # a member whose likelihood is not finite ends with NaNs; its status must say so
         bad = ~(jnp.isfinite(value) & jnp.all(jnp.isfinite(x)))
-        status = jnp.where(bad, Status.NONFINITE, res.status).astype(jnp.int32)
+        status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)
         return x, covs, -value, grad, hess, status, res.iterations, diag
 
     return one

@@ -9,19 +9,26 @@ negative log-likelihood. ``H`` is first scaled to unit diagonal, ``Ht = D^-1/2 H
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from ._solver import after, newton_decrement
+from ._solver import after, escape_test, newton_decrement
 
-__all__ = ["Diagnostics", "compute_diagnostics", "FLAT_CONDITION", "ILL_CONDITION"]
+__all__ = [
+    "Diagnostics", "compute_diagnostics", "Escape", "escape_info", "no_escape", "FLAT_CONDITION",
+    "ILL_CONDITION", "AFFECTED_LOADING",
+]
 
 #: scaled condition number above which a direction counts as flat (unidentified); standard
 #: errors along it are set to NaN. 1e12 leaves ~4 correct digits in float64 inverses.
 FLAT_CONDITION = 1e12
 #: scaled condition number above which the report warns (standard errors still computed).
 ILL_CONDITION = 1e8
+#: loading (of a unit-diagonal scaled direction) above which a parameter takes part in a flat,
+#: negative-curvature or escaping direction; its standard error is then NaN.
+AFFECTED_LOADING = 1e-3
 #: a transformed parameter closer to its bound than this many marginal standard deviations
 #: sits on the boundary: Wald inference there is not valid.
 BOUNDARY_SDS = 1e-2
@@ -44,6 +51,15 @@ class Diagnostics:
         at_boundary: transformed parameters sitting on a bound of their domain.
         bad_directions: eigen-directions that are flat (relative eigenvalue below
             ``1/FLAT_CONDITION``) or negative.
+        escape_ratio: curvature along the solver's last Newton step, after over before the step
+            (``_solver.escape_test``); near 1 at a finite optimum, about ``exp(-1)`` on a ridge
+            rising towards infinity; NaN where not measured (``evaluate``, L-BFGS).
+        escape_direction: that Newton step on the unconstrained scale, unit length (zeros where
+            not measured).
+        unbounded: parameters taking part in a ridge towards infinity (no finite maximum);
+            their standard errors are NaN.
+        flagged: any boundary, flat or negative direction, ill-conditioning or ridge: the
+            report has something to say even if the solver converged.
     """
 
     gradient_max: jax.Array
@@ -55,6 +71,10 @@ class Diagnostics:
     nonpositive_diagonal: jax.Array
     at_boundary: jax.Array
     bad_directions: jax.Array
+    escape_ratio: jax.Array
+    escape_direction: jax.Array
+    unbounded: jax.Array
+    flagged: jax.Array
 
 
 jax.tree_util.register_dataclass(
@@ -64,16 +84,57 @@ jax.tree_util.register_dataclass(
 )
 
 
+class Escape(NamedTuple):
+    """What ``_solver.escape_test`` found at the end of a solve (see ``escape_info``)."""
+
+    ratio: jax.Array  # scalar curvature ratio, NaN if not measured
+    direction: jax.Array  # unit Newton step, unconstrained scale
+    unbounded: jax.Array  # (p,) parameters on a ridge towards an infinite end of their domain
+    to_bound: jax.Array  # (p,) parameters on a ridge towards a finite bound of their domain
+
+
+def no_escape(x: jax.Array) -> Escape:
+    """Nothing measured (a fit that did not come from the trust-region solver)."""
+    flags = jnp.zeros(x.shape, bool)
+    return Escape(jnp.asarray(jnp.nan, x.dtype), jnp.zeros_like(x), flags, flags)
+
+
+def escape_info(
+    fun: Callable, u: jax.Array, grad_u: jax.Array, hess_u: jax.Array, value: jax.Array,
+    lower: jax.Array, upper: jax.Array,
+) -> tuple[jax.Array, Escape]:
+    """``escape_test`` on the solver's unconstrained scale, read per parameter.
+
+    Transforms are increasing, so a coordinate moving up heads to its upper bound. If the
+    coordinate moving most heads to an infinite end of its domain, there is no finite maximum
+    (``unbounded``: the returned flag, and the parameters loading on the step); if it heads to a
+    finite bound (a variance creeping to 0 on the log scale), the maximum is on that boundary
+    and the parameters heading to finite bounds are marked ``to_bound``.
+    """
+    escaping, ratio, d = escape_test(fun, u, grad_u, hess_u, value)
+    heads_to_inf = jnp.where(d > 0, jnp.isinf(upper), jnp.isinf(lower))
+    loading = jnp.abs(d) * jnp.sqrt(jnp.abs(jnp.diag(hess_u)))
+    involved = escaping & (loading > AFFECTED_LOADING * jnp.max(loading))
+    to_infinity = escaping & heads_to_inf[jnp.argmax(jnp.abs(d))]
+    norm = jnp.linalg.norm(d)
+    direction = jnp.where(norm > 0, d / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return to_infinity, Escape(ratio, direction, involved & to_infinity, involved & ~to_infinity & ~heads_to_inf)
+
+
 def compute_diagnostics(
-    grad: jax.Array, hess: jax.Array, x: jax.Array, lower: jax.Array, upper: jax.Array
+    grad: jax.Array, hess: jax.Array, x: jax.Array, lower: jax.Array, upper: jax.Array,
+    escape: Escape | None = None,
 ) -> Diagnostics:
     """Diagnostics at natural-scale parameters ``x`` with domain bounds ``lower``/``upper``
-    (``-inf``/``inf`` where unbounded)."""
+    (``-inf``/``inf`` where unbounded); ``escape`` from ``escape_info`` where the solver
+    measured it."""
+    if escape is None:
+        escape = no_escape(x)
     diag = jnp.diag(hess)
     d = jnp.sqrt(jnp.where(diag > 0, diag, jnp.abs(diag)))
     d = jnp.where(d > 0, d, 1.0)
     scaled = hess / jnp.outer(d, d)
-    lam, vec = jnp.linalg.eigh(scaled)
+    lam, vec = jnp.linalg.eigh(after(scaled, escape.ratio))  # after the solve's escape test
     raw = vec / d[:, None]
     raw = raw / jnp.linalg.norm(raw, axis=0, keepdims=True)
     top = jnp.max(jnp.abs(lam))
@@ -87,6 +148,7 @@ def compute_diagnostics(
     sds = dist * jnp.sqrt(jnp.maximum(diag, 0.0))
     eps = jnp.finfo(hess.dtype).eps
     boundary = bounded & ((sds < BOUNDARY_SDS) | (dist <= jnp.sqrt(eps) * (1.0 + jnp.abs(x))))
+    boundary = boundary | escape.to_bound
     return Diagnostics(
         gradient_max=jnp.max(jnp.abs(grad)),
         newton_decrement=dec,
@@ -97,4 +159,8 @@ def compute_diagnostics(
         nonpositive_diagonal=diag <= 0,
         at_boundary=boundary,
         bad_directions=bad,
+        escape_ratio=escape.ratio,
+        escape_direction=escape.direction,
+        unbounded=escape.unbounded,
+        flagged=jnp.any(boundary) | jnp.any(bad) | ~(cond <= ILL_CONDITION) | jnp.any(escape.unbounded),
     )

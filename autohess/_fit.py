@@ -18,16 +18,18 @@ from jax.scipy.stats import norm
 
 from ._covariance import COV_TYPES, covariance
 from ._derivatives import Hessian, _model_params, _model_weights, _symmetrize
-from ._diagnostics import Diagnostics, compute_diagnostics
+from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._solver import Status, after, lbfgs, trust_region_newton
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
 
 METHODS = ("trust-region", "lbfgs", "gauss-newton")
-#: loading (in the unit-diagonal scaled eigenvector) above which a parameter is part of a flat
-#: or negative-curvature direction; its standard error is then NaN.
-AFFECTED_LOADING = 1e-3
+
+
+@jax.jit
+def _sqrt_diag(cov: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
 
 
 class InferenceWarning(UserWarning):
@@ -83,7 +85,7 @@ class FitResult:
 
     @property
     def bse_flat(self) -> jax.Array:
-        return jnp.sqrt(jnp.diag(self.cov))
+        return _sqrt_diag(self.cov)
 
     @property
     def bse(self) -> Any:
@@ -128,6 +130,13 @@ class FitResult:
 
         return DiagnosticReport.from_result(self)
 
+    def _warn(self) -> None:
+        """``diagnostics.warn()``, skipping the report where a cheap check finds nothing."""
+        from ._report import DiagnosticReport
+
+        if DiagnosticReport.may_have_problems(self):
+            self.diagnostics.warn(stacklevel=4)  # the caller of fit/evaluate
+
     def summary(self) -> str:
         """A statsmodels-like table with a diagnostics footer."""
         from ._report import summary
@@ -160,21 +169,33 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         model.trace_counts["fit"] += 1
         u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
         f = functools.partial(objective, data=data, weights=weights)
-        if method == "trust-region":
+        if method in ("trust-region", "gauss-newton"):
+            iterations = 0
+            if method == "gauss-newton":
+                # Levenberg-Marquardt steps to reach the basin, then exact Newton to finish: the
+                # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
+                lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol)
+                u0, iterations = lm.x, lm.iterations
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
+            status, escape = _escape_status(spec, model.dtype, f, res)
             x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
-            return x, res.iterations, res.status, (value, grad, hess), ok
-        if method == "gauss-newton":
-            # Levenberg-Marquardt steps to reach the basin, then exact Newton to finish: the
-            # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
-            lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol)
-            res = trust_region_newton(_value_grad_hess_fn(f, mode), lm.x, maxiter=maxiter, rtol=rtol)
-            x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
-            return x, lm.iterations + res.iterations, res.status, (value, grad, hess), ok
+            return x, iterations + res.iterations, status, (value, grad, hess), ok, escape
         u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
-        return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool)
+        return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None
 
     return jax.jit(solve)
+
+
+def _escape_status(spec, dtype, f: Callable, res) -> tuple[jax.Array, Escape]:
+    """The solver's status, ``UNBOUNDED`` where ``escape_info`` finds no finite maximum."""
+    lower, upper = (jnp.asarray(b, dtype) for b in spec.bounds())  # numpy: no cached tracers
+    to_infinity, escape = escape_info(f, res.x, res.grad, res.hess, res.value, lower, upper)
+    # SINGULAR too: on a quasi-separation ridge the last Hessians are singular to rounding
+    done = (
+        (res.status == Status.CONVERGED) | (res.status == Status.STALLED)
+        | (res.status == Status.MAX_ITERATIONS) | (res.status == Status.SINGULAR)
+    )
+    return jnp.where(to_infinity & done, Status.UNBOUNDED, res.status).astype(jnp.int32), escape
 
 
 def _gauss_newton_fn(model: Model, data: Any) -> Callable:
@@ -261,13 +282,14 @@ def _inference_program(model: Model, what: str) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnames=("cov_types", "n_groups", "df_correction"))
-def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, groups, cov_types, n_groups, df_correction):
-    """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple)."""
-    diag = compute_diagnostics(grad, hess, x, lower, upper)
+def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction):
+    """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``escape``:
+    an ``Escape`` from the solve, or ``None``."""
+    diag = compute_diagnostics(grad, hess, x, lower, upper, escape)
     loadings = jnp.abs(diag.eigenvectors) * jnp.sqrt(jnp.abs(jnp.diag(hess)))[:, None]
     loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
     affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
-    keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal
+    keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal & ~diag.unbounded
     covs = []
     for cov_type in cov_types:
         # each inverse only after the diagnostics' factorisations and the previous inverse
@@ -297,7 +319,7 @@ def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
     return jnp.asarray(codes.reshape(-1), jnp.int32), n_groups
 
 
-def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None):
+def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None, escape=None):
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
     gauss_newton = cov_type == "gauss-newton"
@@ -332,16 +354,16 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         scores = gauss_newton_covariance(model, x)  # passed through to be masked
     lower, upper = model.spec.bounds_arrays(model.dtype)
     (cov,), diag = _covariance_and_diagnostics(
-        x, grad, hess, lower, upper, scores, weights,
-        group_codes, cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction,
+        x, grad, hess, lower, upper, scores, weights, group_codes, escape,
+        cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction,
     )
     result = FitResult(
         params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
-        status_code=jnp.asarray(status, jnp.int32), iterations=jnp.asarray(iterations, jnp.int32),
+        status_code=status, iterations=iterations,
         diagnostics_data=diag, model=model, cov_type=cov_type, method=method,
     )
     if warn:
-        result.diagnostics.warn()
+        result._warn()
     return result
 
 
@@ -403,16 +425,16 @@ def fit(
         model.spec.check_domain(params, "start")
     w = _model_weights(model, weights)
     program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))
-    x, iterations, status, known, ok = program(params, model.data, w)
-    if known is not None and not bool(np.asarray(ok)):
+    x, iterations, status, known, ok, escape = program(params, model.data, w)
+    if known is not None and not bool(ok):
         known = None
-    result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known)
+    result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if method == "lbfgs" and int(np.asarray(status)) == Status.CONVERGED and not bool(
         np.asarray(result.diagnostics_data.positive_definite)
     ):
         result = dataclasses.replace(result, status_code=jnp.asarray(Status.STALLED, jnp.int32))
     if warn:
-        result.diagnostics.warn()
+        result._warn()
     return result
 
 
@@ -436,9 +458,10 @@ def evaluate(
     params = _model_params(model, params)
     w = _model_weights(model, weights)
     x = model.spec.flatten(params, model.dtype)
-    result = _infer(model, x, w, cov_type, groups, df_correction, Status.NOT_RUN, 0, "none", False)
+    not_run = jnp.asarray(Status.NOT_RUN, jnp.int32)
+    result = _infer(model, x, w, cov_type, groups, df_correction, not_run, jnp.zeros((), jnp.int32), "none", False)
     if warn:
-        result.diagnostics.warn()
+        result._warn()
     return result
 
 

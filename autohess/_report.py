@@ -20,11 +20,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Problem", "DiagnosticReport", "summary", "format_direction"]
 
 #: vocabulary of problem kinds
-KINDS = ("not_converged", "saddle", "flat", "boundary", "ill_conditioned")
+KINDS = ("not_converged", "unbounded", "saddle", "flat", "boundary", "ill_conditioned")
 
 _SUGGEST = {
     "not_converged": "raise maxiter, start closer to the optimum, or check the model; do not "
     "report these standard errors",
+    "unbounded": "the maximum-likelihood estimate does not exist for these data: look for a "
+    "covariate or combination that predicts the outcome perfectly (separation) or a group with "
+    "only zero counts, and drop, merge or recode it; or use a penalised likelihood (Firth, a weak "
+    "prior) or fix the parameter. Standard errors of the parameters named are NaN; the others are "
+    "conditional on them",
     "saddle": "this is not a maximum: restart from a point moved along that direction (or from "
     "several random starts); for mixtures, break the label symmetry (order the components)",
     "flat": "the data do not identify this combination here: reparameterise (estimate the "
@@ -89,6 +94,12 @@ class DiagnosticReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @staticmethod
+    def may_have_problems(res: "FitResult") -> bool:
+        """Cheap pre-check: ``False`` only where ``from_result`` would find no problem (a
+        converged fit, no boundary, no flat or negative direction, not ill-conditioned)."""
+        return int(res.status_code) != Status.CONVERGED or bool(res.diagnostics_data.flagged)
+
     @classmethod
     def from_result(cls, res: "FitResult") -> "DiagnosticReport":
         d = res.diagnostics_data
@@ -110,7 +121,19 @@ class DiagnosticReport:
         stationary = status in (Status.CONVERGED, Status.SINGULAR) or float(np.max(scaled_grad, initial=0.0)) <= 1e-4
         problems: list[Problem] = []
 
-        if status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:
+        if status == Status.UNBOUNDED:
+            direction = format_direction(np.asarray(d.escape_direction, dtype=np.float64), labels)
+            involved = tuple(labels[i] for i in np.flatnonzero(np.asarray(d.unbounded)))
+            problems.append(Problem(
+                "unbounded",
+                f"no finite maximum: the log-likelihood still rises along {direction} "
+                f"(unconstrained scale) and flattens as it goes; the curvature along the last "
+                f"Newton step fell to {float(np.asarray(d.escape_ratio)):.2g} of its value over "
+                f"that one step (about 1 at a finite maximum) after {int(np.asarray(res.iterations))} "
+                f"iterations",
+                involved, direction, _SUGGEST["unbounded"],
+            ))
+        elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:
             what = status.message if status != Status.NOT_RUN else "not a stationary point"
             worst = labels[int(np.argmax(scaled_grad))]
             problems.append(Problem(
@@ -164,7 +187,7 @@ class DiagnosticReport:
             eigenvalues=lam, condition_number=cond, problems=tuple(problems), nan_se=nan_se,
         )
 
-    def warn(self) -> None:
+    def warn(self, stacklevel: int = 3) -> None:
         """Issue one ``InferenceWarning`` listing the problems (nothing if there are none)."""
         if not self.problems:
             return
@@ -175,7 +198,7 @@ class DiagnosticReport:
             text += f". Standard errors set to NaN: {list(self.nan_se)}"
             if len(self.nan_se) < len(self.eigenvalues):
                 text += " (the others are conditional on these)"
-        warnings.warn(text + ". See res.diagnostics for what to do.", InferenceWarning, stacklevel=3)
+        warnings.warn(text + ". See res.diagnostics for what to do.", InferenceWarning, stacklevel=stacklevel)
 
     def __str__(self) -> str:
         head = (

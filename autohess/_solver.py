@@ -17,7 +17,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-__all__ = ["Status", "SolverResult", "trust_region_newton", "lbfgs", "newton_decrement", "after"]
+__all__ = [
+    "Status", "SolverResult", "trust_region_newton", "lbfgs", "newton_decrement", "newton_step", "after",
+    "escape_test", "ESCAPE_RATIO",
+]
 
 
 def after(x, *deps):
@@ -53,6 +56,7 @@ class Status(enum.IntEnum):
     STALLED = 3
     NOT_RUN = 4
     SINGULAR = 5
+    UNBOUNDED = 6
 
     @property
     def message(self) -> str:
@@ -73,7 +77,18 @@ _MESSAGES = {
     Status.NOT_RUN: "not optimised: results evaluated at the given parameters",
     Status.SINGULAR: "stopped at a stationary point whose Hessian is not positive definite "
     "(a flat, unidentified direction); see the diagnostics",
+    Status.UNBOUNDED: "no finite maximum: the log-likelihood keeps increasing as parameters move "
+    "off towards infinity (e.g. complete or quasi-complete separation, a category with only zero "
+    "counts); the estimates are arbitrary points on that ridge, see the diagnostics",
 }
+
+#: relative size of a Newton step at which ``trust_region_newton`` stops (10^4 ulps: parameters
+#: agree to ~12 digits whatever the start)
+XTOL = 1e-12
+
+#: curvature ratio (along the last Newton step, after / before) below which the objective is
+#: flattening out towards infinity rather than approaching a finite minimum (see ``escape_test``)
+ESCAPE_RATIO = 0.5
 
 
 class SolverResult(NamedTuple):
@@ -101,11 +116,62 @@ class _TRState(NamedTuple):
 
 def newton_decrement(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(g' H^-1 g, H positive definite)`` via Cholesky; the decrement is ``inf`` if not PD."""
+    dec, pd, _ = newton_step(grad, hess)
+    return dec, pd
+
+
+def newton_step(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(g' H^-1 g, H positive definite, -H^-1 g)`` from one Cholesky factorisation.
+
+    Where ``H`` is not positive definite the decrement is ``inf`` and the step is zero.
+    """
+    return _cholesky_newton(grad, hess)[:3]
+
+
+def _cholesky_newton(grad, hess):
+    """``newton_step`` plus ``min_i L_ii^2 / H_ii``: the smallest share of a coordinate's
+    curvature not explained by the coordinates before it (``~1/condition`` of the scaled
+    Hessian; rounding level for an exactly singular ``H`` that Cholesky still passes)."""
     chol = jnp.linalg.cholesky(hess)
     pd = jnp.all(jnp.isfinite(chol))
     safe = jnp.where(pd, chol, jnp.eye(hess.shape[0], dtype=hess.dtype))
     half = jax.scipy.linalg.solve_triangular(safe, grad, lower=True)
-    return jnp.where(pd, jnp.dot(half, half), jnp.inf), pd
+    step = -jax.scipy.linalg.solve_triangular(safe, half, lower=True, trans=1)
+    diag = jnp.abs(jnp.diag(hess))
+    pivot = jnp.min(jnp.diag(safe) ** 2 / jnp.where(diag > 0, diag, 1.0))
+    return jnp.where(pd, jnp.dot(half, half), jnp.inf), pd, jnp.where(pd, step, 0.0), jnp.where(pd, pivot, 0.0)
+
+
+def escape_test(
+    fun: Callable[[jax.Array], jax.Array], x: jax.Array, grad: jax.Array, hess: jax.Array, value: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Is ``x`` a finite minimum, or a point on a ridge that keeps descending towards infinity?
+
+    At a regular minimum the Newton step ``d = -H^-1 g`` is tiny and the curvature along it,
+    ``c(t) = d' H(x + t d) d``, hardly changes over the step. Where the minimum lies at infinity
+    (complete separation: ``f ~ exp(-t)``), the objective, its gradient and its curvature all
+    decay together, the Newton step stays of unit size however long the solver runs, and
+    ``c(1) / c(0) ~ exp(-1)``: the quadratic model never becomes valid. Flagged when the
+    remaining gain ``g' H^-1 g / 2`` is negligible (below ``sqrt(eps) (1 + |f|)``, so a
+    slowly converging regular fit is not mistaken for it) and the ratio is below
+    ``ESCAPE_RATIO``. Costs one forward-over-forward directional derivative.
+
+    Returns:
+        ``(escaping, ratio, d)``: a bool, ``c(1) / c(0)`` (NaN where ``H`` is not positive
+        definite) and the Newton step.
+    """
+    dec, pd, d = newton_step(grad, hess)
+    c0 = jnp.dot(d, hess @ d)
+
+    def slope(y):
+        return jax.jvp(fun, (y,), (d,))[1]
+
+    c1 = jax.jvp(slope, (x + d,), (d,))[1]
+    ratio = jnp.where(pd & (c0 > 0), c1 / jnp.where(c0 > 0, c0, 1.0), jnp.nan)
+    eps = jnp.finfo(x.dtype).eps
+    negligible = 0.5 * dec <= jnp.sqrt(eps) * (1.0 + jnp.abs(value))
+    escaping = pd & negligible & (ratio < ESCAPE_RATIO)
+    return escaping, ratio, d
 
 
 def _subproblem(g: jax.Array, H: jax.Array, radius: jax.Array) -> jax.Array:
@@ -113,8 +179,10 @@ def _subproblem(g: jax.Array, H: jax.Array, radius: jax.Array) -> jax.Array:
 
     The solution is ``s(mu) = -(H + mu I)^-1 g`` with the smallest ``mu >= max(0, -lambda_min)``
     giving ``||s|| <= radius``; ``||s(mu)||`` decreases in ``mu``, so ``mu`` is found by bisection
-    on a log scale (a fixed number of steps keeps the loop vmappable). In the "hard case" (``g``
-    orthogonal to the most negative eigenvector) the step is completed along that eigenvector.
+    on a log scale (a fixed number of steps keeps the loop vmappable; 48 halvings of a log-range
+    below ``ln(1e300)`` leave ``mu`` within 3e-12 relative, far inside what a trust region
+    needs). In the "hard case" (``g`` orthogonal to the most negative eigenvector) the step is
+    completed along that eigenvector.
     """
     lam, V = jnp.linalg.eigh(H)
     gt = V.T @ g
@@ -137,7 +205,7 @@ def _subproblem(g: jax.Array, H: jax.Array, radius: jax.Array) -> jax.Array:
         too_long = step_norm(mid) > radius
         return jnp.where(too_long, mid, a), jnp.where(too_long, b, mid)
 
-    a, b = lax.fori_loop(0, 80, bisect, (lo, hi))
+    a, b = lax.fori_loop(0, 48, bisect, (lo, hi))
     mu = jnp.where(step_norm(lo) <= radius, lo, b)
     mu = jnp.where(newton_ok, 0.0, mu)
     s_t = -gt / (lam + mu)
@@ -241,7 +309,7 @@ def trust_region_newton(
         grad = jnp.where(accept, g1, s.grad)
         hess = jnp.where(accept, h1, s.hess)
         measure = jnp.where(accept, m_new, s.decrement)
-        dec, pd = newton_decrement(grad, hess)
+        dec, pd, newton, pivot = _cholesky_newton(grad, hess)
         new_scale = jnp.sqrt(jnp.abs(jnp.diag(hess)))
         D = jnp.where(first, jnp.maximum(new_scale, jnp.sqrt(eps)), jnp.maximum(s.scale, new_scale))
         D = jnp.where(jnp.isfinite(D), D, s.scale)
@@ -253,12 +321,21 @@ def trust_region_newton(
             (near & ~accept) | (radius < 10 * eps * (1.0 + jnp.linalg.norm(D * x))) | (measure == 0)
         )
         at_optimum = pd & (0.5 * dec <= floor_tol * resolution)
+        # The Newton step would move no coordinate by more than XTOL of its size (or of its
+        # marginal scale 1/sqrt(H_ii) near 0): x is already that close to the optimum, so stop
+        # without the polishing steps the rounding-floor test needs. Only for a Hessian that is
+        # clearly nonsingular (scaled condition below ~1e12); otherwise the floor test decides
+        # between CONVERGED and SINGULAR as before.
+        marginal = 1.0 / jnp.maximum(new_scale, jnp.finfo(dtype).tiny)
+        resolved = (
+            ok1 & pd & (pivot > 1e-12) & jnp.all(jnp.abs(newton) <= XTOL * (jnp.abs(x) + marginal))
+        )
         stationary = measure <= floor_tol * resolution
         status = jnp.where(
             first & ~ok1,
             Status.NONFINITE,
             jnp.where(
-                (floor & at_optimum) | early(value, dec, pd),
+                (floor & at_optimum) | resolved | early(value, dec, pd),
                 Status.CONVERGED,
                 jnp.where(
                     floor,
@@ -273,7 +350,16 @@ def trust_region_newton(
         )
         # the next trial step, from the trust-region subproblem in scaled variables z = D s
         gz, Hz = grad / D, hess / jnp.outer(D, D)
-        z = _subproblem(gz, after(Hz, dec, pd), radius)  # eigh only after the Cholesky: see ``after``
+        # The Newton step solves the subproblem when H is positive definite and the step fits
+        # the region (most iterations near the optimum); only otherwise is an eigendecomposition
+        # needed. Under ``vmap`` the ``cond`` becomes a select and both branches run.
+        z_newton = D * newton
+        fits = pd & (jnp.linalg.norm(z_newton) <= radius)
+        z = lax.cond(
+            fits,
+            lambda: z_newton,
+            lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
+        )
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
         predicted = -(jnp.dot(gz, z) + 0.5 * jnp.dot(z, Hz @ z))
         return _TRState(

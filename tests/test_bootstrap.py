@@ -177,18 +177,25 @@ def test_block_bootstrap_recovers_the_long_run_variance():
 
 def test_failed_replicates_are_counted_and_left_out():
     """Small logistic sample with a strong covariate: some resamples are separable (the MLE
-    is at infinity) and run into the iteration limit (regular resamples need 5-11 of the
-    20 iterations). They get a status, a warning, and are excluded; nothing raises."""
+    is at infinity). With the default iteration limit every one of them is recognised as
+    UNBOUNDED; with 20 iterations (regular resamples need 5-11) some still run into the limit
+    first. They get a status, a warning, and are excluded; nothing raises."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=30)
     y = (x + 0.3 * rng.normal(size=30) > 0).astype(float)
     res = ah.fit(ah.models.logistic(np.c_[np.ones(30), x], y))
-    with pytest.warns(ah.BootstrapWarning, match="bootstrap fits failed"):
+    with pytest.warns(ah.BootstrapWarning, match=r"bootstrap fits failed \(\d+ x MAX_ITERATIONS"):
         boot = ah.bootstrap(res, n=200, key=0, maxiter=20)
     assert 0 < boot.n_failed < 200
-    assert np.all(np.asarray(boot.fits.status_code)[~boot.ok] == ah.Status.MAX_ITERATIONS)
+    failed = np.asarray(boot.fits.status_code)[~boot.ok]
+    assert np.all((failed == ah.Status.MAX_ITERATIONS) | (failed == ah.Status.UNBOUNDED))
     assert np.all(np.isfinite(boot.se_flat))
     assert boot.ok.sum() == 200 - boot.n_failed
+    with pytest.warns(ah.BootstrapWarning, match=r"\d+ x UNBOUNDED\)"):
+        full = ah.bootstrap(res, n=200, key=0)
+    assert full.n_failed == boot.n_failed  # the same separable resamples (same key)
+    assert np.all(np.asarray(full.fits.status_code)[~full.ok] == ah.Status.UNBOUNDED)
+    np.testing.assert_array_equal(full.ok, boot.ok)
 
 
 def test_bootstrap_bad_input(logistic_fit):

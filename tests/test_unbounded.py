@@ -1,0 +1,125 @@
+"""No finite maximum (the MLE lies at infinity): detected, named, never reported as converged.
+
+The reference is the data themselves: in each case a closed-form argument shows the
+log-likelihood has no maximum (a covariate that separates the outcomes, a group whose counts
+are all 0), and the parameters not involved have closed-form estimates.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autohess as ah
+from autohess._solver import ESCAPE_RATIO, Status
+
+
+def _separated(rng, n=200, quasi=False, extra=False):
+    x = rng.normal(size=n)
+    y = (x > 0.3).astype(float)
+    if quasi:  # two tied observations on the threshold with both outcomes: quasi-separation
+        x[:2], y[:2] = 0.3, [0.0, 1.0]
+    cols = [np.ones(n), x] + ([rng.normal(size=n)] if extra else [])
+    return np.column_stack(cols), y
+
+
+def test_separation_is_unbounded(rng):
+    X, y = _separated(rng)
+    with pytest.warns(ah.InferenceWarning, match=r"\[unbounded\] no finite maximum"):
+        res = ah.fit(ah.models.logistic(X, y))
+    assert res.status_code == Status.UNBOUNDED and not res.converged
+    assert "no finite maximum" in res.status
+    kinds = [p.kind for p in res.diagnostics.problems]
+    assert kinds[0] == "unbounded"
+    problem = res.diagnostics.problems[0]
+    # the ridge: the slope grows (with the intercept following at -0.3 x slope)
+    assert "beta[1]" in problem.direction and "beta[1]" in problem.parameters
+    assert float(res.diagnostics_data.escape_ratio) < ESCAPE_RATIO
+    assert np.all(np.isnan(np.asarray(res.bse_flat)))  # every parameter is on the ridge
+    assert "Converged:                 False" in res.summary()
+
+
+def test_quasi_separation_is_never_converged():
+    """Quasi-complete separation: two tied observations on the threshold keep a rank-one
+    Hessian once every other observation's weight has underflowed. Depending on where the
+    crawl stops, the last Hessian is still positive definite (the curvature test then sees the
+    ridge: ``unbounded``) or exactly singular (a ``flat`` direction, status SINGULAR). Either
+    way the fit is not converged and every standard error on the ridge is NaN."""
+    seen = set()
+    for seed in range(3):
+        X, y = _separated(np.random.default_rng(seed), quasi=True)
+        with pytest.warns(ah.InferenceWarning, match=r"\[(unbounded|flat)\]"):
+            res = ah.fit(ah.models.logistic(X, y))
+        assert not res.converged and res.status_code in (Status.UNBOUNDED, Status.SINGULAR)
+        assert np.all(np.isnan(np.asarray(res.bse_flat)))
+        seen.add(int(res.status_code))
+    assert Status.UNBOUNDED in seen  # seeds 1 and 2 (seed 0 ends singular)
+
+
+def test_separation_with_a_bystander_covariate(rng):
+    """A third, irrelevant covariate moves with the ridge too (its estimate depends on where
+    on the ridge the solver stopped): its standard error is not reported either."""
+    X, y = _separated(rng, extra=True)
+    with pytest.warns(ah.InferenceWarning, match="unbounded"):
+        res = ah.fit(ah.models.logistic(X, y))
+    assert res.status_code == Status.UNBOUNDED
+
+
+def test_zero_count_group_only_that_coefficient(rng):
+    """Poisson with a group indicator whose group has only zero counts: beta[1] -> -inf, while
+    beta[0] is the log of group 0's mean with SE 1/sqrt(sum of its counts) (closed form; the
+    coupling to beta[1] is exp(beta[1]) ~ 1e-12 small, hence 1e-9)."""
+    g = np.repeat([0.0, 1.0], 100)
+    y = np.where(g == 1, 0.0, rng.poisson(2.0, 200))
+    X = np.column_stack([np.ones(200), g])
+    with pytest.warns(ah.InferenceWarning, match="unbounded"):
+        res = ah.fit(ah.models.poisson(X, y))
+    assert res.status_code == Status.UNBOUNDED
+    assert res.diagnostics.problems[0].parameters == ("beta[1]",)
+    se = np.asarray(res.bse_flat)
+    assert np.isnan(se[1])
+    y0 = y[g == 0]
+    assert float(res.params_flat[0]) == pytest.approx(np.log(y0.mean()), rel=1e-9)
+    assert se[0] == pytest.approx(1 / np.sqrt(y0.sum()), rel=1e-9)
+    assert float(res.params_flat[1]) < -15
+
+
+def test_regular_fits_are_not_flagged(rng):
+    """At a finite maximum the curvature hardly changes over the last (tiny) Newton step."""
+    X = np.column_stack([np.ones(500), rng.normal(size=(500, 2))])
+    y = (rng.uniform(size=500) < 1 / (1 + np.exp(-X @ [0.2, 1.0, -0.5]))).astype(float)
+    for model in (ah.models.logistic(X, y), ah.models.poisson(X, rng.poisson(np.exp(X @ [0.1, 0.3, -0.2])).astype(float))):
+        res = ah.fit(model)
+        assert res.converged and res.diagnostics.ok
+        assert abs(float(res.diagnostics_data.escape_ratio) - 1.0) < 1e-3
+
+
+def test_variance_heading_to_zero_is_a_boundary_not_unbounded():
+    """On the log scale a variance creeping to 0 also runs off to -inf, but towards a finite
+    bound of its natural domain: the maximum exists (on the boundary) and is reported so."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=300)
+
+    def loglik(p, d):  # y ~ N(mu, 1 + s2): the MLE of s2 is 0 when var(y) < 1
+        v = 1.0 + p["s2"]
+        return -0.5 * (np.log(2 * np.pi) + jnp.log(v) + (d - p["mu"]) ** 2 / v)
+
+    y = y / y.std() * 0.9
+    model = ah.Model(loglik, y, {"mu": 0.0, "s2": ah.Positive(0.5)})
+    with pytest.warns(ah.InferenceWarning, match="boundary"):
+        res = ah.fit(model)
+    assert res.status_code == Status.CONVERGED
+    assert [p.kind for p in res.diagnostics.problems] == ["boundary"]
+    assert float(res.params["mu"]) == pytest.approx(float(y.mean()), rel=1e-8)
+
+
+def test_batch_member_with_separation_is_isolated(rng):
+    X, y = _separated(rng)
+    y_ok = (rng.uniform(size=len(y)) < 1 / (1 + np.exp(-X @ [0.0, 1.0]))).astype(float)
+    model = ah.models.logistic(X, y_ok)
+    ys = np.stack([y_ok, y, y_ok])
+    bres = ah.fit_batch(model, {"X": np.broadcast_to(X, (3,) + X.shape), "y": ys, "offset": np.zeros(ys.shape)})
+    assert list(np.asarray(bres.status_code)) == [Status.CONVERGED, Status.UNBOUNDED, Status.CONVERGED]
+    assert list(bres.usable) == [True, False, True]
+    single = ah.fit(model)
+    np.testing.assert_allclose(np.asarray(bres.params_flat[0]), np.asarray(single.params_flat), rtol=1e-10)
+    assert bool(bres.diagnostics_data.unbounded[1].all())
