@@ -177,25 +177,41 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol)
                 u0, iterations = lm.x, lm.iterations
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
-            status, escape = _escape_status(spec, model.dtype, f, res)
             x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
-            return x, iterations + res.iterations, status, (value, grad, hess), ok, escape
+            return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
         u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
         return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None
 
     return jax.jit(solve)
 
 
+def _escape_program(model: Model) -> Callable:
+    """``(solver result, data, weights) -> (status, Escape)``: ``_escape_status`` as its own
+    compiled program, run by ``fit`` only after a solve that did not end quadratically (so
+    regular fits neither compile nor run it)."""
+    spec = model.spec
+
+    def run(res, data, weights):
+        def f(u):
+            return model.negloglik_flat(spec.to_natural(u), data, weights)
+
+        return _escape_status(spec, model.dtype, f, res)
+
+    return jax.jit(run)
+
+
+#: solver outcomes after which ``escape_test`` may turn the status into ``UNBOUNDED``; SINGULAR
+#: too: on a quasi-separation ridge the last Hessians are singular to rounding.
+_ESCAPE_CANDIDATES = (Status.CONVERGED, Status.STALLED, Status.MAX_ITERATIONS, Status.SINGULAR)
+
+
 def _escape_status(spec, dtype, f: Callable, res) -> tuple[jax.Array, Escape]:
     """The solver's status, ``UNBOUNDED`` where ``escape_info`` finds no finite maximum."""
     lower, upper = (jnp.asarray(b, dtype) for b in spec.bounds())  # numpy: no cached tracers
     to_infinity, escape = escape_info(f, res.x, res.grad, res.hess, res.value, lower, upper)
-    # SINGULAR too: on a quasi-separation ridge the last Hessians are singular to rounding
-    done = (
-        (res.status == Status.CONVERGED) | (res.status == Status.STALLED)
-        | (res.status == Status.MAX_ITERATIONS) | (res.status == Status.SINGULAR)
-    )
-    return jnp.where(to_infinity & done, Status.UNBOUNDED, res.status).astype(jnp.int32), escape
+    candidate = jnp.any(jnp.asarray(_ESCAPE_CANDIDATES) == res.status) & ~res.resolved
+    escape = escape._replace(unbounded=escape.unbounded & candidate, to_bound=escape.to_bound & candidate)
+    return jnp.where(to_infinity & candidate, Status.UNBOUNDED, res.status).astype(jnp.int32), escape
 
 
 def _gauss_newton_fn(model: Model, data: Any) -> Callable:
@@ -425,9 +441,13 @@ def fit(
         model.spec.check_domain(params, "start")
     w = _model_weights(model, weights)
     program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))
-    x, iterations, status, known, ok, escape = program(params, model.data, w)
+    x, iterations, status, known, ok, solved = program(params, model.data, w)
     if known is not None and not bool(ok):
         known = None
+    escape = None
+    if solved is not None and not bool(solved.resolved) and int(status) in _ESCAPE_CANDIDATES:
+        check = model._jitted(("escape",), lambda: _escape_program(model))
+        status, escape = check(solved, model.data, w)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if method == "lbfgs" and int(np.asarray(status)) == Status.CONVERGED and not bool(
         np.asarray(result.diagnostics_data.positive_definite)

@@ -98,6 +98,9 @@ class SolverResult(NamedTuple):
     hess: jax.Array
     iterations: jax.Array
     status: jax.Array  # Status code, int32
+    # stopped by a Newton step below XTOL at a well-conditioned Hessian: a finite optimum
+    # reached quadratically (``escape_test`` cannot fire there and is skipped)
+    resolved: jax.Array
 
 
 class _TRState(NamedTuple):
@@ -112,6 +115,7 @@ class _TRState(NamedTuple):
     step: jax.Array  # trial step proposed from this state, evaluated next iteration
     predicted: jax.Array  # reduction the quadratic model predicts for ``step``
     decrement: jax.Array  # diagonally preconditioned gradient measure at x (see the loop)
+    resolved: jax.Array  # stopped by the small-Newton-step test
 
 
 def newton_decrement(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -270,7 +274,7 @@ def trust_region_newton(
         hess=jnp.eye(p, dtype=dtype), radius=jnp.asarray(jnp.sqrt(p), dtype),
         scale=jnp.ones_like(x0), iterations=jnp.asarray(-1, jnp.int32),
         status=jnp.asarray(Status.RUNNING, jnp.int32), step=jnp.zeros_like(x0),
-        predicted=zero, decrement=jnp.asarray(jnp.inf, dtype),
+        predicted=zero, decrement=jnp.asarray(jnp.inf, dtype), resolved=jnp.zeros((), bool),
     )
 
     def cond(s):
@@ -363,11 +367,14 @@ def trust_region_newton(
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
         predicted = -(jnp.dot(gz, z) + 0.5 * jnp.dot(z, Hz @ z))
         return _TRState(
-            x, value, grad, hess, radius, D, it, jnp.asarray(status, jnp.int32), z / D, predicted, measure
+            x, value, grad, hess, radius, D, it, jnp.asarray(status, jnp.int32), z / D, predicted, measure,
+            resolved & (status == Status.CONVERGED),
         )
 
     final = lax.while_loop(cond, body, state)
-    return SolverResult(final.x, final.value, final.grad, final.hess, final.iterations, final.status)
+    return SolverResult(
+        final.x, final.value, final.grad, final.hess, final.iterations, final.status, final.resolved
+    )
 
 
 def lbfgs(
