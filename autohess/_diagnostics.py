@@ -101,7 +101,7 @@ def no_escape(x: jax.Array) -> Escape:
 
 def escape_info(
     fun: Callable, u: jax.Array, grad_u: jax.Array, hess_u: jax.Array, value: jax.Array,
-    lower: jax.Array, upper: jax.Array,
+    lower: jax.Array, upper: jax.Array, ridge: jax.Array | bool = False, ridge_step: jax.Array | None = None,
 ) -> tuple[jax.Array, Escape]:
     """``escape_test`` on the solver's unconstrained scale, read per parameter.
 
@@ -110,8 +110,17 @@ def escape_info(
     (``unbounded``: the returned flag, and the parameters loading on the step); if it heads to a
     finite bound (a variance creeping to 0 on the log scale), the maximum is on that boundary
     and the parameters heading to finite bounds are marked ``to_bound``.
+
+    ``ridge`` (from the solver: its last accepted Newton steps repeated each other at a
+    negligible gain) is the same finding from the solve's history; it also holds where the
+    last Hessian is singular to rounding or mixes a decaying and a constant part (quasi-complete
+    separation), which the one-step curvature test can miss. ``ridge_step`` is then the
+    direction.
     """
     escaping, ratio, d = escape_test(fun, u, grad_u, hess_u, value)
+    if ridge_step is not None:
+        d = jnp.where(ridge & ~escaping, ridge_step, d)
+    escaping = escaping | ridge
     heads_to_inf = jnp.where(d > 0, jnp.isinf(upper), jnp.isinf(lower))
     loading = jnp.abs(d) * jnp.sqrt(jnp.abs(jnp.diag(hess_u)))
     involved = escaping & (loading > AFFECTED_LOADING * jnp.max(loading))

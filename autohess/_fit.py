@@ -208,7 +208,9 @@ _ESCAPE_CANDIDATES = (Status.CONVERGED, Status.STALLED, Status.MAX_ITERATIONS, S
 def _escape_status(spec, dtype, f: Callable, res) -> tuple[jax.Array, Escape]:
     """The solver's status, ``UNBOUNDED`` where ``escape_info`` finds no finite maximum."""
     lower, upper = (jnp.asarray(b, dtype) for b in spec.bounds())  # numpy: no cached tracers
-    to_infinity, escape = escape_info(f, res.x, res.grad, res.hess, res.value, lower, upper)
+    to_infinity, escape = escape_info(
+        f, res.x, res.grad, res.hess, res.value, lower, upper, res.ridge, res.ridge_step
+    )
     candidate = jnp.any(jnp.asarray(_ESCAPE_CANDIDATES) == res.status) & ~res.resolved
     escape = escape._replace(unbounded=escape.unbounded & candidate, to_bound=escape.to_bound & candidate)
     return jnp.where(to_infinity & candidate, Status.UNBOUNDED, res.status).astype(jnp.int32), escape

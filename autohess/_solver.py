@@ -86,6 +86,9 @@ _MESSAGES = {
 #: agree to ~12 digits whatever the start)
 XTOL = 1e-12
 
+#: consecutive repeated Newton steps (at a negligible remaining gain) that make a ridge
+RIDGE_STEPS = 3
+
 #: curvature ratio (along the last Newton step, after / before) below which the objective is
 #: flattening out towards infinity rather than approaching a finite minimum (see ``escape_test``)
 ESCAPE_RATIO = 0.5
@@ -101,6 +104,11 @@ class SolverResult(NamedTuple):
     # stopped by a Newton step below XTOL at a well-conditioned Hessian: a finite optimum
     # reached quadratically (``escape_test`` cannot fire there and is skipped)
     resolved: jax.Array
+    # the last accepted points repeated their Newton step (same direction and length) with a
+    # negligible gain left: a ridge running off to infinity on this scale; ``ridge_step`` is
+    # the last such Newton step (unscaled)
+    ridge: jax.Array
+    ridge_step: jax.Array
 
 
 class _TRState(NamedTuple):
@@ -116,6 +124,10 @@ class _TRState(NamedTuple):
     predicted: jax.Array  # reduction the quadratic model predicts for ``step``
     decrement: jax.Array  # diagonally preconditioned gradient measure at x (see the loop)
     resolved: jax.Array  # stopped by the small-Newton-step test
+    expand: jax.Array  # multiple of the Newton step proposed in ``step`` (1: an ordinary step)
+    newton: jax.Array  # the (scaled) Newton step at x, to recognise a ridge at the next point
+    ridge_count: jax.Array  # consecutive accepted points with the ridge signature
+    ridge_step: jax.Array
 
 
 def newton_decrement(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -251,7 +263,14 @@ def trust_region_newton(
     does (the rounding floor): ``CONVERGED`` if the Hessian is positive definite and
     ``g' H^-1 g / 2 <= 1e4 * eps * (1 + |value|)`` there, ``SINGULAR`` if the gradient is at
     rounding level but the Hessian is singular (a flat valley of optima), ``STALLED``
-    otherwise. Regular problems thus end with the gradient at rounding level.
+    otherwise. Regular problems thus end with the gradient at rounding level; most stop one
+    step earlier, once the Newton step would move no coordinate by more than ``XTOL`` of its
+    size at a well-conditioned Hessian (``resolved``).
+
+    Where the minimum lies at infinity on the unconstrained scale (separation, a variance
+    creeping to 0 on the log scale), Newton steps repeat themselves along a ridge; such steps
+    are lengthened (doubled, up to where the rounding floor is expected) and the ridge is
+    reported in ``SolverResult.ridge`` for ``_diagnostics.escape_info``.
     """
     dtype = x0.dtype
     eps = jnp.finfo(dtype).eps
@@ -275,6 +294,8 @@ def trust_region_newton(
         scale=jnp.ones_like(x0), iterations=jnp.asarray(-1, jnp.int32),
         status=jnp.asarray(Status.RUNNING, jnp.int32), step=jnp.zeros_like(x0),
         predicted=zero, decrement=jnp.asarray(jnp.inf, dtype), resolved=jnp.zeros((), bool),
+        expand=jnp.ones((), dtype), newton=jnp.zeros_like(x0),
+        ridge_count=jnp.zeros((), jnp.int32), ridge_step=jnp.zeros_like(x0),
     )
 
     def cond(s):
@@ -297,10 +318,15 @@ def trust_region_newton(
         # gradient measure by less than 10x is crawling (e.g. a variance creeping towards its
         # bound at 0), and further steps would only spend iterations: treat it as the floor.
         improves = ok1 & (m_new < 0.1 * s.decrement)
-        accept = first | jnp.where(near, improves, rho > 1e-4)
+        # an expanded step along a ridge (see below) lies beyond the quadratic model's minimum,
+        # so the ratio test does not apply: it is accepted if it lowers the objective at all
+        expanded = s.expand > 1.0
+        accept = first | jnp.where(
+            expanded, ok1 & (v1 < s.value), jnp.where(near, improves, rho > 1e-4)
+        )
         znorm = jnp.linalg.norm(s.scale * s.step)
         radius = jnp.where(
-            first | (accept & near),
+            first | expanded | (accept & near),
             s.radius,
             jnp.where(
                 rho < 0.25,
@@ -365,15 +391,44 @@ def trust_region_newton(
             lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
         )
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
+        # Ridge: where the minimum lies at infinity or on a bound at infinity of the
+        # unconstrained scale (separation; a variance -> 0 on the log scale), the objective
+        # decays like exp(-t) along a line, every Newton step has the same length and direction,
+        # and each removes only a fixed share (1 - 1/e) of what is left: ~30 iterations to
+        # reach the rounding floor. Once the remaining gain is negligible (1e-6 of the
+        # objective) and an accepted point's Newton step repeats the previous one (cosine >
+        # 0.99, length within 2x; regular convergence shrinks it quadratically), the next trial
+        # is that step doubled, then doubled again while this continues, but never longer than
+        # the ridge model (a factor e per step) says the floor is away: stopping near where
+        # plain Newton steps would have stopped keeps the last Hessian informative.
+        prev = jnp.where(accept & ~first, s.newton, jnp.zeros_like(z))
+        n_now, n_prev = jnp.linalg.norm(z_newton), jnp.linalg.norm(prev)
+        cosine = jnp.dot(z_newton, prev) / jnp.maximum(n_now * n_prev, jnp.finfo(dtype).tiny)
+        to_floor = jnp.log(jnp.maximum(0.5 * dec, jnp.finfo(dtype).tiny) / (1e3 * eps * resolution))
+        signature = (
+            pd & (cosine > 0.99) & (n_now > 0.5 * n_prev) & (n_now < 2.0 * n_prev)
+            & (0.5 * dec <= 1e-6 * resolution)
+        )
+        ridge = signature & fits & (to_floor >= 2.0)
+        moved = accept & ~first
+        ridge_count = jnp.where(moved, jnp.where(signature, s.ridge_count + 1, 0), s.ridge_count)
+        ridge_step = jnp.where(moved & signature, newton, s.ridge_step)
+        expand = jnp.where(
+            ridge, jnp.minimum(2.0 * jnp.where(expanded & accept, s.expand, 1.0), to_floor), 1.0
+        )
+        z = jnp.where(ridge, expand * z_newton, z)
         predicted = -(jnp.dot(gz, z) + 0.5 * jnp.dot(z, Hz @ z))
+        predicted = jnp.where(ridge, 0.5 * dec, predicted)  # what the Newton step itself offers
         return _TRState(
             x, value, grad, hess, radius, D, it, jnp.asarray(status, jnp.int32), z / D, predicted, measure,
-            resolved & (status == Status.CONVERGED),
+            resolved & (status == Status.CONVERGED), expand, jnp.where(accept, z_newton, s.newton),
+            ridge_count, ridge_step,
         )
 
     final = lax.while_loop(cond, body, state)
     return SolverResult(
-        final.x, final.value, final.grad, final.hess, final.iterations, final.status, final.resolved
+        final.x, final.value, final.grad, final.hess, final.iterations, final.status, final.resolved,
+        final.ridge_count >= RIDGE_STEPS, final.ridge_step,
     )
 
 

@@ -178,13 +178,14 @@ def test_block_bootstrap_recovers_the_long_run_variance():
 def test_failed_replicates_are_counted_and_left_out():
     """Small logistic sample with a strong covariate: some resamples are separable (the MLE
     is at infinity). With the default iteration limit every one of them is recognised as
-    UNBOUNDED; with 20 iterations (regular resamples need 5-11) some still run into the limit
-    first. They get a status, a warning, and are excluded; nothing raises."""
+    UNBOUNDED; with 20 iterations (regular resamples need 5-11) a crawl may also end at the
+    limit first (MAX_ITERATIONS). They get a status, a warning, and are excluded; nothing
+    raises."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=30)
     y = (x + 0.3 * rng.normal(size=30) > 0).astype(float)
     res = ah.fit(ah.models.logistic(np.c_[np.ones(30), x], y))
-    with pytest.warns(ah.BootstrapWarning, match=r"bootstrap fits failed \(\d+ x MAX_ITERATIONS"):
+    with pytest.warns(ah.BootstrapWarning, match=r"bootstrap fits failed \("):
         boot = ah.bootstrap(res, n=200, key=0, maxiter=20)
     assert 0 < boot.n_failed < 200
     failed = np.asarray(boot.fits.status_code)[~boot.ok]
