@@ -86,6 +86,9 @@ _MESSAGES = {
 #: agree to ~12 digits whatever the start)
 XTOL = 1e-12
 
+#: remaining gain (relative to 1 + |objective|) below which repeated Newton steps count as a ridge
+RIDGE_GAIN = 1e-6
+
 #: consecutive repeated Newton steps (at a negligible remaining gain) that make a ridge
 RIDGE_STEPS = 3
 
@@ -407,7 +410,7 @@ def trust_region_newton(
         to_floor = jnp.log(jnp.maximum(0.5 * dec, jnp.finfo(dtype).tiny) / (1e3 * eps * resolution))
         signature = (
             pd & (cosine > 0.99) & (n_now > 0.5 * n_prev) & (n_now < 2.0 * n_prev)
-            & (0.5 * dec <= 1e-6 * resolution)
+            & (0.5 * dec <= RIDGE_GAIN * resolution)
         )
         ridge = signature & fits & (to_floor >= 2.0)
         moved = accept & ~first
