@@ -43,23 +43,26 @@ call that takes longer than ``--call-timeout`` seconds dumps every thread's stac
 
 Headline numbers (2-core AMD EPYC VM, CPU only, Linux, Python 3.11.7, jax 0.10.2,
 numpy 2.4.6, scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1, XLA_FLAGS unset,
-autohess cc75c5a; 2026-11-25, CPUs idle):
+autohess 9c03404 (solver that stops at a 1e-12 Newton step and lengthens ridge steps);
+2026-11-25, CPUs idle; no GPU was lent to this task):
 
-* Logistic N=1500, p=12, nonparametric, B=5000: ``ah.bootstrap`` 1.88 s warm, 375 us per fit,
-  all converged (first call 3.9 s; two equal chunks of 2,500 from the 2 GiB CPU budget).
-  Plain ``jit(vmap(newton))``, 8 ``jax.hessian`` steps: 4.19 s (838 us per fit). scipy BFGS +
-  ``approx_hess``: 21.2 ms per fit, i.e. 106 s for B=5000 (extrapolated): speed-up 56x. One
-  warm ``ah.fit`` + bse: 0.69 ms.
-* GARCH(1,1)-t N=1500, parametric, B=1000: scan 10.4 s warm (10.4 ms per fit; first call
-  15.5 s), associative 20.5 s (first call 31.5 s). scipy loop 13.9 ms per fit (BFGS stops with
+* Logistic N=1500, p=12, nonparametric, B=5000: ``ah.bootstrap`` 1.46 s warm, 293 us per fit,
+  all converged (first call 4.1 s; two equal chunks of 2,500 from the 2 GiB CPU budget;
+  Newton iterations per replicate median 4, max 5). Plain ``jit(vmap(newton))``, 8
+  ``jax.hessian`` steps: 4.07 s (814 us per fit). scipy BFGS + ``approx_hess``: 22.0 ms per
+  fit, i.e. 110 s for B=5000 (extrapolated): speed-up 75x. One warm ``ah.fit`` + bse: 0.47 ms.
+* GARCH(1,1)-t N=1500, parametric, B=1000: scan 7.1 s warm (7.1 ms per fit; first call
+  12.3 s), associative 16.8 s (first call 31.0 s). scipy loop 14.7 ms per fit (BFGS stops with
   "precision loss" on all 20 series, yet agrees with ``ah.fit_batch`` to 2e-5 SE): speed-up
-  1.3x (scan), 0.7x (associative). One warm ``ah.fit`` + bse costs 2.8 ms, so the batch is
-  3.7x slower per fit than fitting one series at a time: the vmap-ed solver loop runs every
-  member as long as the slowest (median 7 Newton iterations, 99th percentile 10, max 30 for a
-  replicate crawling to the bound alpha = 1).
+  2.1x (scan), 0.9x (associative). One warm ``ah.fit`` + bse costs 2.2 ms, so the batch is
+  3.3x slower per fit than fitting one series at a time: the vmap-ed solver loop runs every
+  member as long as the slowest (median 5 Newton iterations, 99th percentile 9, max 23; the
+  stragglers are replicates heading for alpha = 1 with nu near its bound 2, crossing regions
+  of indefinite Hessians before the ridge phase). The previous solver (cc75c5a) measured
+  1.88 s / 375 us (logistic) and 10.4 ms per fit with max 30 iterations (GARCH scan).
 * Targets (one H100): not applicable on this CPU. Extrapolated from the per-fit times (not
-  measured): logistic B=100,000 38 s; GARCH-t B=10,000 104 s (scan), 205 s (associative). Timings on this
-  VM drift by 10-25% between runs (an A/B of GARCH batches at two commits showed no change).
+  measured): logistic B=100,000 29 s; GARCH-t B=10,000 71 s (scan), 168 s (associative).
+  Timings on this VM drift by 10-25% between runs.
 
 See benchmarks/README.md for how to run and read these numbers.
 """

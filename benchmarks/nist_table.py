@@ -23,7 +23,7 @@ estimates and the RSS and >= 4 for the standard deviations, the tolerances of
 ``tests/test_nist.py``.
 
 Headline (2-core VM, jax 0.10.2, maxiter=200; ~25 s): 43 of 54 fits converge and pass; all 43
-agree to >= 9.2 digits in estimates, SDs and RSS (the lowest: Hahn1's SDs). The 11 failures
+agree to >= 9.1 digits in estimates, SDs and RSS (the lowest: Hahn1's SDs). The 11 failures
 are the optimiser's path, not the answer's accuracy (from the certified estimates 26 of 27
 re-converge to >= 9.5 digits; Lanczos1 stalls at its double-precision floor with estimates at
 ~10 digits): Lanczos1/2/3 from both starts end at the coalesced-exponential saddle b2 == b4
