@@ -53,7 +53,8 @@ class Diagnostics:
             ``1/FLAT_CONDITION``) or negative.
         escape_ratio: curvature along the solver's last Newton step, after over before the step
             (``_solver.escape_test``); near 1 at a finite optimum, about ``exp(-1)`` on a ridge
-            rising towards infinity; NaN where not measured (``evaluate``, L-BFGS).
+            rising towards infinity; NaN where not measured (``evaluate``, a fit that
+            converged quadratically).
         escape_direction: that Newton step on the unconstrained scale, unit length (zeros where
             not measured).
         unbounded: parameters taking part in a ridge towards infinity (no finite maximum);

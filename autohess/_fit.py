@@ -20,7 +20,7 @@ from ._covariance import COV_TYPES, covariance
 from ._derivatives import Hessian, _model_params, _model_weights, _symmetrize
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
-from ._solver import Status, after, lbfgs, trust_region_newton
+from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
 
@@ -185,10 +185,12 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
     return jax.jit(solve)
 
 
-def _escape_program(model: Model) -> Callable:
+def _escape_program(model: Model, at_point: bool = False) -> Callable:
     """``(solver result, data, weights) -> (status, Escape)``: ``_escape_status`` as its own
     compiled program, run by ``fit`` only after a solve that did not end quadratically (so
-    regular fits neither compile nor run it)."""
+    regular fits neither compile nor run it). ``at_point``: ``(x, status, data, weights)``
+    instead, for L-BFGS, which has no Hessian of its own (one is formed on the unconstrained
+    scale at ``x``)."""
     spec = model.spec
 
     def run(res, data, weights):
@@ -197,7 +199,17 @@ def _escape_program(model: Model) -> Callable:
 
         return _escape_status(spec, model.dtype, f, res)
 
-    return jax.jit(run)
+    def run_at_point(x, status, data, weights):
+        def f(u):
+            return model.negloglik_flat(spec.to_natural(u), data, weights)
+
+        u = spec.to_unconstrained(x)
+        value, grad, hess = _value_grad_hess_fn(f, model.hessian_mode)(u)
+        res = SolverResult(u, value, grad, hess, jnp.zeros((), jnp.int32), status, jnp.zeros((), bool),
+                           jnp.zeros((), bool), jnp.zeros_like(u))
+        return _escape_status(spec, model.dtype, f, res)
+
+    return jax.jit(run_at_point if at_point else run)
 
 
 #: solver outcomes after which ``escape_test`` may turn the status into ``UNBOUNDED``; SINGULAR
@@ -447,9 +459,13 @@ def fit(
     if known is not None and not bool(ok):
         known = None
     escape = None
-    if solved is not None and not bool(solved.resolved) and int(status) in _ESCAPE_CANDIDATES:
-        check = model._jitted(("escape",), lambda: _escape_program(model))
-        status, escape = check(solved, model.data, w)
+    if int(status) in _ESCAPE_CANDIDATES:
+        if solved is not None and not bool(solved.resolved):
+            check = model._jitted(("escape",), lambda: _escape_program(model))
+            status, escape = check(solved, model.data, w)
+        elif solved is None:  # L-BFGS: no solver Hessian; form it at the end point
+            check = model._jitted(("escape", "at point"), lambda: _escape_program(model, at_point=True))
+            status, escape = check(x, status, model.data, w)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if method == "lbfgs" and int(np.asarray(status)) == Status.CONVERGED and not bool(
         np.asarray(result.diagnostics_data.positive_definite)

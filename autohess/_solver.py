@@ -171,8 +171,9 @@ def escape_test(
     (complete separation: ``f ~ exp(-t)``), the objective, its gradient and its curvature all
     decay together, the Newton step stays of unit size however long the solver runs, and
     ``c(1) / c(0) ~ exp(-1)``: the quadratic model never becomes valid. Flagged when the
-    remaining gain ``g' H^-1 g / 2`` is negligible (below ``sqrt(eps) (1 + |f|)``, so a
-    slowly converging regular fit is not mistaken for it) and the ratio is below
+    remaining gain ``g' H^-1 g / 2`` is negligible (below ``RIDGE_GAIN (1 + |f|)``: the
+    Newton step is then a small fraction of a standard error, over which a regular likelihood's
+    curvature hardly changes, so a slowly converging fit is not mistaken for it) and the ratio is below
     ``ESCAPE_RATIO``. Costs one forward-over-forward directional derivative.
 
     Returns:
@@ -188,7 +189,7 @@ def escape_test(
     c1 = jax.jvp(slope, (x + d,), (d,))[1]
     ratio = jnp.where(pd & (c0 > 0), c1 / jnp.where(c0 > 0, c0, 1.0), jnp.nan)
     eps = jnp.finfo(x.dtype).eps
-    negligible = 0.5 * dec <= jnp.sqrt(eps) * (1.0 + jnp.abs(value))
+    negligible = 0.5 * dec <= RIDGE_GAIN * (1.0 + jnp.abs(value))
     escaping = pd & negligible & (ratio < ESCAPE_RATIO)
     return escaping, ratio, d
 

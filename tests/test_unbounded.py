@@ -38,6 +38,17 @@ def test_separation_is_unbounded(rng):
     assert "Converged:                 False" in res.summary()
 
 
+def test_separation_with_lbfgs_is_unbounded(rng):
+    """L-BFGS stops at its gradient tolerance (llf ~ -6e-7 here) and has no Hessian of its
+    own: the curvature test runs at its end point on a Hessian formed there."""
+    X, y = _separated(rng)
+    with pytest.warns(ah.InferenceWarning, match="unbounded"):
+        res = ah.fit(ah.models.logistic(X, y), method="lbfgs")
+    assert res.status_code == Status.UNBOUNDED
+    assert np.all(np.isnan(np.asarray(res.bse_flat)))
+    assert float(res.diagnostics_data.escape_ratio) < ESCAPE_RATIO
+
+
 def test_quasi_separation_is_never_converged():
     """Quasi-complete separation: two tied observations on the threshold keep a rank-one
     Hessian once every other observation's weight has underflowed. Depending on where the
