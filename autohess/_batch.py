@@ -29,7 +29,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
-from ._fit import FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _value_grad_hess_fn
+from ._fit import (
+    FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _unconstrained, _value_grad_hess_fn,
+)
 from ._model import Model
 from ._solver import Status, trust_region_newton
 
@@ -165,9 +167,7 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
     need_scores = any(c != "hessian" for c in cov_types)
 
     def one(params, data, weights):
-        def f(u):
-            return model.negloglik_flat(spec.to_natural(u), data, weights)
-
+        f = _unconstrained(model, data, weights)
         u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
         res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter)
         status, escape = _escape_status(spec, model.dtype, f, res)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._covariance import COV_TYPES, covariance
-from ._derivatives import Hessian, _model_params, _model_weights, _symmetrize
+from ._derivatives import Hessian, _model_params, _model_weights, _objective, _symmetrize
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
@@ -157,18 +157,20 @@ jax.tree_util.register_dataclass(
 # ------------------------------------------------------------------------------------------
 # Compiled pieces
 # ------------------------------------------------------------------------------------------
+def _unconstrained(model: Model, data: Any, weights: Any) -> Callable:
+    """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights."""
+    return functools.partial(_objective(model, "unconstrained"), data=data, w=weights)
+
+
 def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float]) -> Callable:
     """One compiled program: start (natural) -> unconstrained solve -> natural-scale results."""
     spec = model.spec
     mode = model.hessian_mode
 
-    def objective(u, data, weights):
-        return model.negloglik_flat(spec.to_natural(u), data, weights)
-
     def solve(params, data, weights):
         model.trace_counts["fit"] += 1
         u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
-        f = functools.partial(objective, data=data, weights=weights)
+        f = _unconstrained(model, data, weights)
         if method in ("trust-region", "gauss-newton"):
             iterations = 0
             if method == "gauss-newton":
@@ -194,15 +196,10 @@ def _escape_program(model: Model, at_point: bool = False) -> Callable:
     spec = model.spec
 
     def run(res, data, weights):
-        def f(u):
-            return model.negloglik_flat(spec.to_natural(u), data, weights)
-
-        return _escape_status(spec, model.dtype, f, res)
+        return _escape_status(spec, model.dtype, _unconstrained(model, data, weights), res)
 
     def run_at_point(x, status, data, weights):
-        def f(u):
-            return model.negloglik_flat(spec.to_natural(u), data, weights)
-
+        f = _unconstrained(model, data, weights)
         u = spec.to_unconstrained(x)
         value, grad, hess = _value_grad_hess_fn(f, model.hessian_mode)(u)
         res = SolverResult(u, value, grad, hess, jnp.zeros((), jnp.int32), status, jnp.zeros((), bool),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ._diagnostics import FLAT_CONDITION, ILL_CONDITION
-from ._solver import Status
+from ._solver import ESCAPE_RATIO, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._fit import FitResult
@@ -124,13 +124,20 @@ class DiagnosticReport:
         if status == Status.UNBOUNDED:
             direction = format_direction(np.asarray(d.escape_direction, dtype=np.float64), labels)
             involved = tuple(labels[i] for i in np.flatnonzero(np.asarray(d.unbounded)))
+            ratio = float(np.asarray(d.escape_ratio))
+            # which of the two signs found it (``_diagnostics.escape_info``)
+            evidence = (
+                f"the curvature along the last Newton step fell to {ratio:.2g} of its value over that "
+                "one step (about 1 at a finite maximum)"
+                if ratio < ESCAPE_RATIO
+                else "the last Newton steps repeated each other (same direction and length) while "
+                "the gain left was negligible"
+            )
             problems.append(Problem(
                 "unbounded",
                 f"no finite maximum: the log-likelihood still rises along {direction} "
-                f"(unconstrained scale) and flattens as it goes; the curvature along the last "
-                f"Newton step fell to {float(np.asarray(d.escape_ratio)):.2g} of its value over "
-                f"that one step (about 1 at a finite maximum) after {int(np.asarray(res.iterations))} "
-                f"iterations",
+                f"(unconstrained scale) and flattens as it goes; {evidence}, after "
+                f"{int(np.asarray(res.iterations))} iterations",
                 involved, direction, _SUGGEST["unbounded"],
             ))
         elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:

@@ -188,7 +188,6 @@ def escape_test(
 
     c1 = jax.jvp(slope, (x + d,), (d,))[1]
     ratio = jnp.where(pd & (c0 > 0), c1 / jnp.where(c0 > 0, c0, 1.0), jnp.nan)
-    eps = jnp.finfo(x.dtype).eps
     negligible = 0.5 * dec <= RIDGE_GAIN * (1.0 + jnp.abs(value))
     escaping = pd & negligible & (ratio < ESCAPE_RATIO)
     return escaping, ratio, d
