@@ -540,6 +540,8 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
 
     Returns:
         ``DeltaResult`` with ``value``, ``se``, ``cov`` (flattened output), ``conf_int()``.
+        An output is NaN exactly when it depends on a parameter whose standard error is NaN
+        (``J`` has a non-zero entry there); parameters ``fn`` does not use do not enter.
 
     Example:
         >>> ah.delta_method(res, lambda p: p["beta"][1] / p["beta"][2]).se
@@ -548,7 +550,15 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     flat_fn = lambda t: jnp.ravel(jnp.asarray(fn(spec.unflatten(t))))  # noqa: E731
     value = jnp.asarray(fn(spec.unflatten(result.params_flat)))
     J = jax.jacfwd(flat_fn)(result.params_flat)
-    cov = J @ result.cov @ J.T
+    # A NaN covariance entry (a flat direction, a boundary) reaches exactly the outputs whose
+    # linearisation involves it: J V J' is formed with NaN read as 0, and (i, j) is set back to
+    # NaN where sum_kl |J_ik| [V_kl is NaN] |J_jl| > 0. Plain J V J' would spread one NaN
+    # parameter to every output, even those that do not depend on it.
+    V = result.cov
+    missing = jnp.isnan(V)
+    cov = J @ jnp.where(missing, 0.0, V) @ J.T
+    reach = jnp.abs(J) @ missing.astype(J.dtype) @ jnp.abs(J).T
+    cov = jnp.where(reach > 0, jnp.nan, cov)
     if value.ndim == 0:
         cov = cov.reshape(())
     return DeltaResult(value=value, cov=cov, jacobian=J)

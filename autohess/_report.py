@@ -119,6 +119,12 @@ class DiagnosticReport:
         # unit-free stationarity: change of log-likelihood per marginal standard deviation
         scaled_grad = np.abs(grad) / np.sqrt(np.maximum(np.abs(np.diag(hess)), np.finfo(float).tiny))
         stationary = status in (Status.CONVERGED, Status.SINGULAR) or float(np.max(scaled_grad, initial=0.0)) <= 1e-4
+        # Negative curvature counts as a saddle only beyond what rounding and the remaining
+        # gradient can produce: along a flat valley that is curved (a*b = const), a gradient g
+        # left at the stopping point tilts the Hessian's flat eigenvalue by about g times the
+        # valley's curvature, i.e. to either sign. In per-SD units that curvature is far below 1
+        # for any valley wider than a standard deviation, so max|scaled gradient| bounds it.
+        saddle_level = max(top / FLAT_CONDITION, float(np.max(scaled_grad, initial=0.0)))
         problems: list[Problem] = []
 
         if status == Status.UNBOUNDED:
@@ -166,7 +172,7 @@ class DiagnosticReport:
                 continue  # the boundary finding above already explains this direction
             direction = format_direction(v, labels)
             involved = tuple(labels[i] for i in np.flatnonzero(np.abs(v) >= 0.05))
-            if lam[j] < -top / FLAT_CONDITION:
+            if lam[j] < -saddle_level:
                 kind = "saddle" if stationary else "not_converged"
                 msg = (
                     f"the log-likelihood curves upward along {direction} (scaled curvature "
@@ -178,6 +184,9 @@ class DiagnosticReport:
                 msg = (
                     f"flat (unidentified) direction {direction}: scaled curvature {lam[j]:.3g}, "
                     f"condition number {cond:.3g}"
+                    + (" (the negative sign is within what the gradient left at this point, "
+                       f"{saddle_level:.2g} per marginal standard deviation, can produce)"
+                       if lam[j] < -top / FLAT_CONDITION else "")
                 )
             problems.append(Problem(kind, msg, involved, direction, _SUGGEST[kind]))
         if not bad.any() and cond > ILL_CONDITION:

@@ -173,6 +173,21 @@ def test_flat_direction_is_named_and_ses_are_nan():
     assert res.status_code == Status.SINGULAR
 
 
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_flat_valley_with_leftover_gradient_is_not_a_saddle(seed):
+    """In the curved valley a*b = const the solver stops with a gradient of ~3e-5 (scaled
+    ~1e-6), which tilts the flat eigenvalue to about -3e-8: these seeds used to be reported as
+    saddle points ("restart along that direction"). Negative curvature within what the leftover
+    gradient explains is flat."""
+    rng = np.random.default_rng(seed)
+    model = ah.Model(lambda p, d: -0.5 * (d["y"] - p["a"] * p["b"]) ** 2, {"y": 2.0 + rng.normal(size=300)}, {"a": 1.0, "b": 1.0})
+    with pytest.warns(ah.InferenceWarning, match="flat"):
+        res = ah.fit(model)
+    assert [p.kind for p in res.diagnostics.problems] == ["flat"]
+    assert float(res.diagnostics.eigenvalues[0]) < 0  # the sign that used to mislead
+    assert res.status_code == Status.SINGULAR
+
+
 def test_mixture_saddle_is_named():
     rng = np.random.default_rng(1)
     z = np.r_[rng.normal(-2, 1, 150), rng.normal(2, 1, 150)]
@@ -295,3 +310,26 @@ def test_fit_bad_input(rng):
     assert ah.fit(scalar).converged
     with pytest.raises(ValueError, match="per_observation=False"):
         ah.fit(scalar, cov_type="robust")
+
+
+def test_delta_method_nan_reaches_only_quantities_that_use_it():
+    """A flat direction in (a, b) makes their SEs NaN; a function of c alone keeps a finite SE
+    (equal to the hand-computed one), a function involving a or b stays NaN, also within one
+    vector-valued call."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)
+    y = 2.0 + 0.5 * x + rng.normal(size=300)
+    model = ah.Model(lambda p, d: -0.5 * (d["y"] - p["a"] * p["b"] - p["c"] * d["x"]) ** 2,
+                     {"y": y, "x": x}, {"a": 1.0, "b": 1.0, "c": 0.0})
+    with pytest.warns(ah.InferenceWarning, match="flat"):
+        res = ah.fit(model)
+    se = res.bse
+    assert np.isnan(float(se["a"])) and np.isnan(float(se["b"])) and np.isfinite(float(se["c"]))
+    # rel=1e-12: the same numbers combined in another order (3*se, exp(c)*se)
+    both = ah.delta_method(res, lambda p: jnp.stack([3.0 * p["c"], p["a"] * p["c"]]))
+    se_both = np.asarray(both.se)
+    assert se_both[0] == pytest.approx(3.0 * float(se["c"]), rel=1e-12)
+    assert np.isnan(se_both[1])
+    assert np.isnan(np.asarray(both.cov)[0, 1]) and np.isfinite(np.asarray(both.cov)[0, 0])
+    only_c = ah.delta_method(res, lambda p: jnp.exp(p["c"]))
+    assert float(only_c.se) == pytest.approx(np.exp(float(res.params["c"])) * float(se["c"]), rel=1e-12)
