@@ -57,6 +57,7 @@ class FitResult:
     model: Model
     cov_type: str
     method: str
+    weights: Optional[jax.Array] = None  # the frequency weights of the fit, if any
 
     # -- statsmodels-style views --------------------------------------------------------------
     @property
@@ -66,6 +67,40 @@ class FitResult:
     @property
     def nobs(self) -> Optional[int]:
         return self.model.nobs
+
+    @property
+    def df_modelwc(self) -> int:
+        """Number of estimated parameters (statsmodels' name: model degrees of freedom with
+        the constant), the ``k`` of ``aic`` and ``bic``."""
+        return len(self.model.labels)
+
+    @property
+    def nobs_effective(self) -> float:
+        """Sample size for ``bic`` and ``df_resid``: the number of observations, or the sum of
+        the frequency weights (a row with weight 2 counts as two rows, as if repeated)."""
+        if self.weights is not None:
+            return float(np.sum(np.asarray(self.weights)))
+        if self.model.nobs is None:
+            raise ValueError(
+                "the number of observations is unknown: this Model's loglik returns a scalar "
+                "(per_observation=False), so bic and df_resid are not defined; aic is"
+            )
+        return float(self.model.nobs)
+
+    @property
+    def df_resid(self) -> float:
+        """``nobs_effective - df_modelwc``."""
+        return self.nobs_effective - self.df_modelwc
+
+    @property
+    def aic(self) -> float:
+        """Akaike information criterion ``-2 llf + 2 k`` (``k = df_modelwc``)."""
+        return -2.0 * float(np.asarray(self.llf)) + 2.0 * self.df_modelwc
+
+    @property
+    def bic(self) -> float:
+        """Bayesian information criterion ``-2 llf + k log(n)`` (``n = nobs_effective``)."""
+        return -2.0 * float(np.asarray(self.llf)) + self.df_modelwc * float(np.log(self.nobs_effective))
 
     @property
     def converged(self) -> bool:
@@ -149,7 +184,7 @@ class FitResult:
 
 jax.tree_util.register_dataclass(
     FitResult,
-    data_fields=["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data"],
+    data_fields=["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data", "weights"],
     meta_fields=["model", "cov_type", "method"],
 )
 
@@ -387,7 +422,7 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
     result = FitResult(
         params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
         status_code=status, iterations=iterations,
-        diagnostics_data=diag, model=model, cov_type=cov_type, method=method,
+        diagnostics_data=diag, model=model, cov_type=cov_type, method=method, weights=weights,
     )
     if warn:
         result._warn()

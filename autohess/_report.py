@@ -248,6 +248,13 @@ _COV_NAMES = {
 }
 
 
+def _bic_text(res: "FitResult") -> str:
+    try:
+        return f"{res.bic:.6g}"
+    except ValueError:  # no observation count (scalar loglik)
+        return "n/a"
+
+
 def summary(res: "FitResult") -> str:
     """A statsmodels-like coefficient table with a diagnostics footer."""
     labels = res.labels
@@ -268,6 +275,7 @@ def summary(res: "FitResult") -> str:
         f"{'Log-likelihood:':<18}{float(np.asarray(res.llf)):>14.6g}    {'Observations:':<16}{res.nobs if res.nobs is not None else 'n/a':>10}",
         f"{'Method:':<18}{res.method:>14}    {'Parameters:':<16}{len(labels):>10}",
         f"{'Converged:':<18}{str(res.converged):>14}    {'Iterations:':<16}{int(np.asarray(res.iterations)):>10}",
+        f"{'AIC:':<18}{res.aic:>14.6g}    {'BIC:':<16}{_bic_text(res):>10}",
         f"{'Covariance:':<18}{_COV_NAMES[res.cov_type]}",
         line,
         f"{'':<{width}}{'coef':>10}{'std err':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>12}{'0.975]':>12}",

@@ -53,6 +53,10 @@ def test_against_statsmodels(rng, name, cov_type, sm_cov):
     assert _rel(res.params_flat, np.asarray(ref.params)[order]) < PARAMS_RTOL
     assert _rel(res.bse_flat, np.asarray(ref.bse)[order]) < BSE_RTOL
     assert float(res.llf) == pytest.approx(ref.llf, rel=1e-12)
+    # statsmodels counts the constant and NB2's alpha among the k of -2 llf + 2k / + k log n;
+    # 1e-10: llf agrees to 1e-12 and the penalties are exact
+    assert res.aic == pytest.approx(ref.aic, rel=1e-10) and res.bic == pytest.approx(ref.bic, rel=1e-10)
+    assert res.df_resid == ref.df_resid - (1 if name == "negative_binomial" else 0)  # sm leaves alpha out
     assert res.diagnostics.ok
 
 
@@ -333,3 +337,28 @@ def test_delta_method_nan_reaches_only_quantities_that_use_it():
     assert np.isnan(np.asarray(both.cov)[0, 1]) and np.isfinite(np.asarray(both.cov)[0, 0])
     only_c = ah.delta_method(res, lambda p: jnp.exp(p["c"]))
     assert float(only_c.se) == pytest.approx(np.exp(float(res.params["c"])) * float(se["c"]), rel=1e-12)
+
+
+def test_information_criteria_with_frequency_weights(rng):
+    """Integer frequency weights count like repeated rows: same llf, aic, bic and df_resid
+    (1e-10: two fits of the same likelihood, each converged to rounding)."""
+    X, y, model, _, _ = _data("poisson", rng)
+    w = rng.integers(0, 4, size=len(y))
+    weighted = ah.fit(model, weights=w)
+    rows = np.repeat(np.arange(len(y)), w)
+    repeated = ah.fit(ah.models.poisson(X[rows], y[rows]))
+    assert weighted.nobs_effective == repeated.nobs == w.sum()
+    assert weighted.df_resid == repeated.df_resid == w.sum() - 4
+    for name in ("llf", "aic", "bic"):
+        assert float(getattr(weighted, name)) == pytest.approx(float(getattr(repeated, name)), rel=1e-10)
+    assert "AIC:" in weighted.summary() and f"{weighted.bic:.6g}" in weighted.summary()
+
+
+def test_bic_needs_an_observation_count():
+    model = ah.Model(lambda p, d: -0.5 * jnp.sum((d["y"] - p["m"]) ** 2), {"y": np.arange(5.0)}, {"m": 0.0},
+                     per_observation=False)
+    res = ah.fit(model)
+    assert res.aic == pytest.approx(2.0 * 5.0 + 2.0, rel=1e-12)  # -2 llf = sum (y - 2)^2 = 10
+    with pytest.raises(ValueError, match="per_observation=False"):
+        res.bic
+    assert "BIC:                    n/a" in res.summary() or "n/a" in res.summary().split("BIC:")[1].split("\n")[0]
