@@ -97,6 +97,13 @@ def _multinomial_weights(raw_key: jax.Array, n: int, dtype) -> jax.Array:
     return jnp.zeros((n,), dtype).at[draws].add(1.0)
 
 
+def _weighted_multinomial_weights(raw_key: jax.Array, w: jax.Array, total: int) -> jax.Array:
+    """Counts of ``total`` draws from the rows with probabilities ``w / sum(w)``: resampling
+    the data a frequency-weighted fit stands for (row ``i`` repeated ``w_i`` times)."""
+    draws = jax.random.choice(wrap(raw_key), w.shape[0], (total,), p=w / jnp.sum(w))
+    return jnp.zeros(w.shape, w.dtype).at[draws].add(1.0)
+
+
 def _block_resample(raw_key: jax.Array, data: Any, n: int, block_length: int) -> Any:
     n_blocks = -(-n // block_length)
     starts = jax.random.randint(wrap(raw_key), (n_blocks,), 0, n)
@@ -254,7 +261,8 @@ class BootstrapResult:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the reference fit has already warned about its problems
             for c in cov_types:
-                wald[c] = np.asarray(evaluate(model, params, cov_type=c, warn=False).bse_flat, dtype=np.float64)
+                ref = evaluate(model, params, cov_type=c, weights=self.reference.weights, warn=False)
+                wald[c] = np.asarray(ref.bse_flat, dtype=np.float64)
         return BootstrapComparison(
             labels=tuple(self.labels), estimate=np.asarray(self.estimate, dtype=np.float64),
             bootstrap_se=self.se_flat, wald_se=wald, bias=self.bias_flat, n_ok=int(self.ok.sum()), kind=self.kind,
@@ -332,19 +340,36 @@ def bootstrap(
         raise ValueError(f"block_length is only used with kind='block', not {kind!r}")
     if kind == "parametric":
         check_simulate(model, res.params)
+    total = None
+    if res.weights is not None:
+        w = np.asarray(res.weights, dtype=np.float64)
+        if kind != "nonparametric":
+            raise ValueError(
+                f"kind={kind!r} cannot honour the fit's frequency weights (a row with weight w_i "
+                "stands for w_i independent observations, which a simulated or block-resampled "
+                "row does not): use kind='nonparametric', or fit the repeated rows"
+            )
+        if not np.all(w == np.round(w)):
+            raise ValueError(
+                "the fit has non-integer weights; the nonparametric bootstrap resamples the "
+                "observations frequency weights stand for, so they must be whole numbers"
+            )
+        total = int(w.sum())
     one = member_fit(model, cov_types, maxiter)
     dtype = model.dtype
 
     def member(k, s):
+        if kind == "nonparametric" and total is not None:
+            return one(s["params"], s["data"], _weighted_multinomial_weights(k, s["weights"], total))
         if kind == "nonparametric":
             return one(s["params"], s["data"], _multinomial_weights(k, nobs, dtype))
         if kind == "parametric":
             return one(s["params"], simulated(model, k, s["params"], s["data"]), None)
         return one(s["params"], _block_resample(k, s["data"], nobs, block_length), None)
 
-    shared = {"params": res.params, "data": model.data}
+    shared = {"params": res.params, "data": model.data, "weights": res.weights}
     out = run_members(
-        member, raw, shared, int(n), model=model, key=("bootstrap", kind, block_length, cov_types, maxiter),
+        member, raw, shared, int(n), model=model, key=("bootstrap", kind, block_length, cov_types, maxiter, total),
         batch_size=batch_size, progress=progress, label="bootstrap", shard=shard,
     )
     fits = result_from_outputs(model, cov_types, out)
@@ -353,6 +378,8 @@ def bootstrap(
         program = model._jitted(("inference", "scores"), lambda: _inference_program(model, "scores"))
         S = np.asarray(program(res.params_flat, model.data, None))
         H = np.asarray(res.hessian_matrix, dtype=np.float64)
+        if total is not None:  # one row per observation the weights stand for
+            S = np.repeat(S, np.asarray(res.weights, dtype=np.int64), axis=0)
         try:
             influence = jnp.asarray(np.linalg.solve(H, S.T).T)
         except np.linalg.LinAlgError:

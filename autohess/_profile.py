@@ -115,7 +115,7 @@ def _member(model, j: int, maxiter: int):
             return jnp.concatenate([free[:j], u_j[None], free[j:]])
 
         def f(free):
-            return model.negloglik_flat(spec.to_natural(full(free)), s["data"], None)
+            return model.negloglik_flat(spec.to_natural(full(free)), s["data"], s["weights"])
 
         if p == 1:
             value = f(free0)
@@ -182,7 +182,8 @@ def profile(
     to_x = lambda u: _to_x(spec, u_hat, j, u)  # noqa: E731
 
     one = _member(model, j, maxiter)
-    shared = {"u_hat": jnp.asarray(u_hat, model.dtype), "data": model.data}
+    # the fit's frequency weights: the profile is of the same (weighted) likelihood
+    shared = {"u_hat": jnp.asarray(u_hat, model.dtype), "data": model.data, "weights": res.weights}
     n_grid = int(n_grid)
     seen: dict[float, tuple] = {}
 
