@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["COV_TYPES", "meat", "restricted_inverse", "covariance"]
+__all__ = ["COV_TYPES", "meat", "restricted_inverse", "face_pseudo_inverse", "covariance"]
 
 COV_TYPES = ("hessian", "opg", "robust", "cluster", "gauss-newton")
 
@@ -58,6 +58,31 @@ def restricted_inverse(matrix: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.where(good[:, None] & good[None, :], inv, jnp.nan)
 
 
+def face_pseudo_inverse(
+    hess: jax.Array, keep: jax.Array, eigenvalues: jax.Array, eigenvectors: jax.Array, bad: jax.Array
+) -> jax.Array:
+    """Pseudo-inverse of the Hessian without its flat or negative directions; NaN outside ``keep``.
+
+    ``eigenvalues`` and ``eigenvectors`` are those of ``_diagnostics.compute_diagnostics`` (of
+    the unit-diagonal scaled Hessian on the face, eigenvectors mapped back to parameter units)
+    and ``bad`` its flat or negative directions. Parameters off those directions are estimable,
+    and this gives their unconditional variance, as a model without the unidentified
+    combination would (statsmodels' pinv does the same). Inverting the kept block instead
+    holds the unidentified parameters fixed and gives conditional variances, too small
+    wherever a kept parameter is correlated with them (6.5% measured for slopes next to an
+    intercept split as ``a + b``).
+    """
+    diag = jnp.abs(jnp.diag(hess))
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    v = eigenvectors * d[:, None]  # back to the scaled problem's (unit) eigenvectors
+    v = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), jnp.finfo(hess.dtype).tiny)
+    inv_lam = jnp.where(bad, 0.0, 1.0 / jnp.where(bad, 1.0, eigenvalues))
+    pinv = (v * inv_lam[None, :]) @ v.T / jnp.outer(d, d)
+    pinv = 0.5 * (pinv + pinv.T)
+    good = keep & (jnp.diag(pinv) > 0) & jnp.isfinite(jnp.diag(pinv))
+    return jnp.where(good[:, None] & good[None, :], pinv, jnp.nan)
+
+
 def covariance(
     hess: jax.Array,
     keep: jax.Array,
@@ -67,11 +92,16 @@ def covariance(
     groups: jax.Array | None = None,
     n_groups: int | None = None,
     df_correction: bool | None = None,
+    hess_inverse: jax.Array | None = None,
 ) -> jax.Array:
-    """Covariance of the estimate for ``cov_type`` (see the module docstring)."""
+    """Covariance of the estimate for ``cov_type`` (see the module docstring).
+
+    ``hess_inverse``: the (masked) inverse Hessian to use instead of ``restricted_inverse(hess,
+    keep)``, e.g. ``face_pseudo_inverse`` where the Hessian has flat directions.
+    """
     p = hess.shape[0]
     if cov_type == "hessian":
-        return restricted_inverse(hess, keep)
+        return restricted_inverse(hess, keep) if hess_inverse is None else hess_inverse
     if cov_type == "gauss-newton":  # computed by the least-squares model; here only masked
         gn = scores
         return jnp.where(keep[:, None] & keep[None, :], gn, jnp.nan)
@@ -81,7 +111,7 @@ def covariance(
     B = meat(scores, weights, groups if cov_type == "cluster" else None, n_groups)
     if cov_type == "opg":
         return restricted_inverse(B, keep)
-    Hinv = restricted_inverse(hess, keep)
+    Hinv = restricted_inverse(hess, keep) if hess_inverse is None else hess_inverse
     Hinv0 = jnp.where(jnp.isfinite(Hinv), Hinv, 0.0)
     V = Hinv0 @ B @ Hinv0
     V = jnp.where(jnp.isfinite(Hinv), 0.5 * (V + V.T), jnp.nan)
@@ -89,7 +119,10 @@ def covariance(
         factor = n / (n - p) if df_correction else 1.0
     elif cov_type == "cluster":
         use = True if df_correction is None else df_correction
-        factor = (n_groups / (n_groups - 1.0)) * ((n - 1.0) / (n - p)) if use else 1.0
+        G = n_groups
+        if weights is not None:  # clusters whose weights are all 0 are not in the sample
+            G = jnp.sum(jax.ops.segment_sum(weights, groups, num_segments=n_groups) > 0)
+        factor = (G / (G - 1.0)) * ((n - 1.0) / (n - p)) if use else 1.0
     else:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
     return V * factor

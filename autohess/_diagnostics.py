@@ -43,12 +43,15 @@ class Diagnostics:
         newton_decrement: ``g' H^-1 g`` (``inf`` if ``H`` is not positive definite); about twice
             the log-likelihood still to gain.
         positive_definite: Cholesky of ``H`` succeeded.
-        eigenvalues: eigenvalues of the unit-diagonal scaled Hessian, ascending.
+        eigenvalues: eigenvalues of the unit-diagonal scaled Hessian, ascending; parameters
+            ``at_boundary`` are held fixed (their rows and columns read as the identity).
         eigenvectors: matching eigenvectors, mapped back to parameter units and normalised
             (columns), so column 0 is the flattest or most negative direction.
         condition_number: ``max|eig| / min|eig|`` of the scaled Hessian.
         nonpositive_diagonal: ``H_ii <= 0`` (a parameter with no curvature of its own).
-        at_boundary: transformed parameters sitting on a bound of their domain.
+        at_boundary: transformed parameters sitting on a bound of their domain (within 0.01
+            marginal standard deviations, counting a gradient that pushes outwards), or
+            heading there along the solver's last steps.
         bad_directions: eigen-directions that are flat (relative eigenvalue below
             ``1/FLAT_CONDITION``) or negative.
         escape_ratio: curvature along the solver's last Newton step, after over before the step
@@ -124,7 +127,14 @@ def escape_info(
     escaping = escaping | ridge
     heads_to_inf = jnp.where(d > 0, jnp.isinf(upper), jnp.isinf(lower))
     loading = jnp.abs(d) * jnp.sqrt(jnp.abs(jnp.diag(hess_u)))
-    involved = escaping & (loading > AFFECTED_LOADING * jnp.max(loading))
+    # both in curvature-weighted and in plain terms: near a bound the unconstrained curvature
+    # of the parameters heading there vanishes, and the weighted test alone then counted a
+    # bystander moving by 1e-8 of the step (GARCH alpha = 0.056 while nu and omega ran off)
+    involved = (
+        escaping
+        & (loading > AFFECTED_LOADING * jnp.max(loading))
+        & (jnp.abs(d) > AFFECTED_LOADING * jnp.max(jnp.abs(d)))
+    )
     to_infinity = escaping & heads_to_inf[jnp.argmax(jnp.abs(d))]
     norm = jnp.linalg.norm(d)
     direction = jnp.where(norm > 0, d / jnp.where(norm > 0, norm, 1.0), 0.0)
@@ -141,10 +151,34 @@ def compute_diagnostics(
     if escape is None:
         escape = no_escape(x)
     diag = jnp.diag(hess)
+    # At a bound: the nearest bound is within reach, i.e. moving there changes the negative
+    # log-likelihood (second-order model along the parameter alone) by less than it does 0.01
+    # marginal standard deviations away from an interior optimum. Unit-free (a sigma of 1e-9
+    # 20 SDs from 0 is not at its bound); it counts a gradient pushing outwards and negative
+    # curvature (NB2's alpha at 2e-8). A parameter with neither curvature nor an outward
+    # gradient (unused, unidentified) has nothing to judge by: the flat finding names it
+    # instead (it used to be "at the boundary" at any distance). A two-sided interval's bound
+    # counts too when reached to rounding relative to its width.
+    lower_near = (x - lower) <= (upper - x)
+    dist = jnp.where(lower_near, x - lower, upper - x)
+    outward = jnp.where(lower_near, grad, -grad)  # > 0: the NLL falls towards the bound
+    reach = -outward * dist + 0.5 * diag * dist**2
+    informative = (diag > 0) | (outward > 0)
+    bounded = jnp.isfinite(lower) | jnp.isfinite(upper)
+    eps = jnp.finfo(hess.dtype).eps
+    width = upper - lower
+    reached = jnp.isfinite(width) & (dist <= jnp.sqrt(eps) * width)
+    boundary = bounded & (((jnp.abs(reach) < 0.5 * BOUNDARY_SDS**2) & informative) | reached)
+    boundary = boundary | escape.to_bound
     d = jnp.sqrt(jnp.where(diag > 0, diag, jnp.abs(diag)))
     d = jnp.where(d > 0, d, 1.0)
     scaled = hess / jnp.outer(d, d)
-    lam, vec = jnp.linalg.eigh(after(scaled, escape.ratio))  # after the solve's escape test
+    # Curvature is judged on the face the estimate lies on: parameters at a bound are held
+    # there (rows and columns replaced by the identity). At a boundary optimum the full Hessian
+    # need not be positive definite along directions that leave the face, so a full-matrix
+    # eigen-decomposition reported saddles and NaN standard errors for free parameters.
+    face = jnp.where(boundary[:, None] | boundary[None, :], jnp.eye(x.shape[0], dtype=hess.dtype), scaled)
+    lam, vec = jnp.linalg.eigh(after(face, escape.ratio))  # after the solve's escape test
     raw = vec / d[:, None]
     raw = raw / jnp.linalg.norm(raw, axis=0, keepdims=True)
     top = jnp.max(jnp.abs(lam))
@@ -152,13 +186,6 @@ def compute_diagnostics(
     cond = top / jnp.maximum(jnp.min(jnp.abs(lam)), tiny)
     bad = lam <= top / FLAT_CONDITION
     dec, pd = newton_decrement(grad, after(hess, lam, vec))  # one LAPACK call at a time
-    # distance to the nearest bound, in marginal standard deviations 1/sqrt(H_ii)
-    dist = jnp.minimum(x - lower, upper - x)
-    bounded = jnp.isfinite(lower) | jnp.isfinite(upper)
-    sds = dist * jnp.sqrt(jnp.maximum(diag, 0.0))
-    eps = jnp.finfo(hess.dtype).eps
-    boundary = bounded & ((sds < BOUNDARY_SDS) | (dist <= jnp.sqrt(eps) * (1.0 + jnp.abs(x))))
-    boundary = boundary | escape.to_bound
     return Diagnostics(
         gradient_max=jnp.max(jnp.abs(grad)),
         newton_decrement=dec,

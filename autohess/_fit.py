@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
-from ._covariance import COV_TYPES, covariance
-from ._derivatives import Hessian, _model_params, _model_weights, _objective, _symmetrize
+from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse
+from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
@@ -352,6 +352,11 @@ def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, gr
     loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
     affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
     keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal & ~diag.unbounded
+    # with flat or negative directions: the pseudo-inverse without them (unconditional
+    # variances of the estimable parameters); otherwise the plain inverse of the kept block
+    # (conditional on parameters at a bound)
+    pinv = face_pseudo_inverse(hess, keep, diag.eigenvalues, diag.eigenvectors, diag.bad_directions)
+    h_inv = None
     covs = []
     for cov_type in cov_types:
         # each inverse only after the diagnostics' factorisations and the previous inverse
@@ -359,13 +364,20 @@ def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, gr
         deps = (diag.newton_decrement, diag.positive_definite, diag.eigenvalues, *covs)
         h = after(hess, *deps)
         s = after(scores, *deps) if cov_type != "hessian" else None  # OPG inverts the meat, not h
-        covs.append(covariance(h, keep, cov_type, s, weights, groups, n_groups, df_correction))
+        if h_inv is None and cov_type not in ("opg", "gauss-newton"):
+            h_inv = jnp.where(jnp.any(diag.bad_directions), pinv, restricted_inverse(h, keep))
+        covs.append(covariance(h, keep, cov_type, s, weights, groups, n_groups, df_correction, hess_inverse=h_inv))
     return tuple(covs), diag
 
 
 # ------------------------------------------------------------------------------------------
 # Public entry points
 # ------------------------------------------------------------------------------------------
+def _only_at_bounds(d: Diagnostics) -> jax.Array:
+    """Parameters at a bound, and no flat or negative direction on the face they leave."""
+    return jnp.any(d.at_boundary) & ~jnp.any(d.bad_directions)
+
+
 def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
     g = np.asarray(groups)
     if g.ndim != 1 or g.shape[0] != model.nobs:
@@ -498,11 +510,25 @@ def fit(
         elif solved is None:  # L-BFGS: no solver Hessian; form it at the end point
             check = model._jitted(("escape", "at point"), lambda: _escape_program(model, at_point=True))
             status, escape = check(x, status, model.data, w)
+    if int(np.asarray(status)) == Status.NONFINITE and int(np.asarray(iterations)) == 0:
+        model._check_finite_at(params, "starting values")  # raises, naming the observations
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
-    if method == "lbfgs" and int(np.asarray(status)) == Status.CONVERGED and not bool(
-        np.asarray(result.diagnostics_data.positive_definite)
-    ):
-        result = dataclasses.replace(result, status_code=jnp.asarray(Status.STALLED, jnp.int32))
+    if int(np.asarray(status)) == Status.NONFINITE:
+        # the solver gave up where the likelihood or its derivatives are not finite: no
+        # standard error there means anything
+        result = dataclasses.replace(result, cov=jnp.full_like(result.cov, jnp.nan))
+    elif int(np.asarray(status)) == Status.SINGULAR and _only_at_bounds(result.diagnostics_data):
+        # singular only on the unconstrained scale, where a parameter converging to a bound
+        # of its domain has no curvature left; on the face it is a regular optimum
+        result = dataclasses.replace(result, status_code=jnp.asarray(Status.CONVERGED, jnp.int32))
+    elif int(np.asarray(status)) == Status.CONVERGED:
+        d = result.diagnostics_data
+        if bool(np.any(np.asarray(d.bad_directions))):
+            # the solver's Cholesky passed on a pivot at rounding level (exact collinearity):
+            # a flat direction, as the diagnostics say, not a regular optimum
+            result = dataclasses.replace(result, status_code=jnp.asarray(Status.SINGULAR, jnp.int32))
+        elif method == "lbfgs" and not bool(np.asarray(d.positive_definite)):
+            result = dataclasses.replace(result, status_code=jnp.asarray(Status.STALLED, jnp.int32))
     if warn:
         result._warn()
     return result
@@ -526,10 +552,15 @@ def evaluate(
     if not isinstance(model, Model):
         raise TypeError(f"evaluate needs an ah.Model, got {type(model).__name__}")
     params = _model_params(model, params)
+    model.spec.check_domain(params, "params")
     w = _model_weights(model, weights)
     x = model.spec.flatten(params, model.dtype)
     not_run = jnp.asarray(Status.NOT_RUN, jnp.int32)
     result = _infer(model, x, w, cov_type, groups, df_correction, not_run, jnp.zeros((), jnp.int32), "none", False)
+    if not (np.isfinite(np.asarray(result.llf)) and np.isfinite(np.asarray(result.hessian_matrix)).all()):
+        # names the observations (non-finite likelihood) or the parameters (Hessian), as
+        # ``ah.hessian`` does, instead of a table of NaNs
+        _raise_nonfinite_model(model, params, result.hessian_matrix, model.labels)
     if warn:
         result._warn()
     return result

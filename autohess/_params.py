@@ -18,6 +18,25 @@ from ._transforms import Real, Transform
 __all__ = ["Labels", "ParamSpec", "path_name", "element_labels"]
 
 
+def _lists_to_arrays(tree: Any) -> Any:
+    """Dict values that are lists or tuples of numbers (``{"beta": [0.1, 0.2]}``) as numpy
+    arrays; ``tree`` itself where there are none."""
+    if not isinstance(tree, dict):
+        return tree
+    out, changed = {}, False
+    for k, v in tree.items():
+        if isinstance(v, (list, tuple)) and v and all(isinstance(e, (int, float, np.number)) or np.ndim(e) > 0 for e in v):
+            try:
+                out[k], changed = np.asarray(v, dtype=np.float64), True
+                continue
+            except (TypeError, ValueError):  # ragged: leave it for the structure message
+                pass
+        sub = _lists_to_arrays(v)
+        changed |= sub is not v
+        out[k] = sub
+    return out if changed else tree
+
+
 def _is_transform(x: Any) -> bool:
     return isinstance(x, Transform)
 
@@ -125,6 +144,11 @@ class ParamSpec:
     def check_structure(self, params: Any, what: str = "params") -> list:
         """Leaves of ``params`` in spec order, after checking names and shapes match."""
         leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_transform)
+        if treedef != self.treedef:
+            # {"beta": [0.1, 0.2]}: a list of numbers where the model has an array parameter
+            converted = _lists_to_arrays(params)
+            if converted is not params:
+                leaves, treedef = jax.tree_util.tree_flatten(converted, is_leaf=_is_transform)
         if treedef != self.treedef:
             mine = set(self.names)
             theirs = {

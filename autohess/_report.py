@@ -124,7 +124,8 @@ class DiagnosticReport:
         # left at the stopping point tilts the Hessian's flat eigenvalue by about g times the
         # valley's curvature, i.e. to either sign. In per-SD units that curvature is far below 1
         # for any valley wider than a standard deviation, so max|scaled gradient| bounds it.
-        saddle_level = max(top / FLAT_CONDITION, float(np.max(scaled_grad, initial=0.0)))
+        # (parameters at a bound are left out: the gradient there is legitimately not zero)
+        saddle_level = max(top / FLAT_CONDITION, float(np.max(scaled_grad[~boundary], initial=0.0)))
         problems: list[Problem] = []
 
         if status == Status.UNBOUNDED:
@@ -211,9 +212,7 @@ class DiagnosticReport:
 
         text = "; ".join(f"[{p.kind}] {p.message}" for p in self.problems)
         if self.nan_se:
-            text += f". Standard errors set to NaN: {list(self.nan_se)}"
-            if len(self.nan_se) < len(self.eigenvalues):
-                text += " (the others are conditional on these)"
+            text += f". Standard errors set to NaN: {list(self.nan_se)}" + self._others()
         warnings.warn(text + ". See res.diagnostics for what to do.", InferenceWarning, stacklevel=stacklevel)
 
     def __str__(self) -> str:
@@ -227,8 +226,21 @@ class DiagnosticReport:
             return head + "\nNo problems found."
         body = "\n".join(str(p) for p in self.problems)
         if self.nan_se:
-            body += f"\nStandard errors set to NaN: {', '.join(self.nan_se)}"
+            body += f"\nStandard errors set to NaN: {', '.join(self.nan_se)}" + self._others()
         return head + "\n" + body
+
+    def _others(self) -> str:
+        """What the standard errors that are not NaN mean, given the problems found."""
+        if len(self.nan_se) >= len(self.eigenvalues):
+            return ""
+        kinds = {p.kind for p in self.problems}
+        parts = []
+        if kinds & {"boundary", "unbounded"}:
+            parts.append("conditional on the parameters at a bound (or on the ridge) staying where they are")
+        if kinds & {"flat", "saddle", "not_converged"}:
+            parts.append("from the pseudo-inverse without the flat or negative directions, valid for "
+                         "parameters the data identify")
+        return f" (the others: {'; '.join(parts)})" if parts else ""
 
 
 def _fmt(v: float, width: int = 10) -> str:
@@ -272,7 +284,8 @@ def summary(res: "FitResult") -> str:
         line,
         f"autohess fit: {res.model.name}".center(width + 66),
         line,
-        f"{'Log-likelihood:':<18}{float(np.asarray(res.llf)):>14.6g}    {'Observations:':<16}{res.nobs if res.nobs is not None else 'n/a':>10}",
+        f"{'Log-likelihood:':<18}{float(np.asarray(res.llf)):>14.6g}    {'Observations:':<16}{res.nobs if res.nobs is not None else 'n/a':>10}"
+        + (f" ({res.nobs_effective:g} with weights)" if res.weights is not None else ""),
         f"{'Method:':<18}{res.method:>14}    {'Parameters:':<16}{len(labels):>10}",
         f"{'Converged:':<18}{str(res.converged):>14}    {'Iterations:':<16}{int(np.asarray(res.iterations)):>10}",
         f"{'AIC:':<18}{res.aic:>14.6g}    {'BIC:':<16}{_bic_text(res):>10}",

@@ -66,7 +66,8 @@ class Status(enum.IntEnum):
 _MESSAGES = {
     Status.RUNNING: "running",
     Status.CONVERGED: "converged: the Newton decrement is below tolerance and the Hessian is "
-    "positive definite",
+    "positive definite on the solver's unconstrained scale (a parameter that converged to a bound "
+    "of its domain is named in the diagnostics)",
     Status.MAX_ITERATIONS: "not converged: the maximum number of iterations was reached; raise "
     "maxiter or start closer to the optimum",
     Status.NONFINITE: "failed: the log-likelihood or its derivatives are not finite at the "
@@ -95,6 +96,10 @@ RIDGE_STEPS = 3
 #: curvature ratio (along the last Newton step, after / before) below which the objective is
 #: flattening out towards infinity rather than approaching a finite minimum (see ``escape_test``)
 ESCAPE_RATIO = 0.5
+
+#: scaled curvature along the last Newton step below which ``escape_test`` does not judge (the
+#: direction is flat to rounding: ``_diagnostics.FLAT_CONDITION``'s 1e-12)
+ESCAPE_MIN_CURVATURE = 1e-12
 
 
 class SolverResult(NamedTuple):
@@ -161,6 +166,21 @@ def _cholesky_newton(grad, hess):
     return jnp.where(pd, jnp.dot(half, half), jnp.inf), pd, jnp.where(pd, step, 0.0), jnp.where(pd, pivot, 0.0)
 
 
+def _pseudo_newton_step(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(d, g' H^+ g, H >= 0 to rounding)``: the Newton step on the directions of the scaled
+    Hessian whose eigenvalue is resolved (above ``ESCAPE_MIN_CURVATURE`` of the largest)."""
+    diag = jnp.abs(jnp.diag(hess))
+    scale = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    lam, V = jnp.linalg.eigh(hess / jnp.outer(scale, scale))
+    top = jnp.max(jnp.abs(lam))
+    keep = lam > ESCAPE_MIN_CURVATURE * top
+    gt = V.T @ (grad / scale)
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    d = (V @ (-gt * inv)) / scale
+    psd = lam[0] > -jnp.sqrt(jnp.finfo(hess.dtype).eps) * top
+    return d, jnp.sum(gt * gt * inv), psd & jnp.all(jnp.isfinite(lam))
+
+
 def escape_test(
     fun: Callable[[jax.Array], jax.Array], x: jax.Array, grad: jax.Array, hess: jax.Array, value: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -178,18 +198,32 @@ def escape_test(
 
     Returns:
         ``(escaping, ratio, d)``: a bool, ``c(1) / c(0)`` (NaN where ``H`` is not positive
-        definite) and the Newton step.
+        semi-definite or the curvature along ``d`` is not resolved) and the Newton step (on
+        the resolved directions where ``H`` is singular).
     """
     dec, pd, d = newton_step(grad, hess)
+    # An exactly singular H (a duplicated separating column: a flat direction beside the
+    # ridge) has no Cholesky factor; the step on its resolved directions (pseudo-inverse) still
+    # shows the ridge. Only where H is positive semi-definite to rounding: a clearly negative
+    # direction is a saddle, not a ridge.
+    d, dec, pd = lax.cond(
+        pd, lambda: (d, dec, pd), lambda: _pseudo_newton_step(grad, after(hess, dec))
+    )
     c0 = jnp.dot(d, hess @ d)
 
     def slope(y):
         return jax.jvp(fun, (y,), (d,))[1]
 
     c1 = jax.jvp(slope, (x + d,), (d,))[1]
-    ratio = jnp.where(pd & (c0 > 0), c1 / jnp.where(c0 > 0, c0, 1.0), jnp.nan)
+    # The curvature along d must be resolved, not rounding: along an exactly flat direction
+    # (collinear regressors) H d is cancellation noise and c(1)/c(0) a ratio of two noises
+    # (5e-15 measured, which read as a ridge). Unit-free: the Rayleigh quotient of the
+    # unit-diagonal scaled Hessian along d, whose largest eigenvalue is at least 1.
+    d_scaled = d * jnp.sqrt(jnp.abs(jnp.diag(hess)))
+    resolved = c0 > ESCAPE_MIN_CURVATURE * jnp.dot(d_scaled, d_scaled)
+    ratio = jnp.where(pd & resolved, c1 / jnp.where(c0 > 0, c0, 1.0), jnp.nan)
     negligible = 0.5 * dec <= RIDGE_GAIN * (1.0 + jnp.abs(value))
-    escaping = pd & negligible & (ratio < ESCAPE_RATIO)
+    escaping = pd & resolved & negligible & (ratio < ESCAPE_RATIO)
     return escaping, ratio, d
 
 

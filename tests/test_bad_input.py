@@ -197,3 +197,41 @@ def test_unknown_parameter_name_in_start():
         ah.fit(model, start={"muu": 0.0, "sigma": 1.0})
     with pytest.raises(ValueError, match=r"parameter 'sigma': start value outside the domain \(0, inf\)"):
         ah.fit(model, start={"mu": 0.0, "sigma": -1.0})
+
+
+def test_evaluate_checks_domain_and_finiteness():
+    """evaluate used to return llf = nan with a finite SE for mu at sigma = -1, and tables of
+    NaN at sigma = 0 or a NaN parameter; fit(start=...) and ah.hessian already raised."""
+    model = ah.Model(normal_loglik, good_data(), {"mu": 0.0, "sigma": ah.Positive(1.0)})
+    with pytest.raises(ValueError, match=r"params value.*sigma"):
+        ah.evaluate(model, {"mu": 0.0, "sigma": -1.0})
+    with pytest.raises(ValueError, match=r"sigma"):
+        ah.evaluate(model, {"mu": 0.0, "sigma": 0.0})
+    free = ah.Model(lambda p, d: -0.5 * (d["y"] - p["beta"][0]) ** 2 + 0 * p["beta"][1], good_data(), {"beta": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"beta\[0\]=nan"):
+        ah.evaluate(free, {"beta": np.array([np.nan, 0.2])})
+
+
+def test_fit_from_a_start_where_the_likelihood_is_not_finite():
+    """log(mu) at mu = -1 (mu is Real, so the domain check passes): an error naming the start
+    and the observations, not a 'failed' fit printing finite standard errors."""
+    data = good_data()
+    model = ah.Model(lambda p, d: jnp.log(p["mu"]) + normal_loglik(p, d), data, {"mu": 1.0, "sigma": ah.Positive(1.0)})
+    with pytest.raises(ValueError, match=r"not finite at the starting values \(mu=-1.*first at observation 0"):
+        ah.fit(model, start={"mu": -1.0, "sigma": 1.0})
+
+
+@pytest.mark.filterwarnings("ignore::autohess.InferenceWarning")  # beta[0] + beta[1] only: flat
+def test_parameters_given_as_lists():
+    model = ah.Model(lambda p, d: -0.5 * (d["y"] - p["beta"][0] - p["beta"][1]) ** 2, good_data(), {"beta": jnp.zeros(2)})
+    a = ah.evaluate(model, {"beta": [0.1, 0.2]})
+    b = ah.evaluate(model, {"beta": np.array([0.1, 0.2])})
+    assert float(a.llf) == float(b.llf)
+    assert ah.fit(model, start={"beta": (0.1, 0.2)}).status_code == ah.Status.SINGULAR
+    with pytest.raises(ValueError, match=r"parameter 'beta' has shape \(3,\)"):
+        ah.evaluate(model, {"beta": [0.1, 0.2, 0.3]})
+
+
+def test_garch_constant_series_named():
+    with pytest.raises(ValueError, match="zero variance"):
+        ah.models.garch11(np.full(100, 0.5))

@@ -362,3 +362,106 @@ def test_bic_needs_an_observation_count():
     with pytest.raises(ValueError, match="per_observation=False"):
         res.bic
     assert "BIC:                    n/a" in res.summary() or "n/a" in res.summary().split("BIC:")[1].split("\n")[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Pathologies found in review: each used to be misdiagnosed
+# ------------------------------------------------------------------------------------------
+def test_flat_direction_leaves_identified_ses_unconditional(rng):
+    """Intercept split as a + b: slopes keep the SEs of the identified model (statsmodels'
+    pinv on the duplicated column; 1e-6: both solve to ~1e-10 and invert the same Hessian),
+    not the smaller ones conditional on a and b held fixed (6.5% smaller here)."""
+    n = 500
+    X = rng.normal(size=(n, 3))
+    y = rng.poisson(np.exp(0.2 + X @ np.array([0.4, -0.2, 0.1])))
+
+    def loglik(p, d):
+        eta = d["X"] @ p["beta"] + p["a"] + p["b"]
+        return d["y"] * eta - jnp.exp(eta)
+
+    model = ah.Model(loglik, {"X": X, "y": y}, {"beta": jnp.zeros(3), "a": 0.0, "b": 0.0})
+    with pytest.warns(ah.InferenceWarning, match="pseudo-inverse"):
+        res = ah.fit(model)
+    assert [p.kind for p in res.diagnostics.problems] == ["flat"] and res.status_code == Status.SINGULAR
+    identified = sm.Poisson(y, np.c_[np.ones(n), X]).fit(disp=0, method="newton")
+    assert _rel(res.bse["beta"], np.asarray(identified.bse)[1:]) < 1e-6
+    assert np.isnan(float(res.bse["a"])) and np.isnan(float(res.bse["b"]))
+
+
+def test_unused_transformed_parameter_is_flat_not_at_a_bound():
+    """tau = 3 with no curvature used to be 'at the boundary 0' (0 SDs away, SD infinite)."""
+    y = np.random.default_rng(0).normal(size=100)
+    model = ah.Model(lambda p, d: -0.5 * (d["y"] - p["mu"]) ** 2 + 0.0 * p["tau"], {"y": y},
+                     {"mu": 0.0, "tau": ah.Positive(3.0)})
+    with pytest.warns(ah.InferenceWarning, match="flat"):
+        res = ah.fit(model)
+    assert [(p.kind, p.parameters) for p in res.diagnostics.problems] == [("flat", ("tau",))]
+    assert np.isfinite(float(res.bse["mu"]))
+
+
+def test_boundary_test_does_not_depend_on_units(rng):
+    """sigma = 1e-9, twenty SDs from 0, used to be 'at the boundary' (an absolute 1.5e-8
+    test). The fit in other units is the same fit: SEs scale exactly (1e-8: two fits)."""
+    X = np.c_[np.ones(300), rng.normal(size=300)]
+    y = X @ np.array([1.0, 0.5]) + rng.normal(size=300)
+    unit = ah.fit(ah.models.linear(X, y))
+    tiny = ah.fit(ah.models.linear(X, 1e-9 * y, sigma=1e-9))
+    assert tiny.diagnostics.ok, tiny.diagnostics
+    assert _rel(np.asarray(tiny.bse_flat) / 1e-9, unit.bse_flat) < 1e-8
+
+
+def test_exact_collinearity_is_flat_not_unbounded(rng):
+    """x3 = x1 + 2 x2: the escape test used to read a ratio of two rounding noises (5e-15) as a
+    ridge to infinity ('look for separation')."""
+    n = 200
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    X = np.c_[np.ones(n), x1, x2, x1 + 2 * x2]
+    y = X[:, :3] @ np.array([1.0, 0.5, -0.3]) + rng.normal(size=n)
+    for model in (ah.models.linear(X, y), ah.models.logistic(X, (y > 1).astype(float))):
+        with pytest.warns(ah.InferenceWarning, match="flat"):
+            res = ah.fit(model)
+        assert res.status_code == Status.SINGULAR, res.status
+        kinds = {p.kind: p for p in res.diagnostics.problems}
+        assert set(kinds) == {"flat"} and set(kinds["flat"].parameters) == {"beta[1]", "beta[2]", "beta[3]"}
+        assert np.isfinite(float(res.bse["beta"][0]))
+
+
+def test_garch_at_alpha_zero_names_only_alpha():
+    """i.i.d. data: alpha -> 0. The full Hessian is indefinite along directions that leave the
+    face alpha = 0; judged on the face there is no saddle, and beta, omega, mu keep SEs."""
+    y = np.random.default_rng(5).normal(size=500)
+    with pytest.warns(ah.InferenceWarning, match="boundary"):
+        res = ah.fit(ah.models.garch11(y, dist="normal"))
+    assert [(p.kind, p.parameters) for p in res.diagnostics.problems] == [("boundary", ("alpha",))]
+    se = res.bse
+    assert np.isnan(float(se["alpha"])) and all(np.isfinite(float(se[k])) for k in ("beta", "omega", "mu"))
+
+
+def test_cluster_correction_counts_only_clusters_in_the_sample(rng):
+    """A cluster whose weights are all 0 is not in the sample: G/(G-1) uses the 19 clusters
+    left, as the same fit on the rows repeated w times does (1e-10: same covariance, two
+    fits)."""
+    X, y, model, _, _ = _data("poisson", rng)
+    groups = np.arange(len(y)) % 20
+    w = rng.integers(1, 3, size=len(y)).astype(float)
+    w[groups == 7] = 0.0
+    weighted = ah.fit(model, weights=w, cov_type="cluster", groups=groups)
+    rows = np.repeat(np.arange(len(y)), w.astype(int))
+    repeated = ah.fit(ah.models.poisson(X[rows], y[rows]), cov_type="cluster", groups=groups[rows])
+    assert _rel(weighted.bse_flat, repeated.bse_flat) < 1e-10
+
+
+def test_negative_binomial_on_poisson_data_converges_to_alpha_zero():
+    """alpha -> 0 (its bound): the solver sees a singular unconstrained Hessian, but on the face
+    alpha = 0 the optimum is regular: CONVERGED with the boundary named (it used to say
+    'a flat, unidentified direction' while naming only the boundary)."""
+    rng = np.random.default_rng(4)  # under-dispersed by chance: the MLE of alpha is 0
+    X = _design(rng, 300, 2)
+    y = rng.poisson(np.exp(X @ np.array([0.5, 0.3]))).astype(float)
+    with pytest.warns(ah.InferenceWarning, match="boundary"):
+        res = ah.fit(ah.models.negative_binomial(X, y))
+    assert [(p.kind, p.parameters) for p in res.diagnostics.problems] == [("boundary", ("alpha",))]
+    assert res.converged, res.status
+    # conditional on alpha = 0 the slopes are Poisson's (1e-4: alpha stops at ~1e-8, not 0)
+    pois = sm.Poisson(y, X).fit(disp=0)
+    assert _rel(res.bse["beta"], pois.bse) < 1e-4

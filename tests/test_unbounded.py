@@ -160,3 +160,18 @@ def test_solver_lengthens_steps_along_a_ridge():
     np.testing.assert_allclose(np.asarray(res.ridge_step), [1.0, 0.0], atol=1e-6)
     assert float(res.x[1]) == pytest.approx(1.0, abs=1e-10)
     assert float(res.value) < 1e-11  # exp(-u) at u ~ 29
+
+
+def test_separation_with_a_duplicated_column_is_still_unbounded(rng):
+    """A duplicated separating column makes the Hessian exactly singular (no Cholesky factor):
+    the escape test steps on its resolved directions and still finds the ridge, next to the
+    flat direction beta[1] - beta[2]. Used to end SINGULAR with only the flat finding."""
+    X, y = _separated(rng)
+    X = np.column_stack([X, X[:, 1]])
+    with pytest.warns(ah.InferenceWarning, match="unbounded"):
+        res = ah.fit(ah.models.logistic(X, y))
+    assert res.status_code == Status.UNBOUNDED
+    kinds = {p.kind: p for p in res.diagnostics.problems}
+    assert {"unbounded", "flat"} <= set(kinds)
+    assert {"beta[1]", "beta[2]"} <= set(kinds["unbounded"].parameters)
+    assert np.all(np.isnan(np.asarray(res.bse_flat)))

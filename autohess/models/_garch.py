@@ -106,6 +106,8 @@ def garch11(
         raise ValueError(f"garch11: y must be a 1-D series of at least 3 returns, got shape {y.shape}")
     with np.errstate(invalid="ignore"):
         mean, var = float(np.mean(y)), float(np.var(y))
+    if var == 0.0:
+        raise ValueError(f"garch11: y has zero variance (all {y.shape[0]} returns equal {y[0]:g}): there is no volatility to model")
     params = {
         "mu": mean if mu is None else mu,
         "omega": Positive(var * (1.0 - alpha - beta) if omega is None else omega),
