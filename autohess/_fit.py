@@ -510,18 +510,21 @@ def fit(
         elif solved is None:  # L-BFGS: no solver Hessian; form it at the end point
             check = model._jitted(("escape", "at point"), lambda: _escape_program(model, at_point=True))
             status, escape = check(x, status, model.data, w)
-    if int(np.asarray(status)) == Status.NONFINITE and int(np.asarray(iterations)) == 0:
+    code = int(status)
+    if code == Status.NONFINITE and int(iterations) == 0:
         model._check_finite_at(params, "starting values")  # raises, naming the observations
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
-    if int(np.asarray(status)) == Status.NONFINITE:
+    if code == Status.CONVERGED and not bool(result.diagnostics_data.flagged):
+        pass  # the common case: nothing below applies (one host read)
+    elif code == Status.NONFINITE:
         # the solver gave up where the likelihood or its derivatives are not finite: no
         # standard error there means anything
         result = dataclasses.replace(result, cov=jnp.full_like(result.cov, jnp.nan))
-    elif int(np.asarray(status)) == Status.SINGULAR and _only_at_bounds(result.diagnostics_data):
+    elif code == Status.SINGULAR and bool(_only_at_bounds(result.diagnostics_data)):
         # singular only on the unconstrained scale, where a parameter converging to a bound
         # of its domain has no curvature left; on the face it is a regular optimum
         result = dataclasses.replace(result, status_code=jnp.asarray(Status.CONVERGED, jnp.int32))
-    elif int(np.asarray(status)) == Status.CONVERGED:
+    elif code == Status.CONVERGED:
         d = result.diagnostics_data
         if bool(np.any(np.asarray(d.bad_directions))):
             # the solver's Cholesky passed on a pivot at rounding level (exact collinearity):
