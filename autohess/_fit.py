@@ -146,13 +146,32 @@ class FitResult:
         """``p x p`` covariance of the estimate, rows/columns in ``labels`` order."""
         return self.cov
 
-    def conf_int(self, alpha: float = 0.05, *, flat: bool = False) -> Any:
-        """Wald intervals ``params -/+ z_{1-alpha/2} * bse``: ``(p, 2)`` if ``flat``, else a pytree
-        whose leaves have a trailing axis of 2 (lower, upper)."""
+    def conf_int(self, alpha: float = 0.05, *, flat: bool = False, scale: str = "natural") -> Any:
+        """Wald intervals: ``(p, 2)`` if ``flat``, else a pytree whose leaves have a trailing
+        axis of 2 (lower, upper).
+
+        ``scale="natural"`` (default, as statsmodels): ``params -/+ z_{1-alpha/2} * bse``; for a
+        parameter near a bound of its domain this can leave the domain (a variance interval
+        reaching below 0). ``scale="unconstrained"``: the Wald interval of the unconstrained
+        parameter ``u`` (standard error ``bse / |dx/du|``, the same delta method backwards)
+        mapped through the transform, so it stays inside the domain: ``x exp(-/+ z bse / x)``
+        for ``Positive``, a logit-scale interval for ``Interval``; ``Real`` parameters are
+        unchanged. For likelihood-based intervals use ``ah.profile``.
+        """
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if scale not in ("natural", "unconstrained"):
+            raise ValueError(f"scale must be 'natural' or 'unconstrained', got {scale!r}")
         z = norm.ppf(1.0 - alpha / 2.0)
-        lo, hi = self.params_flat - z * self.bse_flat, self.params_flat + z * self.bse_flat
+        if scale == "natural":
+            lo, hi = self.params_flat - z * self.bse_flat, self.params_flat + z * self.bse_flat
+        else:
+            spec = self.model.spec
+            u = spec.to_unconstrained(self.params_flat)
+            dxdu = jax.jvp(spec.to_natural, (u,), (jnp.ones_like(u),))[1]  # elementwise transforms
+            se_u = self.bse_flat / jnp.abs(dxdu)
+            a, b = spec.to_natural(u - z * se_u), spec.to_natural(u + z * se_u)
+            lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
         if flat:
             return jnp.stack([lo, hi], axis=-1)
         spec = self.model.spec

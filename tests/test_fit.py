@@ -465,3 +465,24 @@ def test_negative_binomial_on_poisson_data_converges_to_alpha_zero():
     # conditional on alpha = 0 the slopes are Poisson's (1e-4: alpha stops at ~1e-8, not 0)
     pois = sm.Poisson(y, X).fit(disp=0)
     assert _rel(res.bse["beta"], pois.bse) < 1e-4
+
+
+def test_conf_int_on_the_unconstrained_scale_stays_in_the_domain():
+    """Exponential-like rate near 0: the natural-scale Wald interval reaches below 0; the
+    unconstrained-scale one is x exp(-/+ z se / x) (closed form, 1e-12: the same numbers),
+    and Real parameters are unchanged."""
+    y = np.array([0.3, 8.0, 2.5])  # n = 3: lam / se = sqrt(3) < 1.96
+    model = ah.Model(lambda p, d: jnp.log(p["lam"]) - p["lam"] * d["y"] + 0.0 * p["m"] - 0.5 * (d["y"][0] - p["m"]) ** 2,
+                     {"y": y}, {"lam": ah.Positive(1.0), "m": 0.0})
+    res = ah.fit(model)
+    lam, se = float(res.params["lam"]), float(res.bse["lam"])
+    assert lam == pytest.approx(len(y) / y.sum(), rel=1e-10) and se == pytest.approx(lam / np.sqrt(len(y)), rel=1e-8)
+    z = 1.959963984540054
+    nat = np.asarray(res.conf_int(flat=True))
+    unc = np.asarray(res.conf_int(flat=True, scale="unconstrained"))
+    np.testing.assert_allclose(nat[0], [lam - z * se, lam + z * se], rtol=1e-12)
+    np.testing.assert_allclose(unc[0], [lam * np.exp(-z * se / lam), lam * np.exp(z * se / lam)], rtol=1e-12)
+    assert nat[0, 0] < 0 < unc[0, 0]
+    np.testing.assert_allclose(unc[1], nat[1], rtol=1e-12)  # m is Real
+    with pytest.raises(ValueError, match="scale must be"):
+        res.conf_int(scale="log")
