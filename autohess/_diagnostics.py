@@ -154,11 +154,12 @@ def compute_diagnostics(
     # At a bound: the nearest bound is within reach, i.e. moving there changes the negative
     # log-likelihood (second-order model along the parameter alone) by less than it does 0.01
     # marginal standard deviations away from an interior optimum. Unit-free (a sigma of 1e-9
-    # 20 SDs from 0 is not at its bound); it counts a gradient pushing outwards and negative
-    # curvature (NB2's alpha at 2e-8). A parameter with neither curvature nor an outward
-    # gradient (unused, unidentified) has nothing to judge by: the flat finding names it
-    # instead (it used to be "at the boundary" at any distance). A two-sided interval's bound
-    # counts too when reached to rounding relative to its width.
+    # 20 SDs from 0 is not at its bound); it counts a gradient pushing outwards, also against
+    # negative curvature. A parameter with neither positive curvature nor an outward gradient
+    # (unused, unidentified) has nothing to judge by: the flat finding names it instead (it
+    # used to be "at the boundary" at any distance). A two-sided interval's bound counts too
+    # when reached to rounding relative to its width. Parameters on a ridge towards infinity
+    # are that, not at their other bound (all-censored Weibull: shape -> 0 while scale -> inf).
     lower_near = (x - lower) <= (upper - x)
     dist = jnp.where(lower_near, x - lower, upper - x)
     outward = jnp.where(lower_near, grad, -grad)  # > 0: the NLL falls towards the bound
@@ -169,7 +170,7 @@ def compute_diagnostics(
     width = upper - lower
     reached = jnp.isfinite(width) & (dist <= jnp.sqrt(eps) * width)
     boundary = bounded & (((jnp.abs(reach) < 0.5 * BOUNDARY_SDS**2) & informative) | reached)
-    boundary = boundary | escape.to_bound
+    boundary = (boundary & ~escape.unbounded) | escape.to_bound
     d = jnp.sqrt(jnp.where(diag > 0, diag, jnp.abs(diag)))
     d = jnp.where(d > 0, d, 1.0)
     scaled = hess / jnp.outer(d, d)

@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Problem", "DiagnosticReport", "summary", "format_direction"]
 
 #: vocabulary of problem kinds
+#: largest gradient per marginal standard deviation (free parameters) at which a point counts
+#: as stationary: the log-likelihood changes by at most 1e-4 over one standard error
+STATIONARY_SCALED_GRAD = 1e-4
+
 KINDS = ("not_converged", "unbounded", "saddle", "flat", "boundary", "ill_conditioned")
 
 _SUGGEST = {
@@ -118,14 +122,17 @@ class DiagnosticReport:
         pd = bool(np.asarray(d.positive_definite))
         # unit-free stationarity: change of log-likelihood per marginal standard deviation
         scaled_grad = np.abs(grad) / np.sqrt(np.maximum(np.abs(np.diag(hess)), np.finfo(float).tiny))
-        stationary = status in (Status.CONVERGED, Status.SINGULAR) or float(np.max(scaled_grad, initial=0.0)) <= 1e-4
+        # (parameters at a bound left out: the gradient there is legitimately not zero)
+        free_grad = float(np.max(scaled_grad[~boundary], initial=0.0))
+        stationary = status in (Status.CONVERGED, Status.SINGULAR) or free_grad <= STATIONARY_SCALED_GRAD
         # Negative curvature counts as a saddle only beyond what rounding and the remaining
         # gradient can produce: along a flat valley that is curved (a*b = const), a gradient g
         # left at the stopping point tilts the Hessian's flat eigenvalue by about g times the
         # valley's curvature, i.e. to either sign. In per-SD units that curvature is far below 1
         # for any valley wider than a standard deviation, so max|scaled gradient| bounds it.
-        # (parameters at a bound are left out: the gradient there is legitimately not zero)
-        saddle_level = max(top / FLAT_CONDITION, float(np.max(scaled_grad[~boundary], initial=0.0)))
+        # Only near stationarity: far from it, a clear negative curvature is what it is (and
+        # a parameter with no curvature would make this gradient per SD astronomical).
+        saddle_level = max(top / FLAT_CONDITION, min(free_grad, STATIONARY_SCALED_GRAD))
         problems: list[Problem] = []
 
         if status == Status.UNBOUNDED:
@@ -149,7 +156,7 @@ class DiagnosticReport:
             ))
         elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:
             what = status.message if status != Status.NOT_RUN else "not a stationary point"
-            worst = labels[int(np.argmax(scaled_grad))]
+            worst = labels[int(np.argmax(np.where(boundary, 0.0, scaled_grad)))]
             problems.append(Problem(
                 "not_converged",
                 f"{what}; max|gradient| = {float(np.max(np.abs(grad))):.3g} (largest, per marginal "
