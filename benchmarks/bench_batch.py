@@ -63,6 +63,12 @@ autohess 9c03404 (solver that stops at a 1e-12 Newton step and lengthens ridge s
 * Targets (one H100): not applicable on this CPU. Extrapolated from the per-fit times (not
   measured): logistic B=100,000 29 s; GARCH-t B=10,000 71 s (scan), 168 s (associative).
   Timings on this VM drift by 10-25% between runs.
+* Re-run at 217020e (diagnostics judged on the face, pseudo-inverse SEs beside flat
+  directions, escape test on singular Hessians; results/batch.json): logistic 304 us per fit
+  (67x), GARCH-t scan 8.1 ms, associative 14.3 ms. Side by side, alternating old (a3f73a7)
+  and new in fresh processes: logistic B=2000 283-291 vs 297-311 us per fit (the escape
+  test's eigendecomposition now runs for every member: a vmapped ``cond`` is a select);
+  GARCH-t parametric B=400 7.7-8.2 vs 7.7-7.9 ms (no difference beyond noise).
 
 See benchmarks/README.md for how to run and read these numbers.
 """
