@@ -619,6 +619,38 @@ class DeltaResult:
 jax.tree_util.register_dataclass(DeltaResult, data_fields=["value", "cov", "jacobian"], meta_fields=[])
 
 
+def _sandwich_nan_aware(J: jax.Array, V: jax.Array) -> jax.Array:
+    """``J V J'`` where entry (i, j) is NaN exactly when ``sum_kl |J_ik| [V_kl NaN] |J_jl| > 0``."""
+    missing = jnp.isnan(V)
+    cov = J @ jnp.where(missing, 0.0, V) @ J.T
+    reach = jnp.abs(J) @ missing.astype(J.dtype) @ jnp.abs(J).T
+    return jnp.where(reach > 0, jnp.nan, cov)
+
+
+#: an output counts as estimable when its gradient's component along every flat direction is
+#: below this fraction of its length (unit-diagonal scaled coordinates; an exactly invariant
+#: combination such as a + b along a - b gives rounding level)
+ESTIMABLE_TOL = 1e-8
+
+
+def _estimable_outputs(J: jax.Array, hess: jax.Array, d: Diagnostics, cov: jax.Array) -> jax.Array:
+    """Finite variances for outputs that the flat directions do not move (estimable functions,
+    e.g. ``a + b`` when only the sum is identified), from the pseudo-inverse of the Hessian
+    without those directions; other entries of ``cov`` are kept."""
+    diag = jnp.abs(jnp.diag(hess))
+    scale = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    keep = ~d.at_boundary & ~d.unbounded & ~d.nonpositive_diagonal  # flat-direction members kept
+    pinv = face_pseudo_inverse(hess, keep, d.eigenvalues, d.eigenvectors, d.bad_directions)
+    v = d.eigenvectors * scale[:, None]
+    v = v / jnp.linalg.norm(v, axis=0, keepdims=True)
+    Js = J / scale[None, :]
+    along = jnp.abs(Js @ v) * d.bad_directions[None, :]
+    estimable = jnp.all(along <= ESTIMABLE_TOL * jnp.linalg.norm(Js, axis=1, keepdims=True), axis=1)
+    cov_e = _sandwich_nan_aware(J, pinv)
+    use = estimable[:, None] & estimable[None, :] & jnp.isfinite(cov_e)
+    return jnp.where(use, cov_e, cov)
+
+
 def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     """Standard errors of ``fn(params)`` by the delta method, ``Var = J V J'``.
 
@@ -630,6 +662,10 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
         ``DeltaResult`` with ``value``, ``se``, ``cov`` (flattened output), ``conf_int()``.
         An output is NaN exactly when it depends on a parameter whose standard error is NaN
         (``J`` has a non-zero entry there); parameters ``fn`` does not use do not enter.
+        Beside a flat direction (``cov_type="hessian"``), an output that the direction does
+        not move (an estimable function, e.g. ``a + b`` when only the sum is identified) gets
+        its variance from the pseudo-inverse without that direction, as statsmodels' pinv
+        would give it.
 
     Example:
         >>> ah.delta_method(res, lambda p: p["beta"][1] / p["beta"][2]).se
@@ -642,11 +678,10 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     # linearisation involves it: J V J' is formed with NaN read as 0, and (i, j) is set back to
     # NaN where sum_kl |J_ik| [V_kl is NaN] |J_jl| > 0. Plain J V J' would spread one NaN
     # parameter to every output, even those that do not depend on it.
-    V = result.cov
-    missing = jnp.isnan(V)
-    cov = J @ jnp.where(missing, 0.0, V) @ J.T
-    reach = jnp.abs(J) @ missing.astype(J.dtype) @ jnp.abs(J).T
-    cov = jnp.where(reach > 0, jnp.nan, cov)
+    cov = _sandwich_nan_aware(J, result.cov)
+    d = result.diagnostics_data
+    if result.cov_type == "hessian" and bool(jnp.any(d.bad_directions)):
+        cov = _estimable_outputs(J, result.hessian_matrix, d, cov)
     if value.ndim == 0:
         cov = cov.reshape(())
     return DeltaResult(value=value, cov=cov, jacobian=J)

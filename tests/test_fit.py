@@ -386,6 +386,13 @@ def test_flat_direction_leaves_identified_ses_unconditional(rng):
     identified = sm.Poisson(y, np.c_[np.ones(n), X]).fit(disp=0, method="newton")
     assert _rel(res.bse["beta"], np.asarray(identified.bse)[1:]) < 1e-6
     assert np.isnan(float(res.bse["a"])) and np.isnan(float(res.bse["b"]))
+    # estimable functions of a and b get the identified model's SEs; a - b stays NaN
+    d = ah.delta_method(res, lambda p: jnp.stack([p["a"] + p["b"], p["a"] - p["b"], p["a"] + p["b"] + p["beta"][1]]))
+    V = np.asarray(identified.cov_params())
+    se = np.asarray(d.se)
+    assert se[0] == pytest.approx(identified.bse[0], rel=1e-6) and np.isnan(se[1])
+    assert se[2] == pytest.approx(np.sqrt(V[0, 0] + V[2, 2] + 2 * V[0, 2]), rel=1e-6)
+    assert np.isnan(np.asarray(d.cov)[0, 1]) and np.asarray(d.cov)[0, 2] == pytest.approx(V[0, 0] + V[0, 2], rel=1e-6)
 
 
 def test_unused_transformed_parameter_is_flat_not_at_a_bound():
