@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import (
-    FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _only_at_bounds, _unconstrained,
+    FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _status_on_face, _unconstrained,
     _value_grad_hess_fn,
 )
 from ._model import Model
@@ -181,9 +181,7 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
             x, grad, hess, lower, upper, scores, weights, None, escape,
             cov_types=tuple(cov_types), n_groups=None, df_correction=None,
         )
-        # as in ``fit``: a flat direction at a "converged" point (exact collinearity) is SINGULAR
-        status = jnp.where((status == Status.CONVERGED) & jnp.any(diag.bad_directions), Status.SINGULAR, status)
-        status = jnp.where((status == Status.SINGULAR) & _only_at_bounds(diag), Status.CONVERGED, status)
+        status = _status_on_face(status, diag)  # as in ``fit``
         # a member whose likelihood is not finite ends with NaNs; its status must say so
         bad = ~(jnp.isfinite(value) & jnp.all(jnp.isfinite(x)))
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)

@@ -379,7 +379,7 @@ def bootstrap(
         S = np.asarray(program(res.params_flat, model.data, None))
         H = np.asarray(res.hessian_matrix, dtype=np.float64)
         if total is not None:  # one row per observation the weights stand for
-            S = np.repeat(S, np.asarray(res.weights, dtype=np.int64), axis=0)
+            S = np.repeat(S, w.astype(np.int64), axis=0)
         try:
             influence = jnp.asarray(np.linalg.solve(H, S.T).T)
         except np.linalg.LinAlgError:

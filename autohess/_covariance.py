@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["COV_TYPES", "meat", "restricted_inverse", "face_pseudo_inverse", "covariance"]
+__all__ = ["COV_TYPES", "meat", "restricted_inverse", "scaled_eigenvectors", "face_pseudo_inverse", "covariance"]
 
 COV_TYPES = ("hessian", "opg", "robust", "cluster", "gauss-newton")
 
@@ -58,6 +58,16 @@ def restricted_inverse(matrix: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.where(good[:, None] & good[None, :], inv, jnp.nan)
 
 
+def scaled_eigenvectors(hess: jax.Array, eigenvectors: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(d, v)``: the diagonal scale ``sqrt|H_ii|`` (1 where 0) of ``_diagnostics``' unit-diagonal
+    scaled Hessian, and its unit eigenvectors ``v``, recovered from the eigenvectors that
+    ``compute_diagnostics`` maps back to parameter units."""
+    diag = jnp.abs(jnp.diag(hess))
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    v = eigenvectors * d[:, None]
+    return d, v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), jnp.finfo(hess.dtype).tiny)
+
+
 def face_pseudo_inverse(
     hess: jax.Array, keep: jax.Array, eigenvalues: jax.Array, eigenvectors: jax.Array, bad: jax.Array
 ) -> jax.Array:
@@ -72,10 +82,7 @@ def face_pseudo_inverse(
     wherever a kept parameter is correlated with them (6.5% measured for slopes next to an
     intercept split as ``a + b``).
     """
-    diag = jnp.abs(jnp.diag(hess))
-    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
-    v = eigenvectors * d[:, None]  # back to the scaled problem's (unit) eigenvectors
-    v = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), jnp.finfo(hess.dtype).tiny)
+    d, v = scaled_eigenvectors(hess, eigenvectors)
     inv_lam = jnp.where(bad, 0.0, 1.0 / jnp.where(bad, 1.0, eigenvalues))
     pinv = (v * inv_lam[None, :]) @ v.T / jnp.outer(d, d)
     pinv = 0.5 * (pinv + pinv.T)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
-from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse
+from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse, scaled_eigenvectors
 from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
@@ -392,9 +392,16 @@ def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, gr
 # ------------------------------------------------------------------------------------------
 # Public entry points
 # ------------------------------------------------------------------------------------------
-def _only_at_bounds(d: Diagnostics) -> jax.Array:
-    """Parameters at a bound, and no flat or negative direction on the face they leave."""
-    return jnp.any(d.at_boundary) & ~jnp.any(d.bad_directions)
+def _status_on_face(status: jax.Array, d: Diagnostics) -> jax.Array:
+    """The solver's status read against the diagnostics (``fit`` and batch members alike):
+    CONVERGED with a flat direction is SINGULAR (the solver's Cholesky passed on a pivot at
+    rounding level, exact collinearity); SINGULAR where the only finding is parameters at a
+    bound is CONVERGED (singular only on the unconstrained scale, where a parameter converging
+    to a bound has no curvature left; on the face it is a regular optimum)."""
+    flat = jnp.any(d.bad_directions)
+    status = jnp.where((status == Status.CONVERGED) & flat, Status.SINGULAR, status)
+    at_bounds_only = jnp.any(d.at_boundary) & ~flat
+    return jnp.where((status == Status.SINGULAR) & at_bounds_only, Status.CONVERGED, status).astype(jnp.int32)
 
 
 def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
@@ -539,18 +546,13 @@ def fit(
         # the solver gave up where the likelihood or its derivatives are not finite: no
         # standard error there means anything
         result = dataclasses.replace(result, cov=jnp.full_like(result.cov, jnp.nan))
-    elif code == Status.SINGULAR and bool(_only_at_bounds(result.diagnostics_data)):
-        # singular only on the unconstrained scale, where a parameter converging to a bound
-        # of its domain has no curvature left; on the face it is a regular optimum
-        result = dataclasses.replace(result, status_code=jnp.asarray(Status.CONVERGED, jnp.int32))
-    elif code == Status.CONVERGED:
+    elif code in (Status.CONVERGED, Status.SINGULAR):
         d = result.diagnostics_data
-        if bool(np.any(np.asarray(d.bad_directions))):
-            # the solver's Cholesky passed on a pivot at rounding level (exact collinearity):
-            # a flat direction, as the diagnostics say, not a regular optimum
-            result = dataclasses.replace(result, status_code=jnp.asarray(Status.SINGULAR, jnp.int32))
-        elif method == "lbfgs" and not bool(np.asarray(d.positive_definite)):
-            result = dataclasses.replace(result, status_code=jnp.asarray(Status.STALLED, jnp.int32))
+        new = _status_on_face(result.status_code, d)
+        if code == Status.CONVERGED and int(new) == code and method == "lbfgs" and not bool(d.positive_definite):
+            new = jnp.asarray(Status.STALLED, jnp.int32)
+        if int(new) != code:
+            result = dataclasses.replace(result, status_code=new)
     if warn:
         result._warn()
     return result
@@ -637,12 +639,9 @@ def _estimable_outputs(J: jax.Array, hess: jax.Array, d: Diagnostics, cov: jax.A
     """Finite variances for outputs that the flat directions do not move (estimable functions,
     e.g. ``a + b`` when only the sum is identified), from the pseudo-inverse of the Hessian
     without those directions; other entries of ``cov`` are kept."""
-    diag = jnp.abs(jnp.diag(hess))
-    scale = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
     keep = ~d.at_boundary & ~d.unbounded & ~d.nonpositive_diagonal  # flat-direction members kept
     pinv = face_pseudo_inverse(hess, keep, d.eigenvalues, d.eigenvectors, d.bad_directions)
-    v = d.eigenvectors * scale[:, None]
-    v = v / jnp.linalg.norm(v, axis=0, keepdims=True)
+    scale, v = scaled_eigenvectors(hess, d.eigenvectors)
     Js = J / scale[None, :]
     along = jnp.abs(Js @ v) * d.bad_directions[None, :]
     estimable = jnp.all(along <= ESTIMABLE_TOL * jnp.linalg.norm(Js, axis=1, keepdims=True), axis=1)
