@@ -15,29 +15,51 @@ Every candidate gets a cause from a fixed vocabulary, with the evidence behind i
   ``~ eps |f| / h^2`` exceeds the truncation error.
 * ``truncation``: a finite-difference step too large: the ``h^2`` truncation term dominates.
 * ``indefinite``: the candidate has negative curvature (its "variances" can be negative);
-  the direction is named. If the exact Hessian is indefinite too, the point is a saddle.
+  the direction is named.
+* ``inverse``: the matrix given as a Hessian is the exact Hessian's inverse (a covariance).
+* ``scale``: it is the exact Hessian on the other scale of a model's transforms (``log sigma``
+  instead of ``sigma``).
+* ``asymmetric``: it is not symmetric (judged by its symmetric part).
+* ``nonfinite``: it has NaN or infinite entries (a step that left the function's domain).
+* ``unexplained``: none of the above reproduces its errors: an error in the code that made
+  it, or a different matrix.
 * ``not_at_optimum``: the gradient at the point is not negligible: no Hessian there gives
   valid standard errors, whichever is used.
+
+And what the exact Hessian says about the point, whichever candidate is judged:
+
+* ``saddle``: it is indefinite at a stationary point (a clearly negative direction, named).
+* ``flat``: a direction whose curvature the point does not resolve: below rounding, or within
+  what the gradient left there can produce (``_report.curvature_allowance``; a flat valley
+  ``a*b = const`` reached by BFGS shows a curvature of either sign there). The parameters in
+  it are not identified; the others get standard errors from the pseudo-inverse.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._covariance import face_pseudo_inverse
 from ._derivatives import gradient as exact_gradient
 from ._derivatives import hessian as exact_hessian
+from ._derivatives import scores
+from ._diagnostics import AFFECTED_LOADING, FLAT_CONDITION
 from ._finite_diff import FDHessian, fd_hessian
 from ._model import Model
-from ._report import format_direction
+from ._report import curvature_allowance, format_direction
 
 __all__ = ["CAUSES", "CandidateAudit", "AuditReport", "audit", "audit_scipy", "StepSweep", "step_sweep"]
 
-CAUSES = ("ok", "sign", "not_a_hessian", "rounding", "truncation", "indefinite", "not_at_optimum")
+CAUSES = (
+    "ok", "sign", "not_a_hessian", "rounding", "truncation", "indefinite", "inverse", "scale",
+    "asymmetric", "nonfinite", "unexplained", "not_at_optimum", "saddle", "flat",
+)
 #: a candidate is "ok" when every entry, scaled by sqrt(|H_ii H_jj|), is within this of the
 #: exact one and the standard errors agree to the same relative tolerance.
 OK_TOL = 1e-3
@@ -46,6 +68,9 @@ OK_TOL = 1e-3
 #: |g_i| / sqrt(|H_ii|)). Closer than that, Hessians and standard errors there differ from
 #: those at the optimum by a negligible third-derivative term.
 STATIONARY_TOL = 0.1
+#: a candidate's own eigenvalue counts as negative below this fraction of its largest (above
+#: it, eigh's rounding of a matrix whose scaled entries span many orders of magnitude)
+NEGATIVE_REL = 1e-10
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,16 +208,27 @@ class CandidateAudit:
 
 @dataclasses.dataclass(frozen=True)
 class AuditReport:
-    """The exact Hessian at the point and one ``CandidateAudit`` per candidate."""
+    """The exact Hessian at the point and one ``CandidateAudit`` per candidate.
+
+    ``newton_length``: how far the point is from the optimum, in standard errors (the Newton
+    step's Mahalanobis length on the directions the exact Hessian resolves, and the gradient
+    per unit of scaled curvature on the others). ``exact_positive_definite``: every direction
+    has a resolved positive curvature (``flat_directions`` and ``negative_directions`` count
+    the others; see ``curvature_allowance``). ``scale``: the scale of the parameters
+    (``"natural"`` or, for a model, ``"unconstrained"``).
+    """
 
     labels: tuple[str, ...]
     exact: np.ndarray
     gradient: np.ndarray
     value: float
-    newton_length: float  # Newton step to the optimum, in standard errors (see STATIONARY_TOL)
+    newton_length: float
     stationary: bool
     exact_positive_definite: bool
     candidates: tuple[CandidateAudit, ...]
+    scale: str = "natural"
+    flat_directions: int = 0
+    negative_directions: int = 0
 
     def __getitem__(self, name: str) -> CandidateAudit:
         for c in self.candidates:
@@ -204,29 +240,36 @@ class AuditReport:
         return {
             "labels": list(self.labels), "exact": self.exact.tolist(), "gradient": self.gradient.tolist(),
             "value": self.value, "newton_length": self.newton_length, "stationary": self.stationary,
-            "exact_positive_definite": self.exact_positive_definite,
+            "exact_positive_definite": self.exact_positive_definite, "scale": self.scale,
+            "flat_directions": self.flat_directions, "negative_directions": self.negative_directions,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
     def __str__(self) -> str:
-        se = np.sqrt(np.diag(np.linalg.inv(self.exact))) if self.exact_positive_definite else None
+        if self.exact_positive_definite:
+            curvature = "positive definite"
+        else:
+            parts = [f"{n} {what}" for n, what in ((self.negative_directions, "negative"), (self.flat_directions, "flat"))
+                     if n]
+            curvature = "NOT positive definite: " + ", ".join(parts) + " direction(s)"
         head = [
-            f"Audit against the exact Hessian ({len(self.labels)} parameters, f = {self.value:.6g}, "
-            f"Newton step to the optimum {self.newton_length:.2g} standard errors: "
-            f"{'at the optimum' if self.stationary else 'NOT at the optimum'}; exact Hessian "
-            f"{'positive definite' if self.exact_positive_definite else 'NOT positive definite'})",
+            f"Audit against the exact Hessian ({len(self.labels)} parameters, {self.scale} scale, "
+            f"f = {self.value:.6g}, {self.newton_length:.2g} standard errors from the optimum: "
+            f"{'at the optimum' if self.stationary else 'NOT at the optimum'}; exact Hessian {curvature})",
             "",
-            f"{'candidate':<30}{'rel. Frobenius':>15}{'max scaled':>12}{'min eig':>10}{'SE ratio':>17}  cause",
+            f"{'candidate':<30}{'rel. Frobenius':>15}{'max scaled':>12}{'min eig':>11}{'SE ratio':>20}  cause",
         ]
         for c in self.candidates:
-            ratio = c.se / c.se_exact if se is not None else np.full(len(self.labels), np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = c.se / c.se_exact
             finite = ratio[np.isfinite(ratio)]
-            rtxt = f"{finite.min():.2g}..{finite.max():.2g}" if finite.size else "n/a"
-            if finite.size < ratio.size:
+            rtxt = f"{finite.min():.3g}..{finite.max():.3g}" if finite.size else "n/a"
+            if 0 < finite.size < ratio.size:
                 rtxt += f" ({ratio.size - finite.size} NaN)"
+            min_eig = f"{np.nanmin(c.eigenvalues):.3g}" if np.isfinite(c.eigenvalues).any() else "n/a"
             head.append(
                 f"{c.name[:29]:<30}{c.rel_frobenius:>15.2e}{c.max_scaled_error:>12.2e}"
-                f"{np.min(c.eigenvalues):>10.3g}{rtxt:>17}  {', '.join(c.causes)}"
+                f"{min_eig:>11} {rtxt:>19}  {', '.join(c.causes)}"
             )
         head.append("")
         for c in self.candidates:
@@ -236,8 +279,8 @@ class AuditReport:
 
 def _as_candidate(name: str, spec: Any) -> dict:
     if isinstance(spec, FDHessian):
-        return {"matrix": np.asarray(spec.matrix), "kind": "hessian", "step": np.asarray(spec.step), "method": spec.method}
-    if isinstance(spec, dict):
+        out = {"matrix": spec.matrix, "kind": "hessian", "step": np.asarray(spec.step), "method": spec.method}
+    elif isinstance(spec, dict):
         out = dict(spec)
         if "matrix" not in out:
             raise ValueError(f"candidate {name!r}: a dict candidate needs a 'matrix' entry")
@@ -247,9 +290,15 @@ def _as_candidate(name: str, spec: Any) -> dict:
         out = {"matrix": spec[0], "kind": spec[1]}
     else:
         out = {"matrix": spec}
-    if hasattr(out["matrix"], "todense"):  # scipy's LbfgsInvHessProduct
+    if hasattr(out["matrix"], "todense"):  # scipy's LbfgsInvHessProduct (L-BFGS-B's hess_inv)
         out["matrix"] = out["matrix"].todense()
-    out["matrix"] = np.asarray(getattr(out["matrix"], "matrix", out["matrix"]), dtype=np.float64)
+        out["limited_memory"] = True
+    raw = np.asarray(getattr(out["matrix"], "matrix", out["matrix"]))
+    if np.iscomplexobj(raw):
+        raise ValueError(f"candidate {name!r} is complex; a Hessian is a real matrix")
+    if raw.dtype.kind not in "fiub":
+        raise ValueError(f"candidate {name!r} has dtype {raw.dtype}; give a real (p, p) array")
+    out["matrix"] = raw.astype(np.float64)
     out.setdefault("kind", "hessian")
     if out["kind"] not in ("hessian", "inverse", "bfgs"):
         raise ValueError(f"candidate {name!r}: kind must be 'hessian', 'inverse' or 'bfgs', got {out['kind']!r}")
@@ -266,94 +315,496 @@ def _se(hess: np.ndarray) -> np.ndarray:
     return np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
 
 
-def _fd_estimates(target, x, h: np.ndarray, exact: np.ndarray, value: float):
-    """Per-entry scaled rounding bound and truncation estimate of central differences at ``h``."""
-    eps = np.finfo(np.float64).eps
+# ------------------------------------------------------------------------------------------
+# The exact Hessian's own curvature, and the context every candidate is judged in
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Exact:
+    """The exact Hessian at the point and what it says about the point."""
+
+    target: Any
+    x: Any
+    flat_x: np.ndarray
+    labels: tuple
+    value: float
+    grad: np.ndarray
+    matrix: np.ndarray
+    d: np.ndarray  # sqrt|H_ii| (1 where 0): the scale of the unit-free comparisons
+    lam: np.ndarray  # eigenvalues of the unit-diagonal scaled Hessian, ascending
+    vec: np.ndarray
+    allowance: float
+    negative: np.ndarray  # per eigen-direction: clearly negative
+    flat: np.ndarray  # per eigen-direction: |curvature| not resolved at this point
+    newton_length: float
+    stationary: bool
+    se: np.ndarray
+    scale: str = "natural"
+    other: Optional[tuple[str, np.ndarray]] = None  # (the other scale's name, exact Hessian on it)
+    opg: Optional[np.ndarray] = None
+
+    @property
+    def regular(self) -> bool:
+        return not (self.negative.any() or self.flat.any())
+
+    def direction(self, j: int) -> str:
+        v = self.vec[:, j] / self.d
+        return format_direction(v / np.linalg.norm(v), self.labels)
+
+    def fd_error(self, h: np.ndarray) -> np.ndarray:
+        """Central second differences at step ``h`` minus the exact Hessian (unscaled)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fd = np.asarray(fd_hessian(self.target, self.x, method="central", step=h).matrix)
+        return fd - self.matrix
+
+
+def _exact_context(target, x, labels, value, grad, exact) -> _Exact:
     d = _diag_scale(exact)
-    rounding = 4.0 * eps * abs(value) / (np.outer(h, h) * np.outer(d, d))
-    coarse = np.asarray(fd_hessian(target, x, method="central", step=2.0 * h).matrix)
-    fine = np.asarray(fd_hessian(target, x, method="central", step=h).matrix)
-    # central differences err by c*h^2, so FD(2h) - FD(h) = 3*c*h^2
-    truncation = np.abs(_scaled_error(coarse, exact) - _scaled_error(fine, exact)) / 3.0
-    return rounding, truncation
+    lam, vec = np.linalg.eigh(exact / np.outer(d, d))
+    top = float(np.max(np.abs(lam)))
+    g_scaled = grad / d
+    allowance = curvature_allowance(top, float(np.max(np.abs(g_scaled))))
+    negative = lam < -allowance
+    flat = np.abs(lam) <= allowance
+    regular = ~negative & ~flat
+    gt = vec.T @ g_scaled
+    newton = float(np.sqrt(np.sum(gt[regular] ** 2 / lam[regular])))
+    off = float(np.max(np.abs(gt[~regular]), initial=0.0))
+    newton_length = float(np.hypot(newton, off))
+    if negative.any():
+        se = np.full(len(labels), np.nan)  # no maximum here: no standard errors
+    elif flat.any():
+        # the parameters off the flat directions keep the pseudo-inverse's SEs (statsmodels' pinv)
+        affected = np.any((np.abs(vec) > AFFECTED_LOADING) & flat[None, :], axis=1)
+        pinv = face_pseudo_inverse(jnp.asarray(exact), jnp.asarray(~affected), jnp.asarray(lam),
+                                   jnp.asarray(vec / d[:, None]), jnp.asarray(flat))
+        se = np.sqrt(np.diag(np.asarray(pinv)))
+    else:
+        se = _se(exact)
+    return _Exact(
+        target=target, x=x, flat_x=_flat_point(target, x), labels=tuple(labels), value=value, grad=grad,
+        matrix=exact, d=d, lam=lam, vec=vec, allowance=allowance, negative=negative, flat=flat,
+        newton_length=newton_length, stationary=newton_length <= STATIONARY_TOL, se=se,
+    )
 
 
-def _infer_step(target, x, matrix: np.ndarray, err: np.ndarray, exact: np.ndarray, flat: np.ndarray):
-    """The step (uniform or relative) whose central differences reproduce most wrong entries.
-
-    Truncation error is deterministic, so entries dominated by it are reproduced by our own
-    differences at the user's step; rounding noise is not. Returns ``None`` if nothing matches.
-    """
-    wrong = np.abs(err) > OK_TOL
-    best_count, best_step = 0, None
-    for h in np.logspace(-10, -1, 37):
-        for relative in (False, True):
-            hv = h * (np.maximum(np.abs(flat), 1.0) if relative else np.ones_like(flat))
-            fd = np.asarray(fd_hessian(target, x, method="central", step=hv).matrix)
-            gap = np.abs(_scaled_error(fd, exact) - err)
-            matched = int(np.sum(wrong & (gap <= 0.1 * np.abs(err))))
-            if matched > best_count:
-                best_count, best_step = matched, hv
-    return best_step
-
-
-def _fd_causes(target, x, spec, exact, err, value, labels) -> list:
-    """Rounding and/or truncation, entry by entry, for a finite-difference candidate."""
-    flat = _flat_point(target, x)
-    step = spec.get("step")
-    inferred = step is None
-    if inferred:
-        step = _infer_step(target, x, spec["matrix"], err, exact, flat)
-    wrong = np.abs(err) > OK_TOL
-    iu = np.triu_indices(len(flat))
-
-    def entries(mask):
-        idx = [(i, j) for i, j in zip(*iu) if mask[i, j]]
-        idx.sort(key=lambda ij: -abs(err[ij]))
-        more = f" and {len(idx) - 4} more" if len(idx) > 4 else ""
-        return ", ".join(f"[{labels[i]}, {labels[j]}]" for i, j in idx[:4]) + more
-
-    if step is None:
-        return [("rounding", (
-            f"its errors (max scaled {np.max(np.abs(err)):.2g}, at {entries(wrong)}) are noise that no "
-            "finite-difference step reproduces, the signature of rounding: eps*|f| = "
-            f"{np.finfo(np.float64).eps * abs(value):.2g} divided by h^2 swamps these second differences"
-        ))]
-    h = np.broadcast_to(np.asarray(step, dtype=np.float64), flat.shape)
-    rounding, truncation = _fd_estimates(target, x, h, exact, value)
-    hmin, hmax = float(np.min(h)), float(np.max(h))
-    htxt = f"h = {hmin:.2g}" if np.isclose(hmin, hmax) else f"h = {hmin:.2g}..{hmax:.2g}"
-    htxt += " (inferred)" if inferred else ""
-    by_rounding = wrong & (rounding >= truncation)
-    by_truncation = wrong & ~by_rounding
+def _exact_causes(ex: _Exact) -> list:
+    """What the exact Hessian itself says: a saddle, flat directions (every candidate inherits
+    these: no Hessian gives standard errors along them)."""
     out = []
-    if by_rounding.any() or not wrong.any():
-        out.append(("rounding", (
-            f"step {htxt} is too small for |f| = {abs(value):.3g} at {entries(by_rounding) or 'no entry'}: "
-            f"there the rounding error eps*|f|/(h_i h_j) (up to {np.max(np.where(by_rounding, rounding, 0)):.2g}, "
-            "scaled) exceeds the truncation error; take h_i ~ eps^(1/4)*max(|x_i|, 1) or use the exact Hessian"
-        )))
-    if by_truncation.any():
-        out.append(("truncation", (
-            f"step {htxt} is too large at {entries(by_truncation)}: there the truncation error "
-            f"(~h^2 f4/12, up to {np.max(np.where(by_truncation, truncation, 0)):.2g}, scaled) dominates; "
-            "take a smaller step or Richardson extrapolation, or use the exact Hessian"
+    for j in np.flatnonzero(ex.negative):
+        if ex.stationary:
+            out.append(("saddle", (
+                f"the exact Hessian is indefinite along {ex.direction(j)} (scaled curvature {ex.lam[j]:.2g}): "
+                "the point is a saddle, not a maximum, and no standard errors exist there"
+            )))
+    for j in np.flatnonzero(ex.flat):
+        top = float(np.max(np.abs(ex.lam)))
+        why = (
+            f"below {1 / FLAT_CONDITION:.0e} of the largest: rounding" if abs(ex.lam[j]) <= top / FLAT_CONDITION
+            else f"within what the gradient left at this point ({ex.allowance:.2g} per marginal standard "
+            "deviation) can produce, so this point cannot tell a flat direction from a weakly identified "
+            "one: optimise further (ah.fit) and audit again"
+        )
+        out.append(("flat", (
+            f"the exact Hessian is flat along {ex.direction(j)} (scaled curvature {ex.lam[j]:.2g}, {why}): "
+            "the parameters are not identified along it, and any finite standard errors a candidate "
+            "gives for the parameters in it are artefacts"
         )))
     return out
 
 
-def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = None) -> AuditReport:
+# ------------------------------------------------------------------------------------------
+# Finite differences: which step explains a candidate's errors
+# ------------------------------------------------------------------------------------------
+#: step rules a bare finite-difference matrix is tried against: step h_i = t * s_i(x)
+_FAMILIES = (
+    ("one step for all", lambda x: np.ones_like(x)),  # as in the seed question
+    ("h_i = {t:.2g}*max(|x_i|, 1)", lambda x: np.maximum(np.abs(x), 1.0)),  # ah.fd_hessian's default
+    ("h_i = {t:.2g}*max(|x_i|, 0.1)", lambda x: np.maximum(np.abs(x), 0.1)),  # statsmodels' approx_hess
+    ("h_i = {t:.2g}*|x_i|", lambda x: np.where(x != 0, np.abs(x), 1.0)),  # ah.fd_hessian(step="relative")
+)
+#: stencils: the seed question's (x +/- h_i e_i on the diagonal) and statsmodels' approx_hess
+#: (approx_hess3: the same four-point cross differences, x +/- 2 h_i e_i on the diagonal)
+_STENCILS = ("central", "approx_hess")
+#: multipliers t tried: 0.1 down to 9e-11 by factors of 2 (the step 2t of approx_hess's
+#: diagonal is then the previous grid point)
+_T_GRID = 0.1 * 2.0 ** -np.arange(31)
+#: a candidate entry is reproduced by differences at a step when they agree to this fraction
+MATCH_TOL = 0.1
+#: an error is of the size of rounding noise when it is at most this multiple of the bound
+#: ``eps |f| / (h_i h_j)`` (a sum of many terms rounds to a few ulps of |f|)
+NOISE_FACTOR = 30.0
+
+
+def _stencil_error(errors_h: np.ndarray, errors_2h: Optional[np.ndarray], stencil: str) -> np.ndarray:
+    if stencil == "central":
+        return errors_h
+    out = errors_h.copy()
+    np.fill_diagonal(out, np.diag(errors_2h) if errors_2h is not None else np.nan)
+    return out
+
+
+def _rounding_bound(ex: _Exact, h: np.ndarray, stencil: str) -> np.ndarray:
+    """Unscaled bound on the rounding error of second differences at step ``h``: ``(1+2+1)
+    eps |f| / h_i^2`` on the diagonal (``eps |f| / h_i^2`` for approx_hess's 2h), ``4 eps |f| /
+    (4 h_i h_j)`` off it."""
+    c = np.ones((len(h), len(h)))
+    np.fill_diagonal(c, 4.0 if stencil == "central" else 1.0)
+    return np.finfo(np.float64).eps * abs(ex.value) * c / np.outer(h, h)
+
+
+def _split(ex: _Exact, h: np.ndarray, stencil: str, wrong: np.ndarray):
+    """Entry by entry at step ``h``: rounding bound and truncation estimate (both scaled), and
+    which wrong entries each explains (the larger one)."""
+    dd = np.outer(ex.d, ex.d)
+    e1, e2, e4 = ex.fd_error(h), ex.fd_error(2 * h), ex.fd_error(4 * h)
+    fine, coarse = _stencil_error(e1, e2, stencil), _stencil_error(e2, e4, stencil)
+    truncation = np.abs(coarse - fine) / 3.0 / dd  # the h^2 term: FD(2h) - FD(h) = 3 c h^2
+    rounding = _rounding_bound(ex, h, stencil) / dd
+    by_rounding = wrong & ~(truncation > rounding)
+    return rounding, truncation, by_rounding, wrong & ~by_rounding
+
+
+def _infer_step(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
+    """``(h, stencil, rule)`` of the differences that best explain a bare matrix's errors, or
+    None. Truncation error is deterministic (``c_ij h_i h_j``-like, reproduced by our own
+    differences at the same step); rounding is noise of a known size. A step is accepted when
+    differences at it reproduce at least one wrong entry to ``MATCH_TOL`` and, together with
+    the rounding noise it implies, explain 90% of them."""
+    n_wrong = int(wrong.sum())
+    best, best_score = None, (0, 0, -np.inf)
+    coefs = {}
+    for rule, scale_fn in _FAMILIES:
+        s = scale_fn(ex.flat_x)
+        errs = np.stack([ex.fd_error(t * s) for t in _T_GRID])  # (T, p, p)
+        for stencil in _STENCILS:
+            E = np.stack([_stencil_error(errs[k], errs[k - 1] if k else None, stencil) for k in range(len(_T_GRID))])
+            bound = np.stack([_rounding_bound(ex, t * s, stencil) for t in _T_GRID])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                law = (E[:-1] / E[1:] > 3.0) & (E[:-1] / E[1:] < 5.4) & (np.abs(E[1:]) > 100 * bound[1:])
+                coef = E[1:] / _T_GRID[1:, None, None] ** 2
+            # per entry, the most asymptotic (smallest t) step at which the t^2 law holds
+            idx = np.where(law.any(0), len(_T_GRID) - 2 - np.argmax(law[::-1], axis=0), -1)
+            A = np.where(idx >= 0, np.take_along_axis(coef, np.maximum(idx, 0)[None], 0)[0], np.nan)
+            coefs[(rule, stencil)] = (s, A)
+            with np.errstate(invalid="ignore"):
+                valid = wrong & np.isfinite(A) & (np.sign(A) == np.sign(err_c))
+                t_ij = np.sqrt(err_c / A)
+            if not valid.any():
+                continue
+            t = float(np.median(t_ij[valid]))
+            # the t^2 law is asymptotic; at the user's step higher orders may count: refine t
+            # by the local power law (a few fixed-point steps on the median ratio)
+            for _ in range(3):
+                e_h = _stencil_error(ex.fd_error(t * s), ex.fd_error(2 * t * s), stencil)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratio = err_c[valid] / e_h[valid]
+                ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+                if ratio.size == 0:
+                    break
+                t *= float(np.sqrt(np.median(ratio)))
+            h = t * s
+            e_h = _stencil_error(ex.fd_error(h), ex.fd_error(2 * h), stencil)
+            matched = wrong & (np.abs(e_h - err_c) <= MATCH_TOL * np.abs(err_c))
+            noise = wrong & ~matched & (np.abs(err_c) <= NOISE_FACTOR * _rounding_bound(ex, h, stencil))
+            # ties (rules that differ only where the errors are small) go to the closer fit overall
+            misfit = float(np.nansum(np.abs(e_h - err_c) / np.outer(ex.d, ex.d)))
+            score = (int(matched.sum() + noise.sum()), int(matched.sum()), -misfit)
+            if matched.any() and score[0] >= 0.9 * n_wrong and score > best_score:
+                best, best_score = (h, stencil, rule.format(t=t)), score
+    if best is not None:
+        return best
+    # No truncation pattern: is it rounding noise of one size? The step at which the bound
+    # equals each wrong entry's error must agree across entries (within a factor 30: noise
+    # draws vary); truncation at that step must be well below the errors; and noise of that
+    # size must show in most entries, not only in the wrong ones (an exact diagonal next to one
+    # wrong entry is not rounding).
+    best_spread = 30.0
+    for (rule, stencil), (s, A) in coefs.items():
+        if stencil != "central":
+            continue  # the noise does not tell stencils apart
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_ij = np.sqrt(_rounding_bound(ex, s, stencil)[wrong] / np.abs(err_c[wrong]))
+        if t_ij.size == 0 or not np.all(np.isfinite(t_ij) & (t_ij > 0)):
+            continue
+        spread = float(t_ij.max() / t_ij.min())
+        t = float(np.exp(np.mean(np.log(t_ij))))
+        truncation = np.abs(np.nan_to_num(A[wrong])) * t**2
+        quiet = (np.abs(err_c) < 0.01 * _rounding_bound(ex, t * s, stencil))[np.triu_indices(len(s))]
+        if (spread <= best_spread and 1e-14 <= t <= 1e-2 and np.mean(quiet) <= 0.5
+                and np.mean(truncation < 0.3 * np.abs(err_c[wrong])) >= 0.9):
+            best, best_spread = (t * s, stencil, "about " + rule.format(t=t) + ", from the size of its noise"), spread
+    return best
+
+
+def _entries(ex: _Exact, mask: np.ndarray, err: np.ndarray) -> str:
+    iu = np.triu_indices(len(ex.labels))
+    idx = [(i, j) for i, j in zip(*iu) if mask[i, j]]
+    idx.sort(key=lambda ij: -abs(err[ij]))
+    more = f" and {len(idx) - 4} more" if len(idx) > 4 else ""
+    return ", ".join(f"[{ex.labels[i]}, {ex.labels[j]}]" for i, j in idx[:4]) + more
+
+
+def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: str) -> list:
+    """Rounding and/or truncation, entry by entry, for a finite-difference candidate; or
+    ``unexplained`` when no step explains its errors."""
+    err_c = C - ex.matrix
+    wrong = np.abs(err) > OK_TOL
+    if not wrong.any():  # every entry within tolerance; the standard errors still differ
+        wrong = np.abs(err) >= 0.1 * np.max(np.abs(err))
+    step = spec.get("step")
+    stencil, rule = "central", None
+    if step is not None and "method" not in spec:
+        # a step given with a bare matrix: whose stencil is it? (statsmodels' approx_hess
+        # differences the diagonal over 2h)
+        h = np.broadcast_to(np.asarray(step, dtype=np.float64), ex.flat_x.shape)
+        e1, e2 = ex.fd_error(h), ex.fd_error(2 * h)
+        fits = [np.sum(wrong & (np.abs(_stencil_error(e1, e2, st) - err_c) <= MATCH_TOL * np.abs(err_c)))
+                for st in _STENCILS]
+        stencil = _STENCILS[int(np.argmax(fits))]
+    if step is None:
+        found = _infer_step(ex, err_c, wrong)
+        if found is None:
+            return [("unexplained", (
+                f"its errors (up to {np.max(np.abs(err)):.2g} scaled, at {_entries(ex, wrong, err)}) match "
+                "neither finite differences at any step (truncation errors are reproducible, here none "
+                "is), nor rounding noise of one size, nor the exact Hessian's inverse, sign or other "
+                "scale: look for an error in the code that produced it, or a different matrix (expected "
+                f"information, outer product of scores){se_note}"
+            ))]
+        step, stencil, rule = found
+    h = np.broadcast_to(np.asarray(step, dtype=np.float64), ex.flat_x.shape)
+    rounding, truncation, by_rounding, by_truncation = _split(ex, h, stencil, wrong)
+    hmin, hmax = float(np.min(h)), float(np.max(h))
+    htxt = f"h = {hmin:.2g}" if np.isclose(hmin, hmax) else f"h = {hmin:.2g}..{hmax:.2g}"
+    if rule is not None:
+        htxt += f" (inferred, {rule}" + (", statsmodels approx_hess's stencil)" if stencil == "approx_hess" else ")")
+    elif stencil == "approx_hess":
+        htxt += " (statsmodels approx_hess's stencil)"
+    out = []
+    if by_rounding.any():
+        out.append(("rounding", (
+            f"step {htxt} is too small for |f| = {abs(ex.value):.3g} at {_entries(ex, by_rounding, err)}: "
+            f"errors there up to {np.max(np.abs(err[by_rounding])):.2g} (scaled), where rounding alone "
+            f"reaches eps*|f|/(h_i h_j) ~ {np.max(rounding[by_rounding]):.2g} and exceeds the truncation "
+            "error; take h_i ~ eps^(1/4)*max(|x_i|, 1) (ah.fd_hessian's default) or use the exact "
+            f"Hessian{se_note}"
+        )))
+    if by_truncation.any():
+        out.append(("truncation", (
+            f"step {htxt} is too large at {_entries(ex, by_truncation, err)}: errors there up to "
+            f"{np.max(np.abs(err[by_truncation])):.2g} (scaled) are the truncation term ~h^2 f''''/12 "
+            f"(estimated {np.max(truncation[by_truncation]):.2g}), which dominates rounding; take a "
+            f"smaller step or Richardson extrapolation, or use the exact Hessian{se_note}"
+        )))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Audit
+# ------------------------------------------------------------------------------------------
+def _identify(ex: _Exact, C: np.ndarray, max_err: float) -> Optional[tuple[str, str]]:
+    """Is a wrong 'Hessian' another matrix: the inverse, the other scale's Hessian, the OPG?
+    Named when it agrees with that matrix to 10% (scaled) and 10x better than with the exact one."""
+    found = []  # (cause, scaled gap, what it is)
+    try:
+        found.append(("inverse", np.max(np.abs(_scaled_error(np.linalg.inv(C), ex.matrix))),
+                      "the exact Hessian's inverse (a covariance matrix), not a Hessian: pass it as (matrix, 'inverse')"))
+    except np.linalg.LinAlgError:
+        pass
+    if ex.other is not None:
+        name, other = ex.other
+        found.append(("scale", np.max(np.abs(_scaled_error(C, other))),
+                      f"the Hessian on the {name} scale, while this audit is on the {ex.scale} scale: audit "
+                      f"with scale={name!r}, or map it (at an optimum H_natural = J' H_u J, J = du/dx)"))
+    if ex.opg is not None:
+        found.append(("not_a_hessian", np.max(np.abs(_scaled_error(C, ex.opg))),
+                      "the outer product of the scores (OPG/BHHH): it estimates the information only in "
+                      "expectation, under a correct model; it is not the Hessian"))
+    for cause, gap, what in found:
+        if gap <= 0.1 and gap <= 0.1 * max_err:
+            return cause, f"it is {what} (agrees with that to {gap:.2g}, scaled)"
+    # An approximate inverse (BFGS's hess_inv given as a Hessian) agrees with neither, but its
+    # diagonal gives it away wherever the Hessian's diagonal is far from 1: C_ii H_ii is O(1)
+    # (1 / (1 - R_i^2) for an exact inverse), while a Hessian has C_ii / H_ii ~ 1.
+    c, h = np.diag(C), np.diag(ex.matrix)
+    if np.all(c > 0) and np.all(h > 0):
+        as_inverse = np.abs(np.log(c * h))
+        as_hessian = np.abs(np.log(c / h))
+        if np.median(as_inverse) < np.log(10.0) and np.median(as_hessian) > np.log(1e3):
+            return "inverse", (
+                f"its diagonal is that of an inverse Hessian (C_ii H_ii from {np.min(c * h):.2g} to "
+                f"{np.max(c * h):.2g}, where a Hessian would give C_ii / H_ii ~ 1; here that ratio spans "
+                f"{np.min(c / h):.2g} to {np.max(c / h):.2g}): an inverse-Hessian approximation such as BFGS's "
+                "hess_inv, given as a Hessian; pass it as (matrix, 'inverse') to have it judged as one"
+            )
+    return None
+
+
+def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_frob: float, se_note: str) -> list:
+    """Why a finite candidate that is not the exact Hessian (nor its negative) differs."""
+    if spec["kind"] == "bfgs":
+        if spec.get("limited_memory"):
+            what = ("an L-BFGS inverse-Hessian approximation: only the last few (step, gradient change) "
+                    "pairs of the optimiser's path, applied to a scaled identity")
+        else:
+            what = ("a BFGS inverse-Hessian approximation: built from gradient differences along the "
+                    "optimiser's path, starting from a scaled identity, one rank-two update per iteration")
+        return [("not_a_hessian", (
+            f"{what}, so it need not converge to H^-1 (it is a preconditioner for the next step); here it "
+            f"is off by {rel_frob:.2g} in relative Frobenius norm{se_note}"
+        ))]
+    if spec["kind"] == "inverse":
+        return [("not_a_hessian", f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm{se_note}")]
+    max_err = float(np.max(np.abs(err)))
+    known = _identify(ex, C, max_err) if spec.get("step") is None else None
+    if known is not None:
+        return [known]
+    return _fd_causes(ex, spec, C, err, se_note)
+
+
+def _judge(ex: _Exact, name: str, spec: dict) -> CandidateAudit:
+    M = spec["matrix"]
+    p = len(ex.labels)
+    if M.shape != (p, p):
+        raise ValueError(f"candidate {name!r} has shape {M.shape}, the exact Hessian is ({p}, {p})")
+    causes, evidence = [], []
+    C = M
+    if spec["kind"] != "hessian" and np.all(np.isfinite(M)):
+        try:
+            C = np.linalg.inv(M)
+        except np.linalg.LinAlgError:
+            C = np.full_like(M, np.nan)
+            causes.append("not_a_hessian")
+            evidence.append("it is singular, so it is not the inverse of any Hessian")
+    finite = np.all(np.isfinite(C))
+    if not finite and not causes:
+        bad = ~np.isfinite(M)
+        causes.append("nonfinite")
+        evidence.append(
+            f"{int(bad.sum())} of its entries are not finite ({_entries(ex, bad | bad.T, np.where(bad, 1.0, 0.0))}): a "
+            "finite-difference step that leaves the function's domain (a variance stepped below 0) gives "
+            f"this; f(x) = {ex.value:.6g} and the exact Hessian here are finite"
+        )
+    dd = np.outer(ex.d, ex.d)
+    asym = np.abs(C - C.T) / dd if finite else np.zeros_like(C)
+    if finite and np.max(asym) > OK_TOL:
+        i, j = np.unravel_index(np.argmax(asym), asym.shape)
+        causes.append("asymmetric")
+        evidence.append(
+            f"it is not symmetric (|C_ij - C_ji| up to {np.max(asym):.2g} scaled, at [{ex.labels[i]}, "
+            f"{ex.labels[j]}]); a Hessian is: judged by its symmetric part"
+        )
+        C = 0.5 * (C + C.T)
+    err = _scaled_error(C, ex.matrix)
+    max_err = float(np.max(np.abs(err))) if finite else np.inf
+    rel_frob = float(np.linalg.norm(C - ex.matrix) / np.linalg.norm(ex.matrix)) if finite else np.inf
+    iu = np.triu_indices(p)
+    order = np.argsort(-np.nan_to_num(np.abs(err[iu]), nan=np.inf))[:3]
+    worst = tuple(
+        (f"[{ex.labels[iu[0][k]]}, {ex.labels[iu[1][k]]}]", float(C[iu[0][k], iu[1][k]]), float(ex.matrix[iu[0][k], iu[1][k]]))
+        for k in order
+    )
+    if finite:
+        eig, vec = np.linalg.eigh(0.5 * (C + C.T) / dd)
+    else:
+        eig, vec = np.full(p, np.nan), None
+    big = np.abs(ex.matrix) > 1e-8 * np.max(np.abs(ex.matrix))
+    flips = int(np.sum((np.sign(C) != np.sign(ex.matrix)) & big & np.isfinite(C)))
+    se = _se(C) if finite else np.full(p, np.nan)
+    both = np.isfinite(se) & np.isfinite(ex.se)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se_rel = float(np.max(np.abs(se[both] / ex.se[both] - 1.0), initial=0.0))
+    se_ok = bool(np.all(np.isfinite(se) == np.isfinite(ex.se))) and se_rel <= OK_TOL
+    se_note = (f"; standard errors off by up to {se_rel:.1%}" if se_rel > OK_TOL and max_err <= OK_TOL else "")
+    if finite and "nonfinite" not in causes:
+        if max_err <= OK_TOL and (se_ok or not ex.regular):
+            evidence.append(f"it agrees with the exact Hessian (max scaled error {max_err:.2g})")
+            if ex.regular and ex.stationary:
+                causes.append("ok")
+                evidence[-1] += f", standard errors within {se_rel:.1e}"
+        elif np.linalg.norm(C + ex.matrix) <= 0.1 * np.linalg.norm(C - ex.matrix):
+            causes.append("sign")
+            evidence.append(
+                f"it is minus the exact Hessian (||C + H|| / ||H|| = {np.linalg.norm(C + ex.matrix) / np.linalg.norm(ex.matrix):.2g}, "
+                f"{flips} entries of opposite sign): the Hessian of the log-likelihood instead of the "
+                "negative log-likelihood; flip its sign"
+            )
+            flipped = _scaled_error(-C, ex.matrix)
+            if np.max(np.abs(flipped)) > OK_TOL:  # what is left after flipping
+                for cause, why in _disagreement(ex, spec, -C, flipped, float(np.linalg.norm(C + ex.matrix) / np.linalg.norm(ex.matrix)), ""):
+                    causes.append(cause)
+                    evidence.append("after flipping the sign: " + why)
+        else:
+            for cause, why in _disagreement(ex, spec, C, err, rel_frob, se_note):
+                causes.append(cause)
+                evidence.append(why)
+        top_c = float(np.max(np.abs(eig)))
+        negative_level = max(ex.allowance, NEGATIVE_REL * top_c)  # as for the exact Hessian
+        if "sign" not in causes and eig[0] < -negative_level and not (ex.negative.any() and max_err <= OK_TOL):
+            direction = format_direction(vec[:, 0] / ex.d / np.linalg.norm(vec[:, 0] / ex.d), ex.labels)
+            causes.append("indefinite")
+            evidence.append(
+                f"it has negative curvature along {direction} (scaled eigenvalue {eig[0]:.2g}), so some "
+                "'variances' from its inverse are negative or meaningless"
+            )
+    if not ex.stationary:
+        causes.append("not_at_optimum")
+        g_scaled = np.abs(ex.grad) / ex.d
+        negative_txt = (
+            f"; the exact Hessian has negative curvature here along {ex.direction(int(np.flatnonzero(ex.negative)[0]))}"
+            if ex.negative.any() else ""
+        )
+        evidence.append(
+            f"the point is not an optimum: it is {ex.newton_length:.2g} standard errors from it (largest "
+            f"gradient component, per marginal standard deviation, for {ex.labels[int(np.argmax(g_scaled))]})"
+            f"{negative_txt}; no Hessian here gives valid standard errors, whichever is used: optimise first"
+        )
+    for cause, why in _exact_causes(ex):
+        if cause not in causes:
+            causes.append(cause)
+            evidence.append(why)
+    if not causes:  # agrees, but the point is not regular and nothing above named why
+        causes.append("ok")
+    return CandidateAudit(
+        name=name, kind=spec["kind"], hessian=C, rel_frobenius=rel_frob, max_scaled_error=max_err,
+        worst=worst, eigenvalues=np.asarray(eig), sign_flips=flips, se=se, se_exact=ex.se,
+        causes=tuple(causes), evidence=tuple(evidence),
+    )
+
+
+def _unconstrained_target(model: Model, x: Any):
+    """The model's negative log-likelihood as a plain function of the flat unconstrained vector."""
+    from ._derivatives import _model_params
+
+    spec = model.spec
+    u = spec.to_unconstrained(spec.flatten(_model_params(model, x), model.dtype))
+    data = model.data
+
+    def f(t):
+        return model.negloglik_flat(spec.to_natural(t), data, None)
+
+    return f, u
+
+
+def audit(
+    target: Model | Callable, x: Any = None, candidates: Optional[dict] = None, *, scale: str = "natural"
+) -> AuditReport:
     """Compare candidate Hessians with the exact one at ``x`` and explain each difference.
 
     Args:
         target: the objective as a JAX scalar function (a negative log-likelihood), or an
-            ``ah.Model`` (its negative log-likelihood on the natural scale).
+            ``ah.Model`` (its negative log-likelihood).
         x: the point (for a model: natural-scale parameters; default its initial values).
         candidates: ``{name: spec}``. ``spec`` is a ``(p, p)`` Hessian; or ``(matrix,
             "inverse")`` for an inverse Hessian / covariance such as scipy's ``hess_inv``
             (named with "bfgs" in it, it is treated as a BFGS approximation); or an
             ``ah.fd_hessian`` result (its step is then known); or a dict with ``matrix``,
             ``kind`` (``"hessian"``, ``"inverse"``, ``"bfgs"``) and optionally ``step``.
+        scale: for a model, ``"natural"`` (the parameters as declared; default) or
+            ``"unconstrained"`` (the transforms' scale, e.g. ``log(sigma)``, where optimisers
+            work); the header says which. A candidate computed on the other scale is named as such.
 
     Returns:
         ``AuditReport``: print it for a table and one verdict per candidate; ``to_dict()``.
@@ -364,116 +815,54 @@ def audit(target: Model | Callable, x: Any = None, candidates: Optional[dict] = 
     """
     if not candidates:
         raise ValueError("audit needs at least one candidate: {name: matrix}")
-    exact_h = exact_hessian(target, x, check=False)
+    if not isinstance(candidates, dict):
+        raise TypeError(f"candidates must be a dict {{name: matrix}}, got {type(candidates).__name__}")
+    if scale not in ("natural", "unconstrained"):
+        raise ValueError(f"scale must be 'natural' or 'unconstrained', got {scale!r}")
+    if scale == "unconstrained" and not isinstance(target, Model):
+        raise ValueError("scale='unconstrained' needs an ah.Model (a plain function has no transforms)")
+    specs = {name: _as_candidate(name, raw) for name, raw in candidates.items()}
+    model = target if isinstance(target, Model) else None
+    x_natural = x
+    try:
+        if model is not None and scale == "unconstrained":
+            labels = model.spec.unconstrained_labels
+            target, x = _unconstrained_target(model, x)
+        exact_h = exact_hessian(target, x, check=False)
+        grad = np.asarray(exact_gradient(target, x), dtype=np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
+        raise TypeError(
+            "audit needs the objective written in JAX (jax.numpy instead of numpy) so that it can "
+            f"differentiate it exactly: {type(err).__name__}"
+        ) from err
     exact = np.asarray(exact_h.matrix, dtype=np.float64)
-    labels = exact_h.labels
-    p = len(labels)
-    grad = np.asarray(exact_gradient(target, x), dtype=np.float64)
+    if model is None or scale == "natural":
+        labels = exact_h.labels
     if isinstance(target, Model):
         value = -target.loglik(x if x is not None else None)
     else:
         from ._derivatives import _prepare_point
 
         value = float(target(_prepare_point(x)[0]))
-    d = _diag_scale(exact)
-    scaled_grad = np.abs(grad) / d
-    exact_eig, exact_vec = np.linalg.eigh(exact / np.outer(d, d))
-    exact_pd = bool(exact_eig[0] > 0)
-    newton_length = float(np.sqrt(grad @ np.linalg.solve(exact, grad))) if exact_pd else float(np.max(scaled_grad))
-    stationary = newton_length <= STATIONARY_TOL
-    se_exact = _se(exact) if exact_pd else np.full(p, np.nan)
-    iu = np.triu_indices(p)
-    results = []
-    for name, raw in candidates.items():
-        spec = _as_candidate(name, raw)
-        M = spec["matrix"]
-        if M.shape != (p, p):
-            raise ValueError(f"candidate {name!r} has shape {M.shape}, the exact Hessian is ({p}, {p})")
-        if spec["kind"] == "hessian":
-            C = M
-        else:
-            try:
-                C = np.linalg.inv(M)
-            except np.linalg.LinAlgError:
-                C = np.full_like(M, np.nan)
-        err = _scaled_error(C, exact)
-        max_err = float(np.nanmax(np.abs(err))) if np.isfinite(err).any() else np.inf
-        rel_frob = float(np.linalg.norm(C - exact) / np.linalg.norm(exact))
-        order = np.argsort(-np.abs(err[iu]))[:3]
-        worst = tuple(
-            (f"[{labels[iu[0][k]]}, {labels[iu[1][k]]}]", float(C[iu[0][k], iu[1][k]]), float(exact[iu[0][k], iu[1][k]]))
-            for k in order
+    if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(exact))):
+        raise ValueError(
+            f"the objective is not finite at this point (f = {value}, gradient or Hessian with "
+            f"{int(np.sum(~np.isfinite(exact)))} non-finite entries): is the point inside the domain?"
         )
-        cand_scaled = C / np.outer(d, d)
-        eig, vec = np.linalg.eigh(0.5 * (cand_scaled + cand_scaled.T)) if np.all(np.isfinite(C)) else (np.full(p, np.nan), None)
-        big = np.abs(exact) > 1e-8 * np.max(np.abs(exact))
-        flips = int(np.sum((np.sign(C) != np.sign(exact)) & big & np.isfinite(C)))
-        se = _se(C)
-        se_rel = np.nanmax(np.abs(se / se_exact - 1.0)) if np.isfinite(se).all() and np.isfinite(se_exact).all() else np.inf
-        causes, evidence = [], []
-        agrees = max_err <= OK_TOL and (se_rel <= OK_TOL or not exact_pd)
-        saddle_direction = format_direction(exact_vec[:, 0] / d / np.linalg.norm(exact_vec[:, 0] / d), labels)
-        if agrees:
-            evidence.append(f"it agrees with the exact Hessian (max scaled error {max_err:.2g})")
-            if not exact_pd:
-                causes.append("indefinite")
-                evidence.append(
-                    f"but the Hessian is indefinite along {saddle_direction}: the point is a saddle, "
-                    "not a maximum, and no standard errors exist there"
-                )
-            elif stationary:
-                causes.append("ok")
-                evidence[-1] += f", standard errors within {se_rel:.1e}"
-        elif np.linalg.norm(C + exact) <= 0.1 * np.linalg.norm(C - exact):
-            causes.append("sign")
-            evidence.append(
-                f"it is minus the exact Hessian (||C + H|| / ||H|| = {np.linalg.norm(C + exact) / np.linalg.norm(exact):.2g}): "
-                "the Hessian of the log-likelihood instead of the negative log-likelihood; flip its sign"
-            )
-        else:
-            if spec["kind"] == "bfgs":
-                causes.append("not_a_hessian")
-                evidence.append(
-                    "a BFGS inverse-Hessian approximation: built from gradient differences along the "
-                    "optimiser's path, starting from a scaled identity, one rank-two update per "
-                    "iteration, so it need not converge to H^-1 (it is a preconditioner for the "
-                    f"next step); here it is off by {rel_frob:.2g} in relative Frobenius norm"
-                )
-            elif spec["kind"] == "hessian":
-                for cause, why in _fd_causes(target, x, spec, exact, err, value, labels):
-                    causes.append(cause)
-                    evidence.append(why)
-            else:
-                causes.append("not_a_hessian")
-                evidence.append(f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm")
-            if np.nanmin(eig) < 0:
-                direction = format_direction(vec[:, 0] / d / np.linalg.norm(vec[:, 0] / d), labels) if vec is not None else "?"
-                causes.append("indefinite")
-                evidence.append(
-                    f"it has negative curvature along {direction} (scaled eigenvalue {np.nanmin(eig):.2g}), "
-                    "so some 'variances' from its inverse are negative or meaningless"
-                    + ("" if exact_pd else f"; the exact Hessian is indefinite too, along {saddle_direction}: the point is a saddle")
-                )
-        if not stationary:
-            causes.append("not_at_optimum")
-            worst_g = labels[int(np.argmax(scaled_grad))]
-            evidence.append(
-                f"the point is not an optimum: a Newton step from it is {newton_length:.2g} standard "
-                f"errors long (largest gradient component, per marginal standard deviation, for "
-                f"{worst_g}); no Hessian here gives valid standard errors: optimise first"
-            )
-        if not exact_pd and "indefinite" not in causes:
-            causes.append("indefinite")
-            evidence.append(f"the exact Hessian itself is indefinite along {saddle_direction}: the point is a saddle")
-        results.append(CandidateAudit(
-            name=name, kind=spec["kind"], hessian=C, rel_frobenius=rel_frob, max_scaled_error=max_err,
-            worst=worst, eigenvalues=np.asarray(eig), sign_flips=flips, se=se, se_exact=se_exact,
-            causes=tuple(causes), evidence=tuple(evidence),
-        ))
+    ex = _exact_context(target, x, labels, float(value), grad, exact)
+    ex.scale = scale
+    if model is not None and bool(np.any(model.spec.transformed)):
+        other = "natural" if scale == "unconstrained" else "unconstrained"
+        ex.other = (other, np.asarray(exact_hessian(model, x_natural, scale=other, check=False).matrix))
+    if model is not None and model.per_observation and scale == "natural":
+        S = np.asarray(scores(model, x_natural), dtype=np.float64)
+        ex.opg = S.T @ S
+    results = [_judge(ex, name, spec) for name, spec in specs.items()]
     return AuditReport(
         labels=tuple(labels), exact=exact, gradient=grad, value=float(value),
-        newton_length=newton_length, stationary=stationary,
-        exact_positive_definite=exact_pd, candidates=tuple(results),
+        newton_length=ex.newton_length, stationary=ex.stationary, exact_positive_definite=ex.regular,
+        candidates=tuple(results), scale=scale, flat_directions=int(ex.flat.sum()),
+        negative_directions=int(ex.negative.sum()),
     )
 
 

@@ -26,6 +26,7 @@ for Richardson on GARCH, 9e-10 with relative steps). ``step="relative"`` uses
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -177,4 +178,15 @@ def fd_hessian(
         if not bool(jnp.all(jnp.isfinite(h) & (h > 0))):
             raise ValueError(f"step must be positive and finite, got {step!r}")
     matrix, err = fn(arg, h)
+    bad = ~np.isfinite(np.asarray(matrix))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        warnings.warn(
+            f"fd_hessian: {int(bad.sum())} of {bad.size} entries are not finite (first [{labels[i]}, "
+            f"{labels[j]}]): f is not finite at some stencil points x +/- h_i e_i +/- h_j e_j, so the "
+            f"step (h = {float(h[i]):.3g} for {labels[i]}, {float(h[j]):.3g} for {labels[j]}) leaves its "
+            "domain; use a smaller step or step='relative'",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return FDHessian(matrix=matrix, labels=labels, step=h, method=method, error_estimate=err)

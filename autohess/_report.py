@@ -17,12 +17,28 @@ from ._solver import ESCAPE_RATIO, Status
 if TYPE_CHECKING:  # pragma: no cover
     from ._fit import FitResult
 
-__all__ = ["Problem", "DiagnosticReport", "summary", "format_direction"]
+__all__ = ["Problem", "DiagnosticReport", "summary", "format_direction", "curvature_allowance"]
 
 #: vocabulary of problem kinds
 #: largest gradient per marginal standard deviation (free parameters) at which a point counts
 #: as stationary: the log-likelihood changes by at most 1e-4 over one standard error
 STATIONARY_SCALED_GRAD = 1e-4
+
+
+
+def curvature_allowance(top: float, scaled_gradient: float) -> float:
+    """The smallest |eigenvalue| of a unit-diagonal scaled Hessian that a point resolves.
+
+    Below ``top / FLAT_CONDITION`` an eigenvalue is rounding. Away from exact stationarity a
+    gradient ``g`` (per marginal standard deviation) is left, and along a flat valley that is
+    curved (``a*b = const``) it tilts the flat eigenvalue by about ``g`` times the valley's
+    curvature, to either sign; in per-SD units that curvature is far below 1 for any valley
+    wider than a standard deviation, so ``g`` bounds the tilt. Capped at
+    ``STATIONARY_SCALED_GRAD``: far from stationarity a clear negative curvature is what it is
+    (and a parameter with no curvature would make the gradient per SD astronomical).
+    """
+    return max(top / FLAT_CONDITION, min(scaled_gradient, STATIONARY_SCALED_GRAD))
+
 
 KINDS = ("not_converged", "unbounded", "saddle", "flat", "boundary", "ill_conditioned")
 
@@ -126,13 +142,8 @@ class DiagnosticReport:
         free_grad = float(np.max(scaled_grad[~boundary], initial=0.0))
         stationary = status in (Status.CONVERGED, Status.SINGULAR) or free_grad <= STATIONARY_SCALED_GRAD
         # Negative curvature counts as a saddle only beyond what rounding and the remaining
-        # gradient can produce: along a flat valley that is curved (a*b = const), a gradient g
-        # left at the stopping point tilts the Hessian's flat eigenvalue by about g times the
-        # valley's curvature, i.e. to either sign. In per-SD units that curvature is far below 1
-        # for any valley wider than a standard deviation, so max|scaled gradient| bounds it.
-        # Only near stationarity: far from it, a clear negative curvature is what it is (and
-        # a parameter with no curvature would make this gradient per SD astronomical).
-        saddle_level = max(top / FLAT_CONDITION, min(free_grad, STATIONARY_SCALED_GRAD))
+        # gradient can produce (see ``curvature_allowance``).
+        saddle_level = curvature_allowance(top, free_grad)
         problems: list[Problem] = []
 
         if status == Status.UNBOUNDED:
