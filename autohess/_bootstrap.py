@@ -17,7 +17,11 @@ influence of each observation, ``U_i = H^-1 s_i`` (``s_i`` its exact score, ``H`
 information): this is the infinitesimal jackknife, which needs no ``N`` extra refits, and for
 the MLE it equals the jackknife's ``(N-1)(theta_bar - theta_(i))`` to first order. For
 recursive models (``independent=False``) the per-period score contributions stand in for
-observations, an approximation.
+observations, an approximation. Where the fit has no Wald standard error for a parameter (at
+a bound, on a flat direction) this linearisation does not hold, and BCa gives NaN for it.
+
+The studentized interval scales the pivot back by the estimate's standard error of the same
+``cov_type`` as the replicates' (evaluated at the estimate when the fit used another).
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ class BootstrapResult:
     """
 
     estimate: jax.Array  # (p,) the original MLE
-    estimate_se: jax.Array  # (p,) its standard errors (the original fit's cov_type)
+    estimate_se: jax.Array  # (p,) its standard errors, of the replicates' cov_type
     influence: Optional[jax.Array]  # (N, p) empirical influence H^-1 s_i (for BCa)
     fits: BatchResult
     reference: FitResult
@@ -381,11 +385,22 @@ def bootstrap(
         if total is not None:  # one row per observation the weights stand for
             S = np.repeat(S, w.astype(np.int64), axis=0)
         try:
-            influence = jnp.asarray(np.linalg.solve(H, S.T).T)
+            U = np.linalg.solve(H, S.T).T
         except np.linalg.LinAlgError:
-            influence = None
+            U = np.full_like(S, np.nan)  # a singular Hessian: no acceleration (BCa is NaN)
+        # BCa's acceleration linearises the estimator by H^-1 s_i; where the fit has no Wald
+        # standard error (a bound, a flat direction) that linearisation does not hold: NaN
+        influence = jnp.asarray(np.where(np.isfinite(np.asarray(res.bse_flat))[None, :], U, np.nan))
+    # the studentized pivot divides by each replicate's SE of cov_type and scales back by the
+    # estimate's: both must be of the same kind (a Hessian SE against robust replicates gave
+    # 75% coverage at a nominal 95% in the review's simulation)
+    estimate_se = res.bse_flat
+    if fits.cov_type != res.cov_type:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fit has already warned about its problems
+            estimate_se = evaluate(model, res.params, cov_type=fits.cov_type, weights=res.weights, warn=False).bse_flat
     result = BootstrapResult(
-        estimate=res.params_flat, estimate_se=res.bse_flat, influence=influence, fits=fits, reference=res, kind=kind,
+        estimate=res.params_flat, estimate_se=estimate_se, influence=influence, fits=fits, reference=res, kind=kind,
     )
     if result.n_failed:
         codes, counts = np.unique(np.asarray(fits.status_code)[~result.ok], return_counts=True)

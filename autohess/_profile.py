@@ -20,6 +20,7 @@ signed root ``r(v) = sign(v - theta_hat) sqrt(2 (l_hat - l_p(v)))``, which is ne
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Optional, Union
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import check_maxiter, run_members
-from ._fit import FitResult, _value_grad_hess_fn
+from ._fit import FitResult, InferenceWarning, _value_grad_hess_fn
 from ._solver import Status, trust_region_newton
 
 __all__ = ["ProfileResult", "profile"]
@@ -42,7 +43,10 @@ class ProfileResult:
     log-likelihood there, ``status_code`` each constrained refit's ``Status``, ``params`` the
     full natural-scale parameter vector at each point. ``interval`` is the LR interval
     (``-inf``/``inf`` or the domain bound where the profile never drops far enough:
-    ``open_ends`` says which), ``wald`` the Wald interval of the fit.
+    ``open_ends`` says which and ``end_notes`` why: the profile levelled off below the
+    cut-off, the search ran out while it was still rising, or the refits failed), ``wald`` the
+    Wald interval of the fit. ``valid`` is False when the fit was not at the maximum (the
+    interval is then measured from the wrong level; a warning said so).
     """
 
     name: str
@@ -58,6 +62,8 @@ class ProfileResult:
     wald: np.ndarray
     alpha: float
     higher_found: float  # max over the grid of l_p - l_hat (> 0: the fit was not the maximum)
+    end_notes: tuple = ("", "")
+    valid: bool = True
 
     @property
     def lr(self) -> np.ndarray:
@@ -83,6 +89,7 @@ class ProfileResult:
             "name": self.name, "estimate": self.estimate, "interval": self.interval.tolist(),
             "wald": self.wald.tolist(), "open_ends": list(self.open_ends), "alpha": self.alpha,
             "values": self.values.tolist(), "llf": self.llf.tolist(), "llf_hat": self.llf_hat,
+            "end_notes": list(self.end_notes), "valid": self.valid, "higher_found": self.higher_found,
         }
 
     def __str__(self) -> str:
@@ -169,11 +176,14 @@ def profile(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if not isinstance(n_grid, (int, np.integer)) or n_grid < 5:
         raise ValueError(f"n_grid must be an integer >= 5, got {n_grid!r}")
+    if not (np.isfinite(span) and span > 0):
+        raise ValueError(f"span must be a positive number of standard errors, got {span!r}")
     maxiter = check_maxiter(maxiter)
     model = res.model
     spec = model.spec
     j = _index(res, name)
     label = res.labels[j]
+    _warn_if_not_maximum(res, label)
     x_hat = np.asarray(res.params_flat, dtype=np.float64)
     u_hat = np.asarray(spec.to_unconstrained(res.params_flat), dtype=np.float64)
     llf_hat = float(np.asarray(res.llf))
@@ -200,25 +210,33 @@ def profile(
             for k, u in enumerate(part):
                 seen[float(u)] = (xs[k], float(llf[k]), int(status[k]))
 
+    # the search's unit on the unconstrained scale: the Wald standard error where there is one
+    se = float(np.asarray(res.bse_flat)[j])
+    se_u = np.nan
+    if np.isfinite(se) and se > 0:
+        dxdu = float(np.asarray(jax.jvp(spec.to_natural, (jnp.asarray(u_hat),), (jnp.eye(u_hat.size)[j],))[1][j]))
+        se_u = se / abs(dxdu)
     if grid is None:
-        se = float(np.asarray(res.bse_flat)[j])
-        if not np.isfinite(se) or se <= 0:
+        if not np.isfinite(se_u):
             raise ValueError(
                 f"the Wald standard error of {label} is {se}: give grid=... (natural-scale values) "
                 "to profile it; see res.diagnostics for why the standard error is missing"
             )
-        dxdu = float(np.asarray(jax.jvp(spec.to_natural, (jnp.asarray(u_hat),), (jnp.eye(u_hat.size)[j],))[1][j]))
-        se_u = se / abs(dxdu)
         us = u_hat[j] + np.linspace(-span, span, n_grid) * se_u
     else:
         values = np.atleast_1d(np.asarray(grid, dtype=np.float64))
         if values.ndim != 1 or values.size < 2:
             raise ValueError(f"grid must be a 1-D array of at least 2 values, got shape {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"grid contains {int(np.sum(~np.isfinite(values)))} NaN or infinite values")
+        if np.unique(values).size < 2:
+            raise ValueError(f"grid must hold at least 2 distinct values, got {values.tolist()}")
         lower, upper = spec.bounds()
         if np.any((values <= lower[j]) | (values >= upper[j])):
             raise ValueError(f"grid values for {label} must lie inside its domain ({lower[j]:g}, {upper[j]:g})")
         us = np.asarray([to_u(v) for v in values])
-        se_u = float(np.ptp(us)) / max(values.size - 1, 1) * 2.0
+        if not np.isfinite(se_u):
+            se_u = float(np.ptp(us)) / max(values.size - 1, 1) * 2.0
     evaluate(np.append(us, u_hat[j]))
 
     def curve():
@@ -227,17 +245,37 @@ def profile(
         good = np.array([seen[k][2] == Status.CONVERGED for k in keys]) & np.isfinite(llf)
         return keys, llf, good
 
-    ends = []
-    open_ends = []
+    ends, open_ends, notes = [], [], []
     for side in (-1.0, 1.0):
-        # extend this side until the LR statistic passes the cut-off (at most 4 doublings)
-        for _ in range(4):
+        # extend this side (twice as far each time) until the LR statistic passes the cut-off,
+        # levels off below it (a truly open end), or the refits fail
+        note = ""
+        for _ in range(MAX_DOUBLINGS):
             keys, llf, good = curve()
             sel = good & (side * (keys - u_hat[j]) > 0)
-            if sel.any() and np.max(2.0 * (llf_hat - llf[sel])) >= cut:
+            lr_side = 2.0 * (llf_hat - llf[sel])
+            if sel.any() and np.max(lr_side) >= cut:
                 break
-            reach = np.max(side * (keys[sel] - u_hat[j])) if sel.any() else span * se_u
+            reach = max(np.max(side * (keys[sel] - u_hat[j])) if sel.any() else 0.0, span * se_u)
+            before = float(np.max(lr_side, initial=0.0))
             evaluate(u_hat[j] + side * np.linspace(reach, 2.0 * reach, n_grid + 1)[1:])
+            keys, llf, good = curve()
+            new = good & (side * (keys - u_hat[j]) > reach)
+            if not new.any():
+                note = (f"the constrained refits failed beyond {to_x(u_hat[j] + side * reach):.6g} "
+                        "(see status_code)")
+                break
+            after = float(np.max(2.0 * (llf_hat - llf[new])))
+            if sel.any() and after < cut and after - before < LEVEL_TOL * cut:
+                note = (f"the profile levels off below the cut-off: the likelihood-ratio statistic stays "
+                        f"at {after:.3g} < {cut:.3g} out to {to_x(u_hat[j] + side * 2.0 * reach):.6g}")
+                break
+        else:
+            keys, llf, good = curve()
+            sel = good & (side * (keys - u_hat[j]) > 0)
+            if not (sel.any() and np.max(2.0 * (llf_hat - llf[sel])) >= cut):
+                note = (f"the search stopped after {MAX_DOUBLINGS} doublings with the likelihood-ratio "
+                        "statistic still below the cut-off and rising: give a wider grid")
         keys, llf, good = curve()
         sel = good & (side * (keys - u_hat[j]) >= 0)
         ks, d = keys[sel], 2.0 * (llf_hat - llf[sel])
@@ -248,6 +286,7 @@ def profile(
             lo_b, hi_b = spec.bounds()
             ends.append(lo_b[j] if side < 0 else hi_b[j])
             open_ends.append(True)
+            notes.append(note)
             continue
         k = past[0]
         inside, outside = ks[k - 1] if k > 0 else u_hat[j], ks[k]
@@ -270,19 +309,57 @@ def profile(
         t = (target - r_in) / (r_out - r_in) if r_out > r_in else 1.0
         ends.append(x_in + t * (x_out - x_in))
         open_ends.append(False)
+        notes.append("")
 
     keys, llf, good = curve()
     xs = np.array([seen[k][0] for k in keys])
     status = np.array([seen[k][2] for k in keys], dtype=np.int32)
     values = xs[:, j]
     z = float(norm.ppf(1.0 - alpha / 2.0))
-    se = float(np.asarray(res.bse_flat)[j])
     higher = float(np.max(np.where(good, llf, -np.inf)) - llf_hat)
+    # an unbounded fit stopped short of its supremum: refits further out may be marginally higher
+    higher_bad = higher > HIGHER_TOL * (1.0 + abs(llf_hat)) and int(np.asarray(res.status_code)) != Status.UNBOUNDED
+    valid = not higher_bad and _at_maximum(res)
+    if higher_bad:
+        warnings.warn(
+            f"profile of {label}: a constrained refit found a log-likelihood {higher:.3g} above the fit's, "
+            "so the fit is not at the maximum and this interval is measured from the wrong level; "
+            "refit (ah.fit, from the best profile point: prof.params[np.nanargmax(prof.llf)]) and profile again",
+            InferenceWarning, stacklevel=2,
+        )
     return ProfileResult(
         name=label, index=j, estimate=float(x_hat[j]), llf_hat=llf_hat, values=values, llf=np.where(good, llf, np.nan),
         status_code=status, params=xs, interval=np.array(ends), open_ends=tuple(open_ends),
         wald=np.array([x_hat[j] - z * se, x_hat[j] + z * se]), alpha=float(alpha), higher_found=higher,
+        end_notes=tuple(notes), valid=valid,
     )
+
+
+#: a side of the search doubles its reach at most this often (2^12: four thousand times the
+#: first reach, ``span`` standard errors or the grid's)
+MAX_DOUBLINGS = 12
+#: a doubling that raises the likelihood-ratio statistic by less than this share of the
+#: cut-off, while below it, means the profile has levelled off: the end is open
+LEVEL_TOL = 1e-3
+#: a profile point above the fit's log-likelihood by more than this (relative to 1 + |llf|)
+#: shows the fit was not the maximum
+HIGHER_TOL = 1e-8
+
+
+def _at_maximum(res: FitResult) -> bool:
+    """The fit (or ``evaluate`` result) claims a maximum: no problem of a kind that says otherwise."""
+    # (an unbounded fit is fine: its log-likelihood is the supremum, approached along the ridge)
+    return not any(p.kind in ("not_converged", "saddle") for p in res.diagnostics.problems)
+
+
+def _warn_if_not_maximum(res: FitResult, label: str) -> None:
+    if not _at_maximum(res):
+        kinds = sorted({p.kind for p in res.diagnostics.problems})
+        warnings.warn(
+            f"profile of {label}: the result it is measured from is not a maximum ({', '.join(kinds)}; "
+            f"status {res.status}); a likelihood-ratio interval needs the maximum: refit with ah.fit first",
+            InferenceWarning, stacklevel=3,
+        )
 
 
 def _to_u(spec, x_hat: np.ndarray, j: int, v: float) -> float:

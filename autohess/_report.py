@@ -53,8 +53,10 @@ _SUGGEST = {
     "saddle": "this is not a maximum: restart from a point moved along that direction (or from "
     "several random starts); for mixtures, break the label symmetry (order the components)",
     "flat": "the data do not identify this combination here: reparameterise (estimate the "
-    "combination itself), fix or constrain one of the parameters, collect more data, or use a "
-    "profile likelihood or the bootstrap. If the fit stopped with status SINGULAR, the point may "
+    "combination itself), fix or constrain one of the parameters, or collect more data (where it "
+    "is only weakly identified, not exactly flat, a profile likelihood with grid=... shows how "
+    "far it extends; a bootstrap cannot help an exactly flat direction, its refits are as "
+    "singular). If the fit stopped with status SINGULAR, the point may "
     "also be a degenerate stationary point (e.g. two components merged) with a better optimum "
     "elsewhere: refit from other starting values",
     "boundary": "Wald standard errors and intervals are not valid at a boundary: use a "
@@ -263,7 +265,7 @@ class DiagnosticReport:
 
 def _fmt(v: float, width: int = 10) -> str:
     if not np.isfinite(v):
-        return f"{'nan':>{width}}"
+        return f"{'nan' if np.isnan(v) else ('inf' if v > 0 else '-inf'):>{width}}"
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
         return f"{v:>{width}.3e}"
     return f"{v:>{width}.4f}"
@@ -382,16 +384,16 @@ def profile_table(prof) -> str:
         f"{prof.name} = {_fmt(prof.estimate).strip()}: {level:.3g} intervals",
     )
     notes = []
-    for side, is_open in zip(("lower", "upper"), prof.open_ends):
+    for side, is_open, why in zip(("lower", "upper"), prof.open_ends, prof.end_notes):
         if is_open:
             notes.append(
-                f"the {side} end is open: within the searched range the profile log-likelihood never "
-                "falls chi2_1(1 - alpha)/2 below the maximum on that side (shown: the domain bound)"
+                f"the {side} end {'is open' if not why or 'levels off' in why else 'was not found'} "
+                f"(shown: the domain bound): {why or 'within the searched range the profile log-likelihood never falls chi2_1(1 - alpha)/2 below the maximum on that side'}"
             )
-    if prof.higher_found > 1e-6 * (1.0 + abs(prof.llf_hat)):
+    if not prof.valid:
         notes.append(
-            f"a constrained refit found a log-likelihood {prof.higher_found:.3g} above the fit's: "
-            "the fit is not at the maximum; refit from there"
+            f"NOT VALID: the fit is not at the maximum (a constrained refit found a log-likelihood "
+            f"{prof.higher_found:.3g} above the fit's, or the fit did not converge): refit and profile again"
         )
     failed = int(np.sum(prof.status_code != Status.CONVERGED))
     if failed:

@@ -362,7 +362,16 @@ def trust_region_newton(
             expanded, ok1 & (v1 < s.value), jnp.where(near, improves, rho > 1e-4)
         )
         znorm = jnp.linalg.norm(s.scale * s.step)
+        # A step cut short by the region whose predicted gain is below what f resolves, far from
+        # stationarity (an extreme start, e.g. a Poisson coefficient of 50: curvature exp(50),
+        # so one marginal SD is 1e-22): the trial says nothing, and shrinking the region further
+        # would stall. Widen it. (Near an optimum the gradient measure is at rounding level.)
+        blind = (~first & (znorm >= 0.99 * s.radius) & near
+                 & (s.decrement > 1e-6 * (1.0 + jnp.abs(s.value))))
         radius = jnp.where(
+            blind,
+            1e4 * s.radius,
+            jnp.where(
             first | expanded | (accept & near),
             s.radius,
             jnp.where(
@@ -370,7 +379,7 @@ def trust_region_newton(
                 0.25 * jnp.minimum(znorm, s.radius),
                 jnp.where((rho > 0.75) & (znorm > 0.99 * s.radius), 3.0 * s.radius, s.radius),
             ),
-        )
+        ))
         x = jnp.where(accept, s.x + s.step, s.x)
         value = jnp.where(accept, v1, s.value)
         grad = jnp.where(accept, g1, s.grad)
@@ -384,7 +393,7 @@ def trust_region_newton(
         resolution = 1.0 + jnp.abs(value)
         # Rounding floor: near the optimum and no step lowers the gradient measure, or the
         # region has shrunk below the resolution of x.
-        floor = ~first & (
+        floor = ~first & ~blind & (
             (near & ~accept) | (radius < 10 * eps * (1.0 + jnp.linalg.norm(D * x))) | (measure == 0)
         )
         at_optimum = pd & (0.5 * dec <= floor_tol * resolution)

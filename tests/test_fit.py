@@ -545,3 +545,20 @@ def test_clear_negative_curvature_away_from_a_stationary_point_is_not_flat():
         res = ah.evaluate(model, {"x": 0.0, "y": 0.0, "q": 3.0})
     kinds = [p.kind for p in res.diagnostics.problems]
     assert "flat" not in kinds and kinds.count("not_converged") == 2
+
+
+def test_extreme_starts_do_not_stall():
+    """Poisson from beta = (50, 50) or (0, 50): curvature ~exp(50), so one marginal standard
+    deviation is ~1e-22 and the first trust region could not move x; the solve used to stop
+    after 1-2 iterations as STALLED (review). It now widens such blind regions and reaches the
+    optimum of the default start (1e-10: both end at the rounding floor of a well-conditioned
+    2-parameter problem)."""
+    rng = np.random.default_rng(8)
+    X = np.column_stack([np.ones(50), rng.normal(size=50)])
+    y = rng.poisson(np.exp(0.3 + 0.5 * X[:, 1])).astype(float)
+    model = ah.models.poisson(X, y)
+    ref = ah.fit(model)
+    for start in ([50.0, 50.0], [0.0, 50.0]):
+        res = ah.fit(model, start={"beta": np.array(start)})
+        assert res.converged, (start, res.status)
+        np.testing.assert_allclose(np.asarray(res.params_flat), np.asarray(ref.params_flat), rtol=1e-10)

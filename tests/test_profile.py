@@ -113,3 +113,62 @@ def test_profile_bad_input(normal_fit):
         ah.profile(res, "sigma", grid=[-1.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="out of range"):
         ah.profile(res, 5)
+
+
+def _poisson_fit(**kw):
+    rng = np.random.default_rng(1)
+    X = np.column_stack([np.ones(40), rng.normal(size=40)])
+    y = rng.poisson(2.0, size=40).astype(float)
+    return ah.fit(ah.models.poisson(X, y), **kw)
+
+
+def test_user_grid_away_from_the_ends_still_finds_them():
+    """A grid of two close points near the estimate (spacing 0.005 against a Wald SE of 0.108)
+    stopped after four doublings and called the lower end open (review); the search now steps
+    in Wald standard errors and finds both ends, equal to the default search's (same
+    bracketing and interpolation: 1e-7 relative to the SE, as above)."""
+    res = _poisson_fit()
+    ref = ah.profile(res, "beta[0]").conf_int()
+    se = float(res.bse_flat[0])
+    for grid in ([0.74, 0.745], [0.1, 0.5]):
+        prof = ah.profile(res, "beta[0]", grid=grid)
+        assert prof.open_ends == (False, False)
+        np.testing.assert_allclose(prof.conf_int(), ref, atol=TOL * se)
+
+
+def test_profile_of_a_point_that_is_not_the_maximum_warns():
+    """maxiter=2 stops 37.6 log-likelihood units short: the interval measured from there is
+    wrong ([-0.06, inf) against [0.453, 0.752] in review); it is flagged, not silent."""
+    res = _poisson_fit(maxiter=2, warn=False)
+    with pytest.warns(ah.InferenceWarning) as record:
+        prof = ah.profile(res, "beta[1]")
+    text = " ".join(str(w.message) for w in record)
+    assert "not a maximum" in text and "found a log-likelihood" in text
+    assert not prof.valid and "NOT VALID" in str(prof) and prof.to_dict()["valid"] is False
+    good = ah.profile(_poisson_fit(), "beta[1]")
+    assert good.valid and good.higher_found <= 1e-8 * (1 + abs(good.llf_hat))
+
+
+def test_open_end_says_why_and_prints_inf():
+    """Separated logistic data: the slope's upper end is open because the profile levels off
+    (the log-likelihood approaches its supremum as the slope grows), and the table prints inf,
+    not nan."""
+    x = np.linspace(-2, 2, 30)
+    X = np.c_[np.ones(30), x]
+    with pytest.warns(ah.InferenceWarning):
+        sep = ah.fit(ah.models.logistic(X, (x > 0.1).astype(float)))
+    prof = ah.profile(sep, "beta[1]", grid=[1.0, 5.0])
+    assert prof.open_ends[1] and "levels off" in prof.end_notes[1]
+    assert np.isposinf(prof.conf_int()[1]) and "inf" in str(prof).split("\n")[3]
+    assert "upper end is open" in str(prof)
+
+
+def test_profile_grid_and_span_checked(normal_fit):
+    _, res = normal_fit
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        ah.profile(res, "beta[0]", grid=[0.5, 0.5])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ah.profile(res, "beta[0]", grid=[0.1, np.nan, 0.5])
+    for span in (0.0, -2.0, np.nan):
+        with pytest.raises(ValueError, match="span must be a positive"):
+            ah.profile(res, "beta[0]", span=span)
