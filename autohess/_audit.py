@@ -81,14 +81,14 @@ class StepSweep:
     """Error of a finite-difference Hessian against the exact one, over a grid of steps.
 
     ``errors[k]`` is the largest scaled error ``|C_ij - H_ij| / sqrt(|H_ii H_jj|)`` at
-    ``steps[k]`` (relative steps ``h_i = steps[k] * max(|x_i|, 1)`` unless ``relative=False``).
+    ``steps[k]`` (relative steps ``h_i = steps[k] * max(|x_i|, 1)``; see ``step_sweep``).
     Small steps lose to rounding (error ~ 1/h^2), large ones to truncation (~ h^2): the V.
     """
 
     steps: np.ndarray
     errors: np.ndarray
     method: str
-    relative: bool
+    relative: Any
 
     @property
     def best_step(self) -> float:
@@ -108,7 +108,7 @@ class StepSweep:
             _, ax = plt.subplots(figsize=(5, 3.5))
         ax.loglog(self.steps, self.errors, "o-")
         ax.axvline(self.best_step, color="grey", linestyle=":")
-        ax.set_xlabel("step h" + (" (relative)" if self.relative else ""))
+        ax.set_xlabel("step h" + {True: " (x max(|x_i|, 1))", False: "", "x": " (x |x_i|)"}[self.relative])
         ax.set_ylabel("max scaled error vs exact Hessian")
         ax.set_title(f"{self.method} finite differences")
         return ax
@@ -142,12 +142,19 @@ def step_sweep(
         target: JAX scalar function or ``ah.Model``; x: the point.
         steps: grid of steps (default ``10**-10 .. 10**-1``, 19 values).
         method: ``"central"``, ``"forward"`` or ``"richardson"``.
-        relative: ``h_i = step * max(|x_i|, 1)`` (default) or the same absolute step for all.
+        relative: ``h_i = step * max(|x_i|, 1)`` (``True``, default), the same absolute step for
+            all (``False``), or ``"x"``: ``h_i = step * |x_i|`` (1 where ``x_i = 0``), as
+            ``fd_hessian(step="relative")``; best where parameters are small by nature.
     """
+    if relative not in (True, False, "x"):
+        raise ValueError(f"relative must be True, False or 'x', got {relative!r}")
     grid = np.logspace(-10, -1, 19) if steps is None else np.asarray(steps, dtype=np.float64)
     exact = np.asarray(exact_hessian(target, x, check=False).matrix)
     flat = _flat_point(target, x)
-    scale = np.maximum(np.abs(flat), 1.0) if relative else np.ones_like(flat)
+    if relative == "x":
+        scale = np.where(flat != 0, np.abs(flat), 1.0)
+    else:
+        scale = np.maximum(np.abs(flat), 1.0) if relative else np.ones_like(flat)
     errors = []
     for h in grid:
         fd = np.asarray(fd_hessian(target, x, method=method, step=h * scale).matrix)
