@@ -7,6 +7,13 @@ likelihood non-finite gets status ``NONFINITE``, one that stops early ``MAX_ITER
 its neighbours are unaffected (``vmap`` runs every member's loop until the slowest finishes;
 finished members simply stop changing).
 
+Inputs that a single ``fit`` would refuse (non-finite data, data outside the model's
+``support``, negative or non-finite weights or weights that sum to 0, a start outside a
+parameter's domain) are found per member on the host before the run: such a member is not
+fitted (it starts from NaN, so its loop stops at once and holds up no one), its status is
+``NONFINITE`` (``Status`` has no code of its own for bad input) and ``BatchResult.status`` /
+``input_problems`` say what was wrong.
+
 The driver here (``run_members``) is shared by the bootstrap, the simulation study and the
 profile likelihood: it runs a per-member function over a leading batch axis in chunks of
 ``batch_size`` members (every chunk padded to the same size, so one compiled program serves
@@ -33,8 +40,10 @@ from ._fit import (
     FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _status_on_face, _unconstrained,
     _value_grad_hess_fn,
 )
-from ._model import Model
+from ._model import Model, describe_support_failure
+from ._params import _is_transform, _lists_to_arrays, element_labels
 from ._solver import Status, trust_region_newton
+from ._validation import _display_name
 
 __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size", "chunk_plan"]
 
@@ -54,6 +63,12 @@ class BatchResult:
     array and ``status`` a list of readable reasons, one per member. ``cov`` holds the
     covariances of the first requested ``cov_type``; ``cov_params(cov_type)`` any other one
     computed in the same run.
+
+    A member whose inputs a single ``fit`` would refuse (non-finite data, data outside the
+    model's ``support`` such as ``y = 2`` for a logistic model, negative / non-finite weights
+    or weights summing to 0, a start outside a parameter's domain) is not fitted: its
+    ``status_code`` is ``NONFINITE`` (``Status`` has no separate code for bad input), its
+    estimates are NaN, and ``status[i]`` / ``input_problems[i]`` name what was wrong.
     """
 
     params_flat: jax.Array
@@ -68,6 +83,10 @@ class BatchResult:
     model: Model
     cov_type: str
     cov_types: tuple
+    #: ``(B,)`` int: 0 where a member's inputs passed the checks, else ``k``: the member was not
+    #: fitted, ``input_messages[k - 1]`` says why (None: no checks made, e.g. bootstrap)
+    input_code: Any = None
+    input_messages: tuple = ()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -82,7 +101,19 @@ class BatchResult:
 
     @property
     def status(self) -> list[str]:
-        return [Status(int(c)).message for c in np.asarray(self.status_code)]
+        """One readable reason per member; for a member refused before fitting, what was wrong."""
+        out = [Status(int(c)).message for c in np.asarray(self.status_code)]
+        for i, problem in enumerate(self.input_problems):
+            if problem is not None:
+                out[i] = f"failed: not fitted, its input is not valid: {problem}"
+        return out
+
+    @property
+    def input_problems(self) -> list[Optional[str]]:
+        """Per member: ``None``, or why its inputs were refused (the member was not fitted)."""
+        if self.input_code is None:
+            return [None] * len(self)
+        return [self.input_messages[k - 1] if k else None for k in np.asarray(self.input_code).tolist()]
 
     @property
     def usable(self) -> np.ndarray:
@@ -121,7 +152,8 @@ class BatchResult:
         """Member ``i`` as a ``FitResult``: ``summary()``, ``diagnostics`` in words, intervals.
 
         Its ``model`` is the batch's model, whose data are the template, not member ``i``'s
-        (for data batches): use it for reports, not to refit.
+        (for data batches): use it for reports, not to refit. For a member refused before
+        fitting, ``status`` is the generic ``NONFINITE`` text: ``input_problems[i]`` says why.
         """
         i = int(i)
         if not -len(self) <= i < len(self):
@@ -146,9 +178,12 @@ class BatchResult:
         return f"BatchResult({self.model.name!r}, B={len(self)}, converged={int(self.converged.sum())}/{len(self)})"
 
 
-_DATA_FIELDS = ["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data", "other_cov"]
+_DATA_FIELDS = [
+    "params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data",
+    "other_cov", "input_code",
+]
 jax.tree_util.register_dataclass(
-    BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types"]
+    BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types", "input_messages"]
 )
 
 
@@ -355,6 +390,115 @@ def _batch_data(model: Model, data: Any) -> tuple[Any, int]:
     return treedef.unflatten(out), sizes.pop()
 
 
+def _batch_start(model: Model, start: Any) -> tuple[Any, bool, Optional[int]]:
+    """``(params, batched, B)`` from ``fit_batch``'s ``start``.
+
+    Each parameter is either its declared shape (one start shared by every member) or that
+    shape with a leading batch axis (one row per member); shared parameters are broadcast when
+    others are batched. Names and shapes are static mistakes and raise, naming the parameter
+    and both accepted shapes. A shared start outside its domain raises as in ``fit``; a batched
+    start outside it is that member's problem (see ``_input_problems``).
+    """
+    if start is None:
+        return model.init_params, False, None
+    spec = model.spec
+    leaves, treedef = jax.tree_util.tree_flatten(_lists_to_arrays(start), is_leaf=_is_transform)
+    if treedef != spec.treedef:
+        spec.check_structure(start, "start")  # raises, naming unknown / missing parameters
+        raise ValueError(f"start has structure {treedef}, the model's parameters {spec.treedef}")
+    leaves = [leaf.init if _is_transform(leaf) else leaf for leaf in leaves]
+    sizes = {}
+    for name, declared, leaf in zip(spec.names, spec.shapes, leaves):
+        shape = tuple(np.shape(leaf))
+        if shape == declared:
+            continue
+        if shape[1:] == declared and len(shape) == len(declared) + 1:
+            sizes[name] = shape[0]
+            continue
+        batched = "(B" + "".join(f", {d}" for d in declared) + (")" if declared else ",)")
+        raise ValueError(
+            f"start: parameter {name!r} has shape {shape}; expected {declared} (one start shared by "
+            f"every member) or {batched} (one row per member)"
+        )
+    if not sizes:
+        params = _model_params(model, start, "start")
+        spec.check_domain(params, "start")
+        return params, False, None
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"start: the batched parameters disagree on the batch size B: {sizes}")
+    b = next(iter(sizes.values()))
+    params = treedef.unflatten(
+        [jnp.broadcast_to(jnp.asarray(leaf, model.dtype), (b,) + d) for leaf, d in zip(leaves, spec.shapes)]
+    )
+    return params, True, b
+
+
+def _input_problems(
+    model: Model, data: Any, data_batched: bool, weights: Optional[jax.Array], params: Any, params_batched: bool,
+    size: int,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per member, what a single ``fit`` would refuse: ``(codes, messages)``, ``codes[i] = 0``
+    when member ``i`` is fine, else ``k`` with ``messages[k - 1]`` the reason (members with the
+    same reason share a code).
+
+    Checked on the host, before the compiled run: non-finite data, the model's ``support`` hook
+    (only for members whose data are finite), non-finite / negative weights or weights that sum
+    to 0, batched starts outside their parameter's domain.
+    """
+    problems: list[list[str]] = [[] for _ in range(size)]
+    if data_batched:
+        finite_members = np.ones(size, bool)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
+            leaf = np.asarray(leaf)  # no copy on the CPU (and numpy compiles nothing per shape)
+            rows = np.isfinite(leaf.reshape(size, -1)).all(axis=1)
+            for b in np.flatnonzero(~rows):
+                host = leaf[b]
+                finite = np.isfinite(host)
+                n_nan = int(np.isnan(host).sum())
+                n_inf = int(host.size - finite.sum() - n_nan)
+                first = np.unravel_index(int(np.argmin(finite.reshape(-1))), host.shape)
+                first_txt = int(first[0]) if len(first) == 1 else tuple(int(i) for i in first)
+                problems[b].append(
+                    f"{_display_name('data_batch', path)} has {n_nan} NaN and {n_inf} infinite entries "
+                    f"(not finite; first at index {first_txt})"
+                )
+            finite_members &= rows
+        if model.support_fn is not None:
+            for cond, ok in model.support_masks(data).items():
+                fails = finite_members & ~ok.reshape(size, -1).all(axis=1)
+                for b in np.flatnonzero(fails):
+                    problems[b].append(f"data outside the model's support: {describe_support_failure(cond, ok[b])}")
+    if weights is not None:
+        w = np.asarray(weights)
+        bad = ~np.isfinite(w) | (w < 0)
+        for b in np.flatnonzero(bad.any(axis=1)):
+            n_bad = int((~np.isfinite(w[b])).sum())
+            problems[b].append(
+                f"weights must be finite and non-negative; got {n_bad} non-finite and "
+                f"{int((w[b] < 0).sum())} negative entries (first at observation {int(np.argmax(bad[b]))})"
+            )
+        for b in np.flatnonzero(~bad.any(axis=1) & (w.sum(axis=1) == 0)):
+            problems[b].append("weights sum to 0: no observation is in the sample")
+    if params_batched:
+        spec = model.spec
+        for name, shape, t, leaf in zip(spec.names, spec.shapes, spec.transforms, jax.tree_util.tree_leaves(params)):
+            arr = np.asarray(leaf, np.float64).reshape(size, -1)
+            ok = np.asarray(t.in_domain(arr)).reshape(size, -1)
+            for b in np.flatnonzero(~ok.all(axis=1)):
+                labels = element_labels(name, shape)
+                bad = [f"{lab}={v!r}" for lab, v, g in zip(labels, arr[b].tolist(), ok[b]) if not g]
+                shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                problems[b].append(
+                    f"start of parameter {name!r} is outside the domain {t.domain} of {type(t).__name__}: {shown}"
+                )
+    codes = np.zeros(size, np.int32)
+    messages: dict[str, int] = {}
+    for b, found in enumerate(problems):
+        if found:
+            codes[b] = messages.setdefault("; ".join(found), len(messages) + 1)
+    return codes, tuple(messages)
+
+
 def check_cov_types(model: Model, cov_type: Any) -> tuple[str, ...]:
     """Normalise ``cov_type`` (a name or a sequence of names) for batched fits."""
     cov_types = (cov_type,) if isinstance(cov_type, str) else tuple(cov_type)
@@ -395,7 +539,8 @@ def fit_batch(
         data_batch: pytree like ``model.data`` with a leading batch axis ``B`` (default: the
             model's own data for every member).
         weights: ``(B, N)`` non-negative frequency weights (bootstrap without copying data).
-        start: starting parameters: like the model's (shared) or with a leading batch axis.
+        start: starting parameters: each parameter in its declared shape (shared by every
+            member) or with a leading batch axis ``B`` (one start per member).
         cov_type: ``"hessian"``, ``"opg"`` or ``"robust"``, or a sequence of them (all are
             computed in the same run; ``cov_params(name)`` returns each).
         maxiter: iteration limit per member.
@@ -407,7 +552,12 @@ def fit_batch(
             when there are several.
 
     Returns:
-        ``BatchResult``. Never raises for a bad member: see ``status``.
+        ``BatchResult``. Never raises for a bad member: see ``status``. A member whose inputs
+        a single ``fit`` would refuse (non-finite data, data outside the model's ``support``,
+        negative / non-finite weights or weights summing to 0, a start outside a parameter's
+        domain) is not fitted: status ``NONFINITE``, NaN estimates, and ``status[i]`` /
+        ``input_problems[i]`` say what was wrong. Shapes and names are static mistakes and
+        raise ``ValueError``.
 
     Example:
         >>> bres = ah.fit_batch(model, {"X": Xs, "y": ys})   # Xs: (B, N, p), ys: (B, N)
@@ -430,33 +580,33 @@ def fit_batch(
         if not model.per_observation or w.ndim != 2 or w.shape[1] != model.nobs:
             raise ValueError(f"weights has shape {tuple(w.shape)}, expected (B, {model.nobs})")
         sizes.append(w.shape[0])
-    if start is None:
-        params, params_batched = model.init_params, False
-    else:
-        ref = jax.tree_util.tree_leaves(model.init_params)
-        leaves = jax.tree_util.tree_leaves(start)
-        params_batched = len(leaves) == len(ref) and all(np.ndim(a) == r.ndim + 1 for a, r in zip(leaves, ref))
-        if params_batched:
-            params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, model.dtype), start)
-            sizes.append(int(np.shape(leaves[0])[0]))
-        else:
-            params = _model_params(model, start, "start")
+    params, params_batched, b_start = _batch_start(model, start)
+    if params_batched:
+        sizes.append(b_start)
     if not sizes:
         raise ValueError("fit_batch needs something batched: data_batch, weights (B, N) or a batched start")
     if len(set(sizes)) != 1:
         raise ValueError(f"batch sizes disagree: {sizes}")
+    codes, messages = _input_problems(model, data, data_batched, w, params, params_batched, sizes[0])
     one = member_fit(model, cov_types, maxiter)
     flags = (params_batched, data_batched, w is not None)
 
     def member(b, s):
         pick = lambda flag, name: b[name] if flag else s[name]  # noqa: E731
-        return one(pick(flags[0], "params"), pick(flags[1], "data"), pick(flags[2], "weights"))
+        # a member refused on the host starts from NaN: its loop stops at the first test, its
+        # outputs are NaN, and it holds up none of its neighbours (vmap runs to the slowest)
+        start_i = jax.tree_util.tree_map(lambda a: jnp.where(b["ok"], a, jnp.nan), pick(flags[0], "params"))
+        out = one(start_i, pick(flags[1], "data"), pick(flags[2], "weights"))
+        status = jnp.where(b["ok"], out[5], Status.NONFINITE).astype(jnp.int32)
+        return out[:5] + (status,) + out[6:]
 
     inputs = {"params": params, "data": data, "weights": w}
     batched = {k: v for k, v, f in zip(inputs, inputs.values(), flags) if f}
+    batched["ok"] = jnp.asarray(codes == 0)
     shared = {k: v for k, v, f in zip(inputs, inputs.values(), flags) if not f}
     out = run_members(
         member, batched, shared, sizes[0], model=model, key=(cov_types, maxiter, flags),
         batch_size=batch_size, progress=progress, label="fit_batch", shard=shard,
     )
-    return result_from_outputs(model, cov_types, out)
+    result = result_from_outputs(model, cov_types, out)
+    return dataclasses.replace(result, input_code=jnp.asarray(codes), input_messages=messages)

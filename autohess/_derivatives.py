@@ -142,6 +142,11 @@ def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
             f"weights must be finite and non-negative; got {int(np.sum(~np.isfinite(w)))} non-finite "
             f"and {int(np.sum(w < 0))} negative entries"
         )
+    if not np.any(w > 0):
+        raise ValueError(
+            f"weights sum to 0: no observation is in the sample (all {w.size} weights are 0); "
+            "give at least one observation a positive weight"
+        )
     return jnp.asarray(w, model.dtype)
 
 

@@ -20,6 +20,7 @@ from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_
 from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
+from ._params import Labels, element_labels, path_name
 from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
@@ -412,7 +413,21 @@ def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
         )
     if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
         raise ValueError("groups contains NaN or infinite cluster ids")
-    _, codes = np.unique(g, return_inverse=True)
+    if g.dtype.kind == "O":
+        missing = np.flatnonzero(np.array([v is None or (isinstance(v, float) and not np.isfinite(v)) for v in g]))
+        if missing.size:
+            raise ValueError(
+                f"groups contains {missing.size} missing cluster ids (None or NaN; first at observation "
+                f"{missing[0]}): give every observation a cluster id"
+            )
+    try:
+        _, codes = np.unique(g, return_inverse=True)
+    except TypeError as err:
+        kinds = sorted({type(v).__name__ for v in g.reshape(-1)})
+        raise ValueError(
+            f"groups: cluster ids must be numbers or strings of one type that can be sorted; got "
+            f"{', '.join(kinds)} ({err})"
+        ) from None
     n_groups = int(codes.max()) + 1
     if n_groups < 2:
         raise ValueError("cluster-robust covariance needs at least 2 clusters; groups has 1")
@@ -595,11 +610,17 @@ def evaluate(
 # ------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class DeltaResult:
-    """A derived quantity ``g(params)`` with its delta-method covariance ``J V J'``."""
+    """A derived quantity ``g(params)`` with its delta-method covariance ``J V J'``.
+
+    ``labels`` names the entries of ``value`` when ``fn`` returned a pytree (a dict, list or
+    tuple: flattened to one vector in pytree order, ``"a"``, ``"b[0]"``, ...); ``None`` when it
+    returned one array (``value`` keeps that array's shape).
+    """
 
     value: jax.Array
     cov: jax.Array
     jacobian: jax.Array
+    labels: Optional[tuple] = None
 
     @property
     def se(self) -> jax.Array:
@@ -618,7 +639,7 @@ class DeltaResult:
         return jnp.stack([self.value - z * self.se, self.value + z * self.se], axis=-1)
 
 
-jax.tree_util.register_dataclass(DeltaResult, data_fields=["value", "cov", "jacobian"], meta_fields=[])
+jax.tree_util.register_dataclass(DeltaResult, data_fields=["value", "cov", "jacobian"], meta_fields=["labels"])
 
 
 def _sandwich_nan_aware(J: jax.Array, V: jax.Array) -> jax.Array:
@@ -650,12 +671,58 @@ def _estimable_outputs(J: jax.Array, hess: jax.Array, d: Diagnostics, cov: jax.A
     return jnp.where(use, cov_e, cov)
 
 
+_ARRAY_OUTPUTS = (jax.Array, np.ndarray, np.generic, int, float)
+
+
+def _delta_output(fn: Callable, params: Any, names: tuple) -> tuple[Callable, jax.Array, Optional[tuple]]:
+    """``(flatten, value, labels)`` for ``fn``'s output at ``params`` (concrete values).
+
+    One array keeps its shape (``labels`` None); a pytree of arrays (dict, list, tuple) is
+    flattened to one vector in pytree order and labelled like parameters (``"a"``, ``"b[1]"``).
+    """
+    try:
+        out = fn(params)
+    except KeyError as err:
+        raise KeyError(f"fn looked up {err} in the parameters; their names are {list(names)}") from err
+    if isinstance(out, _ARRAY_OUTPUTS):
+        value = jnp.asarray(out)
+        flatten, labels = (lambda o: jnp.ravel(jnp.asarray(o))), None  # noqa: E731
+    else:
+        with_path = jax.tree_util.tree_flatten_with_path(out)[0]
+        if not with_path:
+            raise TypeError(
+                f"fn returned {out!r}, which holds no arrays: return a scalar, an array or a pytree of them"
+            )
+        labels = []
+        for path, leaf in with_path:
+            name = path_name(path, "g")
+            if not isinstance(leaf, _ARRAY_OUTPUTS) or not np.issubdtype(np.asarray(leaf).dtype, np.number):
+                raise TypeError(
+                    f"fn returned {type(leaf).__name__} at {name!r}: every output must be numeric (an array or a number)"
+                )
+            labels.extend(element_labels(name, tuple(np.shape(leaf))))
+        labels = Labels(labels)
+
+        def flatten(o):
+            return jnp.concatenate([jnp.ravel(jnp.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(o)])
+
+        value = flatten(out)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(
+            f"fn must return floating values (the delta method differentiates them); got dtype {value.dtype} "
+            f"(shape {value.shape})"
+        )
+    return flatten, value, labels
+
+
 def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     """Standard errors of ``fn(params)`` by the delta method, ``Var = J V J'``.
 
     Args:
-        result: a ``FitResult``.
-        fn: JAX function of the natural-scale parameter pytree, returning a scalar or array.
+        result: a ``FitResult`` (for a ``BatchResult``, use ``bres.member(i)``).
+        fn: function of the natural-scale parameter pytree written in ``jax.numpy``,
+            returning a scalar, an array, or a pytree of them (a dict, list or tuple: flattened
+            to one vector, its entries named in ``labels``).
 
     Returns:
         ``DeltaResult`` with ``value``, ``se``, ``cov`` (flattened output), ``conf_int()``.
@@ -669,10 +736,26 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     Example:
         >>> ah.delta_method(res, lambda p: p["beta"][1] / p["beta"][2]).se
     """
+    if not isinstance(result, FitResult):
+        if type(result).__name__ == "BatchResult":
+            raise TypeError(
+                f"delta_method needs a FitResult (one fit), got a BatchResult of {len(result)} members: "
+                "apply it to one member at a time, ah.delta_method(bres.member(i), fn)"
+            )
+        raise TypeError(f"delta_method needs a FitResult (from ah.fit), got {type(result).__name__}")
+    if not callable(fn):
+        raise TypeError(f"fn must be a function of the parameter pytree, fn(params), got {type(fn).__name__}")
     spec = result.model.spec
-    flat_fn = lambda t: jnp.ravel(jnp.asarray(fn(spec.unflatten(t))))  # noqa: E731
-    value = jnp.asarray(fn(spec.unflatten(result.params_flat)))
-    J = jax.jacfwd(flat_fn)(result.params_flat)
+    flatten, value, labels = _delta_output(fn, spec.unflatten(result.params_flat), spec.names)
+    flat_fn = lambda t: flatten(fn(spec.unflatten(t)))  # noqa: E731
+    try:
+        J = jax.jacfwd(flat_fn)(result.params_flat)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
+        raise TypeError(
+            f"fn is not traceable by JAX ({type(err).__name__}): write it with jax.numpy (jnp.log, "
+            "jnp.exp, ...) instead of numpy, and use jnp.where instead of Python `if` on parameter "
+            "values"
+        ) from err
     # A NaN covariance entry (a flat direction, a boundary) reaches exactly the outputs whose
     # linearisation involves it: J V J' is formed with NaN read as 0, and (i, j) is set back to
     # NaN where sum_kl |J_ik| [V_kl is NaN] |J_jl| > 0. Plain J V J' would spread one NaN
@@ -683,4 +766,4 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
         cov = _estimable_outputs(J, result.hessian_matrix, d, cov)
     if value.ndim == 0:
         cov = cov.reshape(())
-    return DeltaResult(value=value, cov=cov, jacobian=J)
+    return DeltaResult(value=value, cov=cov, jacobian=J, labels=labels)

@@ -38,6 +38,15 @@ class Model:
             Hessians refuse them. autohess also checks this on first chunked use.
         simulate: optional ``simulate(key, params, data) -> data`` drawing a new data set of
             the same structure from the model at ``params`` (used by parametric bootstrap).
+        support: optional ``support(data)`` written in ``jax.numpy`` saying which data the
+            likelihood is defined for: a boolean array, ``True`` where an observation is valid
+            (shape ``(N,)``; a scalar for a property of the whole data set), or a dict
+            ``{"y must be 0 or 1": array, ...}`` whose keys name each condition. Use it for
+            derived data leaves too (``log_y_factorial`` must equal ``gammaln(y + 1)``). The
+            constructor raises ``ValueError`` for data that fail it; ``fit_batch`` evaluates
+            it for every member of a data batch, and a failing member gets status
+            ``NONFINITE`` with the failed condition in ``BatchResult.status`` (not an
+            exception for the whole batch). The zoo's models declare theirs.
         hessian_mode: how the exact Hessian is formed: ``"fwd-rev"`` (forward-over-reverse,
             the default: one reverse pass, ``p`` forward tangents), ``"rev-rev"`` (reverse-
             over-reverse; on CPU it lays the ``p`` directions out as the major axis, which
@@ -69,11 +78,14 @@ class Model:
         simulate: Optional[Callable[..., Any]] = None,
         hessian_mode: str = "fwd-rev",
         name: Optional[str] = None,
+        support: Optional[Callable[[Any], Any]] = None,
     ):
         if not callable(loglik):
             raise TypeError(f"loglik must be a function loglik(params, data), got {type(loglik).__name__}")
         if hessian_mode not in HESSIAN_MODES:
             raise ValueError(f"hessian_mode must be one of {HESSIAN_MODES}, got {hessian_mode!r}")
+        if support is not None and not callable(support):
+            raise TypeError(f"support must be a function support(data), got {type(support).__name__}")
         self.spec = ParamSpec(params, root="theta")
         self.dtype = choose_dtype(data, [t.init for t in self.spec.transforms])
         if self.dtype == np.float32:
@@ -82,6 +94,7 @@ class Model:
         self.per_observation = bool(per_observation)
         self.independent = bool(independent) and self.per_observation
         self.simulate_fn = simulate
+        self.support_fn = support
         self.hessian_mode = hessian_mode
         self.name = name or getattr(loglik, "__name__", "model")
         self._loglik = loglik
@@ -91,6 +104,7 @@ class Model:
         self._compiled: dict = {}
         self.init_params = self.spec.init_tree(self.dtype)
         self.nobs = self._check_output()
+        self._check_support()
         self._check_finite_at(self.init_params, "initial parameters")
 
     # -- public views ------------------------------------------------------------------------
@@ -153,6 +167,7 @@ class Model:
             simulate=self.simulate_fn,
             hessian_mode=self.hessian_mode,
             name=self.name,
+            support=self.support_fn,
         )
 
     # -- traced building blocks ------------------------------------------------------------------
@@ -210,6 +225,38 @@ class Model:
             )
         return None
 
+    def _check_support(self) -> None:
+        if self.support_fn is None:
+            return
+        # evaluated as fit_batch does (compiled, vmap over a batch of one), so a hook that JAX
+        # cannot trace is refused here rather than at the first batch
+        one = jax.tree_util.tree_map(lambda a: a[None], self.data)
+        masks = self.support_masks(one)
+        failures = [text for text in (describe_support_failure(c, ok[0]) for c, ok in masks.items()) if text]
+        if failures:
+            raise ValueError(f"{self.name}: the data fail the model's support check: " + "; ".join(failures))
+
+    def support_masks(self, data_batch: Any) -> dict:
+        """``{condition: (B, ...) boolean numpy array}``: the ``support`` hook ``vmap``-ed over
+        the leading (batch) axis of ``data_batch``, compiled once per model and data shape (the
+        Poisson hook measured 60 ms to compile on a 2-core CPU, 0.4 s run op by op)."""
+        fn = self.support_fn
+        program = self._jitted(("support", fn), lambda: jax.jit(jax.vmap(fn)))
+        try:
+            out = program(data_batch)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
+            raise TypeError(
+                f"support is not traceable by JAX ({type(err).__name__}): write it with jax.numpy (jnp)"
+            ) from err
+        named = out if isinstance(out, dict) else {"data inside the model's support": out}
+        masks = {}
+        for cond, ok in named.items():
+            arr = np.asarray(ok)
+            if arr.dtype != np.bool_:
+                raise TypeError(f"support must return booleans (True = valid); {cond!r} has dtype {arr.dtype}")
+            masks[str(cond)] = arr
+        return masks
+
     def _check_finite_at(self, params: Any, what: str) -> None:
         contrib = np.asarray(self.contributions(params))
         finite = np.isfinite(contrib)
@@ -224,6 +271,19 @@ class Model:
             f"log-likelihood is not finite at the {what} ({self.spec.describe(flat)}){where}. "
             "Choose starting values inside the support of the model, or check the data."
         )
+
+
+def describe_support_failure(cond: str, ok: np.ndarray) -> Optional[str]:
+    """``None`` when every entry of ``ok`` holds, else ``cond`` with the count and first index."""
+    ok = np.asarray(ok)
+    if ok.all():
+        return None
+    if ok.ndim == 0:
+        return cond
+    bad = np.flatnonzero(~ok.reshape(-1))
+    first = np.unravel_index(int(bad[0]), ok.shape)
+    first_txt = int(first[0]) if ok.ndim == 1 else tuple(int(i) for i in first)
+    return f"{cond}: {bad.size} of {ok.size} observations fail (first at index {first_txt})"
 
 
 def _flat_named(tree: Any) -> dict:

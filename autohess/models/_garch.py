@@ -14,6 +14,7 @@ from jax.scipy.special import gammaln
 from .._model import Model
 from .._recurrence import linear_recurrence
 from .._transforms import Interval, Positive
+from ._checks import with_support
 
 __all__ = ["garch11", "garch11_loglik", "garch11_variance"]
 
@@ -73,6 +74,12 @@ def _garch_simulate(key, params, data, *, dist: str, recursion: str = "scan", bu
     return {**data, "y": params["mu"] + (jnp.sqrt(h) * z)[burn:]}
 
 
+def _garch_support(data):
+    """The constructor's variance check as a ``Model(support=)`` hook (one flag per series)."""
+    y = data["y"]
+    return {"y must vary (a constant series has no volatility to model)": jnp.any(y != y[0])}
+
+
 def garch11(
     y: Any,
     *,
@@ -116,7 +123,7 @@ def garch11(
     }
     if dist == "t":
         params["nu"] = Interval(2.0, 500.0, nu)
-    return Model(
+    model = Model(
         functools.partial(garch11_loglik, dist=dist, recursion=recursion),
         {"y": y},
         params,
@@ -125,3 +132,4 @@ def garch11(
         hessian_mode=hessian_mode,
         name=f"garch11_{dist}",
     )
+    return with_support(model, _garch_support)

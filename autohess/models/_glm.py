@@ -11,7 +11,7 @@ from jax.scipy.special import gammaln
 
 from .._model import Model
 from .._transforms import Positive
-from ._checks import coef, design, support, vector
+from ._checks import coef, design, support, vector, with_support
 
 __all__ = [
     "logistic",
@@ -59,6 +59,40 @@ def _offset(offset: Optional[Any], n: int, model: str) -> np.ndarray:
     return vector(offset, n, model, "offset", "one per observation")
 
 
+# -- support hooks (``Model(support=)``): the constructors' checks, in jax.numpy, so that
+# ``fit_batch`` can apply them to every member of a data batch --------------------------------
+def _binary_support(data):
+    y = data["y"]
+    return {"y must be 0 or 1": (y == 0) | (y == 1)}
+
+
+def _is_count(y):
+    return (y >= 0) & (y == jnp.round(y))
+
+
+def _count_support(data):
+    return {"y must be non-negative integer counts": _is_count(data["y"])}
+
+
+#: a supplied ``log_y_factorial`` must equal ``gammaln(y + 1)`` to this many units in the last
+#: place (relative, 2.2e-12 in float64): gammaln implementations (scipy, jax, math.lgamma)
+#: agree to a few ulps, and a difference below this moves the log-likelihood by less than that
+#: fraction, whereas a wrong derived leaf (zeros, ``gammaln(y)``) is off by O(1)
+LOG_Y_FACTORIAL_ULPS = 1e4
+
+
+def _poisson_support(data):
+    y, lyf = data["y"], data["log_y_factorial"]
+    counts = _is_count(y)
+    exact = gammaln(jnp.where(counts, y, 0.0) + 1.0)
+    tol = LOG_Y_FACTORIAL_ULPS * jnp.finfo(lyf.dtype).eps * (1.0 + jnp.abs(exact))
+    return {
+        "y must be non-negative integer counts": counts,
+        # only judged where y is a count (elsewhere the condition above already fails)
+        "log_y_factorial must equal gammaln(y + 1)": ~counts | (jnp.abs(lyf - exact) <= tol),
+    }
+
+
 # -- logistic -----------------------------------------------------------------------------------
 def logistic_loglik(params, data):
     """``y*eta - log(1 + exp(eta))`` per observation, ``eta = X @ beta + offset``."""
@@ -82,10 +116,10 @@ def logistic(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any
     X, y = design(X, y, "logistic")
     support(y, (y == 0) | (y == 1), "logistic", "y", "0 or 1")
     data = {"X": X, "y": y, "offset": _offset(offset, len(y), "logistic")}
-    return Model(
+    return with_support(Model(
         logistic_loglik, data, {"beta": coef(beta, X.shape[1], "logistic")},
         simulate=_logistic_simulate, name="logistic", hessian_mode=_GLM_MODE,
-    )
+    ), _binary_support)
 
 
 # -- Poisson -------------------------------------------------------------------------------------
@@ -107,7 +141,13 @@ def _check_counts(y: np.ndarray, model: str) -> None:
 
 
 def poisson(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any] = None) -> Model:
-    """Poisson regression with log link (``offset`` = log exposure), parameters ``{"beta"}``."""
+    """Poisson regression with log link (``offset`` = log exposure), parameters ``{"beta"}``.
+
+    Its data are ``{"X", "y", "offset", "log_y_factorial"}``; ``log_y_factorial`` is
+    ``gammaln(y + 1)``, computed once here. A ``fit_batch`` data batch must supply it too
+    (``jax.scipy.special.gammaln(ys + 1)``): a member whose values disagree with its ``y`` (or
+    whose ``y`` are not counts) gets status ``NONFINITE`` with the reason in ``status``.
+    """
     X, y = design(X, y, "poisson")
     _check_counts(y, "poisson")
     data = {
@@ -117,10 +157,10 @@ def poisson(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any]
         # log(y!) does not depend on the parameters: computed once here, not in every call.
         "log_y_factorial": np.asarray(gammaln(np.asarray(y, np.float64) + 1.0)),
     }
-    return Model(
+    return with_support(Model(
         poisson_loglik, data, {"beta": coef(beta, X.shape[1], "poisson")},
         simulate=_poisson_simulate, name="poisson", hessian_mode=_GLM_MODE,
-    )
+    ), _poisson_support)
 
 
 # -- negative binomial (NB2) -----------------------------------------------------------------
@@ -189,10 +229,10 @@ def negative_binomial(
     _check_counts(y, "negative_binomial")
     data = {"X": X, "y": y, "offset": _offset(offset, len(y), "negative_binomial")}
     params = {"beta": coef(beta, X.shape[1], "negative_binomial"), "alpha": Positive(alpha)}
-    return Model(
+    return with_support(Model(
         negative_binomial_loglik, data, params,
         simulate=_negative_binomial_simulate, name="negative_binomial",
-    )
+    ), _count_support)
 
 
 # -- normal linear regression ----------------------------------------------------------------

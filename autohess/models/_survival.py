@@ -10,7 +10,7 @@ import numpy as np
 
 from .._model import Model
 from .._transforms import Positive
-from ._checks import coef, design, support
+from ._checks import coef, design, support, with_support
 
 __all__ = ["weibull", "weibull_loglik"]
 
@@ -28,6 +28,12 @@ def weibull_loglik(params, data):
     log_t = jnp.log(data["time"])
     z = k * (log_t - log_lam)  # log((t/lambda)^k), kept on the log scale until exp
     return data["event"] * (jnp.log(k) - log_t + z) - jnp.exp(z)
+
+
+def _weibull_support(data):
+    """The constructor's checks as a ``Model(support=)`` hook (applied to ``fit_batch`` members)."""
+    d = data["event"]
+    return {"time must be positive": data["time"] > 0, "event must be 0 or 1": (d == 0) | (d == 1)}
 
 
 def _weibull_simulate(key, params, data):
@@ -69,8 +75,8 @@ def weibull(
         if c.shape != t.shape:
             raise ValueError(f"weibull: censor_time has shape {c.shape}, time has {t.shape}")
     data = {"X": X, "time": t, "event": d, "censor_time": c}
-    return Model(
+    return with_support(Model(
         weibull_loglik, data,
         {"beta": coef(beta, X.shape[1], "weibull"), "shape": Positive(shape)},
         simulate=_weibull_simulate, name="weibull",
-    )
+    ), _weibull_support)
