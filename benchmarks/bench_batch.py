@@ -69,6 +69,9 @@ autohess 9c03404 (solver that stops at a 1e-12 Newton step and lengthens ridge s
   and new in fresh processes: logistic B=2000 283-291 vs 297-311 us per fit (the escape
   test's eigendecomposition now runs for every member: a vmapped ``cond`` is a select);
   GARCH-t parametric B=400 7.7-8.2 vs 7.7-7.9 ms (no difference beyond noise).
+* Re-run at 478951d (trust region widens "blind" regions at extreme starts; results/batch.json):
+  logistic 300 us per fit (68x), GARCH-t scan 6.6 ms (max 23 iterations), associative
+  15.2 ms: within this VM's run-to-run drift of the previous run.
 
 See benchmarks/README.md for how to run and read these numbers.
 """
