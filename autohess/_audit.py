@@ -53,6 +53,7 @@ from ._diagnostics import AFFECTED_LOADING, FLAT_CONDITION
 from ._finite_diff import FDHessian, fd_hessian
 from ._model import Model
 from ._report import curvature_allowance, format_direction
+from ._validation import UNTRACEABLE, not_traceable
 
 __all__ = ["CAUSES", "CandidateAudit", "AuditReport", "audit", "audit_scipy", "StepSweep", "step_sweep"]
 
@@ -837,11 +838,8 @@ def audit(
             target, x = _unconstrained_target(model, x)
         exact_h = exact_hessian(target, x, check=False)
         grad = np.asarray(exact_gradient(target, x), dtype=np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
-        raise TypeError(
-            "audit needs the objective written in JAX (jax.numpy instead of numpy) so that it can "
-            f"differentiate it exactly: {type(err).__name__}"
-        ) from err
+    except UNTRACEABLE as err:
+        raise not_traceable("the audited objective", err) from err
     exact = np.asarray(exact_h.matrix, dtype=np.float64)
     if model is None or scale == "natural":
         labels = exact_h.labels

@@ -22,6 +22,7 @@ from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnos
 from ._model import Model
 from ._params import Labels, element_labels, path_name
 from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
+from ._validation import UNTRACEABLE, not_traceable
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
 
@@ -750,12 +751,8 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     flat_fn = lambda t: flatten(fn(spec.unflatten(t)))  # noqa: E731
     try:
         J = jax.jacfwd(flat_fn)(result.params_flat)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
-        raise TypeError(
-            f"fn is not traceable by JAX ({type(err).__name__}): write it with jax.numpy (jnp.log, "
-            "jnp.exp, ...) instead of numpy, and use jnp.where instead of Python `if` on parameter "
-            "values"
-        ) from err
+    except UNTRACEABLE as err:
+        raise not_traceable("fn", err) from err
     # A NaN covariance entry (a flat direction, a boundary) reaches exactly the outputs whose
     # linearisation involves it: J V J' is formed with NaN read as 0, and (i, j) is set back to
     # NaN where sum_kl |J_ik| [V_kl is NaN] |J_jl| > 0. Plain J V J' would spread one NaN

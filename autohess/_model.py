@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._params import ParamSpec
-from ._validation import choose_dtype, float32_warning, prepare_data
+from ._validation import UNTRACEABLE, choose_dtype, float32_warning, not_traceable, prepare_data
 
 __all__ = ["Model", "HESSIAN_MODES"]
 
@@ -193,12 +193,8 @@ class Model:
     def _check_output(self) -> Optional[int]:
         try:
             out = jax.eval_shape(self._loglik, self.init_params, self.data)
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
-            raise TypeError(
-                f"loglik is not traceable by JAX: {type(err).__name__}. Write it with jax.numpy "
-                "(jnp) instead of numpy, and use jnp.where / lax.cond instead of Python `if` on "
-                "parameter or data values."
-            ) from err
+        except UNTRACEABLE as err:
+            raise not_traceable("loglik", err) from err
         except (TypeError, ValueError, IndexError) as err:
             shapes = {k: tuple(np.shape(v)) for k, v in _flat_named(self.data).items()}
             raise type(err)(
@@ -244,10 +240,8 @@ class Model:
         program = self._jitted(("support", fn), lambda: jax.jit(jax.vmap(fn)))
         try:
             out = program(data_batch)
-        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
-            raise TypeError(
-                f"support is not traceable by JAX ({type(err).__name__}): write it with jax.numpy (jnp)"
-            ) from err
+        except UNTRACEABLE as err:
+            raise not_traceable("support", err) from err
         named = out if isinstance(out, dict) else {"data inside the model's support": out}
         masks = {}
         for cond, ok in named.items():

@@ -15,7 +15,20 @@ import numpy as np
 
 from ._params import path_name
 
-__all__ = ["prepare_data", "choose_dtype", "float32_warning", "Float32Warning"]
+__all__ = ["prepare_data", "choose_dtype", "float32_warning", "Float32Warning", "UNTRACEABLE", "not_traceable"]
+
+#: what JAX raises when user code (a loglik, a support hook, a delta-method function, an
+#: audited objective) uses numpy or Python control flow on traced values
+UNTRACEABLE = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError)
+
+
+def not_traceable(what: str, err: Exception) -> TypeError:
+    """The error for user code JAX cannot trace, naming it and saying what to write instead."""
+    return TypeError(
+        f"{what} is not traceable by JAX ({type(err).__name__}): write it with jax.numpy (jnp) "
+        "instead of numpy, and use jnp.where / lax.cond instead of Python `if` on parameter or "
+        "data values"
+    )
 
 
 class Float32Warning(UserWarning):

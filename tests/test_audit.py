@@ -315,7 +315,7 @@ def test_audit_bad_input_named():
         ah.audit(smooth, X0, {"c": np.array([["a"] * 3] * 3)})
     with pytest.raises(ValueError, match="not finite at this point"):
         ah.audit(lambda x: jnp.sum(jnp.log(x)), jnp.array([-1.0, 1.0, 1.0]), {"c": np.eye(3)})
-    with pytest.raises(TypeError, match="jax.numpy instead of numpy"):
+    with pytest.raises(TypeError, match="the audited objective is not traceable.*jax.numpy"):
         ah.audit(lambda x: np.sum(np.asarray(x) ** 2), X0, {"c": np.eye(3)})
     with pytest.raises(ValueError, match="scale='unconstrained' needs an ah.Model"):
         ah.audit(smooth, X0, {"c": H}, scale="unconstrained")
