@@ -153,7 +153,7 @@ class BatchResult:
 
         Its ``model`` is the batch's model, whose data are the template, not member ``i``'s
         (for data batches): use it for reports, not to refit. For a member refused before
-        fitting, ``status`` is the generic ``NONFINITE`` text: ``input_problems[i]`` says why.
+        fitting, its ``status`` says why (as ``input_problems[i]``).
         """
         i = int(i)
         if not -len(self) <= i < len(self):
@@ -163,7 +163,8 @@ class BatchResult:
             params_flat=self.params_flat[i], cov=self.cov[i], llf=self.llf[i], gradient=self.gradient[i],
             hessian_matrix=self.hessian_matrix[i], status_code=self.status_code[i],
             iterations=self.iterations[i], diagnostics_data=jax.tree_util.tree_map(take, self.diagnostics_data),
-            model=self.model, cov_type=self.cov_type, method="trust-region",
+            model=self.model, cov_type=self.cov_type, method="trust-region", status_note=self.status[i]
+            if self.input_problems[i] is not None else "",
         )
 
     def __getitem__(self, index) -> "BatchResult":

@@ -60,6 +60,7 @@ class FitResult:
     cov_type: str
     method: str
     weights: Optional[jax.Array] = None  # the frequency weights of the fit, if any
+    status_note: str = ""  # a batch member refused before fitting: why (see BatchResult.member)
 
     # -- statsmodels-style views --------------------------------------------------------------
     @property
@@ -110,6 +111,8 @@ class FitResult:
 
     @property
     def status(self) -> str:
+        if self.status_note:
+            return self.status_note
         return Status(int(np.asarray(self.status_code))).message
 
     @property
@@ -206,7 +209,7 @@ class FitResult:
 jax.tree_util.register_dataclass(
     FitResult,
     data_fields=["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data", "weights"],
-    meta_fields=["model", "cov_type", "method"],
+    meta_fields=["model", "cov_type", "method", "status_note"],
 )
 
 

@@ -168,7 +168,7 @@ class DiagnosticReport:
                 involved, direction, _SUGGEST["unbounded"],
             ))
         elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:
-            what = status.message if status != Status.NOT_RUN else "not a stationary point"
+            what = res.status if status != Status.NOT_RUN else "not a stationary point"
             worst = labels[int(np.argmax(np.where(boundary, 0.0, scaled_grad)))]
             problems.append(Problem(
                 "not_converged",

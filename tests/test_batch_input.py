@@ -61,6 +61,8 @@ def test_bad_weights_and_starts_get_a_status_per_member(weights_batch):
     assert "start of parameter 'beta'" in problems[4] and "beta[0]=nan" in problems[4]
     for i in range(1, 5):
         assert bres.status[i].startswith("failed: not fitted") and problems[i] in bres.status[i]
+        assert bres.member(i).status == bres.status[i]  # the member's FitResult says why too
+    assert bres.member(0).status == Status.CONVERGED.message
     # refused members are not run (they start from NaN and stop at once) and carry no numbers
     assert (np.asarray(bres.iterations[1:]) == 0).all()
     assert np.isnan(np.asarray(bres.params_flat[1:])).all() and np.isnan(np.asarray(bres.bse_flat[1:])).all()
