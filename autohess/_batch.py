@@ -43,7 +43,7 @@ from ._fit import (
 from ._model import Model, describe_support_failure
 from ._params import _is_transform, _lists_to_arrays, element_labels
 from ._solver import Status, trust_region_newton
-from ._validation import _display_name
+from ._validation import _display_name, weight_problem
 
 __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size", "chunk_plan"]
 
@@ -471,15 +471,10 @@ def _input_problems(
                     problems[b].append(f"data outside the model's support: {describe_support_failure(cond, ok[b])}")
     if weights is not None:
         w = np.asarray(weights)
-        bad = ~np.isfinite(w) | (w < 0)
-        for b in np.flatnonzero(bad.any(axis=1)):
-            n_bad = int((~np.isfinite(w[b])).sum())
-            problems[b].append(
-                f"weights must be finite and non-negative; got {n_bad} non-finite and "
-                f"{int((w[b] < 0).sum())} negative entries (first at observation {int(np.argmax(bad[b]))})"
-            )
-        for b in np.flatnonzero(~bad.any(axis=1) & (w.sum(axis=1) == 0)):
-            problems[b].append("weights sum to 0: no observation is in the sample")
+        # the rows worth a closer look, found at once; each then gets fit's own reason
+        suspect = (~np.isfinite(w) | (w < 0)).any(axis=1) | ~(w > 0).any(axis=1)
+        for b in np.flatnonzero(suspect):
+            problems[b].append(weight_problem(w[b]))
     if params_batched:
         spec = model.spec
         for name, shape, t, leaf in zip(spec.names, spec.shapes, spec.transforms, jax.tree_util.tree_leaves(params)):

@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 from ._model import HESSIAN_MODES, Model
 from ._params import Labels, element_labels, path_name
-from ._validation import choose_dtype, float32_warning
+from ._validation import choose_dtype, float32_warning, weight_problem
 
 __all__ = ["Hessian", "hessian", "gradient", "scores", "hvp", "chunked_memory_bytes"]
 
@@ -137,16 +137,9 @@ def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
     w = np.asarray(weights)
     if w.shape != (model.nobs,):
         raise ValueError(f"weights has shape {w.shape}, expected ({model.nobs},), one per observation")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError(
-            f"weights must be finite and non-negative; got {int(np.sum(~np.isfinite(w)))} non-finite "
-            f"and {int(np.sum(w < 0))} negative entries"
-        )
-    if not np.any(w > 0):
-        raise ValueError(
-            f"weights sum to 0: no observation is in the sample (all {w.size} weights are 0); "
-            "give at least one observation a positive weight"
-        )
+    problem = weight_problem(w)
+    if problem is not None:
+        raise ValueError(problem)
     return jnp.asarray(w, model.dtype)
 
 

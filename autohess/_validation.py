@@ -15,11 +15,28 @@ import numpy as np
 
 from ._params import path_name
 
-__all__ = ["prepare_data", "choose_dtype", "float32_warning", "Float32Warning", "UNTRACEABLE", "not_traceable"]
+__all__ = ["prepare_data", "choose_dtype", "float32_warning", "Float32Warning", "UNTRACEABLE", "not_traceable", "weight_problem"]
 
 #: what JAX raises when user code (a loglik, a support hook, a delta-method function, an
 #: audited objective) uses numpy or Python control flow on traced values
 UNTRACEABLE = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError)
+
+
+def weight_problem(w: np.ndarray) -> "str | None":
+    """Why an ``(N,)`` vector of frequency weights cannot be used (``None`` if it can): the
+    reason ``fit`` raises and a batch member is refused for."""
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        return (
+            f"weights must be finite and non-negative; got {int(np.sum(~np.isfinite(w)))} non-finite and "
+            f"{int(np.sum(w < 0))} negative entries (first at observation {int(np.argmax(bad))})"
+        )
+    if not np.any(w > 0):
+        return (
+            f"weights sum to 0: no observation is in the sample (all {w.size} weights are 0); give at "
+            "least one observation a positive weight"
+        )
+    return None
 
 
 def not_traceable(what: str, err: Exception) -> TypeError:
