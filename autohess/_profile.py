@@ -183,7 +183,7 @@ def profile(
     spec = model.spec
     j = _index(res, name)
     label = res.labels[j]
-    _warn_if_not_maximum(res, label)
+    at_maximum = _at_maximum(res, label)
     x_hat = np.asarray(res.params_flat, dtype=np.float64)
     u_hat = np.asarray(spec.to_unconstrained(res.params_flat), dtype=np.float64)
     llf_hat = float(np.asarray(res.llf))
@@ -319,7 +319,7 @@ def profile(
     higher = float(np.max(np.where(good, llf, -np.inf)) - llf_hat)
     # an unbounded fit stopped short of its supremum: refits further out may be marginally higher
     higher_bad = higher > HIGHER_TOL * (1.0 + abs(llf_hat)) and int(np.asarray(res.status_code)) != Status.UNBOUNDED
-    valid = not higher_bad and _at_maximum(res)
+    valid = not higher_bad and at_maximum
     if higher_bad:
         warnings.warn(
             f"profile of {label}: a constrained refit found a log-likelihood {higher:.3g} above the fit's, "
@@ -346,20 +346,19 @@ LEVEL_TOL = 1e-3
 HIGHER_TOL = 1e-8
 
 
-def _at_maximum(res: FitResult) -> bool:
-    """The fit (or ``evaluate`` result) claims a maximum: no problem of a kind that says otherwise."""
-    # (an unbounded fit is fine: its log-likelihood is the supremum, approached along the ridge)
-    return not any(p.kind in ("not_converged", "saddle") for p in res.diagnostics.problems)
-
-
-def _warn_if_not_maximum(res: FitResult, label: str) -> None:
-    if not _at_maximum(res):
-        kinds = sorted({p.kind for p in res.diagnostics.problems})
-        warnings.warn(
-            f"profile of {label}: the result it is measured from is not a maximum ({', '.join(kinds)}; "
-            f"status {res.status}); a likelihood-ratio interval needs the maximum: refit with ah.fit first",
-            InferenceWarning, stacklevel=3,
-        )
+def _at_maximum(res: FitResult, label: str) -> bool:
+    """Does the fit (or ``evaluate`` result) claim a maximum? Warns when it does not: no problem
+    of a kind that says otherwise (an unbounded fit is fine: its log-likelihood is the
+    supremum, approached along the ridge)."""
+    kinds = sorted({p.kind for p in res.diagnostics.problems})
+    if not {"not_converged", "saddle"} & set(kinds):
+        return True
+    warnings.warn(
+        f"profile of {label}: the result it is measured from is not a maximum ({', '.join(kinds)}; "
+        f"status {res.status}); a likelihood-ratio interval needs the maximum: refit with ah.fit first",
+        InferenceWarning, stacklevel=3,
+    )
+    return False
 
 
 def _to_u(spec, x_hat: np.ndarray, j: int, v: float) -> float:
