@@ -349,6 +349,7 @@ class _Exact:
     scale: str = "natural"
     other: Optional[tuple[str, np.ndarray]] = None  # (the other scale's name, exact Hessian on it)
     opg: Optional[np.ndarray] = None
+    _fd: dict = dataclasses.field(default_factory=dict)  # step -> fd_error: searches revisit steps
 
     @property
     def regular(self) -> bool:
@@ -360,13 +361,17 @@ class _Exact:
 
     def fd_error(self, h: np.ndarray) -> np.ndarray:
         """Central second differences at step ``h`` minus the exact Hessian (unscaled)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fd = np.asarray(fd_hessian(self.target, self.x, method="central", step=h).matrix)
-        return fd - self.matrix
+        key = np.asarray(h, dtype=np.float64).tobytes()
+        if key not in self._fd:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fd = np.asarray(fd_hessian(self.target, self.x, method="central", step=h).matrix)
+            self._fd[key] = fd - self.matrix
+        return self._fd[key]
 
 
-def _exact_context(target, x, labels, value, grad, exact) -> _Exact:
+def _exact_context(target, x, labels, value, grad, exact, **known) -> _Exact:
+    """The exact Hessian's classification at ``x``; ``known``: ``scale``, ``other``, ``opg``."""
     d = _diag_scale(exact)
     lam, vec = np.linalg.eigh(exact / np.outer(d, d))
     top = float(np.max(np.abs(lam)))
@@ -392,7 +397,7 @@ def _exact_context(target, x, labels, value, grad, exact) -> _Exact:
     return _Exact(
         target=target, x=x, flat_x=_flat_point(target, x), labels=tuple(labels), value=value, grad=grad,
         matrix=exact, d=d, lam=lam, vec=vec, allowance=allowance, negative=negative, flat=flat,
-        newton_length=newton_length, stationary=newton_length <= STATIONARY_TOL, se=se,
+        newton_length=newton_length, stationary=newton_length <= STATIONARY_TOL, se=se, **known,
     )
 
 
@@ -854,14 +859,14 @@ def audit(
             f"the objective is not finite at this point (f = {value}, gradient or Hessian with "
             f"{int(np.sum(~np.isfinite(exact)))} non-finite entries): is the point inside the domain?"
         )
-    ex = _exact_context(target, x, labels, float(value), grad, exact)
-    ex.scale = scale
+    known = {"scale": scale}  # what else a wrong candidate may be
     if model is not None and bool(np.any(model.spec.transformed)):
         other = "natural" if scale == "unconstrained" else "unconstrained"
-        ex.other = (other, np.asarray(exact_hessian(model, x_natural, scale=other, check=False).matrix))
+        known["other"] = (other, np.asarray(exact_hessian(model, x_natural, scale=other, check=False).matrix))
     if model is not None and model.per_observation and scale == "natural":
         S = np.asarray(scores(model, x_natural), dtype=np.float64)
-        ex.opg = S.T @ S
+        known["opg"] = S.T @ S
+    ex = _exact_context(target, x, labels, float(value), grad, exact, **known)
     results = [_judge(ex, name, spec) for name, spec in specs.items()]
     return AuditReport(
         labels=tuple(labels), exact=exact, gradient=grad, value=float(value),
