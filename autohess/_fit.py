@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jax.scipy.stats import norm
 
 from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse, scaled_eigenvectors
@@ -708,7 +709,7 @@ def _delta_output(fn: Callable, params: Any, names: tuple) -> tuple[Callable, ja
         labels = Labels(labels)
 
         def flatten(o):
-            return jnp.concatenate([jnp.ravel(jnp.asarray(leaf)) for leaf in jax.tree_util.tree_leaves(o)])
+            return ravel_pytree(o)[0]
 
         value = flatten(out)
     if not jnp.issubdtype(value.dtype, jnp.floating):
