@@ -43,8 +43,9 @@ class ProfileResult:
     log-likelihood there, ``status_code`` each constrained refit's ``Status``, ``params`` the
     full natural-scale parameter vector at each point. ``interval`` is the LR interval
     (``-inf``/``inf`` or the domain bound where the profile never drops far enough:
-    ``open_ends`` says which and ``end_notes`` why: the profile levelled off below the
-    cut-off, the search ran out while it was still rising, or the refits failed), ``wald`` the
+    ``open_ends`` says which and ``end_notes`` why, in a sentence: the end is open (the
+    profile levelled off below the cut-off) or was not found (the search ran out while it was
+    still rising, or the refits failed); ``""`` for an end that was found), ``wald`` the
     Wald interval of the fit. ``valid`` is False when the fit was not at the maximum (the
     interval is then measured from the wrong level; a warning said so).
     """
@@ -249,7 +250,8 @@ def profile(
     for side in (-1.0, 1.0):
         # extend this side (twice as far each time) until the LR statistic passes the cut-off,
         # levels off below it (a truly open end), or the refits fail
-        note = ""
+        note = ("is open: within the searched range the profile log-likelihood never falls "
+                "chi2_1(1 - alpha)/2 below the maximum on that side")  # if nothing more specific
         for _ in range(MAX_DOUBLINGS):
             keys, llf, good = curve()
             sel = good & (side * (keys - u_hat[j]) > 0)
@@ -262,19 +264,19 @@ def profile(
             keys, llf, good = curve()
             new = good & (side * (keys - u_hat[j]) > reach)
             if not new.any():
-                note = (f"the constrained refits failed beyond {to_x(u_hat[j] + side * reach):.6g} "
-                        "(see status_code)")
+                note = (f"was not found: the constrained refits failed beyond "
+                        f"{to_x(u_hat[j] + side * reach):.6g} (see status_code)")
                 break
             after = float(np.max(2.0 * (llf_hat - llf[new])))
             if sel.any() and after < cut and after - before < LEVEL_TOL * cut:
-                note = (f"the profile levels off below the cut-off: the likelihood-ratio statistic stays "
+                note = (f"is open: the profile levels off below the cut-off: the likelihood-ratio statistic stays "
                         f"at {after:.3g} < {cut:.3g} out to {to_x(u_hat[j] + side * 2.0 * reach):.6g}")
                 break
         else:
             keys, llf, good = curve()
             sel = good & (side * (keys - u_hat[j]) > 0)
             if not (sel.any() and np.max(2.0 * (llf_hat - llf[sel])) >= cut):
-                note = (f"the search stopped after {MAX_DOUBLINGS} doublings with the likelihood-ratio "
+                note = (f"was not found: the search stopped after {MAX_DOUBLINGS} doublings with the likelihood-ratio "
                         "statistic still below the cut-off and rising: give a wider grid")
         keys, llf, good = curve()
         sel = good & (side * (keys - u_hat[j]) >= 0)
@@ -286,7 +288,7 @@ def profile(
             lo_b, hi_b = spec.bounds()
             ends.append(lo_b[j] if side < 0 else hi_b[j])
             open_ends.append(True)
-            notes.append(note)
+            notes.append(f"the {'lower' if side < 0 else 'upper'} end {note} (shown: the domain bound)")
             continue
         k = past[0]
         inside, outside = ks[k - 1] if k > 0 else u_hat[j], ks[k]

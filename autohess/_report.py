@@ -383,13 +383,7 @@ def profile_table(prof) -> str:
         ["interval", "lower", "upper", "upper - est", "est - lower"], rows,
         f"{prof.name} = {_fmt(prof.estimate).strip()}: {level:.3g} intervals",
     )
-    notes = []
-    for side, is_open, why in zip(("lower", "upper"), prof.open_ends, prof.end_notes):
-        if is_open:
-            notes.append(
-                f"the {side} end {'is open' if not why or 'levels off' in why else 'was not found'} "
-                f"(shown: the domain bound): {why or 'within the searched range the profile log-likelihood never falls chi2_1(1 - alpha)/2 below the maximum on that side'}"
-            )
+    notes = [why for why in prof.end_notes if why]
     if not prof.valid:
         notes.append(
             f"NOT VALID: the fit is not at the maximum (a constrained refit found a log-likelihood "
