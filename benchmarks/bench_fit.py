@@ -58,7 +58,8 @@ scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-25, CPUs idle 
 * Re-run at 478951d (audit, profile, bootstrap and batch-input review; the solver widens "blind"
   trust regions at extreme starts; results/fit.json): logistic 0.467 ms, 35.3x; GARCH-t
   1.651 ms, 12.7x; same iteration counts (7, 10, 14 from the poor start); first calls
-  1.34 s / 2.13 s.
+  1.34 s / 2.13 s. After the change's own review (host-side refactors only), at 649c6d5:
+  logistic 0.464 ms, 35.8x; GARCH-t 1.678 ms, 12.6x; first calls 1.23 s / 2.13 s.
 * First call in a fresh process: logistic 1.15 s, GARCH-t 2.07 s (median of 3 processes; up to
   2.7 s seen with the VM busier); target <= 3 s: PASS both. Import 0.3 s and model
   construction 0.1 / 0.2 s come on top. A new start does not recompile (15 ms).
