@@ -6,19 +6,23 @@ params=...)``, transforms for constrained parameters), fits it with ``ah.fit`` a
 estimates AND standard errors with a reference that shares no code with autohess:
 
 - ARMA(1,1) by an exact Kalman filter in ``lax.scan``: statsmodels' ``ARIMA`` likelihood (its
-  own Kalman filter), maximised and differentiated with numdifftools;
+  own Kalman filter), polished by Newton steps on its complex-step score and Hessian;
 - a two-component normal mixture (latent classes): EM in numpy for the estimates, numdifftools'
   Hessian of a numpy log-likelihood for the standard errors;
-- ordered probit: statsmodels ``OrderedModel``;
-- zero-inflated Poisson: statsmodels ``ZeroInflatedPoisson`` (analytic score and Hessian);
-- Tobit (left-censored at 0): a numpy log-likelihood maximised by Newton steps on
+- ordered probit: statsmodels ``OrderedModel`` + numdifftools;
+- zero-inflated Poisson: statsmodels ``ZeroInflatedPoisson`` estimates, numdifftools SEs (its
+  analytic Hessian leaves out the inflation x count block);
+- Tobit (left-censored at 0): a scipy log-likelihood maximised by Newton steps on
   numdifftools derivatives;
-- beta regression: statsmodels ``BetaModel``.
+- beta regression and multinomial logit: statsmodels ``BetaModel`` / ``MNLogit`` (analytic);
+- a two-regime Markov-switching model by the Hamilton filter in ``lax.scan``: statsmodels'
+  ``MarkovRegression`` with its complex-step derivatives.
 
 Where a reference's own standard errors come from finite differences (statsmodels' generic
-models use ``approx_hess``, accurate to ~1e-5 relative), the test re-derives them with
-numdifftools' Richardson extrapolation on the reference's own log-likelihood, which is
-accurate to ~1e-8, so the tolerance can stay at 1e-6.
+models use ``approx_hess``, accurate to ~1e-5 relative), the test re-derives them from a
+sharper Hessian of the reference's own log-likelihood (numdifftools' Richardson extrapolation
+or statsmodels' complex step, ~1e-8 relative), so the tolerance can stay at 1e-6. Measured
+agreement is far tighter (<= 1e-12 in estimates, <= 2e-10 in SEs).
 """
 
 from __future__ import annotations
