@@ -206,24 +206,24 @@ def _resample_data(data: Any, idx: np.ndarray, n: int) -> Any:
     return jax.tree_util.tree_map(lambda a: a[idx] if a.ndim and a.shape[0] == n else a, data)
 
 
-def _check_points(model: Model, res: FitResult) -> list[tuple[str, Any]]:
+def _check_points(model: Model, params: Any) -> list[tuple[str, Any]]:
     """The estimate, and a point a step away from it on the unconstrained scale.
 
     The estimate is where the bootstrap's refits live; the second point is there because a
     model's dependence can vanish at particular values (an AR coefficient of 0 makes a
     recursion look separable), and an estimate may sit on one."""
     spec = model.spec
-    flat = np.asarray(res.params_flat, dtype=np.float64)
-    u = np.asarray(spec.to_unconstrained(jnp.asarray(flat, model.dtype)), dtype=np.float64)
+    flat = spec.flatten(params, model.dtype)
+    u = np.asarray(spec.to_unconstrained(flat), dtype=np.float64)
     sign = np.where(np.arange(u.size) % 2 == 0, 1.0, -1.0)
     # 0.1 (1 + |u|): a tenth of a unit on the scale the optimiser works on, far beyond rounding
     # yet close enough that the log-likelihood stays finite for ordinary models
     moved = np.where(np.isfinite(u), u + 0.1 * (1.0 + np.abs(u)) * sign, u)
     other = spec.unflatten(spec.to_natural(jnp.asarray(moved, model.dtype)))
-    return [("the estimate", res.params), ("a perturbed point", other)]
+    return [("the estimate", params), ("a perturbed point", other)]
 
 
-def resampling_problem(model: Model, res: FitResult) -> Optional[str]:
+def resampling_problem(model: Model, params: Any) -> Optional[str]:
     """``None`` if contribution ``i`` depends on observation ``i`` alone, else what was found.
 
     The nonparametric bootstrap reweights the contributions of the original data, which equals
@@ -247,17 +247,17 @@ def resampling_problem(model: Model, res: FitResult) -> Optional[str]:
     # blocking of reductions inside one contribution): sqrt(eps) relative leaves room for that
     # rounding, and any real dependence (a lag coefficient above ~1e-8) is far larger
     tol = float(np.sqrt(np.finfo(model.dtype).eps))
-    for where, params in _check_points(model, res):
-        full = np.asarray(program(params, model.data), dtype=np.float64)
+    for where, point in _check_points(model, params):
+        full = np.asarray(program(point, model.data), dtype=np.float64)
         if not np.all(np.isfinite(full)):
             continue  # outside the likelihood's domain (only the perturbed point can be): no test
-        again = np.asarray(program(params, moved), dtype=np.float64)
+        again = np.asarray(program(point, moved), dtype=np.float64)
         want = full[idx]
         scale = tol * max(1.0, float(np.max(np.abs(full))))
         bad = ~(np.abs(again - want) <= tol * np.abs(want) + scale)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
-            flat = np.asarray(model.spec.flatten(params, model.dtype))
+            flat = np.asarray(model.spec.flatten(point, model.dtype))
             return (
                 f"at {where} ({model.spec.describe(flat)}), evaluating the log-likelihood on a "
                 f"resample of the observations changed {int(bad.sum())} of {n} contributions "
@@ -632,7 +632,7 @@ def bootstrap(
     if kind == "nonparametric" and model.independent:
         # independent=True is the default, so a user's recursive model usually arrives here
         # undeclared; resampling its observations would silently break its dependence
-        problem = resampling_problem(model, res)
+        problem = resampling_problem(model, res.params)
         if problem is not None:
             raise ValueError(
                 f"kind='nonparametric' resamples observations independently, but model "
@@ -755,13 +755,14 @@ def _disagreement_message(result: BootstrapResult, check: WaldCheck) -> str:
     )
     if result.kind == "block":
         return head + (
-            f"Blocks of {result.block_length} observations ({result.block_length_rule}) that "
-            "are short for the series' dependence break it at every join, which distorts the "
-            "replicates (persistence pulled towards 0, innovation variance inflated): rerun "
-            f"with a longer block_length (e.g. {min(2 * result.block_length, result.reference.model.nobs)}) "
-            "or, for a short persistent series, kind='parametric' (needs simulate=). If longer "
-            "blocks agree with these, doubt the Wald SE instead: the model's dynamics may be "
-            "misspecified."
+            f"Either the blocks of {result.block_length} observations "
+            f"({result.block_length_rule}) are short for the series' dependence, which they "
+            "break at every join (persistence pulled towards 0, innovation variance "
+            "inflated): rerun with a longer block_length (e.g. "
+            f"{min(2 * result.block_length, result.reference.model.nobs)}) or, for a short "
+            "persistent series, kind='parametric' (needs simulate=). Or, if longer blocks "
+            "agree with these, the Wald SE is wrong: the model leaves dependence or "
+            "distributional features out (misspecified)."
         )
     if result.kind == "nonparametric":
         return head + (
