@@ -4,12 +4,22 @@ Three ways to draw a bootstrap data set, each generated *inside* the compiled pr
 PRNG key per replicate (nothing of size ``B x N`` is built on the host):
 
 * ``"nonparametric"``: multinomial frequency weights on the observations (``w_i`` = how often
-  observation ``i`` was drawn), so no data are copied. Needs independent observations.
+  observation ``i`` was drawn), so no data are copied. Needs independent observations: a model
+  declared ``independent=False`` is refused, and so is one left at the default whose
+  contributions are found to link observations (``resampling_problem``: the contributions of
+  a resampled data set must be the resampled contributions, at the estimate and at a
+  perturbed point).
 * ``"parametric"``: a new data set from the model's ``simulate`` at the estimate.
 * ``"block"``: the circular moving-block bootstrap for time series (Politis and Romano, 1992):
   blocks of ``block_length`` consecutive observations, started uniformly at random and wrapped
   around the end, are laid end to end. Every data leaf whose leading axis has length ``N`` is
-  resampled with the same indices.
+  resampled with the same indices. The default length is chosen from the data by the
+  Politis-White rule (``default_block_length``); the length is an input of the compiled
+  program, so trying another costs no compilation.
+
+After the refits, the replicates' spread and centre are compared with the Wald standard error
+at the estimate (``wald_check``); a disagreement beyond Monte-Carlo error is a
+``BootstrapWarning`` that says what to do for that kind of bootstrap.
 
 Intervals: percentile, basic, normal, studentized (bootstrap-t, from each replicate's own exact
 standard error) and BCa (Efron, 1987). BCa's acceleration is computed from the empirical
