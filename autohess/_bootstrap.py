@@ -6,9 +6,9 @@ PRNG key per replicate (nothing of size ``B x N`` is built on the host):
 * ``"nonparametric"``: multinomial frequency weights on the observations (``w_i`` = how often
   observation ``i`` was drawn), so no data are copied. Needs independent observations: a model
   declared ``independent=False`` is refused, and so is one left at the default whose
-  contributions are found to link observations (``resampling_problem``: the contributions of
-  a resampled data set must be the resampled contributions, at the estimate and at a
-  perturbed point).
+  contributions are found to link observations (``resampling_problem``: replacing other
+  observations' data must leave an observation's contribution unchanged, at the estimate and
+  at a perturbed point).
 * ``"parametric"``: a new data set from the model's ``simulate`` at the estimate.
 * ``"block"``: the circular moving-block bootstrap for time series (Politis and Romano, 1992):
   blocks of ``block_length`` consecutive observations, started uniformly at random and wrapped
@@ -236,43 +236,48 @@ def _check_points(model: Model, params: Any) -> list[tuple[str, Any]]:
 def resampling_problem(model: Model, params: Any) -> Optional[str]:
     """``None`` if contribution ``i`` depends on observation ``i`` alone, else what was found.
 
-    The nonparametric bootstrap reweights the contributions of the original data, which equals
-    refitting a resampled data set only when each contribution is a function of its own
-    observation (and the parameters). This is tested directly: for one fixed resample ``idx``
-    of the observations, the contributions of ``data[idx]`` must equal ``contributions[idx]``.
-    A recursion over time (a filter in ``lax.scan``, a lag built by shifting arrays) or a
-    statistic pooled over observations (a mean of ``y``) breaks the equality. Checked at the
-    estimate and at a perturbed point (see ``_check_points``); one compiled program, reused.
+    The nonparametric bootstrap reweights the contributions of the original data, which stands
+    for refitting a resampled data set only when each contribution is a function of its own
+    observation (and the parameters). This is tested directly: a fixed random half of the
+    observations keeps its data while every other observation's data are replaced by those of
+    an observation from the kept half; the kept half's contributions must not change. A
+    recursion over time (a filter in ``lax.scan``, a lag made by shifting arrays: some kept
+    observation's predecessor is replaced, whatever the lag) or a statistic pooled over
+    observations (a mean of ``y``) changes them. Positions themselves may matter (a trend
+    ``jnp.arange(N)`` inside the likelihood stays with its row, as under weights). Checked at
+    the estimate and at a perturbed point (``_check_points``); one compiled program, reused.
     """
     n = model.nobs
     if n is None or n < 2:
         return None
-    # a fixed resample, so the check is reproducible; its first two positions hold
-    # observations 1 and 0, so that some observation moves whatever N
-    idx = np.random.default_rng(0).integers(0, n, n)
-    idx[:2] = [1, 0]
+    # fixed draws, so the check is reproducible; observation 0 is replaced and 1 kept, so that
+    # some kept observation follows a replaced one whatever N
+    rng = np.random.default_rng(0)
+    kept = rng.random(n) < 0.5
+    kept[:2] = [False, True]
+    idx = np.arange(n)
+    idx[~kept] = rng.choice(np.flatnonzero(kept), size=int((~kept).sum()))
     moved = _resample_data(model.data, idx, n)
     program = model._jitted("contributions", lambda: jax.jit(model.traced_loglik))
-    # a separable model gives the same arithmetic on the same numbers (equal up to a different
-    # blocking of reductions inside one contribution): sqrt(eps) relative leaves room for that
-    # rounding, and any real dependence (a lag coefficient above ~1e-8) is far larger
+    # a separable model repeats the same arithmetic on the same numbers for a kept
+    # observation (equal up to a different blocking of reductions inside one contribution):
+    # sqrt(eps) relative leaves room for that rounding, and a real dependence (a lag
+    # coefficient above ~1e-8 times the data) is far larger
     tol = float(np.sqrt(np.finfo(model.dtype).eps))
     for where, point in _check_points(model, params):
         full = np.asarray(program(point, model.data), dtype=np.float64)
         if not np.all(np.isfinite(full)):
             continue  # outside the likelihood's domain (only the perturbed point can be): no test
         again = np.asarray(program(point, moved), dtype=np.float64)
-        want = full[idx]
-        scale = tol * max(1.0, float(np.max(np.abs(full))))
-        bad = ~(np.abs(again - want) <= tol * np.abs(want) + scale)
+        bad = kept & ~(np.abs(again - full) <= tol * (np.abs(full) + np.max(np.abs(full))))
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             flat = np.asarray(model.spec.flatten(point, model.dtype))
             return (
-                f"at {where} ({model.spec.describe(flat)}), evaluating the log-likelihood on a "
-                f"resample of the observations changed {int(bad.sum())} of {n} contributions "
-                f"(position {first}: {again[first]:.6g} instead of {want[first]:.6g}, the "
-                f"contribution of observation {int(idx[first])})"
+                f"at {where} ({model.spec.describe(flat)}), replacing the data of {int((~kept).sum())} "
+                f"of {n} observations by copies of others changed the contributions of "
+                f"{int(bad.sum())} of the {int(kept.sum())} observations left as they were (the "
+                f"first, observation {first}: {again[first]:.6g} instead of {full[first]:.6g})"
             )
     return None
 

@@ -341,7 +341,8 @@ def test_resampling_check_catches_recursions_and_pooled_statistics():
 def test_resampling_check_passes_independent_models():
     """No false alarm: observations that interact only through the parameters (a shared mean
     and SD; group effects indexed per observation, with a data leaf that is not per
-    observation; a logistic regression) pass at the estimate and at the perturbed point."""
+    observation; a trend on the position; a logistic regression) pass at the estimate and at
+    the perturbed point."""
     rng = np.random.default_rng(0)
     y = rng.normal(size=200)
 
@@ -357,6 +358,13 @@ def test_resampling_check_passes_independent_models():
         return -0.5 * ((d["y"] - p["alpha"][d["g"].astype(int)]) / d["scale"][d["g"].astype(int)]) ** 2
 
     m = ah.Model(groups, {"y": y, "g": g, "scale": np.array([1.0, 2.0, 0.5, 1.5])}, {"alpha": jnp.ones(4)})
+    assert resampling_problem(m, m.init_params) is None
+
+    def trend(p, d):  # a position-dependent mean: the trend stays with its row, as under weights
+        t = jnp.arange(d["y"].shape[0]) / 200.0
+        return -0.5 * (d["y"] - p["a"] - p["b"] * t) ** 2
+
+    m = ah.Model(trend, {"y": y}, {"a": 0.1, "b": 0.5})
     assert resampling_problem(m, m.init_params) is None
 
     model, beta = _logistic(n=300)
