@@ -355,8 +355,8 @@ def bootstrap_comparison_table(cmp) -> str:
     text = format_table(headers, rows, title)
     if cmp.disagree:
         text += (
-            f"\nboot and {cmp.disagree_cov_type} SEs disagree beyond Monte-Carlo error for: "
-            f"{', '.join(cmp.disagree)} (see the BootstrapWarning for what to do)"
+            f"\nbootstrap and {cmp.disagree_cov_type} Wald disagree (spread or centre) beyond "
+            f"Monte-Carlo error for: {', '.join(cmp.disagree)} (see the BootstrapWarning for what to do)"
         )
     return text
 
