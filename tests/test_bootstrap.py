@@ -342,6 +342,11 @@ def test_resampling_check_catches_recursions_and_pooled_statistics():
     assert problem is not None and problem.startswith("at a perturbed point")
     with pytest.raises(ValueError, match="at a perturbed point"):
         ah.bootstrap(ah.evaluate(ar1, at_zero, warn=False), n=20, key=0)
+    arima = pytest.importorskip("statsmodels.tsa.arima.model")
+    # the filter is the exact ARMA likelihood (statsmodels' state-space ARIMA; same
+    # recursions in another order: 1e-10)
+    ref = arima.ARIMA(y, order=(1, 0, 1), trend="c").loglike(np.array([0.0, 0.5, 0.3, 1.0]))
+    assert arma.loglik() == pytest.approx(ref, rel=1e-10)
 
 
 def test_resampling_check_passes_independent_models():
