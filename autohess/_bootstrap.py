@@ -374,7 +374,7 @@ def default_block_length(model: Model, S: np.ndarray) -> tuple[int, str]:
     each (volatility clustering, on which a GARCH filter conditions, shows in squares, not in
     levels), and each parameter's score series (the sum whose variance the bootstrap
     estimates). Longer blocks than needed cost Monte-Carlo precision; shorter ones bias the
-    standard errors, so the maximum errs on the safe side."""
+    standard errors, so the maximum errs on the safe side, and it is rounded up."""
     n = model.nobs
     names, cols = [], []
     leaves = jax.tree_util.tree_flatten_with_path(model.data)[0]

@@ -458,8 +458,9 @@ def test_block_default_length_from_the_data_and_a_too_short_block_warns(persiste
     assert boot.block_length >= 10 and "Politis-White" in boot.block_length_rule
     ratio = boot.se_flat[1] / float(res.bse_flat[1])
     assert 1 / 1.5 < ratio < 1.5, ratio
-    text = str(boot.compare())
-    assert f"block length {boot.block_length} (Politis-White, set by data['y'])" in text
+    cmp = boot.compare()
+    assert f"block length {boot.block_length} (Politis-White, set by data['y'])" in str(cmp)
+    assert cmp.to_dict()["block_length"] == boot.block_length
     assert f"block_length={boot.block_length}" in repr(boot)
     with pytest.warns(ah.BootstrapWarning, match=r"rerun with a longer block_length \(e.g. 4\)") as rec:
         short = ah.bootstrap(res, n=300, key=1, kind="block", block_length=2)
