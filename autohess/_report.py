@@ -350,7 +350,15 @@ def bootstrap_comparison_table(cmp) -> str:
         ratio = cmp.bootstrap_se[i] / cmp.wald_se[kinds[0]][i]
         rows.append([lab, cmp.estimate[i], cmp.bootstrap_se[i]] + [cmp.wald_se[k][i] for k in kinds] + [ratio, cmp.bias[i]])
     title = f"{cmp.kind} bootstrap, {cmp.n_ok} converged replicates"
-    return format_table(headers, rows, title)
+    if cmp.block_length is not None:
+        title += f", block length {cmp.block_length} ({cmp.block_length_rule})"
+    text = format_table(headers, rows, title)
+    if cmp.disagree:
+        text += (
+            f"\nbootstrap and {cmp.disagree_cov_type} Wald disagree (spread or centre) beyond "
+            f"Monte-Carlo error for: {', '.join(cmp.disagree)} (see the BootstrapWarning for what to do)"
+        )
+    return text
 
 
 def study_table(t) -> str:
