@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 from jax.scipy.stats import norm
 
 from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse, scaled_eigenvectors
-from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize
+from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize, hessian
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._params import Labels, element_labels, path_name
@@ -559,9 +559,18 @@ def fit(
     code = int(status)
     if code == Status.NONFINITE and int(iterations) == 0:
         model._check_finite_at(params, "starting values")  # raises, naming the observations
+        # a finite log-likelihood with non-finite derivatives: the parameters, as ah.hessian
+        # names them (the solver's own status could only say "not finite")
+        start_hessian = hessian(model, params, check=False).matrix
+        _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if code == Status.CONVERGED and not bool(result.diagnostics_data.flagged):
         pass  # the common case: nothing below applies (one host read)
+    elif np.isfinite(np.asarray(result.llf)) and not np.isfinite(np.asarray(result.hessian_matrix)).all():
+        # L-BFGS needs no Hessian to reach a point: one that is not finite there shows only
+        # now, and is the same failure as at a trust-region start (a non-finite Hessian is
+        # always flagged, so this branch sees it)
+        _raise_nonfinite_model(model, model.spec.unflatten(x), result.hessian_matrix, model.labels, "L-BFGS estimate")
     elif code == Status.NONFINITE:
         # the solver gave up where the likelihood or its derivatives are not finite: no
         # standard error there means anything
