@@ -131,3 +131,36 @@ def test_evaluate_and_audit_share_the_at_the_optimum_rule(build):
             assert f"{rep.newton_length:.2g} standard errors" in problem.message
             assert "ah.fit(model, start=params)" in problem.suggestion and "maxiter" not in problem.suggestion
             assert len(caught) == 1 and "not at the optimum" in str(caught[0].message)
+
+
+# ------------------------------------------------------------------------------------------
+# simulate's signature, checked when the model is built
+# ------------------------------------------------------------------------------------------
+def test_simulate_signature_checked_at_construction():
+    """The README used to say simulate(key, params); a custom Model needs (key, params, data)
+    and the mismatch surfaced only inside bootstrap(kind="parametric") as a bare arity
+    TypeError. Now the constructor names simulate, its signature and the expected one, for
+    too few and too many required arguments, and for a bound model method passed by mistake;
+    defaults, *args and partials (the zoo's GARCH) that accept three arguments pass."""
+    import functools
+
+    base = ah.models.poisson(np.ones((20, 1)), np.arange(20.0) % 3)
+    loglik, data, params = ah.models.poisson_loglik, dict(base.data), {"beta": jnp.zeros(1)}
+
+    def two(key, params):
+        return data
+
+    def four(key, params, data, scale):
+        return data
+
+    for bad, shown in [(two, r"two\(key, params\)"), (four, r"four\(key, params, data, scale\)"),
+                       (base.simulate, r"simulate\(key: .*params: .*\).*")]:
+        with pytest.raises(TypeError, match=f"simulate={shown} cannot be called as simulate\\(key, params, data\\).*"
+                                            "Write it as simulate\\(key, params, data\\) -> data"):
+            ah.Model(loglik, data, params, simulate=bad)
+    with pytest.raises(TypeError, match="simulate must be a function simulate\\(key, params, data\\) -> data, got int"):
+        ah.Model(loglik, data, params, simulate=3)
+    for ok in [base.simulate_fn, lambda *a: a[2], functools.partial(four, scale=2.0),
+               lambda key, params, data, scale=1.0: data]:
+        model = ah.Model(loglik, data, params, simulate=ok)
+        assert set(model.simulate(jax.random.key(0))) == set(data)
