@@ -22,7 +22,7 @@ from ._derivatives import Hessian, _model_params, _model_weights, _objective, _r
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._params import Labels, element_labels, path_name
-from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
+from ._solver import SolverResult, Status, after, lbfgs, lbfgs_preconditioner, trust_region_newton
 from ._validation import UNTRACEABLE, not_traceable
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
@@ -241,7 +241,9 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
             x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
             return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
-        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
+        # one exact Hessian at the start, as a change of variables (``lbfgs_preconditioner``)
+        _, _, h0 = _value_grad_hess_fn(f, mode)(u0)
+        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter, precondition=lbfgs_preconditioner(h0))
         return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None
 
     return jax.jit(solve)
