@@ -508,8 +508,10 @@ def fit(
         model: an ``ah.Model``.
         start: starting parameters on the natural scale (default: the model's initial values).
         method: ``"trust-region"`` (default; exact-Hessian Newton steps in a trust region,
-            robust to indefinite Hessians), ``"lbfgs"`` (``optax.lbfgs``; for many
-            parameters; the exact Hessian is formed once, at the end) or ``"gauss-newton"``
+            robust to indefinite Hessians), ``"lbfgs"`` (``optax.lbfgs`` on the scale where
+            the exact Hessian at the start is the identity; two exact Hessians in all, at the
+            start and the end, instead of one per iteration: faster once a Hessian costs far
+            more than a gradient, hundreds of parameters; README "Fits you can trust") or ``"gauss-newton"``
             (least-squares models only: the same trust region on ``J'J``, i.e.
             Levenberg-Marquardt; inference still uses exact derivatives).
         cov_type: ``"hessian"`` (inverse observed information, default), ``"opg"`` (outer

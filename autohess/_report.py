@@ -231,8 +231,9 @@ class DiagnosticReport:
             problems.append(Problem(
                 "not_converged",
                 f"{res.status}; max|gradient| = {float(np.max(np.abs(grad))):.3g} (largest, per marginal "
-                f"standard deviation, for {worst}), Newton decrement = {dec:.3g}, {distance:.2g} standard "
-                f"errors from the optimum, after {int(np.asarray(res.iterations))} iterations",
+                f"standard deviation, for {worst}), Newton decrement = {dec:.3g}"
+                + (f", {distance:.2g} standard errors from the optimum" if np.isfinite(distance) else "")
+                + f", after {int(np.asarray(res.iterations))} iterations",
                 (worst,), None, advice,
             ))
         lower, upper = res.model.spec.bounds()
