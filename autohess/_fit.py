@@ -574,7 +574,8 @@ def fit(
         # L-BFGS needs no Hessian to reach a point: one that is not finite there shows only
         # now, and is the same failure as at a trust-region start (a non-finite Hessian is
         # always flagged, so this branch sees it)
-        _raise_nonfinite_model(model, model.spec.unflatten(x), result.hessian_matrix, model.labels, "L-BFGS estimate")
+        _raise_nonfinite_model(model, model.spec.unflatten(x), result.hessian_matrix, model.labels,
+                               "L-BFGS estimate" if method == "lbfgs" else "estimate")
     elif code == Status.NONFINITE:
         # the solver gave up where the likelihood or its derivatives are not finite: no
         # standard error there means anything

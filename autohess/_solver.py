@@ -2,7 +2,8 @@
 
 ``trust_region_newton`` uses the exact Hessian inside one ``lax.while_loop``; every branch is a
 ``jnp.where``, so the whole solve can be ``jit``-ed and ``vmap``-ed over thousands of data sets.
-``lbfgs`` wraps ``optax.lbfgs`` in the same loop shape for models with many parameters.
+``lbfgs`` wraps ``optax.lbfgs`` in the same loop shape, preconditioned by the exact Hessian at
+the start, for models with many parameters.
 
 Status codes are data (an ``int32`` array), not exceptions: ``Status`` says what each means.
 """
