@@ -52,7 +52,7 @@ from ._derivatives import scores
 from ._diagnostics import AFFECTED_LOADING, FLAT_CONDITION
 from ._finite_diff import FDHessian, fd_hessian
 from ._model import Model
-from ._report import curvature_allowance, format_direction
+from ._report import AT_OPTIMUM_SE, curvature_allowance, format_direction, standard_errors_from_optimum
 from ._validation import UNTRACEABLE, not_traceable
 
 __all__ = ["CAUSES", "CandidateAudit", "AuditReport", "audit", "audit_scipy", "StepSweep", "step_sweep"]
@@ -65,10 +65,8 @@ CAUSES = (
 #: exact one and the standard errors agree to the same relative tolerance.
 OK_TOL = 1e-3
 #: the point is not an optimum when a Newton step from it is longer than this many standard
-#: errors (Mahalanobis length sqrt(g' H^-1 g); where H is not positive definite, the largest
-#: |g_i| / sqrt(|H_ii|)). Closer than that, Hessians and standard errors there differ from
-#: those at the optimum by a negligible third-derivative term.
-STATIONARY_TOL = 0.1
+#: errors (``_report.standard_errors_from_optimum``, the rule ``evaluate``'s report uses too).
+STATIONARY_TOL = AT_OPTIMUM_SE
 #: a candidate's own eigenvalue counts as negative below this fraction of its largest (above
 #: it, eigh's rounding of a matrix whose scaled entries span many orders of magnitude)
 NEGATIVE_REL = 1e-10
@@ -379,11 +377,7 @@ def _exact_context(target, x, labels, value, grad, exact, **known) -> _Exact:
     allowance = curvature_allowance(top, float(np.max(np.abs(g_scaled))))
     negative = lam < -allowance
     flat = np.abs(lam) <= allowance
-    regular = ~negative & ~flat
-    gt = vec.T @ g_scaled
-    newton = float(np.sqrt(np.sum(gt[regular] ** 2 / lam[regular])))
-    off = float(np.max(np.abs(gt[~regular]), initial=0.0))
-    newton_length = float(np.hypot(newton, off))
+    newton_length = standard_errors_from_optimum(g_scaled, lam, vec, allowance)  # evaluate's rule too
     if negative.any():
         se = np.full(len(labels), np.nan)  # no maximum here: no standard errors
     elif flat.any():

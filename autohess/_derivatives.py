@@ -259,16 +259,37 @@ def _nonfinite_labels(matrix: jax.Array, labels) -> list[str]:
     return [lab for lab, bad in zip(labels, rows) if bad]
 
 
-def _raise_nonfinite_model(model: Model, params: Any, matrix: jax.Array, labels) -> None:
-    model._check_finite_at(params, "given parameters")  # raises if the likelihood itself is bad
+#: the most frequent reason a finite log-likelihood has a non-finite Hessian, named in every
+#: such message (ah.hessian, ah.evaluate, ah.fit): an infinite constant inside the likelihood
+#: gives a finite value (cdf(inf) = 1) while a derivative multiplies that infinity by a zero
+#: density (the normal pdf's derivative is -z pdf(z): inf * 0 = nan)
+INF_CONSTANT_CAUSE = (
+    "A common cause: jnp.inf or -jnp.inf used as a constant inside the log-likelihood (the outer "
+    "cut points of an ordered model, an integration limit, a bound): the log-likelihood is finite "
+    "but its second derivatives contain inf * 0 = nan. Use a large finite value instead (e.g. "
+    "+-1e10 for a standard-normal cut point), or write the outer categories without the infinite "
+    "constant (1 - cdf(c_last - eta), cdf(c_first - eta))."
+)
+
+
+def nonfinite_hessian_message(model: Model, params: Any, matrix: jax.Array, labels, what: str) -> str:
+    """Why the Hessian at ``params`` (``what``: "given parameters", "starting values", ...) is
+    not finite although the log-likelihood is: the parameters whose second derivatives are not
+    finite, and the common cause."""
+    return (
+        f"the Hessian has non-finite entries for {_nonfinite_labels(matrix, labels)[:8]} although "
+        f"the log-likelihood is finite at the {what} "
+        f"({model.spec.describe(model.spec.flatten(params, model.dtype))}); the likelihood is not "
+        "twice differentiable there (e.g. sqrt or abs at 0, a boundary of a parameter's domain). "
+        + INF_CONSTANT_CAUSE
+    )
+
+
+def _raise_nonfinite_model(model: Model, params: Any, matrix: jax.Array, labels, what: str = "given parameters") -> None:
+    model._check_finite_at(params, what)  # raises if the likelihood itself is bad
     if np.isfinite(np.asarray(matrix)).all():
         return  # the fused finiteness flag overflowed on huge but finite entries
-    raise FloatingPointError(
-        f"the Hessian has non-finite entries for {_nonfinite_labels(matrix, labels)[:8]} although "
-        f"the log-likelihood is finite at ({model.spec.describe(model.spec.flatten(params, model.dtype))}); "
-        "the likelihood is not twice differentiable there (e.g. sqrt or abs at 0, a boundary of a "
-        "parameter's domain)."
-    )
+    raise FloatingPointError(nonfinite_hessian_message(model, params, matrix, labels, what))
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,7 +363,7 @@ def _function_derivative(f: Callable, kind: str, mode: str) -> Callable:
 def _raise_nonfinite_function(matrix: jax.Array, labels) -> None:
     raise FloatingPointError(
         f"the Hessian has non-finite entries for {_nonfinite_labels(matrix, labels)[:8]}: the "
-        "function is not finite or not twice differentiable at x"
+        "function is not finite or not twice differentiable at x. " + INF_CONSTANT_CAUSE.replace("log-likelihood", "function")
     )
 
 

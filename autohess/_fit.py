@@ -18,11 +18,11 @@ from jax.flatten_util import ravel_pytree
 from jax.scipy.stats import norm
 
 from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse, scaled_eigenvectors
-from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize
+from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize, hessian
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._params import Labels, element_labels, path_name
-from ._solver import SolverResult, Status, after, lbfgs, trust_region_newton
+from ._solver import SolverResult, Status, after, lbfgs, lbfgs_preconditioner, trust_region_newton
 from ._validation import UNTRACEABLE, not_traceable
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
@@ -241,7 +241,9 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
             x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
             return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
-        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter)
+        # one exact Hessian at the start, as a change of variables (``lbfgs_preconditioner``)
+        _, _, h0 = _value_grad_hess_fn(f, mode)(u0)
+        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter, precondition=lbfgs_preconditioner(h0))
         return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None
 
     return jax.jit(solve)
@@ -506,8 +508,10 @@ def fit(
         model: an ``ah.Model``.
         start: starting parameters on the natural scale (default: the model's initial values).
         method: ``"trust-region"`` (default; exact-Hessian Newton steps in a trust region,
-            robust to indefinite Hessians), ``"lbfgs"`` (``optax.lbfgs``; for many
-            parameters; the exact Hessian is formed once, at the end) or ``"gauss-newton"``
+            robust to indefinite Hessians), ``"lbfgs"`` (``optax.lbfgs`` on the scale where
+            the exact Hessian at the start is the identity; two exact Hessians in all, at the
+            start and the end, instead of one per iteration: faster once a Hessian costs far
+            more than a gradient, hundreds of parameters; README "Fits you can trust") or ``"gauss-newton"``
             (least-squares models only: the same trust region on ``J'J``, i.e.
             Levenberg-Marquardt; inference still uses exact derivatives).
         cov_type: ``"hessian"`` (inverse observed information, default), ``"opg"`` (outer
@@ -559,9 +563,19 @@ def fit(
     code = int(status)
     if code == Status.NONFINITE and int(iterations) == 0:
         model._check_finite_at(params, "starting values")  # raises, naming the observations
+        # a finite log-likelihood with non-finite derivatives: the parameters, as ah.hessian
+        # names them (the solver's own status could only say "not finite")
+        start_hessian = hessian(model, params, check=False).matrix
+        _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if code == Status.CONVERGED and not bool(result.diagnostics_data.flagged):
         pass  # the common case: nothing below applies (one host read)
+    elif np.isfinite(np.asarray(result.llf)) and not np.isfinite(np.asarray(result.hessian_matrix)).all():
+        # L-BFGS needs no Hessian to reach a point: one that is not finite there shows only
+        # now, and is the same failure as at a trust-region start (a non-finite Hessian is
+        # always flagged, so this branch sees it)
+        _raise_nonfinite_model(model, model.spec.unflatten(x), result.hessian_matrix, model.labels,
+                               "L-BFGS estimate" if method == "lbfgs" else "estimate")
     elif code == Status.NONFINITE:
         # the solver gave up where the likelihood or its derivatives are not finite: no
         # standard error there means anything

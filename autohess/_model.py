@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 from typing import Any, Callable, Optional
 
 import jax
@@ -37,7 +38,10 @@ class Model:
             independent non-identical data). Recursive models must pass ``False``; chunked
             Hessians refuse them. autohess also checks this on first chunked use.
         simulate: optional ``simulate(key, params, data) -> data`` drawing a new data set of
-            the same structure from the model at ``params`` (used by parametric bootstrap).
+            the same structure from the model at ``params`` (used by parametric bootstrap and
+            simulation studies; ``data`` is the model's data, for covariates and sizes). Its
+            signature is checked here; ``model.simulate(key, params)`` calls it with the
+            model's own data.
         support: optional ``support(data)`` written in ``jax.numpy`` saying which data the
             likelihood is defined for: a boolean array, ``True`` where an observation is valid
             (shape ``(N,)``; a scalar for a property of the whole data set), or a dict
@@ -93,6 +97,7 @@ class Model:
         self.data = prepare_data(data, self.dtype)
         self.per_observation = bool(per_observation)
         self.independent = bool(independent) and self.per_observation
+        _check_simulate(simulate)
         self.simulate_fn = simulate
         self.support_fn = support
         self.hessian_mode = hessian_mode
@@ -265,6 +270,29 @@ class Model:
             f"log-likelihood is not finite at the {what} ({self.spec.describe(flat)}){where}. "
             "Choose starting values inside the support of the model, or check the data."
         )
+
+
+def _check_simulate(simulate: Optional[Callable]) -> None:
+    """``simulate`` must take ``(key, params, data)``: checked when the model is built, since a
+    wrong arity would otherwise surface only inside a compiled bootstrap, as a bare TypeError."""
+    if simulate is None:
+        return
+    if not callable(simulate):
+        raise TypeError(f"simulate must be a function simulate(key, params, data) -> data, got {type(simulate).__name__}")
+    try:
+        signature = inspect.signature(simulate)
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): the first call tells
+    try:
+        signature.bind(None, None, None)
+    except TypeError as err:
+        name = getattr(simulate, "__name__", type(simulate).__name__)
+        raise TypeError(
+            f"simulate={name}{signature} cannot be called as simulate(key, params, data) ({err}). "
+            "Write it as simulate(key, params, data) -> data: autohess passes the model's data "
+            "(covariates, sizes) as the third argument; ignore it if you do not need it "
+            "(model.simulate(key, params) is the bound method that supplies it)."
+        ) from None
 
 
 def describe_support_failure(cond: str, ok: np.ndarray) -> Optional[str]:

@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Problem", "DiagnosticReport", "summary", "format_direction", "curvature_allowance"]
 
 #: vocabulary of problem kinds
-#: largest gradient per marginal standard deviation (free parameters) at which a point counts
-#: as stationary: the log-likelihood changes by at most 1e-4 over one standard error
+#: cap on the gradient per marginal standard deviation that ``curvature_allowance`` lets tilt a
+#: flat eigenvalue (the log-likelihood changes by at most 1e-4 over one standard error); whether
+#: a point is at the optimum is ``AT_OPTIMUM_SE``'s rule
 STATIONARY_SCALED_GRAD = 1e-4
 
 
@@ -40,11 +41,57 @@ def curvature_allowance(top: float, scaled_gradient: float) -> float:
     return max(top / FLAT_CONDITION, min(scaled_gradient, STATIONARY_SCALED_GRAD))
 
 
+#: a point counts as the optimum when the Newton step from it is at most this many standard
+#: errors long (``standard_errors_from_optimum``): closer than that, the Hessian and standard
+#: errors there differ from those at the optimum by a negligible third-derivative term. One
+#: rule for ``evaluate`` (its report) and ``audit``.
+AT_OPTIMUM_SE = 0.1
+
+
+def standard_errors_from_optimum(g_scaled: np.ndarray, lam: np.ndarray, vec: np.ndarray, allowance: float) -> float:
+    """How far a point is from the optimum, in standard errors: the Newton step's Mahalanobis
+    length ``sqrt(g' H^-1 g)`` on the eigen-directions of the unit-diagonal scaled Hessian
+    (``lam``, ``vec``; ``g_scaled = g / sqrt|H_ii|``) whose curvature is resolved (above
+    ``allowance``, see ``curvature_allowance``), combined with the largest gradient component
+    along the others (flat or negative: no Newton step exists there, the gradient per unit of
+    scaled curvature is what is left). NaN where the Hessian is not finite."""
+    if not (np.all(np.isfinite(lam)) and np.all(np.isfinite(g_scaled))):
+        return float("nan")
+    regular = lam > allowance
+    gt = vec.T @ g_scaled
+    newton = float(np.sqrt(np.sum(gt[regular] ** 2 / lam[regular])))
+    off = float(np.max(np.abs(gt[~regular]), initial=0.0))
+    return float(np.hypot(newton, off))
+
+
+def _distance_on_face(grad: np.ndarray, hess: np.ndarray, boundary: np.ndarray) -> float:
+    """``standard_errors_from_optimum`` for a fit's report: parameters at a bound are held
+    there (their gradient is legitimately not zero), as the diagnostics' eigenvalues are."""
+    if not (np.isfinite(hess).all() and np.isfinite(grad).all()):
+        return float("nan")
+    diag = np.abs(np.diag(hess))
+    d = np.sqrt(np.where(diag > 0, diag, 1.0))
+    face = np.where(boundary[:, None] | boundary[None, :], np.eye(len(d)), hess / np.outer(d, d))
+    g_scaled = np.where(boundary, 0.0, grad / d)
+    lam, vec = np.linalg.eigh(face)
+    top = float(np.max(np.abs(lam))) if lam.size else 0.0
+    return standard_errors_from_optimum(g_scaled, lam, vec, curvature_allowance(top, float(np.max(np.abs(g_scaled), initial=0.0))))
+
+
 KINDS = ("not_converged", "unbounded", "saddle", "flat", "boundary", "ill_conditioned")
 
 _SUGGEST = {
     "not_converged": "raise maxiter, start closer to the optimum, or check the model; do not "
     "report these standard errors",
+    "nonfinite": "ah.hessian(model, res.params) names the parameters whose derivatives are not "
+    "finite; a common cause is jnp.inf used as a constant inside the log-likelihood (a cut point, "
+    "a bound), whose derivatives contain inf * 0 = nan: use a large finite value. More iterations "
+    "do not help",
+    # ah.evaluate optimises nothing (no maxiter): the advice is to fit, or to pass the optimum
+    "not_optimum": "these parameters are not the maximum-likelihood estimate for this model and "
+    "data: fit the model from them (ah.fit(model, start=params)) and use that result, or pass the "
+    "optimum itself (all the digits the other software gives, for the same likelihood and data); "
+    "do not report these standard errors",
     "unbounded": "the maximum-likelihood estimate does not exist for these data: look for a "
     "covariate or combination that predicts the outcome perfectly (separation) or a group with "
     "only zero counts, and drop, merge or recode it; or use a penalised likelihood (Firth, a weak "
@@ -142,7 +189,9 @@ class DiagnosticReport:
         scaled_grad = np.abs(grad) / np.sqrt(np.maximum(np.abs(np.diag(hess)), np.finfo(float).tiny))
         # (parameters at a bound left out: the gradient there is legitimately not zero)
         free_grad = float(np.max(scaled_grad[~boundary], initial=0.0))
-        stationary = status in (Status.CONVERGED, Status.SINGULAR) or free_grad <= STATIONARY_SCALED_GRAD
+        # how far from the optimum, in standard errors (the audit's rule, the same helper)
+        distance = _distance_on_face(grad, hess, boundary)
+        stationary = status in (Status.CONVERGED, Status.SINGULAR) or distance <= AT_OPTIMUM_SE
         # Negative curvature counts as a saddle only beyond what rounding and the remaining
         # gradient can produce (see ``curvature_allowance``).
         saddle_level = curvature_allowance(top, free_grad)
@@ -167,15 +216,25 @@ class DiagnosticReport:
                 f"{int(np.asarray(res.iterations))} iterations",
                 involved, direction, _SUGGEST["unbounded"],
             ))
-        elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR) or not stationary:
-            what = res.status if status != Status.NOT_RUN else "not a stationary point"
+        elif status == Status.NOT_RUN and not stationary:
             worst = labels[int(np.argmax(np.where(boundary, 0.0, scaled_grad)))]
             problems.append(Problem(
                 "not_converged",
-                f"{what}; max|gradient| = {float(np.max(np.abs(grad))):.3g} (largest, per marginal "
-                f"standard deviation, for {worst}), Newton decrement = {dec:.3g} after "
-                f"{int(np.asarray(res.iterations))} iterations",
-                (worst,), None, _SUGGEST["not_converged"],
+                f"not at the optimum: the Newton step from these parameters is {distance:.2g} "
+                f"standard errors long (at the optimum: at most {AT_OPTIMUM_SE:g}); max|gradient| = "
+                f"{float(np.max(np.abs(grad))):.3g} (largest, per marginal standard deviation, for {worst})",
+                (worst,), None, _SUGGEST["not_optimum"],
+            ))
+        elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR):
+            worst = labels[int(np.argmax(np.where(boundary, 0.0, scaled_grad)))]
+            advice = _SUGGEST["nonfinite"] if status == Status.NONFINITE else _SUGGEST["not_converged"]
+            problems.append(Problem(
+                "not_converged",
+                f"{res.status}; max|gradient| = {float(np.max(np.abs(grad))):.3g} (largest, per marginal "
+                f"standard deviation, for {worst}), Newton decrement = {dec:.3g}"
+                + (f", {distance:.2g} standard errors from the optimum" if np.isfinite(distance) else "")
+                + f", after {int(np.asarray(res.iterations))} iterations",
+                (worst,), None, advice,
             ))
         lower, upper = res.model.spec.bounds()
         for i in np.flatnonzero(boundary):

