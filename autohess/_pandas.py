@@ -51,9 +51,11 @@ def _column(col: Any, name: str) -> np.ndarray:
     missing = np.asarray(col.isna())
     if missing.any():
         first = int(np.argmax(missing))
+        label = col.index[first]
+        label = label.item() if hasattr(label, "item") else label  # 7, not np.int64(7)
         raise ValueError(
             f"{name} has {int(missing.sum())} missing values (NaN / pd.NA) of {missing.size}; the "
-            f"first in row {first} (index label {col.index[first]!r}). Drop or impute those "
+            f"first in row {first} (index label {label!r}). Drop or impute those "
             "observations before building the model."
         )
     # nullable dtypes (Int64, Float64, boolean) carry their plain numpy dtype

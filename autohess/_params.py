@@ -109,7 +109,10 @@ def _axis_names(names: Optional[dict], params: tuple[str, ...], shapes: tuple) -
         if len(shape) == 1:
             out[param] = (_name_sequence(value, param, None, shape[0]),)
             continue
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(shape):
+        if (
+            isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(shape)
+            or any(isinstance(v, (str, bytes)) for v in value)  # ["a", "b"]: one axis's names
+        ):
             raise ValueError(
                 f"names[{param!r}]: parameter {param!r} has shape {shape}, so give {len(shape)} entries, "
                 f"one per axis, each a sequence of names or None, e.g. (row_names, None)"

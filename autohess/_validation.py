@@ -115,7 +115,7 @@ def cast_data(arr: Any, dtype: np.dtype, name: str) -> Any:
     if np.issubdtype(dtype, np.floating) and np.issubdtype(src, np.integer):
         host = np.asarray(arr)
         limit = 2 ** (np.finfo(dtype).nmant + 1)
-        if host.size and int(np.max(np.abs(host.astype(np.float64)))) > limit:
+        if host.size and np.max(np.abs(host.astype(np.float64))) >= limit:
             back = host.astype(dtype).astype(src)
             if not np.array_equal(back, host):
                 warnings.warn(
