@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._pandas import host_array
 from ._transforms import Real, Transform
 
 __all__ = ["Labels", "ParamSpec", "path_name", "element_labels"]
@@ -242,6 +243,7 @@ class ParamSpec:
         for name, shape, leaf in zip(self.names, self.shapes, leaves):
             if _is_transform(leaf):
                 leaf = leaf.init
+            leaf = host_array(leaf, f"{what}: parameter {name!r}")[0]  # a pandas Series of values
             leaf_shape = tuple(np.shape(leaf))
             if leaf_shape != shape:
                 raise ValueError(

@@ -188,6 +188,11 @@ def test_pandas_inputs_equal_numpy_inputs_exactly(rng):
     for a, b in zip(jax.tree_util.tree_leaves(pm.data), jax.tree_util.tree_leaves(nm.data)):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+    # parameter values as a Series (start=, evaluate): the same vector; a missing value named
+    vals = pd.Series([0.1, 0.02, -0.3], index=df.columns)
+    np.testing.assert_array_equal(pm.flatten({"beta": vals}), vals.to_numpy())
+    with pytest.raises(ValueError, match=r"params: parameter 'beta' \(Series 'b'\) has 1 missing values"):
+        pm.flatten({"beta": pd.Series(pd.array([1.0, None, 0.0], dtype="Float64"), name="b")})
     # weights and cluster ids as Series: the same fit as numpy (same arrays, same program)
     a = ah.fit(pm, weights=w, cov_type="cluster", groups=firm)
     b = ah.fit(nm, weights=w.to_numpy(), cov_type="cluster", groups=firm.to_numpy())
