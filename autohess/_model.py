@@ -63,7 +63,9 @@ class Model:
             ``k >= 2`` axes, a sequence of ``k`` entries, one per axis, each a sequence or
             ``None`` (index kept): ``{"B": (outcomes, regressors)}`` gives ``B[car,age]``,
             ``{"B": (None, regressors)}`` gives ``B[0,age]``. Wherever a parameter is named
-            by its label (``ah.profile``), the index label ``beta[1]`` is accepted too.
+            by its label (``ah.profile``), the index label ``beta[1]`` is accepted too. Keys
+            are parameter names as labels print them (a nested ``{"mean": {"beta": ...}}`` is
+            ``"mean.beta"``).
 
     Dtype: computation is float64 unless every floating input (data and parameters) is
     explicitly float32, in which case it is float32 and a ``Float32Warning`` is issued.

@@ -200,6 +200,18 @@ def test_pandas_inputs_equal_numpy_inputs_exactly(rng):
     np.testing.assert_array_equal(a.cov, b.cov)
 
 
+def test_zoo_takes_names_from_dataframe_columns(rng):
+    X = pd.DataFrame({"const": 1.0, "age": rng.normal(size=30), "female": rng.integers(0, 2, 30)})
+    y = pd.Series(rng.poisson(1.0, 30))
+    m = ah.models.poisson(X, y)
+    assert m.labels == ["beta[const]", "beta[age]", "beta[female]"]
+    ref = ah.models.poisson(X.to_numpy(dtype=float), y.to_numpy(dtype=float))
+    assert ref.labels == ["beta[0]", "beta[1]", "beta[2]"]
+    for k in ("X", "y"):
+        np.testing.assert_array_equal(m.data[k], ref.data[k])
+    assert list(ah.models.weibull(X, np.ones(30), np.ones(30, int)).labels[:2]) == ["beta[const]", "beta[age]"]
+
+
 def test_pandas_bad_columns_named(rng):
     n = 20
     good = {"x": rng.normal(size=n)}

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._pandas import host_array
+from .._pandas import host_array, is_pandas
 from .._validation import cast_data
 
 
@@ -33,6 +33,12 @@ def design(X: Any, y: Any, model: str, y_name: str = "y") -> tuple[np.ndarray, n
     if X.shape[0] == 0:
         raise ValueError(f"{model}: no observations (X has 0 rows)")
     return X, y
+
+
+def beta_names(X: Any) -> Optional[dict]:
+    """``{"beta": X.columns}`` when ``X`` is a pandas DataFrame (labels ``beta[age]``), else None."""
+    cols = getattr(X, "columns", None) if is_pandas(X) else None
+    return None if cols is None else {"beta": tuple(str(c) for c in cols)}
 
 
 def _float(value: Any, name: str) -> np.ndarray:
