@@ -397,7 +397,7 @@ def _like_model_leaf(leaf: Any, ref_dtype: np.dtype, name: str, float_dtype: np.
     """A data-batch leaf in the dtype of the model's leaf: floats as the model's float dtype;
     integer and boolean leaves (codes, ids, counts used as indices) kept integer. Floats given
     for an integer leaf are accepted only if they are whole numbers (a cast would truncate)."""
-    src = np.dtype(getattr(leaf, "dtype", None) or np.asarray(leaf).dtype)
+    src = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
     if np.issubdtype(ref_dtype, np.floating):
         return cast_data(leaf, float_dtype, name)
     if np.issubdtype(src, np.floating):

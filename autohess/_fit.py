@@ -155,14 +155,14 @@ class FitResult:
         (``beta[age]``; needs pandas)."""
         if not frame:
             return self.cov
-        pd = require_pandas("cov_params(frame=True)")
+        pd = require_pandas("cov_params(frame=True)", "cov_params() (an array, rows and columns in res.labels order)")
         labels = list(self.labels)
         return pd.DataFrame(np.asarray(self.cov, dtype=np.float64), index=labels, columns=labels)
 
     def summary_frame(self, alpha: float = 0.05) -> Any:
         """The coefficient table as a pandas DataFrame indexed by label: ``coef``, ``std err``,
         ``z``, ``P>|z|`` and the Wald interval ``[alpha/2`` / ``1-alpha/2]`` (needs pandas)."""
-        pd = require_pandas("summary_frame()")
+        pd = require_pandas("summary_frame()", "summary() (a text table) or params_flat / bse_flat with res.labels")
         ci = np.asarray(self.conf_int(alpha, flat=True), dtype=np.float64)
         return pd.DataFrame(
             {
@@ -204,7 +204,7 @@ class FitResult:
             a, b = spec.to_natural(u - z * se_u), spec.to_natural(u + z * se_u)
             lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
         if frame:
-            pd = require_pandas("conf_int(frame=True)")
+            pd = require_pandas("conf_int(frame=True)", "conf_int(flat=True) (a (p, 2) array in res.labels order)")
             return pd.DataFrame(
                 {"lower": np.asarray(lo, dtype=np.float64), "upper": np.asarray(hi, dtype=np.float64)},
                 index=list(self.labels),

@@ -22,14 +22,15 @@ def is_pandas(x: Any) -> bool:
     return pd is not None and isinstance(x, (pd.DataFrame, pd.Series, pd.Index))
 
 
-def require_pandas(what: str) -> Any:
-    """The pandas module, or an ``ImportError`` saying which call needs it."""
+def require_pandas(what: str, instead: str) -> Any:
+    """The pandas module, or an ``ImportError`` saying which call needs it and what to call
+    without pandas."""
     try:
         import pandas
-    except ImportError as err:  # pragma: no cover - pandas is installed where tests run
+    except ImportError as err:
         raise ImportError(
             f"{what} returns a pandas DataFrame, but pandas is not installed: pip install pandas, "
-            "or call it without frame=True for plain arrays (rows and columns in res.labels order)"
+            f"or use {instead}"
         ) from err
     return pandas
 

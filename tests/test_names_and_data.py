@@ -1,6 +1,9 @@
 """Data and names as applied users have them (issue #13, part 5): integer codes kept integer so
 they can index, pandas inputs, element names for array parameters and labelled frames."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,6 +215,14 @@ def test_zoo_takes_names_from_dataframe_columns(rng):
     assert list(ah.models.weibull(X, np.ones(30), np.ones(30, int)).labels[:2]) == ["beta[const]", "beta[age]"]
 
 
+def test_import_autohess_does_not_import_pandas():
+    out = subprocess.run(
+        [sys.executable, "-c", "import autohess, sys; print('pandas' in sys.modules)"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert out.stdout.strip() == "False"
+
+
 def test_pandas_bad_columns_named(rng):
     n = 20
     good = {"x": rng.normal(size=n)}
@@ -275,6 +286,15 @@ def test_two_axis_names_flow_into_every_report(rng):
     np.testing.assert_array_equal(sf["std err"].to_numpy(), np.asarray(res.bse_flat))
     assert ah.hessian(model, res.params).labels == expected
     assert ah.hessian(model, res.params, scale="unconstrained").labels == expected  # Real: no link
+    # without pandas: an ImportError that says what to call instead
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "pandas", None)
+        with pytest.raises(ImportError, match=r"pip install pandas, or use cov_params\(\) \(an array"):
+            res.cov_params(frame=True)
+        with pytest.raises(ImportError, match=r"or use conf_int\(flat=True\)"):
+            res.conf_int(frame=True)
+        with pytest.raises(ImportError, match=r"or use summary\(\)"):
+            res.summary_frame()
     # partial names: one axis named, the other indexed; carried by with_data
     part = ah.Model(mnl_loglik, {"X": X, "y": y}, {"B": np.zeros((2, 3))}, names={"B": (None, X.columns)})
     assert list(part.labels[:2]) == ["B[0,const]", "B[0,age]"]
