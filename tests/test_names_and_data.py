@@ -286,6 +286,10 @@ def test_two_axis_names_flow_into_every_report(rng):
     np.testing.assert_array_equal(sf["std err"].to_numpy(), np.asarray(res.bse_flat))
     assert ah.hessian(model, res.params).labels == expected
     assert ah.hessian(model, res.params, scale="unconstrained").labels == expected  # Real: no link
+    H = ah.hessian(model, res.params)
+    rep = ah.audit(model, res.params, {"mine": np.asarray(H.matrix) * (1 + 1e-3 * np.eye(6))})
+    assert list(rep.labels) == expected
+    assert "at [B[car,const], B[car,const]]" in str(rep)  # the entries named in the verdict
     # without pandas: an ImportError that says what to call instead
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "pandas", None)
