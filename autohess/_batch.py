@@ -41,9 +41,10 @@ from ._fit import (
     _value_grad_hess_fn,
 )
 from ._model import Model, describe_support_failure
-from ._params import _is_transform, _lists_to_arrays, element_labels
+from ._pandas import host_array
+from ._params import _is_transform, _lists_to_arrays
 from ._solver import Status, trust_region_newton
-from ._validation import _display_name, weight_problem
+from ._validation import _display_name, cast_data, from_pandas, weight_problem
 
 __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size", "chunk_plan"]
 
@@ -371,14 +372,15 @@ def _batch_data(model: Model, data: Any) -> tuple[Any, int]:
     Shapes are static mistakes and raise; NaN or infinite values do not (they become a
     member's ``NONFINITE`` status).
     """
-    leaves, treedef = jax.tree_util.tree_flatten(data)
+    data, _ = from_pandas(data, "data_batch")
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(data)
     ref_leaves, ref_treedef = jax.tree_util.tree_flatten(model.data)
     if treedef != ref_treedef:
         raise ValueError(f"data_batch has structure {treedef}, the model's data {ref_treedef}")
     sizes = set()
     out = []
-    for i, (leaf, ref) in enumerate(zip(leaves, ref_leaves)):
-        arr = jnp.asarray(leaf, model.dtype)
+    for i, ((path, leaf), ref) in enumerate(zip(leaves_with_path, ref_leaves)):
+        arr = _like_model_leaf(leaf, ref.dtype, _display_name("data_batch", path), model.dtype)
         if arr.shape[1:] != ref.shape or arr.ndim != ref.ndim + 1:
             raise ValueError(
                 f"data_batch leaf {i} has shape {arr.shape}; expected (B,) + {ref.shape}, the model's "
@@ -389,6 +391,23 @@ def _batch_data(model: Model, data: Any) -> tuple[Any, int]:
     if len(sizes) != 1:
         raise ValueError(f"data_batch leaves disagree on the batch size: {sorted(sizes)}")
     return treedef.unflatten(out), sizes.pop()
+
+
+def _like_model_leaf(leaf: Any, ref_dtype: np.dtype, name: str, float_dtype: np.dtype) -> jax.Array:
+    """A data-batch leaf in the dtype of the model's leaf: floats as the model's float dtype;
+    integer and boolean leaves (codes, ids, counts used as indices) kept integer. Floats given
+    for an integer leaf are accepted only if they are whole numbers (a cast would truncate)."""
+    src = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    if np.issubdtype(ref_dtype, np.floating):
+        return cast_data(leaf, float_dtype, name)
+    if np.issubdtype(src, np.floating):
+        host = np.asarray(leaf)
+        if not np.all(np.isfinite(host) & (host == np.round(host))):
+            raise TypeError(
+                f"{name} has non-integer or non-finite values, but the model's data there are "
+                f"{np.dtype(ref_dtype).name} (codes, ids or counts): give whole numbers, as an integer array"
+            )
+    return jnp.asarray(leaf, ref_dtype)
 
 
 def _batch_start(model: Model, start: Any) -> tuple[Any, bool, Optional[int]]:
@@ -477,11 +496,11 @@ def _input_problems(
             problems[b].append(weight_problem(w[b]))
     if params_batched:
         spec = model.spec
-        for name, shape, t, leaf in zip(spec.names, spec.shapes, spec.transforms, jax.tree_util.tree_leaves(params)):
+        for k, (name, t, leaf) in enumerate(zip(spec.names, spec.transforms, jax.tree_util.tree_leaves(params))):
             arr = np.asarray(leaf, np.float64).reshape(size, -1)
             ok = np.asarray(t.in_domain(arr)).reshape(size, -1)
             for b in np.flatnonzero(~ok.all(axis=1)):
-                labels = element_labels(name, shape)
+                labels = spec.element_labels_of(k)
                 bad = [f"{lab}={v!r}" for lab, v, g in zip(labels, arr[b].tolist(), ok[b]) if not g]
                 shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
                 problems[b].append(
@@ -572,7 +591,7 @@ def fit_batch(
         data = model.data
     w = None
     if weights is not None:
-        w = jnp.asarray(weights, model.dtype)
+        w = jnp.asarray(host_array(weights, "weights")[0], model.dtype)
         if not model.per_observation or w.ndim != 2 or w.shape[1] != model.nobs:
             raise ValueError(f"weights has shape {tuple(w.shape)}, expected (B, {model.nobs})")
         sizes.append(w.shape[0])

@@ -181,9 +181,24 @@ def check_simulate(model: Model, params: Any) -> None:
             f"simulate returned data with structure {jax.tree_util.tree_structure(out)}; the "
             f"model's data has {jax.tree_util.tree_structure(want)}"
         )
-    for got, ref in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(want)):
+    narrowed = []
+    for (path, got), ref in zip(jax.tree_util.tree_flatten_with_path(out)[0], jax.tree_util.tree_leaves(want)):
         if got.shape != ref.shape:
             raise ValueError(f"simulate returned an array of shape {got.shape} where the model's data has {ref.shape}")
+        if not jnp.issubdtype(ref.dtype, jnp.floating) and jnp.issubdtype(got.dtype, jnp.floating):
+            narrowed.append(path)
+    if narrowed:
+        # integer data (codes, counts) stay integer, so simulated floats are cast back to them:
+        # one draw, on the host, shows whether that cast would truncate
+        draw = dict(jax.tree_util.tree_flatten_with_path(model.simulate_fn(jax.random.key(0), params, model.data))[0])
+        for path in narrowed:
+            v = np.asarray(draw[path])
+            if not np.all(np.isfinite(v) & (v == np.round(v))):
+                raise ValueError(
+                    f"simulate returns non-integer values for {_display_name('data', path)}, which the "
+                    "model holds as integers (integer data keep their dtype): return whole numbers "
+                    "there, or give that data array as floats"
+                )
 
 
 def simulated(model: Model, raw_key: jax.Array, params: Any, data: Any) -> Any:

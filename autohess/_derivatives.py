@@ -23,6 +23,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ._model import HESSIAN_MODES, Model
+from ._pandas import host_array
 from ._params import Labels, element_labels, path_name
 from ._validation import choose_dtype, float32_warning, weight_problem
 
@@ -134,7 +135,7 @@ def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
         return None
     if not model.per_observation:
         raise ValueError("weights need per-observation contributions; this Model has per_observation=False")
-    w = np.asarray(weights)
+    w = np.asarray(host_array(weights, "weights")[0])
     if w.shape != (model.nobs,):
         raise ValueError(f"weights has shape {w.shape}, expected ({model.nobs},), one per observation")
     problem = weight_problem(w)

@@ -21,6 +21,7 @@ from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_
 from ._derivatives import Hessian, _model_params, _model_weights, _objective, _raise_nonfinite_model, _symmetrize, hessian
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
+from ._pandas import is_pandas, require_pandas
 from ._params import Labels, element_labels, path_name
 from ._solver import SolverResult, Status, after, lbfgs, lbfgs_preconditioner, trust_region_newton
 from ._validation import UNTRACEABLE, not_traceable
@@ -148,13 +149,37 @@ class FitResult:
     def pvalues(self) -> Any:
         return self.model.spec.unflatten(self.pvalues_flat)
 
-    def cov_params(self) -> jax.Array:
-        """``p x p`` covariance of the estimate, rows/columns in ``labels`` order."""
-        return self.cov
+    def cov_params(self, *, frame: bool = False) -> Any:
+        """``p x p`` covariance of the estimate, rows/columns in ``labels`` order; with
+        ``frame=True`` a pandas DataFrame whose index and columns are the labels
+        (``beta[age]``; needs pandas)."""
+        if not frame:
+            return self.cov
+        pd = require_pandas("cov_params(frame=True)", "cov_params() (an array, rows and columns in res.labels order)")
+        labels = list(self.labels)
+        return pd.DataFrame(np.asarray(self.cov, dtype=np.float64), index=labels, columns=labels)
 
-    def conf_int(self, alpha: float = 0.05, *, flat: bool = False, scale: str = "natural") -> Any:
-        """Wald intervals: ``(p, 2)`` if ``flat``, else a pytree whose leaves have a trailing
-        axis of 2 (lower, upper).
+    def summary_frame(self, alpha: float = 0.05) -> Any:
+        """The coefficient table as a pandas DataFrame indexed by label: ``coef``, ``std err``,
+        ``z``, ``P>|z|`` and the Wald interval ``[alpha/2`` / ``1-alpha/2]`` (needs pandas)."""
+        pd = require_pandas("summary_frame()", "summary() (a text table) or params_flat / bse_flat with res.labels")
+        ci = np.asarray(self.conf_int(alpha, flat=True), dtype=np.float64)
+        return pd.DataFrame(
+            {
+                "coef": np.asarray(self.params_flat, dtype=np.float64),
+                "std err": np.asarray(self.bse_flat, dtype=np.float64),
+                "z": np.asarray(self.tvalues_flat, dtype=np.float64),
+                "P>|z|": np.asarray(self.pvalues_flat, dtype=np.float64),
+                f"[{alpha / 2:g}": ci[:, 0],
+                f"{1 - alpha / 2:g}]": ci[:, 1],
+            },
+            index=list(self.labels),
+        )
+
+    def conf_int(self, alpha: float = 0.05, *, flat: bool = False, scale: str = "natural", frame: bool = False) -> Any:
+        """Wald intervals: ``(p, 2)`` if ``flat``, a pandas DataFrame indexed by label with
+        columns ``lower`` and ``upper`` if ``frame`` (needs pandas), else a pytree whose leaves
+        have a trailing axis of 2 (lower, upper).
 
         ``scale="natural"`` (default, as statsmodels): ``params -/+ z_{1-alpha/2} * bse``; for a
         parameter near a bound of its domain this can leave the domain (a variance interval
@@ -178,6 +203,12 @@ class FitResult:
             se_u = self.bse_flat / jnp.abs(dxdu)
             a, b = spec.to_natural(u - z * se_u), spec.to_natural(u + z * se_u)
             lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
+        if frame:
+            pd = require_pandas("conf_int(frame=True)", "conf_int(flat=True) (a (p, 2) array in res.labels order)")
+            return pd.DataFrame(
+                {"lower": np.asarray(lo, dtype=np.float64), "upper": np.asarray(hi, dtype=np.float64)},
+                index=list(self.labels),
+            )
         if flat:
             return jnp.stack([lo, hi], axis=-1)
         spec = self.model.spec
@@ -413,6 +444,14 @@ def _status_on_face(status: jax.Array, d: Diagnostics) -> jax.Array:
 
 
 def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
+    if is_pandas(groups):  # ids may be text here (firm names), so not host_array's numeric rule
+        missing = np.asarray(groups.isna())
+        if missing.any():
+            raise ValueError(
+                f"groups contains {int(missing.sum())} missing cluster ids (NaN / pd.NA; first at observation "
+                f"{int(np.argmax(missing))}): give every observation a cluster id"
+            )
+        groups = groups.to_numpy()
     g = np.asarray(groups)
     if g.ndim != 1 or g.shape[0] != model.nobs:
         raise ValueError(

@@ -31,7 +31,9 @@ __all__ = ["LeastSquaresModel", "least_squares", "gauss_newton_covariance"]
 class LeastSquaresModel(Model):
     """A ``Model`` built from a residual function; see ``least_squares``."""
 
-    def __init__(self, residual_fn: Callable, data: Any, params: Any, *, name: Optional[str] = None):
+    def __init__(
+        self, residual_fn: Callable, data: Any, params: Any, *, name: Optional[str] = None, names: Optional[dict] = None
+    ):
         if not callable(residual_fn):
             raise TypeError("residual_fn must be a function residual_fn(params, data) -> (n,) residuals")
         self.residual_fn = residual_fn
@@ -45,7 +47,7 @@ class LeastSquaresModel(Model):
 
         super().__init__(
             concentrated_loglik, data, params, per_observation=False,
-            name=name or getattr(residual_fn, "__name__", "least_squares"),
+            name=name or getattr(residual_fn, "__name__", "least_squares"), names=names,
         )
         self.nobs = int(jax.eval_shape(residual_fn, self.init_params, self.data).shape[0])
         if self.nobs <= self.n_params:
@@ -64,15 +66,18 @@ class LeastSquaresModel(Model):
 
     def with_data(self, data: Any) -> "LeastSquaresModel":
         declared = self.spec.treedef.unflatten(list(self.spec.transforms))
-        return LeastSquaresModel(self.residual_fn, data, declared, name=self.name)
+        return LeastSquaresModel(self.residual_fn, data, declared, name=self.name, names=self.names)
 
 
-def least_squares(residual_fn: Callable, data: Any, params: Any, *, name: Optional[str] = None) -> LeastSquaresModel:
+def least_squares(
+    residual_fn: Callable, data: Any, params: Any, *, name: Optional[str] = None, names: Optional[dict] = None
+) -> LeastSquaresModel:
     """Nonlinear least squares ``min_b sum_i r_i(b)^2`` as a (concentrated) Gaussian model.
 
     Args:
         residual_fn: ``residual_fn(params, data) -> Float[Array, "n"]``, e.g. ``y - f(b, x)``.
         data: pytree of arrays; params: initial values (transforms allowed).
+        names: element names of array parameters, as for ``ah.Model``.
 
     Returns:
         ``LeastSquaresModel``; fit it with ``ah.fit(model, cov_type="gauss-newton")`` for the
@@ -83,7 +88,7 @@ def least_squares(residual_fn: Callable, data: Any, params: Any, *, name: Option
         ...                      {"x": x, "y": y}, {"b": jnp.array([500.0, 1e-4])})
         >>> ah.fit(m, cov_type="gauss-newton").bse
     """
-    return LeastSquaresModel(residual_fn, data, params, name=name)
+    return LeastSquaresModel(residual_fn, data, params, name=name, names=names)
 
 
 def gauss_newton_covariance(model: LeastSquaresModel, x: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._params import ParamSpec
-from ._validation import UNTRACEABLE, choose_dtype, float32_warning, not_traceable, prepare_data
+from ._validation import UNTRACEABLE, choose_dtype, float32_warning, from_pandas, not_traceable, prepare_data
 
 __all__ = ["Model", "HESSIAN_MODES"]
 
@@ -28,8 +28,11 @@ class Model:
             ``per_observation=False`` it returns the total log-likelihood (a scalar); scores,
             chunked Hessians and observation weights are then unavailable. Recursive models
             (GARCH, state space) may use ``lax.scan`` inside and still return ``(N,)``.
-        data: pytree (usually a dict) of arrays. Integer and boolean arrays are cast to floats.
-            NaN or infinite entries raise ``ValueError``.
+        data: pytree (usually a dict) of arrays; pandas ``DataFrame`` / ``Series`` are accepted
+            anywhere an array is (converted once, index ignored; a DataFrame's column names are
+            kept in ``model.columns``). Floating arrays become float64 (see Dtype); integer and
+            boolean arrays keep their dtype, so category codes and group ids can index
+            (``cuts[data["y"]]``). NaN, infinite or missing entries raise ``ValueError``.
         params: pytree of initial values on the natural scale. Leaves are arrays/scalars
             (unconstrained, ``ah.Real``) or transform declarations (``ah.Positive(1.0)``,
             ``ah.Interval(0, 1, 0.5)``).
@@ -58,6 +61,15 @@ class Model:
             zoo's GLMs use it) or ``"fwd-fwd"`` (no reverse sweep; only for very few
             parameters). All three give the same matrix up to rounding.
         name: optional name shown in reports.
+        names: optional element names for array parameters, ``{"beta": ["const", "age"]}``
+            (any sequence of the parameter's length, e.g. a pandas ``Index`` such as
+            ``X.columns``), labelling ``beta[age]`` instead of ``beta[1]``. For a parameter with
+            ``k >= 2`` axes, a sequence of ``k`` entries, one per axis, each a sequence or
+            ``None`` (index kept): ``{"B": (outcomes, regressors)}`` gives ``B[car,age]``,
+            ``{"B": (None, regressors)}`` gives ``B[0,age]``. Wherever a parameter is named
+            by its label (``ah.profile``), the index label ``beta[1]`` is accepted too. Keys
+            are parameter names as labels print them (a nested ``{"mean": {"beta": ...}}`` is
+            ``"mean.beta"``).
 
     Dtype: computation is float64 unless every floating input (data and parameters) is
     explicitly float32, in which case it is float32 and a ``Float32Warning`` is issued.
@@ -83,6 +95,7 @@ class Model:
         hessian_mode: str = "fwd-rev",
         name: Optional[str] = None,
         support: Optional[Callable[[Any], Any]] = None,
+        names: Optional[dict] = None,
     ):
         if not callable(loglik):
             raise TypeError(f"loglik must be a function loglik(params, data), got {type(loglik).__name__}")
@@ -90,7 +103,12 @@ class Model:
             raise ValueError(f"hessian_mode must be one of {HESSIAN_MODES}, got {hessian_mode!r}")
         if support is not None and not callable(support):
             raise TypeError(f"support must be a function support(data), got {type(support).__name__}")
-        self.spec = ParamSpec(params, root="theta")
+        self.spec = ParamSpec(params, root="theta", names=names)
+        self.names = self.spec.element_names  # normalised; what with_data passes on
+        data, columns = from_pandas(data)
+        #: ``{data leaf: column names}`` for each leaf given as a pandas DataFrame, e.g.
+        #: ``{"data['X']": ("const", "age")}``; pass them on as ``names={"beta": ...}``
+        self.columns: dict = columns
         self.dtype = choose_dtype(data, [t.init for t in self.spec.transforms])
         if self.dtype == np.float32:
             float32_warning("every floating input (data and parameters)")
@@ -173,6 +191,7 @@ class Model:
             hessian_mode=self.hessian_mode,
             name=self.name,
             support=self.support_fn,
+            names=self.names,
         )
 
     # -- traced building blocks ------------------------------------------------------------------

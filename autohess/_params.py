@@ -7,12 +7,13 @@ entry (``"beta[3]"``, ``"sigma"``, ``"L[1,0]"``) and which transform applies to 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._pandas import host_array
 from ._transforms import Real, Transform
 
 __all__ = ["Labels", "ParamSpec", "path_name", "element_labels"]
@@ -56,11 +57,71 @@ def path_name(path: Sequence[Any], root: str) -> str:
     return name or root
 
 
-def element_labels(name: str, shape: tuple[int, ...]) -> list[str]:
-    """Labels of the elements of an array leaf in C order: ``sigma``, ``beta[3]``, ``L[1,0]``."""
+def element_labels(name: str, shape: tuple[int, ...], axes: Any = None) -> list[str]:
+    """Labels of the elements of an array leaf in C order: ``sigma``, ``beta[3]``, ``L[1,0]``.
+
+    ``axes`` (one entry per axis, a tuple of names or ``None``) replaces indices by names:
+    ``beta[age]``, ``B[car,age]``.
+    """
     if shape == ():
         return [name]
-    return [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+    axes = axes or (None,) * len(shape)
+    return [
+        f"{name}[{','.join(str(i) if ax is None else ax[i] for i, ax in zip(idx, axes))}]"
+        for idx in np.ndindex(*shape)
+    ]
+
+
+def _name_sequence(value: Any, param: str, axis: Optional[int], length: int) -> tuple[str, ...]:
+    """One axis's names as a tuple of strings, checked against the axis length."""
+    where = f"names[{param!r}]" + ("" if axis is None else f" axis {axis}")
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"{where} must be a sequence of names (a list, tuple or pandas Index), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    names = tuple(str(v) for v in value)
+    if len(names) != length:
+        what = f"parameter {param!r} has {length} elements" if axis is None else f"axis {axis} of parameter {param!r} has length {length}"
+        raise ValueError(f"{where} has {len(names)} names but {what}; give one name per element")
+    seen: dict = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    dup = sorted(n for n, k in seen.items() if k > 1)
+    if dup:
+        raise ValueError(f"{where} has duplicate names {dup[:5]}: each element needs its own name")
+    return names
+
+
+def _axis_names(names: Optional[dict], params: tuple[str, ...], shapes: tuple) -> dict:
+    """``{parameter: (names of axis 0 or None, ...)}`` from ``Model(names=)``, checked."""
+    if names is None:
+        return {}
+    if not isinstance(names, dict):
+        raise TypeError(f"names must be a dict {{parameter: element names}}, got {type(names).__name__}")
+    shape_of = dict(zip(params, shapes))
+    out = {}
+    for param, value in names.items():
+        if param not in shape_of:
+            raise ValueError(f"names: unknown parameter {param!r}; the model's parameters are {list(params)}")
+        shape = shape_of[param]
+        if shape == ():
+            raise ValueError(f"names: parameter {param!r} is a scalar; its label is its name, so it takes no element names")
+        if len(shape) == 1:
+            out[param] = (_name_sequence(value, param, None, shape[0]),)
+            continue
+        if (
+            isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != len(shape)
+            or any(isinstance(v, (str, bytes)) for v in value)  # ["a", "b"]: one axis's names
+        ):
+            raise ValueError(
+                f"names[{param!r}]: parameter {param!r} has shape {shape}, so give {len(shape)} entries, "
+                f"one per axis, each a sequence of names or None, e.g. (row_names, None)"
+            )
+        out[param] = tuple(
+            None if v is None else _name_sequence(v, param, k, n) for k, (v, n) in enumerate(zip(value, shape))
+        )
+    return out
 
 
 class Labels(tuple):
@@ -95,9 +156,10 @@ class ParamSpec:
     Args:
         params: pytree whose leaves are arrays/scalars (``Real``) or ``Transform`` objects.
         root: name used for a bare (non-container) array, e.g. ``"x"`` gives ``"x[0]"``.
+        names: ``{parameter: element names}`` (see ``Model(names=)``): labels ``beta[age]``.
     """
 
-    def __init__(self, params: Any, root: str = "x"):
+    def __init__(self, params: Any, root: str = "x", names: Optional[dict] = None):
         leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(
             params, is_leaf=_is_transform
         )
@@ -118,8 +180,18 @@ class ParamSpec:
         self.size = self.offsets[-1]
         if self.size == 0:
             raise ValueError("params has no entries: every parameter array is empty")
-        self.labels: Labels = Labels(
+        axes = _axis_names(names, self.names, self.shapes)
+        #: ``{parameter: per-axis names}``, normalised (tuples of strings); what ``with_data``
+        #: passes on
+        self.element_names: dict = {k: v[0] if len(v) == 1 else v for k, v in axes.items()}
+        self._axes = tuple(axes.get(name) for name in self.names)
+        #: labels by position (``beta[1]``) whatever the names; still accepted where a user names
+        #: a parameter (``index_of``)
+        self.index_labels: Labels = Labels(
             lab for name, shape in zip(self.names, self.shapes) for lab in element_labels(name, shape)
+        )
+        self.labels: Labels = Labels(
+            lab for name, shape, ax in zip(self.names, self.shapes, self._axes) for lab in element_labels(name, shape, ax)
         )
         seen: dict = {}
         for lab in self.labels:
@@ -133,8 +205,8 @@ class ParamSpec:
         self.all_real = all(type(t) is Real for t in self.transforms)
         self.unconstrained_labels: Labels = Labels(
             lab if not t.link else f"{t.link}({lab})"
-            for name, shape, t in zip(self.names, self.shapes, self.transforms)
-            for lab in element_labels(name, shape)
+            for name, shape, t, ax in zip(self.names, self.shapes, self.transforms, self._axes)
+            for lab in element_labels(name, shape, ax)
         )
         self._check_domain(
             [t.init for t in self.transforms], "initial value", [t.domain for t in self.transforms]
@@ -171,6 +243,7 @@ class ParamSpec:
         for name, shape, leaf in zip(self.names, self.shapes, leaves):
             if _is_transform(leaf):
                 leaf = leaf.init
+            leaf = host_array(leaf, f"{what}: parameter {name!r}")[0]  # a pandas Series of values
             leaf_shape = tuple(np.shape(leaf))
             if leaf_shape != shape:
                 raise ValueError(
@@ -179,15 +252,31 @@ class ParamSpec:
             out.append(leaf)
         return out
 
+    def index_of(self, label: str) -> int:
+        """Position of a parameter in the flat vector from its label (``beta[age]``) or its
+        index label (``beta[1]``, the label without ``names``); ``ValueError`` otherwise."""
+        if label in self.labels:
+            return self.labels.index(label)
+        if label in self.index_labels:
+            return self.index_labels.index(label)
+        shown = list(self.labels)
+        shown = shown if len(shown) <= 40 else shown[:40] + [f"... ({len(shown)} in all)"]
+        raise ValueError(f"unknown parameter {label!r}; the model's parameters are {shown}")
+
+    def element_labels_of(self, k: int) -> list[str]:
+        """Labels of the elements of the ``k``-th parameter leaf (names applied)."""
+        return element_labels(self.names[k], self.shapes[k], self._axes[k])
+
     def _check_domain(self, values: list, what: str, domains: list[str]) -> None:
-        for name, t, value in zip(self.names, self.transforms, values):
+        for k, (name, t, value) in enumerate(zip(self.names, self.transforms, values)):
             arr = np.asarray(value, dtype=np.float64)
             ok = np.asarray(t.in_domain(arr))
             if not ok.all():
                 bad = [
                     f"{lab}={v!r}"
                     for lab, v, good in zip(
-                        element_labels(name, arr.shape), arr.reshape(-1).tolist(), ok.reshape(-1)
+                        self.element_labels_of(k) if arr.shape == self.shapes[k] else element_labels(name, arr.shape),
+                        arr.reshape(-1).tolist(), ok.reshape(-1),
                     )
                     if not good
                 ]

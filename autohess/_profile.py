@@ -105,9 +105,9 @@ def _index(res: FitResult, name: Union[str, int]) -> int:
         if not 0 <= int(name) < len(labels):
             raise ValueError(f"parameter index {name} is out of range: the model has {len(labels)} parameters")
         return int(name)
-    if name not in labels:
-        raise ValueError(f"unknown parameter {name!r}; the model's parameters are {labels}")
-    return labels.index(name)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a parameter label (str) or a flat index (int), got {type(name).__name__}")
+    return res.model.spec.index_of(name)
 
 
 def _member(model, j: int, maxiter: int):

@@ -15,11 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.nn import log_sigmoid, sigmoid
 
+from ._pandas import host_array
+
 __all__ = ["Transform", "Real", "Positive", "Interval"]
 
 
 def _as_init(init: Any) -> np.ndarray:
-    arr = np.asarray(init)
+    arr = np.asarray(host_array(init, "initial value")[0])
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):

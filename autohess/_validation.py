@@ -13,9 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._pandas import host_array
 from ._params import path_name
 
-__all__ = ["prepare_data", "choose_dtype", "float32_warning", "Float32Warning", "UNTRACEABLE", "not_traceable", "weight_problem"]
+__all__ = [
+    "prepare_data", "choose_dtype", "float32_warning", "Float32Warning", "UNTRACEABLE", "not_traceable",
+    "weight_problem", "from_pandas", "cast_data",
+]
 
 #: what JAX raises when user code (a loglik, a support hook, a delta-method function, an
 #: audited objective) uses numpy or Python control flow on traced values
@@ -83,12 +87,57 @@ def float32_warning(what: str) -> None:
     )
 
 
+def from_pandas(tree: Any, what: str = "data") -> tuple[Any, dict]:
+    """``(tree, columns)``: every pandas ``DataFrame`` / ``Series`` leaf of ``tree`` converted
+    once to numpy (index ignored), and ``{leaf name: column names}`` for the DataFrames.
+
+    pandas objects are leaves to JAX (pandas registers no pytree), so one pass over the leaves
+    finds them all. Text, categorical and date columns and missing values raise, naming the
+    leaf and the column.
+    """
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out, columns = [], {}
+    for path, leaf in leaves_with_path:
+        name = _display_name(what, path)
+        arr, cols = host_array(leaf, name)
+        if cols is not None:
+            columns[name] = cols
+        out.append(arr)
+    return jax.tree_util.tree_unflatten(treedef, out), columns
+
+
+def cast_data(arr: Any, dtype: np.dtype, name: str) -> Any:
+    """``arr`` as ``dtype``, warning when integers do not survive the cast to a float (beyond
+    2**53 for float64, 2**24 for float32: a large id or count would silently change)."""
+    src = _leaf_dtype(arr)
+    if np.dtype(dtype) == src:
+        return arr
+    if np.issubdtype(dtype, np.floating) and np.issubdtype(src, np.integer):
+        host = np.asarray(arr)
+        limit = 2 ** (np.finfo(dtype).nmant + 1)
+        if host.size and np.max(np.abs(host.astype(np.float64))) >= limit:
+            back = host.astype(dtype).astype(src)
+            if not np.array_equal(back, host):
+                warnings.warn(
+                    f"{name} holds integers beyond 2**{np.finfo(dtype).nmant + 1} that {np.dtype(dtype).name} "
+                    f"cannot represent exactly ({int(np.sum(back != host))} of {host.size} entries change); "
+                    "pass them as an integer array where they are codes or ids",
+                    UserWarning,
+                    stacklevel=4,
+                )
+    return jnp.asarray(arr, dtype)
+
+
 def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
     """Validate and convert a data pytree.
 
-    Integer and boolean arrays become ``dtype`` floats (counts and indicators are data, not
-    indices); NaN or infinite entries raise ``ValueError`` naming the array and the count.
+    Floating arrays become ``dtype``. Integer and boolean arrays keep their dtype: they are
+    never differentiated, and category codes, group ids and counts are used as indices
+    (``cuts[y]``), which JAX allows only for integers; arithmetic with float parameters
+    promotes them where it happens. NaN or infinite entries raise ``ValueError`` naming the
+    array and the count. pandas leaves are converted first (see ``from_pandas``).
     """
+    data, _ = from_pandas(data, what)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(data)
     out = []
     for path, leaf in leaves_with_path:
@@ -116,7 +165,9 @@ def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
                     f"(of {host.size}, shape {host.shape}); first at index {first_txt}. "
                     "Drop or impute those observations before building the model."
                 )
-        out.append(jnp.asarray(arr, dtype=dtype))
+            out.append(jnp.asarray(arr, dtype=dtype))
+        else:
+            out.append(jnp.asarray(arr))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -67,10 +67,13 @@ def test_nonfinite_loglik_at_given_params_in_hessian():
         ah.hessian(model, {"mu": jnp.asarray(0.0), "sigma": jnp.asarray(-1.0)})
 
 
-def test_integer_inputs_cast_to_float64():
-    model = ah.Model(normal_loglik, {"y": np.arange(10)}, {"mu": 1, "sigma": ah.Positive(2)})
-    assert model.data["y"].dtype == jnp.float64
+def test_integer_data_kept_integer_parameters_cast_to_float64():
+    # integer and boolean data keep their dtype (codes and ids index, issue #13); integer
+    # parameters become float64 (they are differentiated)
+    model = ah.Model(normal_loglik, {"y": np.arange(10), "w": np.ones(10, bool)}, {"mu": 1, "sigma": ah.Positive(2)})
+    assert model.data["y"].dtype == jnp.int64 and model.data["w"].dtype == jnp.bool_
     assert model.init_params["mu"].dtype == jnp.float64
+    assert model.contributions().dtype == jnp.float64
     assert ah.hessian(model).matrix.dtype == jnp.float64
     assert ah.hessian(lambda x: jnp.sum(x**3), np.arange(3)).matrix.dtype == jnp.float64
 

@@ -6,11 +6,19 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .._pandas import host_array, is_pandas
+from .._validation import cast_data
+
 
 def design(X: Any, y: Any, model: str, y_name: str = "y") -> tuple[np.ndarray, np.ndarray]:
-    """``X`` as a 2-D float array and ``y`` as 1-D, with matching numbers of rows."""
-    X = np.asarray(X)
-    y = np.asarray(y)
+    """``X`` as a 2-D float array and ``y`` as 1-D, with matching numbers of rows.
+
+    Integer and boolean ``X`` and ``y`` become float64 here (``ah.Model`` keeps integer data
+    as it is, for indexing; the zoo's likelihoods only do arithmetic with them), with a
+    warning if an integer does not survive the cast. pandas inputs are converted once.
+    """
+    X = _float(X, f"{model}: X")
+    y = _float(y, f"{model}: {y_name}")
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -25,6 +33,19 @@ def design(X: Any, y: Any, model: str, y_name: str = "y") -> tuple[np.ndarray, n
     if X.shape[0] == 0:
         raise ValueError(f"{model}: no observations (X has 0 rows)")
     return X, y
+
+
+def beta_names(X: Any) -> Optional[dict]:
+    """``{"beta": X.columns}`` when ``X`` is a pandas DataFrame (labels ``beta[age]``), else None."""
+    cols = getattr(X, "columns", None) if is_pandas(X) else None
+    return None if cols is None else {"beta": tuple(str(c) for c in cols)}
+
+
+def _float(value: Any, name: str) -> np.ndarray:
+    arr = np.asarray(host_array(value, name)[0])
+    if arr.dtype.kind in "biu":
+        arr = np.asarray(cast_data(arr, np.dtype(np.float64), name))
+    return arr
 
 
 def support(values: np.ndarray, ok: np.ndarray, model: str, name: str, what: str) -> None:

@@ -11,7 +11,7 @@ from jax.scipy.special import gammaln
 
 from .._model import Model
 from .._transforms import Positive
-from ._checks import coef, design, support, vector, with_support
+from ._checks import beta_names, coef, design, support, vector, with_support
 
 __all__ = [
     "logistic",
@@ -113,12 +113,13 @@ def logistic(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any
         >>> model = ah.models.logistic(X, y)
         >>> ah.hessian(model).matrix      # X' diag(p(1-p)) X at beta = 0
     """
+    names = beta_names(X)
     X, y = design(X, y, "logistic")
     support(y, (y == 0) | (y == 1), "logistic", "y", "0 or 1")
     data = {"X": X, "y": y, "offset": _offset(offset, len(y), "logistic")}
     return with_support(Model(
         logistic_loglik, data, {"beta": coef(beta, X.shape[1], "logistic")},
-        simulate=_logistic_simulate, name="logistic", hessian_mode=_GLM_MODE,
+        simulate=_logistic_simulate, name="logistic", hessian_mode=_GLM_MODE, names=names,
     ), _binary_support)
 
 
@@ -148,6 +149,7 @@ def poisson(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any]
     (``jax.scipy.special.gammaln(ys + 1)``): a member whose values disagree with its ``y`` (or
     whose ``y`` are not counts) gets status ``NONFINITE`` with the reason in ``status``.
     """
+    names = beta_names(X)
     X, y = design(X, y, "poisson")
     _check_counts(y, "poisson")
     data = {
@@ -159,7 +161,7 @@ def poisson(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any]
     }
     return with_support(Model(
         poisson_loglik, data, {"beta": coef(beta, X.shape[1], "poisson")},
-        simulate=_poisson_simulate, name="poisson", hessian_mode=_GLM_MODE,
+        simulate=_poisson_simulate, name="poisson", hessian_mode=_GLM_MODE, names=names,
     ), _poisson_support)
 
 
@@ -225,13 +227,14 @@ def negative_binomial(
     Parameters ``{"alpha": Positive, "beta": (p,)}``; labels list ``alpha`` first because JAX
     orders dict keys alphabetically.
     """
+    names = beta_names(X)
     X, y = design(X, y, "negative_binomial")
     _check_counts(y, "negative_binomial")
     data = {"X": X, "y": y, "offset": _offset(offset, len(y), "negative_binomial")}
     params = {"beta": coef(beta, X.shape[1], "negative_binomial"), "alpha": Positive(alpha)}
     return with_support(Model(
         negative_binomial_loglik, data, params,
-        simulate=_negative_binomial_simulate, name="negative_binomial",
+        simulate=_negative_binomial_simulate, name="negative_binomial", names=names,
     ), _count_support)
 
 
@@ -252,9 +255,10 @@ def linear(X: Any, y: Any, *, beta: Optional[Any] = None, sigma: float = 1.0) ->
 
     The MLE of ``sigma`` divides by ``N`` (not ``N - p`` as OLS does).
     """
+    names = beta_names(X)
     X, y = design(X, y, "linear")
     return Model(
         linear_loglik, {"X": X, "y": y},
         {"beta": coef(beta, X.shape[1], "linear"), "sigma": Positive(sigma)},
-        simulate=_linear_simulate, name="linear", hessian_mode=_GLM_MODE,
+        simulate=_linear_simulate, name="linear", hessian_mode=_GLM_MODE, names=names,
     )

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._model import Model
 from .._transforms import Positive
-from ._checks import coef, design, support, with_support
+from ._checks import beta_names, coef, design, support, with_support
 
 __all__ = ["weibull", "weibull_loglik"]
 
@@ -63,6 +63,7 @@ def weibull(
         censor_time: ``(N,)`` potential censoring times used by ``simulate`` (administrative
             censoring); default: the largest observed time for everyone.
     """
+    names = beta_names(X)
     X, t = design(X, time, "weibull", "time")
     _, d = design(X, event, "weibull", "event")
     t = t.astype(np.float64)
@@ -78,5 +79,5 @@ def weibull(
     return with_support(Model(
         weibull_loglik, data,
         {"beta": coef(beta, X.shape[1], "weibull"), "shape": Positive(shape)},
-        simulate=_weibull_simulate, name="weibull",
+        simulate=_weibull_simulate, name="weibull", names=names,
     ), _weibull_support)
