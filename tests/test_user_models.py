@@ -284,13 +284,6 @@ def ordered_probit_loglik(p, d):
     return jnp.log(F[rows, y + 1] - F[rows, y])
 
 
-def ordered_probit_loglik_cast(p, d):
-    """Today's workaround: autohess casts integer data to float64, so cast the codes back."""
-    F, y = _cdf_columns(p, d["X"]), d["y"].astype(jnp.int32)
-    rows = jnp.arange(y.shape[0])
-    return jnp.log(F[rows, y + 1] - F[rows, y])
-
-
 ORDERED_PARAMS = {"beta": jnp.zeros(2), "cut0": -1.0, "gaps": ah.Positive(jnp.ones(2))}
 
 
@@ -307,17 +300,9 @@ def _check_ordered(res, X, y):
     assert max_rel(ours_se, want_se) < 1e-6
 
 
-def test_ordered_probit_vs_statsmodels_ordered_model():
-    """Ordered probit (codes cast back to integers inside the loglik) vs OrderedModel."""
-    X, y = _ordered_data()
-    model = ah.Model(ordered_probit_loglik_cast, {"X": X, "y": y}, params=ORDERED_PARAMS)
-    _check_ordered(fit_ok(model), X, y)
-
-
-@pytest.mark.xfail(strict=True, reason="integer codes as indexers: issue #13 part 5")
 def test_ordered_probit_with_integer_codes_as_indexers():
-    """The natural version: ``cuts[d["y"]]`` with integer ``y``. Today autohess casts integer
-    data to float64 and the indexing fails; once integer data are kept, this must pass."""
+    """Ordered probit written as users write it, ``F[rows, d["y"]]`` with integer category
+    codes (kept as integers by autohess), vs statsmodels' OrderedModel."""
     X, y = _ordered_data()
     model = ah.Model(ordered_probit_loglik, {"X": X, "y": y}, params=ORDERED_PARAMS)
     _check_ordered(fit_ok(model), X, y)
