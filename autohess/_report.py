@@ -383,6 +383,8 @@ def summary(res: "FitResult") -> str:
     pv = np.asarray(res.pvalues_flat, dtype=np.float64)
     ci = np.asarray(res.conf_int(0.05, flat=True), dtype=np.float64)
     transformed = res.model.spec.transformed
+    # rows are as wide as the rules: the name column (width + 3) and 63 for the numbers, each
+    # number of a bounded width whatever its value (``_fmt``)
     width = max(12, max(len(lab) for lab in labels) + 2)
     line = "=" * (width + 66)
     dash = "-" * (width + 66)
@@ -398,13 +400,13 @@ def summary(res: "FitResult") -> str:
         f"{'AIC:':<18}{res.aic:>14.6g}    {'BIC:':<16}{_bic_text(res):>10}",
         f"{'Covariance:':<18}{_COV_NAMES[res.cov_type]}",
         line,
-        f"{'':<{width}}{'coef':>10}{'std err':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>12}{'0.975]':>12}",
+        f"{'':<{width + 3}}{'coef':>10}{'std err':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>12}{'0.975]':>12}",
         dash,
     ]
     for i, lab in enumerate(labels):
         name = lab + ("*" if transformed[i] else "")
         out.append(
-            f"{name:<{width}}{_fmt(x[i])}{_fmt(se[i], 11)}{_fmt(z[i], 9, 3, False)}{_fmt(pv[i], 9, 3, False)}"
+            f"{name:<{width + 3}}{_fmt(x[i])}{_fmt(se[i], 11)}{_fmt(z[i], 9, 3, False)}{_fmt(pv[i], 9, 3, False)}"
             f"{_fmt(ci[i, 0], 12)}{_fmt(ci[i, 1], 12)}"
         )
     out.append(line)
