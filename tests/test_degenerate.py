@@ -212,6 +212,33 @@ def test_group_with_one_observation_and_its_own_variance_is_unbounded():
     assert "held fixed" in str(res.diagnostics)
 
 
+def test_batch_members_share_the_edge_and_no_curvature_rules():
+    """fit_batch member = single fit: the one-observation group (UNBOUNDED, sd[2] -> 0), and the
+    same data with that observation moved to group 1, so group 2 is empty: mu[2] and sd[2]
+    have no curvature at all (closed form: the likelihood does not contain them), flat with NaN
+    SEs, status SINGULAR in both."""
+    rng = np.random.default_rng(4)
+    g1 = np.r_[np.zeros(30, int), np.ones(30, int), [2]]
+    g2 = np.r_[np.zeros(30, int), np.ones(31, int)]
+    y = rng.normal(0.0, 1.0, g1.size) + g1
+
+    def loglik(p, d):
+        s = d["G"] @ p["sd"]
+        return -0.5 * ((d["y"] - d["G"] @ p["mu"]) / s) ** 2 - jnp.log(s) - 0.5 * jnp.log(2 * jnp.pi)
+
+    Gs = np.stack([np.eye(3)[g1], np.eye(3)[g2]])
+    model = ah.Model(loglik, {"y": y, "G": Gs[0]}, {"mu": jnp.zeros(3), "sd": ah.Positive(jnp.ones(3))})
+    bres = ah.fit_batch(model, {"y": np.stack([y, y]), "G": Gs})
+    for i in range(2):
+        single = ah.fit(ah.Model(loglik, {"y": y, "G": Gs[i]}, {"mu": jnp.zeros(3), "sd": ah.Positive(jnp.ones(3))}), warn=False)
+        assert int(bres.status_code[i]) == int(single.status_code)
+        assert np.array_equal(np.isnan(np.asarray(bres.bse_flat[i])), np.isnan(np.asarray(single.bse_flat)))
+    assert int(bres.status_code[0]) == Status.UNBOUNDED and int(bres.status_code[1]) == Status.SINGULAR
+    kinds = [p.kind for p in bres.member(1).diagnostics.problems]
+    assert kinds == ["flat"] and set(bres.member(1).diagnostics.problems[0].parameters) == {"mu[2]", "sd[2]"}
+    assert np.isnan(np.asarray(bres.bse_flat[1])[[2, 5]]).all() and np.isfinite(np.asarray(bres.bse_flat[1])[[0, 1, 3, 4]]).all()
+
+
 def test_transformed_steps_are_capped():
     """A log-scale coordinate whose curvature is tiny (1e-6) next to a linear pull: the trust
     region scaled by sqrt(H_ii) would allow a step of ~2000 units; with ``max_step`` each step
