@@ -203,9 +203,13 @@ def compute_diagnostics(
     # there (rows and columns replaced by the identity). At a boundary optimum the full Hessian
     # need not be positive definite along directions that leave the face, so a full-matrix
     # eigen-decomposition reported saddles and NaN standard errors for free parameters.
-    # Parameters on a path towards no finite maximum are held likewise: the curvature left
-    # there (a component's sd at 1e-15) says nothing about the others.
-    held = boundary | escape.unbounded
+    # Parameters on a path towards an edge of the domain with no finite maximum (the solver's
+    # finding: a component's sd at 1e-15) are held likewise: the curvature left there says
+    # nothing about the others (it read as a saddle along the other component). A ridge to
+    # infinity keeps the full face: its flat directions are findings of their own.
+    lead = jnp.argmax(jnp.abs(escape.direction))
+    to_edge = jnp.where(escape.direction[lead] > 0, jnp.isfinite(upper[lead]), jnp.isfinite(lower[lead]))
+    held = boundary | (escape.unbounded & to_edge & jnp.any(escape.direction != 0))
     face = jnp.where(held[:, None] | held[None, :], jnp.eye(x.shape[0], dtype=hess.dtype), scaled)
     lam, vec = jnp.linalg.eigh(after(face, escape.ratio))  # after the solve's escape test
     raw = vec / d[:, None]

@@ -167,7 +167,8 @@ class DiagnosticReport:
         step = np.asarray(d.escape_direction, dtype=np.float64)
         lead = int(np.argmax(np.abs(step))) if step.size else 0
         edge_value = (upper if step.size and step[lead] > 0 else lower)[lead] if step.size else np.inf
-        if status == Status.UNBOUNDED and np.any(step) and np.isfinite(edge_value):
+        edge = bool(status == Status.UNBOUNDED and np.any(step) and np.isfinite(edge_value))
+        if edge:
             # the solver's own finding (``trust_region_newton(max_step=...)``): a transformed
             # parameter carried towards a finite end of its domain while the log-likelihood
             # kept rising by about the same amount per step
@@ -215,12 +216,11 @@ class DiagnosticReport:
                 f"{int(np.asarray(res.iterations))} iterations",
                 (worst,), None, _SUGGEST["not_converged"],
             ))
-        lower, upper = res.model.spec.bounds()
         # Parameters whose own curvature is at rounding level (``Diagnostics.no_curvature``):
         # the likelihood does not depend on them here. At a fit where other parameters sit at a
         # bound, that is a switched-off part of the model (an empty class): one ``degenerate``
         # finding names both, instead of a boundary test whose advice does not apply.
-        null = np.asarray(getattr(d, "no_curvature", np.zeros_like(boundary)))
+        null = np.asarray(d.no_curvature)
         llf = float(np.asarray(res.llf))
         degenerate = bool(null.any() and boundary.any() and status != Status.NOT_RUN)
         if null.any():
@@ -288,7 +288,7 @@ class DiagnosticReport:
         return cls(
             gradient_max=float(np.max(np.abs(grad))), newton_decrement=dec, positive_definite=pd,
             eigenvalues=lam, condition_number=cond, problems=tuple(problems), nan_se=nan_se,
-            held_fixed=tuple(labels[i] for i in np.flatnonzero(boundary | np.asarray(d.unbounded))),
+            held_fixed=tuple(labels[i] for i in np.flatnonzero(boundary | (np.asarray(d.unbounded) & edge))),
         )
 
     def warn(self, stacklevel: int = 3) -> None:
@@ -332,9 +332,9 @@ class DiagnosticReport:
             return ""
         kinds = {p.kind for p in self.problems}
         parts = []
-        if kinds & {"boundary", "unbounded"}:
+        if kinds & {"boundary", "unbounded", "degenerate"}:
             parts.append("conditional on the parameters at a bound (or on the ridge) staying where they are")
-        if kinds & {"flat", "saddle", "not_converged"}:
+        if kinds & {"flat", "saddle", "not_converged", "degenerate"}:
             parts.append("from the pseudo-inverse without the flat or negative directions, valid for "
                          "parameters the data identify")
         return f" (the others: {'; '.join(parts)})" if parts else ""

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -383,7 +384,10 @@ def trust_region_newton(
         edge_lead=jnp.asarray(-1, jnp.int32), edge_travel=zero, edge_gain=zero,
         edge_step=jnp.zeros_like(x0), edge_diag=jnp.zeros_like(x0),
     )
-    cap = None if max_step is None else jnp.broadcast_to(jnp.asarray(max_step, dtype), x0.shape)
+    # no finite cap (every parameter on its own scale): the program is the uncapped one
+    cap = None
+    if max_step is not None and np.isfinite(np.asarray(max_step)).any():
+        cap = jnp.broadcast_to(jnp.asarray(max_step, dtype), x0.shape)
 
     def cond(s):
         return s.status == Status.RUNNING
@@ -479,7 +483,9 @@ def trust_region_newton(
             edge_gain = jnp.where(moved, gain, s.edge_gain)
             edge_step = jnp.where(moved, s.step, s.edge_step)
             edge_diag = jnp.where(fresh, jnp.abs(jnp.diag(s.hess)), s.edge_diag)
-            grown = jnp.any(jnp.abs(jnp.diag(hess)) > EDGE_CURVATURE_GROWTH * edge_diag)
+            # (a curvature of exactly 0 at the run's start does not make any later one "grown")
+            floor_diag = jnp.maximum(edge_diag, eps * jnp.max(edge_diag))
+            grown = jnp.any(jnp.abs(jnp.diag(hess)) > EDGE_CURVATURE_GROWTH * floor_diag)
             # (or half that where the solve hits the rounding floor on the way: the collapse
             # has reached the rounding of the data, e.g. a sd of 1e-15 at an observation of 1)
             edge = grown & (
@@ -558,7 +564,8 @@ def trust_region_newton(
     final = lax.while_loop(cond, body, state)
     unbounded = final.status == Status.UNBOUNDED
     moved = jnp.abs(final.edge_step) > AFFECTED_LOADING * jnp.max(jnp.abs(final.edge_step))
-    grown = jnp.abs(jnp.diag(final.hess)) > EDGE_CURVATURE_GROWTH * final.edge_diag
+    grown = jnp.abs(jnp.diag(final.hess)) > EDGE_CURVATURE_GROWTH * jnp.maximum(
+        final.edge_diag, eps * jnp.max(final.edge_diag))
     return SolverResult(
         final.x, final.value, final.grad, final.hess, final.iterations, final.status, final.resolved,
         final.ridge_count >= RIDGE_STEPS, final.ridge_step, jnp.where(unbounded, final.edge_step, 0.0),
