@@ -38,6 +38,7 @@ from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import (
     FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _status_on_face, _unconstrained,
+    _max_steps,
     _value_grad_hess_fn,
 )
 from ._model import Model, describe_support_failure
@@ -207,7 +208,7 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
     def one(params, data, weights):
         f = _unconstrained(model, data, weights)
         u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter)
+        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, max_step=_max_steps(spec))
         status, escape = _escape_status(spec, model.dtype, f, res)
         x, value, grad, hess, _ = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
         scores = None
@@ -215,7 +216,7 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
             contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
             scores = jax.jacfwd(contrib)(x)
         covs, diag = _covariance_and_diagnostics(
-            x, grad, hess, lower, upper, scores, weights, None, escape,
+            x, value, grad, hess, lower, upper, scores, weights, None, escape,
             cov_types=tuple(cov_types), n_groups=None, df_correction=None,
         )
         status = _status_on_face(status, diag)  # as in ``fit``

@@ -32,6 +32,11 @@ AFFECTED_LOADING = 1e-3
 #: a transformed parameter closer to its bound than this many marginal standard deviations
 #: sits on the boundary: Wald inference there is not valid.
 BOUNDARY_SDS = 1e-2
+#: multiple of ``eps * (1 + |objective|)`` below which a parameter's own curvature, over a move
+#: of ``1 + |x_i|``, is rounding: the objective cannot tell it apart from 0 (an empty latent
+#: class's mean: 7e-14 in a log-likelihood of 199, 1.6 eps). A real but weak parameter stays
+#: far above: a standard error 1000 times ``1 + |x_i|`` in a log-likelihood of 1e4 is 1e-6.
+NULL_CURVATURE = 1e2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,11 @@ class Diagnostics:
             (columns), so column 0 is the flattest or most negative direction.
         condition_number: ``max|eig| / min|eig|`` of the scaled Hessian.
         nonpositive_diagonal: ``H_ii <= 0`` (a parameter with no curvature of its own).
+        no_curvature: ``|H_ii| (1 + |x_i|)^2`` at rounding level, below ``NULL_CURVATURE * eps *
+            (1 + |objective|)``: the objective does not resolve this parameter's curvature. It
+            is a flat direction by itself (unit vector, eigenvalue 0), judged before any
+            scaling, its standard error is NaN, and it is never "at a bound" unless it has
+            reached one.
         at_boundary: transformed parameters sitting on a bound of their domain (within 0.01
             marginal standard deviations, counting a gradient that pushes outwards), or
             heading there along the solver's last steps.
@@ -73,6 +83,7 @@ class Diagnostics:
     eigenvectors: jax.Array
     condition_number: jax.Array
     nonpositive_diagonal: jax.Array
+    no_curvature: jax.Array
     at_boundary: jax.Array
     bad_directions: jax.Array
     escape_ratio: jax.Array
@@ -143,14 +154,24 @@ def escape_info(
 
 def compute_diagnostics(
     grad: jax.Array, hess: jax.Array, x: jax.Array, lower: jax.Array, upper: jax.Array,
-    escape: Escape | None = None,
+    escape: Escape | None = None, value: jax.Array | float = 0.0,
 ) -> Diagnostics:
     """Diagnostics at natural-scale parameters ``x`` with domain bounds ``lower``/``upper``
     (``-inf``/``inf`` where unbounded); ``escape`` from ``escape_info`` where the solver
-    measured it."""
+    measured it; ``value`` the objective (negative log-likelihood) there, which sets the
+    rounding level of the curvatures."""
     if escape is None:
         escape = no_escape(x)
     diag = jnp.diag(hess)
+    eps = jnp.finfo(hess.dtype).eps
+    # A curvature is only as good as the objective it comes from: the unit-diagonal scaling
+    # below divides by sqrt|H_ii|, so a rounding-level H_ii (an empty latent class's mean,
+    # 7e-14) turned its honest off-diagonal terms into scaled curvatures of -7e6 and a
+    # "boundary" for a parameter nowhere near one. Such parameters are judged here, before any
+    # scaling: no curvature of their own.
+    resolution = NULL_CURVATURE * eps * (1.0 + jnp.abs(jnp.asarray(value, hess.dtype)))
+    span2 = (1.0 + jnp.abs(x)) ** 2
+    null = jnp.abs(diag) * span2 <= resolution
     # At a bound: the nearest bound is within reach, i.e. moving there changes the negative
     # log-likelihood (second-order model along the parameter alone) by less than it does 0.01
     # marginal standard deviations away from an interior optimum. Unit-free (a sigma of 1e-9
@@ -160,25 +181,36 @@ def compute_diagnostics(
     # used to be "at the boundary" at any distance). A two-sided interval's bound counts too
     # when reached to rounding relative to its width. Parameters on a ridge towards infinity
     # are that, not at their other bound (all-censored Weibull: shape -> 0 while scale -> inf).
+    # Curvature and outward gradient count only above rounding (``null``): an unidentified
+    # transition probability of 0.95 read "at the boundary 1" off a curvature of 1e-16.
     lower_near = (x - lower) <= (upper - x)
     dist = jnp.where(lower_near, x - lower, upper - x)
     outward = jnp.where(lower_near, grad, -grad)  # > 0: the NLL falls towards the bound
     reach = -outward * dist + 0.5 * diag * dist**2
-    informative = (diag > 0) | (outward > 0)
+    informative = ((diag > 0) & ~null) | (outward * jnp.sqrt(span2) > resolution)
     bounded = jnp.isfinite(lower) | jnp.isfinite(upper)
-    eps = jnp.finfo(hess.dtype).eps
     width = upper - lower
     reached = jnp.isfinite(width) & (dist <= jnp.sqrt(eps) * width)
     boundary = bounded & (((jnp.abs(reach) < 0.5 * BOUNDARY_SDS**2) & informative) | reached)
     boundary = (boundary & ~escape.unbounded) | escape.to_bound
     d = jnp.sqrt(jnp.where(diag > 0, diag, jnp.abs(diag)))
-    d = jnp.where(d > 0, d, 1.0)
-    scaled = hess / jnp.outer(d, d)
+    d = jnp.where((d > 0) & ~null, d, 1.0)
+    # a parameter without curvature of its own is a flat direction by itself: its row and
+    # column are 0 (not its rounding-level terms blown up by the scaling)
+    free = ~null | boundary
+    scaled = jnp.where(free[:, None] & free[None, :], hess / jnp.outer(d, d), 0.0)
     # Curvature is judged on the face the estimate lies on: parameters at a bound are held
     # there (rows and columns replaced by the identity). At a boundary optimum the full Hessian
     # need not be positive definite along directions that leave the face, so a full-matrix
     # eigen-decomposition reported saddles and NaN standard errors for free parameters.
-    face = jnp.where(boundary[:, None] | boundary[None, :], jnp.eye(x.shape[0], dtype=hess.dtype), scaled)
+    # Parameters on a path towards an edge of the domain with no finite maximum (the solver's
+    # finding: a component's sd at 1e-15) are held likewise: the curvature left there says
+    # nothing about the others (it read as a saddle along the other component). A ridge to
+    # infinity keeps the full face: its flat directions are findings of their own.
+    lead = jnp.argmax(jnp.abs(escape.direction))
+    to_edge = jnp.where(escape.direction[lead] > 0, jnp.isfinite(upper[lead]), jnp.isfinite(lower[lead]))
+    held = boundary | (escape.unbounded & to_edge & jnp.any(escape.direction != 0))
+    face = jnp.where(held[:, None] | held[None, :], jnp.eye(x.shape[0], dtype=hess.dtype), scaled)
     lam, vec = jnp.linalg.eigh(after(face, escape.ratio))  # after the solve's escape test
     raw = vec / d[:, None]
     raw = raw / jnp.linalg.norm(raw, axis=0, keepdims=True)
@@ -195,6 +227,7 @@ def compute_diagnostics(
         eigenvectors=raw,
         condition_number=cond,
         nonpositive_diagonal=diag <= 0,
+        no_curvature=null & ~boundary,
         at_boundary=boundary,
         bad_directions=bad,
         escape_ratio=escape.ratio,

@@ -23,7 +23,15 @@ from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnos
 from ._model import Model
 from ._pandas import is_pandas, require_pandas
 from ._params import Labels, element_labels, path_name
-from ._solver import SolverResult, Status, after, lbfgs, lbfgs_preconditioner, trust_region_newton
+from ._solver import (
+    MAX_TRANSFORMED_STEP,
+    SolverResult,
+    Status,
+    after,
+    lbfgs,
+    lbfgs_preconditioner,
+    trust_region_newton,
+)
 from ._validation import UNTRACEABLE, not_traceable
 
 __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "InferenceWarning"]
@@ -257,6 +265,7 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
     """One compiled program: start (natural) -> unconstrained solve -> natural-scale results."""
     spec = model.spec
     mode = model.hessian_mode
+    cap = _max_steps(spec)
 
     def solve(params, data, weights):
         model.trace_counts["fit"] += 1
@@ -267,9 +276,9 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
             if method == "gauss-newton":
                 # Levenberg-Marquardt steps to reach the basin, then exact Newton to finish: the
                 # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
-                lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol)
+                lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
                 u0, iterations = lm.x, lm.iterations
-            res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol)
+            res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
             x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
             return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
         # one exact Hessian at the start, as a change of variables (``lbfgs_preconditioner``)
@@ -278,6 +287,12 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None
 
     return jax.jit(solve)
+
+
+def _max_steps(spec) -> np.ndarray:
+    """Largest move per step of each unconstrained coordinate: ``MAX_TRANSFORMED_STEP`` on a
+    log or logit scale (see there), none for a parameter on its own scale."""
+    return np.where(spec.transformed, MAX_TRANSFORMED_STEP, np.inf)
 
 
 def _escape_program(model: Model, at_point: bool = False) -> Callable:
@@ -296,7 +311,7 @@ def _escape_program(model: Model, at_point: bool = False) -> Callable:
         u = spec.to_unconstrained(x)
         value, grad, hess = _value_grad_hess_fn(f, model.hessian_mode)(u)
         res = SolverResult(u, value, grad, hess, jnp.zeros((), jnp.int32), status, jnp.zeros((), bool),
-                           jnp.zeros((), bool), jnp.zeros_like(u))
+                           jnp.zeros((), bool), jnp.zeros_like(u), jnp.zeros_like(u), jnp.zeros(u.shape, bool))
         return _escape_status(spec, model.dtype, f, res)
 
     return jax.jit(run_at_point if at_point else run)
@@ -315,6 +330,16 @@ def _escape_status(spec, dtype, f: Callable, res) -> tuple[jax.Array, Escape]:
     )
     candidate = jnp.any(jnp.asarray(_ESCAPE_CANDIDATES) == res.status) & ~res.resolved
     escape = escape._replace(unbounded=escape.unbounded & candidate, to_bound=escape.to_bound & candidate)
+    # the solver's own UNBOUNDED (a sustained fall along capped steps): its path and the
+    # coordinates on it, whichever end of their domain they head to
+    edge = res.status == Status.UNBOUNDED
+    norm = jnp.linalg.norm(res.edge_step)
+    escape = escape._replace(
+        ratio=jnp.where(edge, jnp.nan, escape.ratio),
+        direction=jnp.where(edge, res.edge_step / jnp.where(norm > 0, norm, 1.0), escape.direction),
+        unbounded=jnp.where(edge, res.edge_involved, escape.unbounded),
+        to_bound=escape.to_bound & ~edge,
+    )
     return jnp.where(to_infinity & candidate, Status.UNBOUNDED, res.status).astype(jnp.int32), escape
 
 
@@ -402,14 +427,18 @@ def _inference_program(model: Model, what: str) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnames=("cov_types", "n_groups", "df_correction"))
-def _covariance_and_diagnostics(x, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction):
-    """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``escape``:
-    an ``Escape`` from the solve, or ``None``."""
-    diag = compute_diagnostics(grad, hess, x, lower, upper, escape)
-    loadings = jnp.abs(diag.eigenvectors) * jnp.sqrt(jnp.abs(jnp.diag(hess)))[:, None]
+def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction):
+    """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``value``:
+    the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``."""
+    diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value)
+    # the scale of the diagnostics' unit-diagonal Hessian (1 for a parameter without curvature
+    # of its own: its rounding-level sqrt(H_ii) once made rounding-level terms of the flat
+    # direction load on every parameter, and every standard error was NaN)
+    scale = jnp.where(diag.no_curvature, 1.0, jnp.sqrt(jnp.abs(jnp.diag(hess))))
+    loadings = jnp.abs(diag.eigenvectors) * scale[:, None]
     loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
     affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
-    keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal & ~diag.unbounded
+    keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal & ~diag.no_curvature & ~diag.unbounded
     # with flat or negative directions: the pseudo-inverse without them (unconditional
     # variances of the estimable parameters); otherwise the plain inverse of the kept block
     # (conditional on parameters at a bound)
@@ -515,7 +544,7 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         scores = gauss_newton_covariance(model, x)  # passed through to be masked
     lower, upper = model.spec.bounds_arrays(model.dtype)
     (cov,), diag = _covariance_and_diagnostics(
-        x, grad, hess, lower, upper, scores, weights, group_codes, escape,
+        x, value, grad, hess, lower, upper, scores, weights, group_codes, escape,
         cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction,
     )
     result = FitResult(
@@ -592,7 +621,7 @@ def fit(
     if known is not None and not bool(ok):
         known = None
     escape = None
-    if int(status) in _ESCAPE_CANDIDATES:
+    if int(status) in _ESCAPE_CANDIDATES + (Status.UNBOUNDED,):
         if solved is not None and not bool(solved.resolved):
             check = model._jitted(("escape",), lambda: _escape_program(model))
             status, escape = check(solved, model.data, w)
@@ -718,7 +747,7 @@ def _estimable_outputs(J: jax.Array, hess: jax.Array, d: Diagnostics, cov: jax.A
     """Finite variances for outputs that the flat directions do not move (estimable functions,
     e.g. ``a + b`` when only the sum is identified), from the pseudo-inverse of the Hessian
     without those directions; other entries of ``cov`` are kept."""
-    keep = ~d.at_boundary & ~d.unbounded & ~d.nonpositive_diagonal  # flat-direction members kept
+    keep = ~d.at_boundary & ~d.unbounded & ~d.nonpositive_diagonal & ~d.no_curvature  # flat-direction members kept
     pinv = face_pseudo_inverse(hess, keep, d.eigenvalues, d.eigenvectors, d.bad_directions)
     scale, v = scaled_eigenvectors(hess, d.eigenvectors)
     Js = J / scale[None, :]

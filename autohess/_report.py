@@ -66,7 +66,9 @@ def standard_errors_from_optimum(g_scaled: np.ndarray, lam: np.ndarray, vec: np.
 
 def _distance_on_face(grad: np.ndarray, hess: np.ndarray, boundary: np.ndarray) -> float:
     """``standard_errors_from_optimum`` for a fit's report: parameters at a bound are held
-    there (their gradient is legitimately not zero), as the diagnostics' eigenvalues are."""
+    there (their gradient is legitimately not zero), as the diagnostics' eigenvalues are; so
+    are parameters without curvature (``Diagnostics.no_curvature``: a gradient divided by a
+    rounding-level curvature measures nothing, they are reported as flat instead)."""
     if not (np.isfinite(hess).all() and np.isfinite(grad).all()):
         return float("nan")
     diag = np.abs(np.diag(hess))
@@ -78,7 +80,7 @@ def _distance_on_face(grad: np.ndarray, hess: np.ndarray, boundary: np.ndarray) 
     return standard_errors_from_optimum(g_scaled, lam, vec, curvature_allowance(top, float(np.max(np.abs(g_scaled), initial=0.0))))
 
 
-KINDS = ("not_converged", "unbounded", "saddle", "flat", "boundary", "ill_conditioned")
+KINDS = ("not_converged", "unbounded", "saddle", "flat", "degenerate", "boundary", "ill_conditioned")
 
 _SUGGEST = {
     "not_converged": "raise maxiter, start closer to the optimum, or check the model; do not "
@@ -97,6 +99,12 @@ _SUGGEST = {
     "only zero counts, and drop, merge or recode it; or use a penalised likelihood (Firth, a weak "
     "prior) or fix the parameter. Standard errors of the parameters named are NaN; the others are "
     "conditional on them",
+    "unbounded_edge": "the maximum-likelihood estimate does not exist: the likelihood grows without "
+    "bound at the edge of the parameter space (a component's variance collapsing onto one "
+    "observation is the classic case). Restart from other values (for mixtures the usual "
+    "estimate is the largest local maximum inside the domain), keep the parameter away from its "
+    "edge (a lower bound on a variance, equal variances across components), or use a penalised "
+    "likelihood (a weak prior on the variance). Standard errors of the parameters named are NaN",
     "saddle": "this is not a maximum: restart from a point moved along that direction (or from "
     "several random starts); for mixtures, break the label symmetry (order the components)",
     "flat": "the data do not identify this combination here: reparameterise (estimate the "
@@ -106,6 +114,12 @@ _SUGGEST = {
     "singular). If the fit stopped with status SINGULAR, the point may "
     "also be a degenerate stationary point (e.g. two components merged) with a better optimum "
     "elsewhere: refit from other starting values",
+    "degenerate": "part of the model is switched off here (a latent class or regime that is never "
+    "visited, a mixture component with weight 0, an inflation probability of 0): this is usually a "
+    "local maximum. Refit from other starting values (e.g. separated class means, probabilities "
+    "away from 0 and 1) and keep the fit with the highest log-likelihood; if this one is the "
+    "best, the model with fewer classes fits these data as well: fit that instead. Do not report "
+    "these standard errors for the parameters named",
     "boundary": "Wald standard errors and intervals are not valid at a boundary: use a "
     "likelihood-ratio test (its null distribution is a 50:50 mixture of chi2(0) and chi2(1) for "
     "one variance at 0), a profile likelihood interval, or drop the parameter",
@@ -158,6 +172,9 @@ class DiagnosticReport:
     condition_number: float
     problems: tuple[Problem, ...]
     nan_se: tuple[str, ...]
+    #: parameters held fixed when the eigenvalues were computed (at a bound of their domain,
+    #: or on a path with no finite maximum)
+    held_fixed: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -190,14 +207,38 @@ class DiagnosticReport:
         # (parameters at a bound left out: the gradient there is legitimately not zero)
         free_grad = float(np.max(scaled_grad[~boundary], initial=0.0))
         # how far from the optimum, in standard errors (the audit's rule, the same helper)
-        distance = _distance_on_face(grad, hess, boundary)
+        distance = _distance_on_face(grad, hess, boundary | np.asarray(d.no_curvature))
         stationary = status in (Status.CONVERGED, Status.SINGULAR) or distance <= AT_OPTIMUM_SE
         # Negative curvature counts as a saddle only beyond what rounding and the remaining
         # gradient can produce (see ``curvature_allowance``).
         saddle_level = curvature_allowance(top, free_grad)
         problems: list[Problem] = []
 
-        if status == Status.UNBOUNDED:
+        lower, upper = res.model.spec.bounds()
+        step = np.asarray(d.escape_direction, dtype=np.float64)
+        lead = int(np.argmax(np.abs(step))) if step.size else 0
+        edge_value = (upper if step.size and step[lead] > 0 else lower)[lead] if step.size else np.inf
+        edge = bool(status == Status.UNBOUNDED and np.any(step) and np.isfinite(edge_value))
+        if edge:
+            # the solver's own finding (``trust_region_newton(max_step=...)``): a transformed
+            # parameter carried towards a finite end of its domain while the log-likelihood
+            # kept rising by about the same amount per step
+            direction = format_direction(step, labels)
+            involved = tuple(labels[i] for i in np.flatnonzero(np.asarray(d.unbounded)))
+            name = labels[lead]
+            others = [lab for lab in involved if lab != name]
+            problems.append(Problem(
+                "unbounded",
+                f"{name} -> {edge_value:g}: the log-likelihood grows without bound as {name} approaches "
+                f"the edge {edge_value:g} of its domain ({name} = {x[lead]:.4g} after "
+                f"{int(np.asarray(res.iterations))} iterations, the log-likelihood still rising by about "
+                "the same amount at every step along "
+                f"{direction} on the unconstrained scale)"
+                + (f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} tied to it (curvature growing "
+                   "without bound)" if others else ""),
+                involved, direction, _SUGGEST["unbounded_edge"],
+            ))
+        elif status == Status.UNBOUNDED:
             direction = format_direction(np.asarray(d.escape_direction, dtype=np.float64), labels)
             involved = tuple(labels[i] for i in np.flatnonzero(np.asarray(d.unbounded)))
             ratio = float(np.asarray(d.escape_ratio))
@@ -236,8 +277,35 @@ class DiagnosticReport:
                 + f", after {int(np.asarray(res.iterations))} iterations",
                 (worst,), None, advice,
             ))
-        lower, upper = res.model.spec.bounds()
-        for i in np.flatnonzero(boundary):
+        # Parameters whose own curvature is at rounding level (``Diagnostics.no_curvature``):
+        # the likelihood does not depend on them here. At a fit where other parameters sit at a
+        # bound, that is a switched-off part of the model (an empty class): one ``degenerate``
+        # finding names both, instead of a boundary test whose advice does not apply.
+        null = np.asarray(d.no_curvature)
+        llf = float(np.asarray(res.llf))
+        degenerate = bool(null.any() and boundary.any() and status != Status.NOT_RUN)
+        if null.any():
+            names = tuple(labels[i] for i in np.flatnonzero(null))
+            curv = ", ".join(f"{labels[i]} {abs(hess[i, i]):.2g}" for i in np.flatnonzero(null))
+            what = (
+                f"the log-likelihood does not depend on {', '.join(names)} here: curvature "
+                f"{curv}, rounding level for a log-likelihood of {llf:.6g}"
+            )
+            if degenerate:
+                switches = tuple(labels[i] for i in np.flatnonzero(boundary))
+                at = ", ".join(f"{labels[i]} = {x[i]:.4g}" for i in np.flatnonzero(boundary))
+                problems.append(Problem(
+                    "degenerate",
+                    f"degenerate optimum: {at} at a bound of the domain, and {what}; their "
+                    "standard errors are set to NaN",
+                    switches + names, None, _SUGGEST["degenerate"],
+                ))
+            else:
+                problems.append(Problem(
+                    "flat", f"no curvature of their own: {what}; their standard errors are set to NaN",
+                    names, None, _SUGGEST["flat"],
+                ))
+        for i in np.flatnonzero(boundary if not degenerate else np.zeros_like(boundary)):
             near = lower[i] if abs(x[i] - lower[i]) <= abs(upper[i] - x[i]) else upper[i]
             problems.append(Problem(
                 "boundary",
@@ -247,9 +315,9 @@ class DiagnosticReport:
             ))
         for j in np.flatnonzero(bad):
             v = vec[:, j]
-            weight_on_boundary = float(np.sum(v[boundary] ** 2))
+            weight_on_boundary = float(np.sum(v[boundary | null] ** 2))
             if weight_on_boundary > 0.5:
-                continue  # the boundary finding above already explains this direction
+                continue  # the boundary or no-curvature finding above already explains it
             direction = format_direction(v, labels)
             involved = tuple(labels[i] for i in np.flatnonzero(np.abs(v) >= 0.05))
             if lam[j] < -saddle_level:
@@ -281,6 +349,7 @@ class DiagnosticReport:
         return cls(
             gradient_max=float(np.max(np.abs(grad))), newton_decrement=dec, positive_definite=pd,
             eigenvalues=lam, condition_number=cond, problems=tuple(problems), nan_se=nan_se,
+            held_fixed=tuple(labels[i] for i in np.flatnonzero(boundary | (np.asarray(d.unbounded) & edge))),
         )
 
     def warn(self, stacklevel: int = 3) -> None:
@@ -295,10 +364,20 @@ class DiagnosticReport:
         warnings.warn(text + ". See res.diagnostics for what to do.", InferenceWarning, stacklevel=stacklevel)
 
     def __str__(self) -> str:
+        # The eigenvalues are those of the face (parameters at a bound held fixed) and of the
+        # resolved curvature; the Cholesky test is of the full Hessian. Saying both without
+        # that qualification read "NOT positive definite" beside "eigenvalues 0.595 .. 1.69".
+        lam = self.eigenvalues
+        fixed = f"with {', '.join(self.held_fixed)} held fixed: " if self.held_fixed else ""
+        if self.positive_definite:
+            definite = "Hessian positive definite"
+        elif self.held_fixed and lam.size and lam.min() > lam.max() / FLAT_CONDITION:
+            definite = "Hessian positive definite (in full it is not)"
+        else:
+            definite = "Hessian NOT positive definite"
         head = (
             f"max|gradient| {self.gradient_max:.3g}; Newton decrement {self.newton_decrement:.3g}; "
-            f"Hessian {'positive definite' if self.positive_definite else 'NOT positive definite'}; "
-            f"scaled eigenvalues {self.eigenvalues.min():.3g} .. {self.eigenvalues.max():.3g}; "
+            f"{fixed}{definite}; scaled eigenvalues {lam.min():.3g} .. {lam.max():.3g}; "
             f"condition number {self.condition_number:.3g}"
         )
         if not self.problems:
@@ -314,20 +393,30 @@ class DiagnosticReport:
             return ""
         kinds = {p.kind for p in self.problems}
         parts = []
-        if kinds & {"boundary", "unbounded"}:
+        if kinds & {"boundary", "unbounded", "degenerate"}:
             parts.append("conditional on the parameters at a bound (or on the ridge) staying where they are")
-        if kinds & {"flat", "saddle", "not_converged"}:
+        if kinds & {"flat", "saddle", "not_converged", "degenerate"}:
             parts.append("from the pseudo-inverse without the flat or negative directions, valid for "
                          "parameters the data identify")
         return f" (the others: {'; '.join(parts)})" if parts else ""
 
 
-def _fmt(v: float, width: int = 10) -> str:
+def _fmt(v: float, width: int = 10, decimals: int = 4, small_sci: bool = True) -> str:
+    """``v`` right-aligned in exactly ``width`` characters, at least one of them a leading
+    space (columns are joined without separators): fixed-point with ``decimals`` where that
+    fits and reads well, otherwise the longest scientific form that fits (``-1.2e-300``).
+    ``small_sci=False``: small values stay fixed-point (z and p columns: ``0.000``)."""
+    v = float(v)
     if not np.isfinite(v):
         return f"{'nan' if np.isnan(v) else ('inf' if v > 0 else '-inf'):>{width}}"
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-        return f"{v:>{width}.3e}"
-    return f"{v:>{width}.4f}"
+    if v != 0 and (abs(v) >= 1e5 or (small_sci and abs(v) < 1e-3)):
+        candidates = [f"{v:.{k}e}" for k in (3, 2, 1, 0)]
+    else:
+        candidates = [f"{v:.{decimals}f}"] + [f"{v:.{k}e}" for k in (3, 2, 1, 0)]
+    for text in candidates:
+        if len(text) < width:
+            return text.rjust(width)
+    return text.rjust(width)  # "-1e+300" (7 characters) fits every width used here
 
 
 _COV_NAMES = {
@@ -355,6 +444,8 @@ def summary(res: "FitResult") -> str:
     pv = np.asarray(res.pvalues_flat, dtype=np.float64)
     ci = np.asarray(res.conf_int(0.05, flat=True), dtype=np.float64)
     transformed = res.model.spec.transformed
+    # rows are as wide as the rules: the name column (width + 3) and 63 for the numbers, each
+    # number of a bounded width whatever its value (``_fmt``)
     width = max(12, max(len(lab) for lab in labels) + 2)
     line = "=" * (width + 66)
     dash = "-" * (width + 66)
@@ -370,13 +461,13 @@ def summary(res: "FitResult") -> str:
         f"{'AIC:':<18}{res.aic:>14.6g}    {'BIC:':<16}{_bic_text(res):>10}",
         f"{'Covariance:':<18}{_COV_NAMES[res.cov_type]}",
         line,
-        f"{'':<{width}}{'coef':>10}{'std err':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>12}{'0.975]':>12}",
+        f"{'':<{width + 3}}{'coef':>10}{'std err':>11}{'z':>9}{'P>|z|':>9}{'[0.025':>12}{'0.975]':>12}",
         dash,
     ]
     for i, lab in enumerate(labels):
         name = lab + ("*" if transformed[i] else "")
         out.append(
-            f"{name:<{width}}{_fmt(x[i])}{_fmt(se[i], 11)}{z[i]:>9.3f}{pv[i]:>9.3f}"
+            f"{name:<{width + 3}}{_fmt(x[i])}{_fmt(se[i], 11)}{_fmt(z[i], 9, 3, False)}{_fmt(pv[i], 9, 3, False)}"
             f"{_fmt(ci[i, 0], 12)}{_fmt(ci[i, 1], 12)}"
         )
     out.append(line)

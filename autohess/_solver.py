@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -80,8 +81,9 @@ _MESSAGES = {
     Status.SINGULAR: "stopped at a stationary point whose Hessian is not positive definite "
     "(a flat, unidentified direction); see the diagnostics",
     Status.UNBOUNDED: "no finite maximum: the log-likelihood keeps increasing as parameters move "
-    "off towards infinity (e.g. complete or quasi-complete separation, a category with only zero "
-    "counts); the estimates are arbitrary points on that ridge, see the diagnostics",
+    "off towards infinity or an edge of their domain (e.g. complete or quasi-complete separation, a "
+    "category with only zero counts, a variance collapsing onto one observation); the estimates are "
+    "arbitrary points on that path, see the diagnostics",
 }
 
 #: relative size of a Newton step at which ``trust_region_newton`` stops (10^4 ulps: parameters
@@ -94,6 +96,10 @@ RIDGE_GAIN = 1e-6
 #: consecutive repeated Newton steps (at a negligible remaining gain) that make a ridge
 RIDGE_STEPS = 3
 
+#: share of the largest coordinate move above which a coordinate counts as moved by a step
+#: (as ``_diagnostics.AFFECTED_LOADING``)
+AFFECTED_LOADING = 1e-3
+
 #: curvature ratio (along the last Newton step, after / before) below which the objective is
 #: flattening out towards infinity rather than approaching a finite minimum (see ``escape_test``)
 ESCAPE_RATIO = 0.5
@@ -101,6 +107,30 @@ ESCAPE_RATIO = 0.5
 #: scaled curvature along the last Newton step below which ``escape_test`` does not judge (the
 #: direction is flat to rounding: ``_diagnostics.FLAT_CONDITION``'s 1e-12)
 ESCAPE_MIN_CURVATURE = 1e-12
+
+#: largest move of one transformed coordinate (log or logit scale) in one step: a factor e^3
+#: ~ 20 in a scale parameter, a probability from 0.5 to 0.95. The trust region is scaled by
+#: sqrt|H_ii|, which at a strange point can be tiny (0.03 for a component's log-sd whose
+#: component sits on one observation), so the region alone allowed 90-unit jumps in a log
+#: scale, far beyond what the quadratic model resolves: the component's mean, moved by a step
+#: sized for the old sd, lost its observation (e^5 already did).
+MAX_TRANSFORMED_STEP = 3.0
+
+#: distance (unconstrained units) that one transformed coordinate travels, in one direction,
+#: over consecutive accepted steps whose gains do not fall off (each at least half the
+#: previous), before the objective is taken to fall without bound along that path: a
+#: likelihood growing like a power of a scale heading to 0 (a variance collapsing onto one
+#: observation) gains the same at every unit of log scale, while a finite limit approached on
+#: the log scale (a random-effect variance -> 0) gains a factor e^-1 or less per unit. 20
+#: units is a factor 5e8 in a scale: no start sensible for the data is that far away (and a
+#: collapse onto an observation of size 1 started at 1e-3 reaches the rounding of that
+#: observation, and stalls, 26 units further down).
+EDGE_TRAVEL = 20.0
+
+#: growth of some coordinate's curvature over such a run, also required (and naming the
+#: coordinates tied to the collapse: a component's mean pinned to the observation its
+#: variance collapses onto has curvature ~ 1/s^2)
+EDGE_CURVATURE_GROWTH = 1e4
 
 
 class SolverResult(NamedTuple):
@@ -118,6 +148,11 @@ class SolverResult(NamedTuple):
     # the last such Newton step (unscaled)
     ridge: jax.Array
     ridge_step: jax.Array
+    # status UNBOUNDED from the solver itself (a transformed coordinate carried ``EDGE_TRAVEL``
+    # units by steps whose gains did not fall off): the last such step, and the coordinates
+    # taking part (moved by it, or curvature grown ``EDGE_CURVATURE_GROWTH``-fold over the run)
+    edge_step: jax.Array
+    edge_involved: jax.Array
 
 
 class _TRState(NamedTuple):
@@ -137,6 +172,11 @@ class _TRState(NamedTuple):
     newton: jax.Array  # the (scaled) Newton step at x, to recognise a ridge at the next point
     ridge_count: jax.Array  # consecutive accepted points with the ridge signature
     ridge_step: jax.Array
+    edge_lead: jax.Array  # transformed coordinate that moved most in the current run (-1: none)
+    edge_travel: jax.Array  # signed distance it travelled over the run (sustained gains)
+    edge_gain: jax.Array  # the gain of the last accepted step
+    edge_step: jax.Array  # the last step of the run
+    edge_diag: jax.Array  # |diag H| where the run began
 
 
 def newton_decrement(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -278,6 +318,7 @@ def trust_region_newton(
     *,
     maxiter: int = 200,
     rtol: float | None = None,
+    max_step: jax.Array | None = None,
 ) -> SolverResult:
     """Minimise with exact Newton steps inside a trust region, to machine precision.
 
@@ -288,6 +329,13 @@ def trust_region_newton(
         rtol: optional early stop: converged once half the squared Newton decrement
             ``g' H^-1 g / 2`` (the objective still to gain, by the quadratic model) is below
             ``rtol * (1 + |value|)`` at a positive-definite Hessian.
+        max_step: optional ``(p,)`` largest move of each coordinate in one step (``inf`` where
+            none; ``MAX_TRANSFORMED_STEP`` for log/logit coordinates). A longer trial step is
+            shortened along its direction (the quadratic model still predicts a gain there).
+            Accepted steps whose gains do not fall off (each at least half the previous),
+            carrying one such coordinate ``EDGE_TRAVEL`` units in one direction while some
+            curvature grew ``EDGE_CURVATURE_GROWTH``-fold, stop the solve with status
+            ``UNBOUNDED``: the objective falls without bound along that path (``edge_step``).
 
     Returns:
         ``SolverResult``; ``status`` is a ``Status`` code.
@@ -334,7 +382,13 @@ def trust_region_newton(
         predicted=zero, decrement=jnp.asarray(jnp.inf, dtype), resolved=jnp.zeros((), bool),
         expand=jnp.ones((), dtype), newton=jnp.zeros_like(x0),
         ridge_count=jnp.zeros((), jnp.int32), ridge_step=jnp.zeros_like(x0),
+        edge_lead=jnp.asarray(-1, jnp.int32), edge_travel=zero, edge_gain=zero,
+        edge_step=jnp.zeros_like(x0), edge_diag=jnp.zeros_like(x0),
     )
+    # no finite cap (every parameter on its own scale): the program is the uncapped one
+    cap = None
+    if max_step is not None and np.isfinite(np.asarray(max_step)).any():
+        cap = jnp.broadcast_to(jnp.asarray(max_step, dtype), x0.shape)
 
     def cond(s):
         return s.status == Status.RUNNING
@@ -408,10 +462,43 @@ def trust_region_newton(
             ok1 & pd & (pivot > 1e-12) & jnp.all(jnp.abs(newton) <= XTOL * (jnp.abs(x) + marginal))
         )
         stationary = measure <= floor_tol * resolution
+        # A run of accepted steps, gains not falling off, that carries one transformed
+        # coordinate ever further in one direction: the objective decreases without bound
+        # along the path (see ``EDGE_TRAVEL``).
+        edge = jnp.zeros((), bool)
+        edge_lead, edge_travel, edge_gain = s.edge_lead, s.edge_travel, s.edge_gain
+        edge_step, edge_diag = s.edge_step, s.edge_diag
+        if cap is not None:
+            moved = accept & ~first
+            gain = s.value - v1
+            move = jnp.where(jnp.isfinite(cap), s.step, 0.0)
+            lead = jnp.argmax(jnp.abs(move)).astype(jnp.int32)
+            along = move[lead]
+            sustained = (
+                moved & (gain >= 0.5 * s.edge_gain) & (gain > RIDGE_GAIN * resolution) & (lead == s.edge_lead)
+                & (along * s.edge_travel > 0)
+            )
+            fresh = moved & ~sustained
+            edge_lead = jnp.where(moved, lead, s.edge_lead)
+            edge_travel = jnp.where(sustained, s.edge_travel + along, jnp.where(fresh, along, s.edge_travel))
+            edge_gain = jnp.where(moved, gain, s.edge_gain)
+            edge_step = jnp.where(moved, s.step, s.edge_step)
+            edge_diag = jnp.where(fresh, jnp.abs(jnp.diag(s.hess)), s.edge_diag)
+            # (a curvature of exactly 0 at the run's start does not make any later one "grown")
+            floor_diag = jnp.maximum(edge_diag, eps * jnp.max(edge_diag))
+            grown = jnp.any(jnp.abs(jnp.diag(hess)) > EDGE_CURVATURE_GROWTH * floor_diag)
+            # (or half that where the solve hits the rounding floor on the way: the collapse
+            # has reached the rounding of the data, e.g. a sd of 1e-15 at an observation of 1)
+            edge = grown & (
+                (jnp.abs(edge_travel) >= EDGE_TRAVEL) | (floor & (jnp.abs(edge_travel) >= 0.5 * EDGE_TRAVEL))
+            )
         status = jnp.where(
             first & ~ok1,
             Status.NONFINITE,
             jnp.where(
+                edge,
+                Status.UNBOUNDED,
+                jnp.where(
                 (floor & at_optimum) | resolved | early(value, dec, pd),
                 Status.CONVERGED,
                 jnp.where(
@@ -423,7 +510,7 @@ def trust_region_newton(
                         Status.RUNNING,
                     ),
                 ),
-            ),
+            )),
         )
         # the next trial step, from the trust-region subproblem in scaled variables z = D s
         gz, Hz = grad / D, hess / jnp.outer(D, D)
@@ -438,6 +525,9 @@ def trust_region_newton(
             lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
         )
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
+        if cap is not None:
+            over = jnp.max(jnp.abs(z / D) / cap)
+            z = jnp.where(over > 1.0, z / jnp.where(over > 1.0, over, 1.0), z)
         # Ridge: where the minimum lies at infinity or on a bound at infinity of the
         # unconstrained scale (separation; a variance -> 0 on the log scale), the objective
         # decays like exp(-t) along a line, every Newton step has the same length and direction,
@@ -469,13 +559,18 @@ def trust_region_newton(
         return _TRState(
             x, value, grad, hess, radius, D, it, jnp.asarray(status, jnp.int32), z / D, predicted, measure,
             resolved & (status == Status.CONVERGED), expand, jnp.where(accept, z_newton, s.newton),
-            ridge_count, ridge_step,
+            ridge_count, ridge_step, edge_lead, edge_travel, edge_gain, edge_step, edge_diag,
         )
 
     final = lax.while_loop(cond, body, state)
+    unbounded = final.status == Status.UNBOUNDED
+    moved = jnp.abs(final.edge_step) > AFFECTED_LOADING * jnp.max(jnp.abs(final.edge_step))
+    grown = jnp.abs(jnp.diag(final.hess)) > EDGE_CURVATURE_GROWTH * jnp.maximum(
+        final.edge_diag, eps * jnp.max(final.edge_diag))
     return SolverResult(
         final.x, final.value, final.grad, final.hess, final.iterations, final.status, final.resolved,
-        final.ridge_count >= RIDGE_STEPS, final.ridge_step,
+        final.ridge_count >= RIDGE_STEPS, final.ridge_step, jnp.where(unbounded, final.edge_step, 0.0),
+        unbounded & (moved | grown),
     )
 
 
