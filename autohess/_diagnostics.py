@@ -13,8 +13,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from ._solver import after, escape_test, newton_decrement
+from ._solver import ESCAPE_RATIO, after, escape_test, newton_decrement
 
 __all__ = [
     "Diagnostics", "compute_diagnostics", "Escape", "escape_info", "no_escape", "FLAT_CONDITION",
@@ -146,6 +147,16 @@ def escape_info(
         & (loading > AFFECTED_LOADING * jnp.max(loading))
         & (jnp.abs(d) > AFFECTED_LOADING * jnp.max(jnp.abs(d)))
     )
+    # Parameters whose information fades along the ridge are on it too, however little they
+    # move: a zero-inflated Poisson on data without excess zeros runs the inflation intercept
+    # to -inf, and the inflation slope's curvature (~ pi (1 - pi)) decays with it, so its
+    # "standard error" is an arbitrary point on a path to infinity (70848 measured). Read
+    # from the Hessian's diagonal one step further along the ridge, computed only when the
+    # test fired (a single fit skips it; under vmap both sides of the cond run).
+    curv = jnp.diag(hess_u)
+    ahead = lax.cond(escaping, lambda: jnp.diag(jax.hessian(fun)(u + d)), lambda: curv)
+    fading = escaping & (curv > 0) & (ahead < ESCAPE_RATIO * curv)
+    involved = involved | fading
     to_infinity = escaping & heads_to_inf[jnp.argmax(jnp.abs(d))]
     norm = jnp.linalg.norm(d)
     direction = jnp.where(norm > 0, d / jnp.where(norm > 0, norm, 1.0), 0.0)

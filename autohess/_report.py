@@ -95,10 +95,12 @@ _SUGGEST = {
     "optimum itself (all the digits the other software gives, for the same likelihood and data); "
     "do not report these standard errors",
     "unbounded": "the maximum-likelihood estimate does not exist for these data: look for a "
-    "covariate or combination that predicts the outcome perfectly (separation) or a group with "
-    "only zero counts, and drop, merge or recode it; or use a penalised likelihood (Firth, a weak "
-    "prior) or fix the parameter. Standard errors of the parameters named are NaN; the others are "
-    "conditional on them",
+    "covariate or combination that predicts the outcome perfectly (separation), a group with "
+    "only zero counts, or a part of the model the data do not call for (a zero-inflation or "
+    "mixing probability running to 0 or 1: the data have no excess zeros, or one class), and "
+    "drop, merge or recode it; or use a penalised likelihood (Firth, a weak prior) or fix the "
+    "parameter. Standard errors of the parameters named (on the path, or whose information "
+    "fades along it) are NaN; the others are conditional on them",
     "unbounded_edge": "the maximum-likelihood estimate does not exist: the likelihood grows without "
     "bound at the edge of the parameter space (a component's variance collapsing onto one "
     "observation is the classic case). Restart from other values (for mixtures the usual "
@@ -253,7 +255,8 @@ class DiagnosticReport:
             problems.append(Problem(
                 "unbounded",
                 f"no finite maximum: the log-likelihood still rises along {direction} "
-                f"(unconstrained scale) and flattens as it goes; {evidence}, after "
+                + ("(unconstrained scale) " if res.model.spec.transformed.any() else "")
+                + f"and flattens as it goes; {evidence}, after "
                 f"{int(np.asarray(res.iterations))} iterations",
                 involved, direction, _SUGGEST["unbounded"],
             ))

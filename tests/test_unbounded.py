@@ -175,3 +175,50 @@ def test_separation_with_a_duplicated_column_is_still_unbounded(rng):
     assert {"unbounded", "flat"} <= set(kinds)
     assert {"beta[1]", "beta[2]"} <= set(kinds["unbounded"].parameters)
     assert np.all(np.isnan(np.asarray(res.bse_flat)))
+
+
+def _zip_loglik(p, d):
+    """A user's zero-inflated Poisson: P(structural zero) = logistic(Z gamma)."""
+    from jax.scipy.special import gammaln
+
+    eta = d["Z"] @ p["gamma"]
+    log_pi, log_1mpi = -jnp.logaddexp(0.0, -eta), -jnp.logaddexp(0.0, eta)
+    log_lam = d["X"] @ p["beta"]
+    lam = jnp.exp(log_lam)
+    zero = jnp.logaddexp(log_pi, log_1mpi - lam)
+    positive = log_1mpi + d["y"] * log_lam - lam - gammaln(d["y"] + 1.0)
+    return jnp.where(d["y"] == 0, zero, positive)
+
+
+@pytest.mark.parametrize("zeros", ["none", "fewer"])
+def test_inflation_that_fades_takes_its_slope_with_it(zeros):
+    """A zero-inflated Poisson on data without excess zeros (none at all, or fewer zeros than a
+    Poisson predicts): the inflation intercept runs to -inf, and the inflation slope's
+    information (~ pi (1 - pi)) fades with it, so its "standard error" is an arbitrary point on
+    the path (62600 measured before: finite, with no problem named). Both inflation
+    parameters must be NaN and named; the count part is then the plain Poisson model's.
+    Reference: statsmodels' Poisson fit (Newton, analytic Hessian) of the same data; at the
+    end of the ridge pi ~ exp(gamma[0]) < 1e-9 perturbs the count part by about that much, so
+    estimates and SEs agree to 1e-6 relative."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(1813)
+    n = 400
+    x = rng.normal(size=n)
+    X = np.column_stack([np.ones(n), x])
+    y = rng.poisson(np.exp(1.2 + 0.3 * x))
+    if zeros == "none":
+        y = np.where(y == 0, 1, y)
+    else:  # a Poisson mean floor of 1.5 leaves fewer zeros than exp(1.2 + 0.3x) predicts
+        y = np.where((y == 0) & (rng.uniform(size=n) < 0.7), 1, y)
+    model = ah.Model(_zip_loglik, {"X": X, "Z": X, "y": y}, params={"beta": jnp.zeros(2), "gamma": jnp.zeros(2)})
+    with pytest.warns(ah.InferenceWarning, match="unbounded"):
+        res = ah.fit(model)
+    assert res.status_code == Status.UNBOUNDED
+    assert np.all(np.isnan(np.asarray(res.bse["gamma"])))
+    problem = next(p for p in res.diagnostics.problems if p.kind == "unbounded")
+    assert {"gamma[0]", "gamma[1]"} <= set(problem.parameters)
+    assert "(unconstrained scale)" not in problem.message  # every parameter is Real here
+    ref = sm.Poisson(y, X).fit(method="newton", tol=1e-14, disp=0)
+    np.testing.assert_allclose(np.asarray(res.params["beta"]), ref.params, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(res.bse["beta"]), ref.bse, rtol=1e-6)
