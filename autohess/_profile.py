@@ -29,7 +29,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import check_maxiter, run_members
-from ._fit import FitResult, InferenceWarning, _value_grad_hess_fn
+from ._fit import FitResult, InferenceWarning, _max_steps, _value_grad_hess_fn
 from ._solver import Status, trust_region_newton
 
 __all__ = ["ProfileResult", "profile"]
@@ -114,6 +114,9 @@ def _member(model, j: int, maxiter: int):
     spec = model.spec
     mode = model.hessian_mode
     p = model.n_params
+    # the fit's step limit on log/logit coordinates, so a refit cannot jump 90 units into a
+    # variance collapsing on a data point that the fit itself was kept out of
+    cap = np.delete(_max_steps(spec), j)
 
     def one(u_j, s):
         u_hat = s["u_hat"]
@@ -129,7 +132,7 @@ def _member(model, j: int, maxiter: int):
             value = f(free0)
             status = jnp.where(jnp.isfinite(value), Status.CONVERGED, Status.NONFINITE)
             return spec.to_natural(full(free0)), -value, jnp.asarray(status, jnp.int32)
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), free0, maxiter=maxiter)
+        res = trust_region_newton(_value_grad_hess_fn(f, mode), free0, maxiter=maxiter, max_step=cap)
         status = jnp.where(jnp.isfinite(res.value), res.status, Status.NONFINITE)
         return spec.to_natural(full(res.x)), -res.value, jnp.asarray(status, jnp.int32)
 

@@ -55,15 +55,17 @@ def test_quasi_separation_is_never_converged():
     crawl stops, the last Hessian is still positive definite (the curvature test then sees the
     ridge: ``unbounded``) or exactly singular (a ``flat`` direction, status SINGULAR). Either
     way the fit is not converged and every standard error on the ridge is NaN."""
-    seen = set()
     for seed in range(3):
         X, y = _separated(np.random.default_rng(seed), quasi=True)
         with pytest.warns(ah.InferenceWarning, match=r"\[(unbounded|flat)\]"):
             res = ah.fit(ah.models.logistic(X, y))
         assert not res.converged and res.status_code in (Status.UNBOUNDED, Status.SINGULAR)
         assert np.all(np.isnan(np.asarray(res.bse_flat)))
-        seen.add(int(res.status_code))
-    assert Status.UNBOUNDED in seen  # all three seeds at present
+        problem = res.diagnostics.problems[0]
+        assert {"beta[0]", "beta[1]"} <= set(problem.parameters)  # the ridge b0 = -0.3 b1
+    # Which of the two it is depends on rounding in the last steps: all three seeds ended
+    # UNBOUNDED on the machine this test was written on and SINGULAR on another (same versions
+    # of jax and numpy), so the test accepts both, as the README says.
 
 
 def test_separation_with_a_bystander_covariate(rng):
