@@ -22,6 +22,7 @@ from ._derivatives import Hessian, _model_params, _model_weights, _objective, _r
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._pandas import is_pandas, require_pandas
+from ._report import DiagnosticReport, InferenceWarning, summary
 from ._params import Labels, element_labels, path_name
 from ._solver import (
     MAX_TRANSFORMED_STEP,
@@ -42,10 +43,6 @@ METHODS = ("trust-region", "lbfgs", "gauss-newton")
 @jax.jit
 def _sqrt_diag(cov: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
-
-
-class InferenceWarning(UserWarning):
-    """Standard errors were set to NaN (or should not be trusted): see ``res.diagnostics``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,21 +222,15 @@ class FitResult:
     @property
     def diagnostics(self):
         """What the Hessian says about this estimate: numbers, problems found, suggestions."""
-        from ._report import DiagnosticReport
-
         return DiagnosticReport.from_result(self)
 
     def _warn(self) -> None:
         """``diagnostics.warn()``, skipping the report where a cheap check finds nothing."""
-        from ._report import DiagnosticReport
-
         if DiagnosticReport.may_have_problems(self):
             self.diagnostics.warn(stacklevel=4)  # the caller of fit/evaluate
 
     def summary(self) -> str:
         """A statsmodels-like table with a diagnostics footer."""
-        from ._report import summary
-
         return summary(self)
 
     def __repr__(self) -> str:

@@ -29,7 +29,8 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import check_maxiter, run_members
-from ._fit import FitResult, InferenceWarning, _max_steps, _value_grad_hess_fn
+from ._fit import FitResult, _max_steps, _value_grad_hess_fn
+from ._report import InferenceWarning
 from ._solver import Status, trust_region_newton
 
 __all__ = ["ProfileResult", "profile"]

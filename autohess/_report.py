@@ -17,7 +17,11 @@ from ._solver import ESCAPE_RATIO, Status
 if TYPE_CHECKING:  # pragma: no cover
     from ._fit import FitResult
 
-__all__ = ["Problem", "DiagnosticReport", "summary", "format_direction", "curvature_allowance"]
+__all__ = ["InferenceWarning", "Problem", "DiagnosticReport", "summary", "format_direction", "curvature_allowance"]
+
+
+class InferenceWarning(UserWarning):
+    """Standard errors were set to NaN (or should not be trusted): see ``res.diagnostics``."""
 
 #: vocabulary of problem kinds
 #: cap on the gradient per marginal standard deviation that ``curvature_allowance`` lets tilt a
@@ -359,8 +363,6 @@ class DiagnosticReport:
         """Issue one ``InferenceWarning`` listing the problems (nothing if there are none)."""
         if not self.problems:
             return
-        from ._fit import InferenceWarning
-
         text = "; ".join(f"[{p.kind}] {p.message}" for p in self.problems)
         if self.nan_se:
             text += f". Standard errors set to NaN: {list(self.nan_se)}" + self._others()
