@@ -19,6 +19,10 @@ Every candidate gets a cause from a fixed vocabulary, with the evidence behind i
 * ``inverse``: the matrix given as a Hessian is the exact Hessian's inverse (a covariance).
 * ``scale``: it is the exact Hessian on the other scale of a model's transforms (``log sigma``
   instead of ``sigma``).
+* ``proportional``: it is the exact Hessian times a constant ``c != 1`` (a log-likelihood missing
+  a factor, a mean instead of a sum, the deviance's factor 2, a variance-scaled Hessian).
+* ``order``: it is the exact Hessian (or, given as an inverse, the exact inverse) with the
+  parameters in another order (statsmodels' NB2 puts ``alpha`` last).
 * ``asymmetric``: it is not symmetric (judged by its symmetric part).
 * ``nonfinite``: it has NaN or infinite entries (a step that left the function's domain).
 * ``unexplained``: none of the above reproduces its errors: an error in the code that made
@@ -59,7 +63,7 @@ __all__ = ["CAUSES", "CandidateAudit", "AuditReport", "audit", "audit_scipy", "S
 
 CAUSES = (
     "ok", "sign", "not_a_hessian", "rounding", "truncation", "indefinite", "inverse", "scale",
-    "asymmetric", "nonfinite", "unexplained", "not_at_optimum", "saddle", "flat",
+    "asymmetric", "nonfinite", "unexplained", "not_at_optimum", "saddle", "flat", "proportional", "order",
 )
 #: the point is not an optimum when a Newton step from it is longer than this many standard
 #: errors (``_report.standard_errors_from_optimum``, the rule ``evaluate``'s report uses too).
@@ -195,6 +199,9 @@ def _as_candidate(name: str, spec: Any) -> dict:
         out = {"matrix": spec[0], "kind": spec[1]}
     else:
         out = {"matrix": spec}
+    frame = out["matrix"]
+    if hasattr(frame, "index") and hasattr(frame, "columns"):  # a labelled pandas DataFrame
+        out["frame_labels"] = (list(frame.index), list(frame.columns))
     if hasattr(out["matrix"], "todense"):  # scipy's LbfgsInvHessProduct (L-BFGS-B's hess_inv)
         out["matrix"] = out["matrix"].todense()
         out["limited_memory"] = True
@@ -209,6 +216,35 @@ def _as_candidate(name: str, spec: Any) -> dict:
         raise ValueError(f"candidate {name!r}: kind must be 'hessian', 'inverse' or 'bfgs', got {out['kind']!r}")
     if out["kind"] == "inverse" and "bfgs" in name.lower():
         out["kind"] = "bfgs"
+    return out
+
+
+def _align(name: str, spec: dict, labels: tuple) -> dict:
+    """A labelled frame is matched to the exact Hessian's labels (reordered); one whose labels
+    are not those is refused: comparing entries by position across orders gives wrong causes."""
+    rows, cols = spec.pop("frame_labels", (None, None))
+    if rows is None:
+        return spec
+    p = len(labels)
+    if list(rows) == list(range(len(rows))) and list(cols) == list(range(len(cols))):
+        return spec  # a frame without labels (default RangeIndex): positional, as an array
+    want = [str(v) for v in labels]
+    for axis, got in (("index", rows), ("columns", cols)):
+        got = [str(v) for v in got]
+        if sorted(got) != sorted(want) or len(set(got)) != len(got):
+            missing = [v for v in want if v not in got]
+            extra = [v for v in got if v not in want]
+            raise ValueError(
+                f"candidate {name!r} is a DataFrame whose {axis} labels are not the parameters' labels "
+                f"(missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unknown {extra[:5]}"
+                f"{' ...' if len(extra) > 5 else ''}; expected {want[:6]}{' ...' if p > 6 else ''}): rename "
+                "them to these labels so it can be matched by label, or pass .to_numpy() if its rows "
+                "and columns are already in this order"
+            )
+    r = [[str(v) for v in rows].index(v) for v in want]
+    c = [[str(v) for v in cols].index(v) for v in want]
+    out = dict(spec)
+    out["matrix"] = spec["matrix"][np.ix_(r, c)]
     return out
 
 
@@ -255,6 +291,35 @@ class _Exact:
     def direction(self, j: int) -> str:
         v = self.vec[:, j] / self.d
         return format_direction(v / np.linalg.norm(v), self.labels)
+
+    def restricted(self, S: np.ndarray) -> "_Exact":
+        """The same context for the parameters ``S`` only, the others held at ``x``: its
+        differences are the full stencil's entries in the ``S`` block, evaluated at the same
+        points (so with the same rounding), at a fraction of the cost."""
+        flat = jnp.asarray(self.flat_x)
+        S_j = jnp.asarray(S)
+        if isinstance(self.target, Model):
+            model = self.target
+
+            def g(z):
+                return model.negloglik_flat(flat.at[S_j].set(z), model.data, None)
+        else:
+            from jax.flatten_util import ravel_pytree
+
+            from ._derivatives import _prepare_point
+
+            unravel = ravel_pytree(_prepare_point(self.x)[0])[1]
+            f = self.target
+
+            def g(z):
+                return f(unravel(flat.at[S_j].set(z)))
+
+        block = np.ix_(S, S)
+        return dataclasses.replace(
+            self, target=g, x=jnp.asarray(self.flat_x[S]), flat_x=self.flat_x[S],
+            labels=tuple(self.labels[i] for i in S), grad=self.grad[S], matrix=self.matrix[block],
+            d=self.d[S], se=self.se[S], other=None, opg=None, _fd={},
+        )
 
     def fd_error(self, h: np.ndarray) -> np.ndarray:
         """Central second differences at step ``h`` minus the exact Hessian (unscaled)."""
@@ -323,15 +388,66 @@ def _exact_causes(ex: _Exact) -> list:
 # ------------------------------------------------------------------------------------------
 # Audit
 # ------------------------------------------------------------------------------------------
-def _identify(ex: _Exact, C: np.ndarray, max_err: float) -> Optional[tuple[str, str]]:
-    """Is a wrong 'Hessian' another matrix: the inverse, the other scale's Hessian, the OPG?
-    Named when it agrees with that matrix to 10% (scaled) and 10x better than with the exact one."""
+def _proportional(ex: _Exact, C: np.ndarray) -> tuple[float, float]:
+    """``(c, gap)``: the least-squares multiple ``c`` of the exact Hessian closest to ``C`` (in
+    scaled entries) and the largest scaled entry of ``C - c H``."""
+    dd = np.outer(ex.d, ex.d)
+    Cs, Hs = C / dd, ex.matrix / dd
+    c = float(np.sum(Cs * Hs) / np.sum(Hs * Hs))
+    return c, float(np.max(np.abs(Cs - c * Hs)))
+
+
+def _orders(C: np.ndarray, exact: np.ndarray) -> list:
+    """Orders of the parameters worth trying for a candidate given in another order: every
+    rotation (one parameter moved from first to last, as statsmodels' NB2 puts alpha last where
+    a dict of parameters sorts it first) and the order that matches the diagonals by rank."""
+    p = len(C)
+    out = [np.roll(np.arange(p), k) for k in range(1, p)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rank = np.empty(p, dtype=int)
+        rank[np.argsort(np.log(np.abs(np.diag(exact))))] = np.argsort(np.log(np.abs(np.diag(C))))
+    out.append(rank)
+    return [o for o in out if not np.array_equal(o, np.arange(p))]
+
+
+def _identify(ex: _Exact, C: np.ndarray, max_err: float, kind: str = "hessian") -> Optional[tuple[str, str]]:
+    """Is a wrong 'Hessian' another matrix: the inverse, the other scale's Hessian, the OPG, a
+    multiple of the exact Hessian, or the exact Hessian with its parameters in another order?
+    Named when it agrees with that matrix to 10% (scaled) and 10x better than with the exact one.
+    ``kind="inverse"``: ``C`` is the inverse of what was given (a covariance), so "inverse" and
+    "OPG" are not among the answers."""
     found = []  # (cause, scaled gap, what it is)
-    try:
-        found.append(("inverse", np.max(np.abs(_scaled_error(np.linalg.inv(C), ex.matrix))),
-                      "the exact Hessian's inverse (a covariance matrix), not a Hessian: pass it as (matrix, 'inverse')"))
-    except np.linalg.LinAlgError:
-        pass
+    given = "its inverse" if kind == "inverse" else "it"
+    if kind == "hessian":
+        try:
+            found.append(("inverse", np.max(np.abs(_scaled_error(np.linalg.inv(C), ex.matrix))),
+                          "the exact Hessian's inverse (a covariance matrix), not a Hessian: pass it as (matrix, 'inverse')"))
+        except np.linalg.LinAlgError:
+            pass
+    c, gap = _proportional(ex, C)
+    if c != 0 and abs(c - 1.0) > 10 * OK_TOL:
+        # a factor lost or added: a sum vs a mean over observations (c = n or 1/n), the deviance
+        # (-2 loglik: c = 2), a scale parameter folded in; the SEs from it are off by 1/sqrt(|c|)
+        # judged relative to c: a small multiple of anything is close to a small multiple of H
+        found.append(("proportional", max(gap, gap / abs(c)) if c != 0 else np.inf, (
+            f"the exact Hessian times c = {c:.4g}, not the Hessian itself: a log-likelihood missing or "
+            "carrying a factor (a mean instead of a sum over observations gives c = 1/n, the deviance "
+            "-2 loglik gives c = 2) or a variance-scaled Hessian; standard errors from it are off by a "
+            f"factor 1/sqrt({abs(c):.3g}) = {1 / np.sqrt(abs(c)):.3g}: fix the objective or divide by c"
+        )))
+    for order in _orders(C, ex.matrix):
+        # candidate row k holds parameter order[k]: put it back in the exact Hessian's order
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        P = C[np.ix_(back, back)]
+        seen = ", ".join(str(ex.labels[k]) for k in order[:8]) + (" ..." if len(order) > 8 else "")
+        found.append(("order", np.max(np.abs(_scaled_error(P, ex.matrix))), (
+            f"the exact {'inverse Hessian (a covariance)' if kind == 'inverse' else 'Hessian'} with its "
+            f"parameters in another order (its rows are {seen}; the audit's are "
+            f"{', '.join(map(str, ex.labels[:8]))}{' ...' if len(ex.labels) > 8 else ''}): a matrix from another program (statsmodels' NB2 puts alpha last, "
+            "autohess sorts parameter names); reorder it, or pass a pandas DataFrame whose index and "
+            "columns carry the labels, which the audit matches by label"
+        )))
     if ex.other is not None:
         name, other = ex.other
         found.append(("scale", np.max(np.abs(_scaled_error(C, other))),
@@ -343,7 +459,10 @@ def _identify(ex: _Exact, C: np.ndarray, max_err: float) -> Optional[tuple[str, 
                       "expectation, under a correct model; it is not the Hessian"))
     for cause, gap, what in found:
         if gap <= 0.1 and gap <= 0.1 * max_err:
-            return cause, f"it is {what} (agrees with that to {gap:.2g}, scaled)"
+            subject = "it" if cause == "order" else given  # the order's text names what was given
+            return cause, f"{subject} is {what} (agrees with that to {gap:.2g}, scaled)"
+    if kind != "hessian":
+        return None
     # An approximate inverse (BFGS's hess_inv given as a Hessian) agrees with neither, but its
     # diagonal gives it away wherever the Hessian's diagonal is far from 1: C_ii H_ii is O(1)
     # (1 / (1 - R_i^2) for an exact inverse), while a Hessian has C_ii / H_ii ~ 1.
@@ -374,9 +493,18 @@ def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_fr
             f"{what}, so it need not converge to H^-1 (it is a preconditioner for the next step); here it "
             f"is off by {rel_frob:.2g} in relative Frobenius norm{se_note}"
         ))]
-    if spec["kind"] == "inverse":
-        return [("not_a_hessian", f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm{se_note}")]
     max_err = float(np.max(np.abs(err)))
+    if spec["kind"] == "inverse":
+        known = _identify(ex, C, max_err, kind="inverse")
+        if known is not None:
+            return [known]
+        return [("not_a_hessian", (
+            f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm{se_note}, and it is not the "
+            f"inverse of the exact Hessian on the {ex.scale} scale"
+            + (f" nor on the {ex.other[0]} scale" if ex.other is not None else "")
+            + ", nor of a multiple of it, nor of it with the parameters in another order: a covariance of a "
+            "different model or parameterisation, or at a different point"
+        ))]
     known = _identify(ex, C, max_err) if spec.get("step") is None else None
     if known is not None:
         return [known]
@@ -540,6 +668,12 @@ def audit(
         raise ValueError(f"scale must be 'natural' or 'unconstrained', got {scale!r}")
     if scale == "unconstrained" and not isinstance(target, Model):
         raise ValueError("scale='unconstrained' needs an ah.Model (a plain function has no transforms)")
+    for name in candidates:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"candidate names must be strings (they label the report's rows), got {name!r} "
+                f"({type(name).__name__}): use {{'{name}': matrix}}"
+            )
     specs = {name: _as_candidate(name, raw) for name, raw in candidates.items()}
     model = target if isinstance(target, Model) else None
     x_natural = x
@@ -572,6 +706,7 @@ def audit(
     if model is not None and model.per_observation and scale == "natural":
         S = np.asarray(scores(model, x_natural), dtype=np.float64)
         known["opg"] = S.T @ S
+    specs = {name: _align(name, spec, tuple(labels)) for name, spec in specs.items()}
     ex = _exact_context(target, x, labels, float(value), grad, exact, **known)
     results = [_judge(ex, name, spec) for name, spec in specs.items()]
     return AuditReport(

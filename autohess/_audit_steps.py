@@ -102,6 +102,11 @@ def step_sweep(
     if relative not in (True, False, "x"):
         raise ValueError(f"relative must be True, False or 'x', got {relative!r}")
     grid = np.logspace(-10, -1, 19) if steps is None else np.asarray(steps, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
+        raise ValueError(
+            f"steps must be a 1-d sequence of positive finite step sizes, e.g. np.logspace(-8, -2, 13) or "
+            f"[1e-4]; got {steps!r}" + (": wrap a single step in a list" if grid.ndim == 0 else "")
+        )
     exact = np.asarray(exact_hessian(target, x, check=False).matrix)
     flat = _flat_point(target, x)
     if relative == "x":
@@ -178,7 +183,7 @@ def _split(ex: _Exact, h: np.ndarray, stencil: str, wrong: np.ndarray):
 
 
 def _infer_step(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
-    """``(h, stencil, rule)`` of the differences that best explain a bare matrix's errors, or
+    """``(h, stencil, rule, scale_fn)`` of the differences that best explain a bare matrix's errors, or
     None. Truncation error is deterministic (``c_ij h_i h_j``-like, reproduced by our own
     differences at the same step); rounding is noise of a known size. A step is accepted when
     differences at it reproduce at least one wrong entry to ``MATCH_TOL`` and, together with
@@ -223,7 +228,7 @@ def _infer_step(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
             misfit = float(np.nansum(np.abs(e_h - err_c) / np.outer(ex.d, ex.d)))
             score = (int(matched.sum() + noise.sum()), int(matched.sum()), -misfit)
             if matched.any() and score[0] >= 0.9 * n_wrong and score > best_score:
-                best, best_score = (h, stencil, rule.format(t=t)), score
+                best, best_score = (h, stencil, rule.format(t=t), scale_fn), score
     if best is not None:
         return best
     # No truncation pattern: is it rounding noise of one size? The step at which the bound
@@ -232,6 +237,10 @@ def _infer_step(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
     # size must show in most entries, not only in the wrong ones (an exact diagonal next to one
     # wrong entry is not rounding).
     best_spread = 30.0
+    if len(ex.d) > 2 and abs(_cosine(ex, err_c)) > max(0.7, 2.0 / np.sqrt(len(ex.d) * (len(ex.d) - 1) / 2)):
+        # rounding noise is independent entry by entry; errors that follow the exact Hessian's
+        # own pattern (2H - H = H, I - H ~ -H) are a different matrix, whatever their size
+        return None
     for (rule, stencil), (s, A) in coefs.items():
         if stencil != "central":
             continue  # the noise does not tell stencils apart
@@ -239,14 +248,65 @@ def _infer_step(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
             t_ij = np.sqrt(_rounding_bound(ex, s, stencil)[wrong] / np.abs(err_c[wrong]))
         if t_ij.size == 0 or not np.all(np.isfinite(t_ij) & (t_ij > 0)):
             continue
-        spread = float(t_ij.max() / t_ij.min())
+        # the middle 90% of the entries: the extremes of many noise draws spread with their number
+        spread = float(np.quantile(t_ij, 0.95) / np.quantile(t_ij, 0.05))
         t = float(np.exp(np.mean(np.log(t_ij))))
         truncation = np.abs(np.nan_to_num(A[wrong])) * t**2
         quiet = (np.abs(err_c) < 0.01 * _rounding_bound(ex, t * s, stencil))[np.triu_indices(len(s))]
         if (spread <= best_spread and 1e-14 <= t <= 1e-2 and np.mean(quiet) <= 0.5
                 and np.mean(truncation < 0.3 * np.abs(err_c[wrong])) >= 0.9):
-            best, best_spread = (t * s, stencil, "about " + rule.format(t=t) + ", from the size of its noise"), spread
+            best, best_spread = (t * s, stencil, "about " + rule.format(t=t) + ", from the size of its noise",
+                                 dict(_FAMILIES)[rule]), spread
     return best
+
+
+#: above this many parameters the step is inferred on a sample of this many (their sub-block of
+#: the candidate): second differences of f restricted to them evaluate exactly the same points
+#: as the full stencil's entries there, at (SAMPLE_P / p)^2 of the cost, so the search's ~120
+#: finite-difference Hessians no longer grow as p^2 evaluations of f each
+SAMPLE_P = 24
+
+
+def _sample(err_c: np.ndarray, wrong: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Which parameters to infer the step on: half those whose rows hold the largest wrong
+    errors, half spread evenly over the rest (so that the quiet entries are seen too)."""
+    p = len(d)
+    mass = np.sum(np.where(wrong, np.abs(err_c) / np.outer(d, d), 0.0), axis=1)
+    top = list(np.argsort(-mass, kind="stable")[: SAMPLE_P // 2])
+    rest = [i for i in range(p) if i not in top]
+    spread = [rest[int(k)] for k in np.linspace(0, len(rest) - 1, SAMPLE_P - len(top))]
+    return np.array(sorted(set(top) | set(spread)))
+
+
+def _infer_step_sampled(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
+    """``_infer_step`` on a sample of ``SAMPLE_P`` parameters above that many; the step it finds
+    is the rule's step for every parameter."""
+    p = len(ex.d)
+    if p <= SAMPLE_P:
+        return _infer_step(ex, err_c, wrong)
+    S = _sample(err_c, wrong, ex.d)
+    block = np.ix_(S, S)
+    if not wrong[block].any():
+        return None
+    found = _infer_step(ex.restricted(S), err_c[block], wrong[block])
+    if found is None:
+        return None
+    h, stencil, rule, scale_fn = found
+    t = float(h[0] / scale_fn(ex.flat_x[S])[0])
+    return t * scale_fn(ex.flat_x), stencil, f"{rule}; inferred on {len(S)} of the {p} parameters", scale_fn
+
+
+def _cosine(ex: _Exact, err_c: np.ndarray) -> float:
+    """Cosine between the errors and the exact Hessian, both scaled, off the diagonal: near 0
+    for rounding noise (of random sign entry by entry), near +-1 for a matrix whose errors follow
+    the Hessian's pattern. With ``m`` entries, noise gives about ``1/sqrt(m)``. The diagonal is
+    left out: its noise (4 eps|f|/h^2, from f(x+h) + f(x-h) - 2 f(x)) need not average to zero,
+    and the scaled exact diagonal is all ones, so it would correlate with any such bias."""
+    iu = np.triu_indices(len(ex.d), 1)
+    dd = np.outer(ex.d, ex.d)
+    e, h = (err_c / dd)[iu], (ex.matrix / dd)[iu]
+    denom = float(np.linalg.norm(e) * np.linalg.norm(h))
+    return float(e @ h) / denom if denom > 0 else 0.0
 
 
 def _entries(ex: _Exact, mask: np.ndarray, err: np.ndarray) -> str:
@@ -275,16 +335,16 @@ def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: 
                 for st in _STENCILS]
         stencil = _STENCILS[int(np.argmax(fits))]
     if step is None:
-        found = _infer_step(ex, err_c, wrong)
+        found = _infer_step_sampled(ex, err_c, wrong)
         if found is None:
             return [("unexplained", (
                 f"its errors (up to {np.max(np.abs(err)):.2g} scaled, at {_entries(ex, wrong, err)}) match "
                 "neither finite differences at any step (truncation errors are reproducible, here none "
-                "is), nor rounding noise of one size, nor the exact Hessian's inverse, sign or other "
-                "scale: look for an error in the code that produced it, or a different matrix (expected "
+                "is), nor rounding noise of one size, nor the exact Hessian's inverse, sign, other "
+                "scale, a multiple of it or its parameters in another order: look for an error in the code that produced it, or a different matrix (expected "
                 f"information, outer product of scores){se_note}"
             ))]
-        step, stencil, rule = found
+        step, stencil, rule = found[:3]
     h = np.broadcast_to(np.asarray(step, dtype=np.float64), ex.flat_x.shape)
     rounding, truncation, by_rounding, by_truncation = _split(ex, h, stencil, wrong)
     hmin, hmax = float(np.min(h)), float(np.max(h))
