@@ -506,6 +506,12 @@ def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_fr
             "different model or parameterisation, or at a different point"
         ))]
     known = _identify(ex, C, max_err) if spec.get("step") is None else None
+    if known is not None and known[0] == "proportional" and 0.5 < _proportional(ex, C)[0] < 2.0:
+        # truncation error can be nearly proportional to H (a symmetric f: every diagonal off
+        # by the same fraction); a step that reproduces the errors is the likelier explanation
+        fd = _fd_causes(ex, spec, C, err, se_note)
+        if fd[0][0] != "unexplained":
+            return fd
     if known is not None:
         return [known]
     return _fd_causes(ex, spec, C, err, se_note)
