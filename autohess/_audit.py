@@ -193,6 +193,10 @@ def _as_candidate(name: str, spec: Any) -> dict:
         out = dict(spec)
         if "matrix" not in out:
             raise ValueError(f"candidate {name!r}: a dict candidate needs a 'matrix' entry")
+        unknown = sorted(set(out) - {"matrix", "kind", "step", "method"}, key=str)
+        if unknown:  # a misspelt 'step' would silently turn a known step into an inferred one
+            raise ValueError(f"candidate {name!r}: unknown dict keys {unknown}; the keys are 'matrix', "
+                             "'kind' ('hessian', 'inverse' or 'bfgs'), 'step' and 'method'")
     elif isinstance(spec, tuple):
         if len(spec) != 2 or not isinstance(spec[1], str):
             raise ValueError(f"candidate {name!r}: give (matrix, kind) with kind 'hessian' or 'inverse'")
@@ -222,6 +226,11 @@ def _as_candidate(name: str, spec: Any) -> dict:
 def _align(name: str, spec: dict, labels: tuple) -> dict:
     """A labelled frame is matched to the exact Hessian's labels (reordered); one whose labels
     are not those is refused: comparing entries by position across orders gives wrong causes."""
+    if spec.get("step") is not None and np.shape(spec["step"]) not in ((), (1,), (len(labels),)):
+        raise ValueError(
+            f"candidate {name!r}: step has shape {np.shape(spec['step'])}, the point has {len(labels)} "
+            "parameters: give one step for all, or one per parameter in label order"
+        )
     rows, cols = spec.pop("frame_labels", (None, None))
     if rows is None:
         return spec
@@ -424,6 +433,9 @@ def _identify(ex: _Exact, C: np.ndarray, max_err: float, kind: str = "hessian") 
                           "the exact Hessian's inverse (a covariance matrix), not a Hessian: pass it as (matrix, 'inverse')"))
         except np.linalg.LinAlgError:
             pass
+    else:
+        found.append(("inverse", np.max(np.abs(_scaled_error(np.linalg.inv(C), ex.matrix))),
+                      "the exact Hessian itself, not its inverse: pass it as a Hessian (no 'inverse')"))
     c, gap = _proportional(ex, C)
     if c != 0 and abs(c - 1.0) > 10 * OK_TOL:
         # a factor lost or added: a sum vs a mean over observations (c = n or 1/n), the deviance
@@ -459,7 +471,7 @@ def _identify(ex: _Exact, C: np.ndarray, max_err: float, kind: str = "hessian") 
                       "expectation, under a correct model; it is not the Hessian"))
     for cause, gap, what in found:
         if gap <= 0.1 and gap <= 0.1 * max_err:
-            subject = "it" if cause == "order" else given  # the order's text names what was given
+            subject = "it" if cause == "order" or kind != "hessian" and cause == "inverse" else given
             return cause, f"{subject} is {what} (agrees with that to {gap:.2g}, scaled)"
     if kind != "hessian":
         return None

@@ -346,6 +346,21 @@ def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: 
             ))]
         step, stencil, rule = found[:3]
     h = np.broadcast_to(np.asarray(step, dtype=np.float64), ex.flat_x.shape)
+    if rule is None and spec.get("method", "central") == "central":
+        # a known step: its differences must reproduce the errors (or be noise of the bound's
+        # size), else they came from another point or another function, not from the step
+        e_h = _stencil_error(ex.fd_error(h), ex.fd_error(2 * h), stencil)
+        reproduced = np.abs(e_h - err_c) <= MATCH_TOL * np.abs(err_c)
+        noise = np.abs(err_c) <= NOISE_FACTOR * _rounding_bound(ex, h, stencil)
+        stray = wrong & ~reproduced & ~noise
+        if stray.sum() > 0.1 * wrong.sum():
+            return [("unexplained", (
+                f"its errors (up to {np.max(np.abs(err[stray])):.2g} scaled, at {_entries(ex, stray, err)}) are not "
+                f"those of central differences at its own step (h = {float(np.min(h)):.2g}..{float(np.max(h)):.2g}): "
+                "neither reproduced by differences at that step nor of the size of their rounding noise; "
+                "it was computed at another point, of another function (other data, weights or "
+                f"parameterisation), or with another stencil: recompute it at this point{se_note}"
+            ))]
     rounding, truncation, by_rounding, by_truncation = _split(ex, h, stencil, wrong)
     hmin, hmax = float(np.min(h)), float(np.max(h))
     htxt = f"h = {hmin:.2g}" if np.isclose(hmin, hmax) else f"h = {hmin:.2g}..{hmax:.2g}"
