@@ -142,3 +142,27 @@ def test_bad_arguments_named(small):
         ah.step_sweep(m, at, steps=1e-4)
     with pytest.raises(ValueError, match="steps must be a 1-d sequence"):
         ah.step_sweep(m, at, steps=[1e-4, -1.0])
+
+
+def test_fd_at_another_point_is_not_rounding(small):
+    """An ``ah.fd_hessian`` result (its step known, 1.2e-4) computed at another point (beta + 0.3):
+    its errors are neither reproduced by differences at that step nor of their rounding size
+    (closed form: the Hessian moved by 0.3 in beta, ~0.2 scaled, vs rounding ~1e-9), so it is
+    `unexplained` with "another point" named, never `rounding` (before the fix: `rounding`)."""
+    m, at, H = small
+    other = ah.fd_hessian(m, {"beta": np.asarray(at["beta"]) + 0.3})
+    here = ah.fd_hessian(m, at, step=1e-7)  # its own point: still rounding, as before
+    rep = ah.audit(m, at, {"other point": other, "here": here})
+    assert rep["other point"].causes[0] == "unexplained", rep["other point"].evidence
+    assert "another point" in rep["other point"].evidence[0]
+    assert rep["here"].causes[0] == "rounding", rep["here"].evidence
+
+
+def test_dict_candidates_checked_and_hessian_given_as_inverse(small):
+    m, at, H = small
+    with pytest.raises(ValueError, match=r"unknown dict keys \['stepp'\]"):
+        ah.audit(m, at, {"c": {"matrix": H, "stepp": 1e-4}})
+    with pytest.raises(ValueError, match=r"'c': step has shape \(2,\), the point has 5 parameters"):
+        ah.audit(m, at, {"c": {"matrix": 2 * H, "step": [1e-4, 1e-4]}})
+    cand = ah.audit(m, at, {"H as inverse": (H, "inverse")})["H as inverse"]
+    assert cand.causes[0] == "inverse" and "pass it as a Hessian" in cand.evidence[0]
