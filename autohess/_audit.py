@@ -19,6 +19,10 @@ Every candidate gets a cause from a fixed vocabulary, with the evidence behind i
 * ``inverse``: the matrix given as a Hessian is the exact Hessian's inverse (a covariance).
 * ``scale``: it is the exact Hessian on the other scale of a model's transforms (``log sigma``
   instead of ``sigma``).
+* ``proportional``: it is the exact Hessian times a constant ``c != 1`` (a log-likelihood missing
+  a factor, a mean instead of a sum, the deviance's factor 2, a variance-scaled Hessian).
+* ``order``: it is the exact Hessian (or, given as an inverse, the exact inverse) with the
+  parameters in another order (statsmodels' NB2 puts ``alpha`` last).
 * ``asymmetric``: it is not symmetric (judged by its symmetric part).
 * ``nonfinite``: it has NaN or infinite entries (a step that left the function's domain).
 * ``unexplained``: none of the above reproduces its errors: an error in the code that made
@@ -41,7 +45,6 @@ import dataclasses
 import warnings
 from typing import Any, Callable, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,16 +57,14 @@ from ._finite_diff import FDHessian, fd_hessian
 from ._model import Model
 from ._report import AT_OPTIMUM_SE, curvature_allowance, format_direction, standard_errors_from_optimum
 from ._validation import UNTRACEABLE, not_traceable
+from ._audit_steps import OK_TOL, StepSweep, _diag_scale, _entries, _fd_causes, _flat_point, _scaled_error, step_sweep
 
 __all__ = ["CAUSES", "CandidateAudit", "AuditReport", "audit", "audit_scipy", "StepSweep", "step_sweep"]
 
 CAUSES = (
     "ok", "sign", "not_a_hessian", "rounding", "truncation", "indefinite", "inverse", "scale",
-    "asymmetric", "nonfinite", "unexplained", "not_at_optimum", "saddle", "flat",
+    "asymmetric", "nonfinite", "unexplained", "not_at_optimum", "saddle", "flat", "proportional", "order",
 )
-#: a candidate is "ok" when every entry, scaled by sqrt(|H_ii H_jj|), is within this of the
-#: exact one and the standard errors agree to the same relative tolerance.
-OK_TOL = 1e-3
 #: the point is not an optimum when a Newton step from it is longer than this many standard
 #: errors (``_report.standard_errors_from_optimum``, the rule ``evaluate``'s report uses too).
 STATIONARY_TOL = AT_OPTIMUM_SE
@@ -71,104 +72,6 @@ STATIONARY_TOL = AT_OPTIMUM_SE
 #: it, eigh's rounding of a matrix whose scaled entries span many orders of magnitude)
 NEGATIVE_REL = 1e-10
 
-
-# ------------------------------------------------------------------------------------------
-# Step sweep
-# ------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class StepSweep:
-    """Error of a finite-difference Hessian against the exact one, over a grid of steps.
-
-    ``errors[k]`` is the largest scaled error ``|C_ij - H_ij| / sqrt(|H_ii H_jj|)`` at
-    ``steps[k]`` (relative steps ``h_i = steps[k] * max(|x_i|, 1)``; see ``step_sweep``).
-    Small steps lose to rounding (error ~ 1/h^2), large ones to truncation (~ h^2): the V.
-    """
-
-    steps: np.ndarray
-    errors: np.ndarray
-    method: str
-    relative: Any
-
-    @property
-    def best_step(self) -> float:
-        return float(self.steps[int(np.nanargmin(self.errors))])
-
-    @property
-    def best_error(self) -> float:
-        return float(np.nanmin(self.errors))
-
-    def plot(self, ax=None):
-        """Log-log plot of error against step (needs the ``plot`` extra: matplotlib)."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("step_sweep(...).plot() needs matplotlib: pip install 'autohess[plot]'") from err
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
-        ax.loglog(self.steps, self.errors, "o-")
-        ax.axvline(self.best_step, color="grey", linestyle=":")
-        ax.set_xlabel("step h" + {True: " (x max(|x_i|, 1))", False: "", "x": " (x |x_i|)"}[self.relative])
-        ax.set_ylabel("max scaled error vs exact Hessian")
-        ax.set_title(f"{self.method} finite differences")
-        return ax
-
-    def __str__(self) -> str:
-        rows = "\n".join(f"  h = {h:9.2e}   error = {e:9.2e}" for h, e in zip(self.steps, self.errors))
-        return f"step sweep ({self.method}):\n{rows}\nbest step {self.best_step:.2e} (error {self.best_error:.2e})"
-
-
-def _diag_scale(exact: np.ndarray) -> np.ndarray:
-    d = np.sqrt(np.abs(np.diag(exact)))
-    return np.where(d > 0, d, 1.0)
-
-
-def _scaled_error(candidate: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    d = _diag_scale(exact)
-    return (candidate - exact) / np.outer(d, d)
-
-
-def step_sweep(
-    target: Model | Callable,
-    x: Any = None,
-    *,
-    steps: Any = None,
-    method: str = "central",
-    relative: bool = True,
-) -> StepSweep:
-    """Finite-difference error against the exact Hessian over a log grid of steps.
-
-    Args:
-        target: JAX scalar function or ``ah.Model``; x: the point.
-        steps: grid of steps (default ``10**-10 .. 10**-1``, 19 values).
-        method: ``"central"``, ``"forward"`` or ``"richardson"``.
-        relative: ``h_i = step * max(|x_i|, 1)`` (``True``, default), the same absolute step for
-            all (``False``), or ``"x"``: ``h_i = step * |x_i|`` (1 where ``x_i = 0``), as
-            ``fd_hessian(step="relative")``; best where parameters are small by nature.
-    """
-    if relative not in (True, False, "x"):
-        raise ValueError(f"relative must be True, False or 'x', got {relative!r}")
-    grid = np.logspace(-10, -1, 19) if steps is None else np.asarray(steps, dtype=np.float64)
-    exact = np.asarray(exact_hessian(target, x, check=False).matrix)
-    flat = _flat_point(target, x)
-    if relative == "x":
-        scale = np.where(flat != 0, np.abs(flat), 1.0)
-    else:
-        scale = np.maximum(np.abs(flat), 1.0) if relative else np.ones_like(flat)
-    errors = []
-    for h in grid:
-        fd = np.asarray(fd_hessian(target, x, method=method, step=h * scale).matrix)
-        errors.append(float(np.max(np.abs(_scaled_error(fd, exact)))) if np.all(np.isfinite(fd)) else np.nan)
-    return StepSweep(grid, np.asarray(errors), method, relative)
-
-
-def _flat_point(target: Any, x: Any) -> np.ndarray:
-    if isinstance(target, Model):
-        from ._derivatives import _model_params
-
-        return np.asarray(target.spec.flatten(_model_params(target, x), target.dtype))
-    from jax.flatten_util import ravel_pytree
-
-    return np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), x))[0])
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,12 +193,19 @@ def _as_candidate(name: str, spec: Any) -> dict:
         out = dict(spec)
         if "matrix" not in out:
             raise ValueError(f"candidate {name!r}: a dict candidate needs a 'matrix' entry")
+        unknown = sorted(set(out) - {"matrix", "kind", "step", "method"}, key=str)
+        if unknown:  # a misspelt 'step' would silently turn a known step into an inferred one
+            raise ValueError(f"candidate {name!r}: unknown dict keys {unknown}; the keys are 'matrix', "
+                             "'kind' ('hessian', 'inverse' or 'bfgs'), 'step' and 'method'")
     elif isinstance(spec, tuple):
         if len(spec) != 2 or not isinstance(spec[1], str):
             raise ValueError(f"candidate {name!r}: give (matrix, kind) with kind 'hessian' or 'inverse'")
         out = {"matrix": spec[0], "kind": spec[1]}
     else:
         out = {"matrix": spec}
+    frame = out["matrix"]
+    if hasattr(frame, "index") and hasattr(frame, "columns"):  # a labelled pandas DataFrame
+        out["frame_labels"] = (list(frame.index), list(frame.columns))
     if hasattr(out["matrix"], "todense"):  # scipy's LbfgsInvHessProduct (L-BFGS-B's hess_inv)
         out["matrix"] = out["matrix"].todense()
         out["limited_memory"] = True
@@ -310,6 +220,40 @@ def _as_candidate(name: str, spec: Any) -> dict:
         raise ValueError(f"candidate {name!r}: kind must be 'hessian', 'inverse' or 'bfgs', got {out['kind']!r}")
     if out["kind"] == "inverse" and "bfgs" in name.lower():
         out["kind"] = "bfgs"
+    return out
+
+
+def _align(name: str, spec: dict, labels: tuple) -> dict:
+    """A labelled frame is matched to the exact Hessian's labels (reordered); one whose labels
+    are not those is refused: comparing entries by position across orders gives wrong causes."""
+    if spec.get("step") is not None and np.shape(spec["step"]) not in ((), (1,), (len(labels),)):
+        raise ValueError(
+            f"candidate {name!r}: step has shape {np.shape(spec['step'])}, the point has {len(labels)} "
+            "parameters: give one step for all, or one per parameter in label order"
+        )
+    rows, cols = spec.pop("frame_labels", (None, None))
+    if rows is None:
+        return spec
+    p = len(labels)
+    if list(rows) == list(range(len(rows))) and list(cols) == list(range(len(cols))):
+        return spec  # a frame without labels (default RangeIndex): positional, as an array
+    want = [str(v) for v in labels]
+    for axis, got in (("index", rows), ("columns", cols)):
+        got = [str(v) for v in got]
+        if sorted(got) != sorted(want) or len(set(got)) != len(got):
+            missing = [v for v in want if v not in got]
+            extra = [v for v in got if v not in want]
+            raise ValueError(
+                f"candidate {name!r} is a DataFrame whose {axis} labels are not the parameters' labels "
+                f"(missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, unknown {extra[:5]}"
+                f"{' ...' if len(extra) > 5 else ''}; expected {want[:6]}{' ...' if p > 6 else ''}): rename "
+                "them to these labels so it can be matched by label, or pass .to_numpy() if its rows "
+                "and columns are already in this order"
+            )
+    r = [[str(v) for v in rows].index(v) for v in want]
+    c = [[str(v) for v in cols].index(v) for v in want]
+    out = dict(spec)
+    out["matrix"] = spec["matrix"][np.ix_(r, c)]
     return out
 
 
@@ -356,6 +300,35 @@ class _Exact:
     def direction(self, j: int) -> str:
         v = self.vec[:, j] / self.d
         return format_direction(v / np.linalg.norm(v), self.labels)
+
+    def restricted(self, S: np.ndarray) -> "_Exact":
+        """The same context for the parameters ``S`` only, the others held at ``x``: its
+        differences are the full stencil's entries in the ``S`` block, evaluated at the same
+        points (so with the same rounding), at a fraction of the cost."""
+        flat = jnp.asarray(self.flat_x)
+        S_j = jnp.asarray(S)
+        if isinstance(self.target, Model):
+            model = self.target
+
+            def g(z):
+                return model.negloglik_flat(flat.at[S_j].set(z), model.data, None)
+        else:
+            from jax.flatten_util import ravel_pytree
+
+            from ._derivatives import _prepare_point
+
+            unravel = ravel_pytree(_prepare_point(self.x)[0])[1]
+            f = self.target
+
+            def g(z):
+                return f(unravel(flat.at[S_j].set(z)))
+
+        block = np.ix_(S, S)
+        return dataclasses.replace(
+            self, target=g, x=jnp.asarray(self.flat_x[S]), flat_x=self.flat_x[S],
+            labels=tuple(self.labels[i] for i in S), grad=self.grad[S], matrix=self.matrix[block],
+            d=self.d[S], se=self.se[S], other=None, opg=None, _fd={},
+        )
 
     def fd_error(self, h: np.ndarray) -> np.ndarray:
         """Central second differences at step ``h`` minus the exact Hessian (unscaled)."""
@@ -422,204 +395,71 @@ def _exact_causes(ex: _Exact) -> list:
 
 
 # ------------------------------------------------------------------------------------------
-# Finite differences: which step explains a candidate's errors
-# ------------------------------------------------------------------------------------------
-#: step rules a bare finite-difference matrix is tried against: step h_i = t * s_i(x)
-_FAMILIES = (
-    ("one step for all", lambda x: np.ones_like(x)),  # as in the seed question
-    ("h_i = {t:.2g}*max(|x_i|, 1)", lambda x: np.maximum(np.abs(x), 1.0)),  # ah.fd_hessian's default
-    ("h_i = {t:.2g}*max(|x_i|, 0.1)", lambda x: np.maximum(np.abs(x), 0.1)),  # statsmodels' approx_hess
-    ("h_i = {t:.2g}*|x_i|", lambda x: np.where(x != 0, np.abs(x), 1.0)),  # ah.fd_hessian(step="relative")
-)
-#: stencils: the seed question's (x +/- h_i e_i on the diagonal) and statsmodels' approx_hess
-#: (approx_hess3: the same four-point cross differences, x +/- 2 h_i e_i on the diagonal)
-_STENCILS = ("central", "approx_hess")
-#: multipliers t tried: 0.1 down to 9e-11 by factors of 2 (the step 2t of approx_hess's
-#: diagonal is then the previous grid point)
-_T_GRID = 0.1 * 2.0 ** -np.arange(31)
-#: a candidate entry is reproduced by differences at a step when they agree to this fraction
-MATCH_TOL = 0.1
-#: an error is of the size of rounding noise when it is at most this multiple of the bound
-#: ``eps |f| / (h_i h_j)`` (a sum of many terms rounds to a few ulps of |f|)
-NOISE_FACTOR = 30.0
-
-
-def _stencil_error(errors_h: np.ndarray, errors_2h: Optional[np.ndarray], stencil: str) -> np.ndarray:
-    if stencil == "central":
-        return errors_h
-    out = errors_h.copy()
-    np.fill_diagonal(out, np.diag(errors_2h) if errors_2h is not None else np.nan)
-    return out
-
-
-def _rounding_bound(ex: _Exact, h: np.ndarray, stencil: str) -> np.ndarray:
-    """Unscaled bound on the rounding error of second differences at step ``h``: ``(1+2+1)
-    eps |f| / h_i^2`` on the diagonal (``eps |f| / h_i^2`` for approx_hess's 2h), ``4 eps |f| /
-    (4 h_i h_j)`` off it."""
-    c = np.ones((len(h), len(h)))
-    np.fill_diagonal(c, 4.0 if stencil == "central" else 1.0)
-    return np.finfo(np.float64).eps * abs(ex.value) * c / np.outer(h, h)
-
-
-def _split(ex: _Exact, h: np.ndarray, stencil: str, wrong: np.ndarray):
-    """Entry by entry at step ``h``: rounding bound and truncation estimate (both scaled), and
-    which wrong entries each explains (the larger one)."""
-    dd = np.outer(ex.d, ex.d)
-    e1, e2, e4 = ex.fd_error(h), ex.fd_error(2 * h), ex.fd_error(4 * h)
-    fine, coarse = _stencil_error(e1, e2, stencil), _stencil_error(e2, e4, stencil)
-    truncation = np.abs(coarse - fine) / 3.0 / dd  # the h^2 term: FD(2h) - FD(h) = 3 c h^2
-    rounding = _rounding_bound(ex, h, stencil) / dd
-    by_rounding = wrong & ~(truncation > rounding)
-    return rounding, truncation, by_rounding, wrong & ~by_rounding
-
-
-def _infer_step(ex: _Exact, err_c: np.ndarray, wrong: np.ndarray):
-    """``(h, stencil, rule)`` of the differences that best explain a bare matrix's errors, or
-    None. Truncation error is deterministic (``c_ij h_i h_j``-like, reproduced by our own
-    differences at the same step); rounding is noise of a known size. A step is accepted when
-    differences at it reproduce at least one wrong entry to ``MATCH_TOL`` and, together with
-    the rounding noise it implies, explain 90% of them."""
-    n_wrong = int(wrong.sum())
-    best, best_score = None, (0, 0, -np.inf)
-    coefs = {}
-    for rule, scale_fn in _FAMILIES:
-        s = scale_fn(ex.flat_x)
-        errs = np.stack([ex.fd_error(t * s) for t in _T_GRID])  # (T, p, p)
-        for stencil in _STENCILS:
-            E = np.stack([_stencil_error(errs[k], errs[k - 1] if k else None, stencil) for k in range(len(_T_GRID))])
-            bound = np.stack([_rounding_bound(ex, t * s, stencil) for t in _T_GRID])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                law = (E[:-1] / E[1:] > 3.0) & (E[:-1] / E[1:] < 5.4) & (np.abs(E[1:]) > 100 * bound[1:])
-                coef = E[1:] / _T_GRID[1:, None, None] ** 2
-            # per entry, the most asymptotic (smallest t) step at which the t^2 law holds
-            idx = np.where(law.any(0), len(_T_GRID) - 2 - np.argmax(law[::-1], axis=0), -1)
-            A = np.where(idx >= 0, np.take_along_axis(coef, np.maximum(idx, 0)[None], 0)[0], np.nan)
-            coefs[(rule, stencil)] = (s, A)
-            with np.errstate(invalid="ignore"):
-                valid = wrong & np.isfinite(A) & (np.sign(A) == np.sign(err_c))
-                t_ij = np.sqrt(err_c / A)
-            if not valid.any():
-                continue
-            t = float(np.median(t_ij[valid]))
-            # the t^2 law is asymptotic; at the user's step higher orders may count: refine t
-            # by the local power law (a few fixed-point steps on the median ratio)
-            for _ in range(3):
-                e_h = _stencil_error(ex.fd_error(t * s), ex.fd_error(2 * t * s), stencil)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    ratio = err_c[valid] / e_h[valid]
-                ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-                if ratio.size == 0:
-                    break
-                t *= float(np.sqrt(np.median(ratio)))
-            h = t * s
-            e_h = _stencil_error(ex.fd_error(h), ex.fd_error(2 * h), stencil)
-            matched = wrong & (np.abs(e_h - err_c) <= MATCH_TOL * np.abs(err_c))
-            noise = wrong & ~matched & (np.abs(err_c) <= NOISE_FACTOR * _rounding_bound(ex, h, stencil))
-            # ties (rules that differ only where the errors are small) go to the closer fit overall
-            misfit = float(np.nansum(np.abs(e_h - err_c) / np.outer(ex.d, ex.d)))
-            score = (int(matched.sum() + noise.sum()), int(matched.sum()), -misfit)
-            if matched.any() and score[0] >= 0.9 * n_wrong and score > best_score:
-                best, best_score = (h, stencil, rule.format(t=t)), score
-    if best is not None:
-        return best
-    # No truncation pattern: is it rounding noise of one size? The step at which the bound
-    # equals each wrong entry's error must agree across entries (within a factor 30: noise
-    # draws vary); truncation at that step must be well below the errors; and noise of that
-    # size must show in most entries, not only in the wrong ones (an exact diagonal next to one
-    # wrong entry is not rounding).
-    best_spread = 30.0
-    for (rule, stencil), (s, A) in coefs.items():
-        if stencil != "central":
-            continue  # the noise does not tell stencils apart
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_ij = np.sqrt(_rounding_bound(ex, s, stencil)[wrong] / np.abs(err_c[wrong]))
-        if t_ij.size == 0 or not np.all(np.isfinite(t_ij) & (t_ij > 0)):
-            continue
-        spread = float(t_ij.max() / t_ij.min())
-        t = float(np.exp(np.mean(np.log(t_ij))))
-        truncation = np.abs(np.nan_to_num(A[wrong])) * t**2
-        quiet = (np.abs(err_c) < 0.01 * _rounding_bound(ex, t * s, stencil))[np.triu_indices(len(s))]
-        if (spread <= best_spread and 1e-14 <= t <= 1e-2 and np.mean(quiet) <= 0.5
-                and np.mean(truncation < 0.3 * np.abs(err_c[wrong])) >= 0.9):
-            best, best_spread = (t * s, stencil, "about " + rule.format(t=t) + ", from the size of its noise"), spread
-    return best
-
-
-def _entries(ex: _Exact, mask: np.ndarray, err: np.ndarray) -> str:
-    iu = np.triu_indices(len(ex.labels))
-    idx = [(i, j) for i, j in zip(*iu) if mask[i, j]]
-    idx.sort(key=lambda ij: -abs(err[ij]))
-    more = f" and {len(idx) - 4} more" if len(idx) > 4 else ""
-    return ", ".join(f"[{ex.labels[i]}, {ex.labels[j]}]" for i, j in idx[:4]) + more
-
-
-def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: str) -> list:
-    """Rounding and/or truncation, entry by entry, for a finite-difference candidate; or
-    ``unexplained`` when no step explains its errors."""
-    err_c = C - ex.matrix
-    wrong = np.abs(err) > OK_TOL
-    if not wrong.any():  # every entry within tolerance; the standard errors still differ
-        wrong = np.abs(err) >= 0.1 * np.max(np.abs(err))
-    step = spec.get("step")
-    stencil, rule = "central", None
-    if step is not None and "method" not in spec:
-        # a step given with a bare matrix: whose stencil is it? (statsmodels' approx_hess
-        # differences the diagonal over 2h)
-        h = np.broadcast_to(np.asarray(step, dtype=np.float64), ex.flat_x.shape)
-        e1, e2 = ex.fd_error(h), ex.fd_error(2 * h)
-        fits = [np.sum(wrong & (np.abs(_stencil_error(e1, e2, st) - err_c) <= MATCH_TOL * np.abs(err_c)))
-                for st in _STENCILS]
-        stencil = _STENCILS[int(np.argmax(fits))]
-    if step is None:
-        found = _infer_step(ex, err_c, wrong)
-        if found is None:
-            return [("unexplained", (
-                f"its errors (up to {np.max(np.abs(err)):.2g} scaled, at {_entries(ex, wrong, err)}) match "
-                "neither finite differences at any step (truncation errors are reproducible, here none "
-                "is), nor rounding noise of one size, nor the exact Hessian's inverse, sign or other "
-                "scale: look for an error in the code that produced it, or a different matrix (expected "
-                f"information, outer product of scores){se_note}"
-            ))]
-        step, stencil, rule = found
-    h = np.broadcast_to(np.asarray(step, dtype=np.float64), ex.flat_x.shape)
-    rounding, truncation, by_rounding, by_truncation = _split(ex, h, stencil, wrong)
-    hmin, hmax = float(np.min(h)), float(np.max(h))
-    htxt = f"h = {hmin:.2g}" if np.isclose(hmin, hmax) else f"h = {hmin:.2g}..{hmax:.2g}"
-    if rule is not None:
-        htxt += f" (inferred, {rule}" + (", statsmodels approx_hess's stencil)" if stencil == "approx_hess" else ")")
-    elif stencil == "approx_hess":
-        htxt += " (statsmodels approx_hess's stencil)"
-    out = []
-    if by_rounding.any():
-        out.append(("rounding", (
-            f"step {htxt} is too small for |f| = {abs(ex.value):.3g} at {_entries(ex, by_rounding, err)}: "
-            f"errors there up to {np.max(np.abs(err[by_rounding])):.2g} (scaled), where rounding alone "
-            f"reaches eps*|f|/(h_i h_j) ~ {np.max(rounding[by_rounding]):.2g} and exceeds the truncation "
-            "error; take h_i ~ eps^(1/4)*max(|x_i|, 1) (ah.fd_hessian's default) or use the exact "
-            f"Hessian{se_note}"
-        )))
-    if by_truncation.any():
-        out.append(("truncation", (
-            f"step {htxt} is too large at {_entries(ex, by_truncation, err)}: errors there up to "
-            f"{np.max(np.abs(err[by_truncation])):.2g} (scaled) are the truncation term ~h^2 f''''/12 "
-            f"(estimated {np.max(truncation[by_truncation]):.2g}), which dominates rounding; take a "
-            f"smaller step or Richardson extrapolation, or use the exact Hessian{se_note}"
-        )))
-    return out
-
-
-# ------------------------------------------------------------------------------------------
 # Audit
 # ------------------------------------------------------------------------------------------
-def _identify(ex: _Exact, C: np.ndarray, max_err: float) -> Optional[tuple[str, str]]:
-    """Is a wrong 'Hessian' another matrix: the inverse, the other scale's Hessian, the OPG?
-    Named when it agrees with that matrix to 10% (scaled) and 10x better than with the exact one."""
+def _proportional(ex: _Exact, C: np.ndarray) -> tuple[float, float]:
+    """``(c, gap)``: the least-squares multiple ``c`` of the exact Hessian closest to ``C`` (in
+    scaled entries) and the largest scaled entry of ``C - c H``."""
+    dd = np.outer(ex.d, ex.d)
+    Cs, Hs = C / dd, ex.matrix / dd
+    c = float(np.sum(Cs * Hs) / np.sum(Hs * Hs))
+    return c, float(np.max(np.abs(Cs - c * Hs)))
+
+
+def _orders(C: np.ndarray, exact: np.ndarray) -> list:
+    """Orders of the parameters worth trying for a candidate given in another order: every
+    rotation (one parameter moved from first to last, as statsmodels' NB2 puts alpha last where
+    a dict of parameters sorts it first) and the order that matches the diagonals by rank."""
+    p = len(C)
+    out = [np.roll(np.arange(p), k) for k in range(1, p)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rank = np.empty(p, dtype=int)
+        rank[np.argsort(np.log(np.abs(np.diag(exact))))] = np.argsort(np.log(np.abs(np.diag(C))))
+    out.append(rank)
+    return [o for o in out if not np.array_equal(o, np.arange(p))]
+
+
+def _identify(ex: _Exact, C: np.ndarray, max_err: float, kind: str = "hessian") -> Optional[tuple[str, str]]:
+    """Is a wrong 'Hessian' another matrix: the inverse, the other scale's Hessian, the OPG, a
+    multiple of the exact Hessian, or the exact Hessian with its parameters in another order?
+    Named when it agrees with that matrix to 10% (scaled) and 10x better than with the exact one.
+    ``kind="inverse"``: ``C`` is the inverse of what was given (a covariance), so "inverse" and
+    "OPG" are not among the answers."""
     found = []  # (cause, scaled gap, what it is)
-    try:
+    given = "its inverse" if kind == "inverse" else "it"
+    if kind == "hessian":
+        try:
+            found.append(("inverse", np.max(np.abs(_scaled_error(np.linalg.inv(C), ex.matrix))),
+                          "the exact Hessian's inverse (a covariance matrix), not a Hessian: pass it as (matrix, 'inverse')"))
+        except np.linalg.LinAlgError:
+            pass
+    else:
         found.append(("inverse", np.max(np.abs(_scaled_error(np.linalg.inv(C), ex.matrix))),
-                      "the exact Hessian's inverse (a covariance matrix), not a Hessian: pass it as (matrix, 'inverse')"))
-    except np.linalg.LinAlgError:
-        pass
+                      "the exact Hessian itself, not its inverse: pass it as a Hessian (no 'inverse')"))
+    c, gap = _proportional(ex, C)
+    if c != 0 and abs(c - 1.0) > 10 * OK_TOL:
+        # a factor lost or added: a sum vs a mean over observations (c = n or 1/n), the deviance
+        # (-2 loglik: c = 2), a scale parameter folded in; the SEs from it are off by 1/sqrt(|c|)
+        # judged relative to c: a small multiple of anything is close to a small multiple of H
+        found.append(("proportional", max(gap, gap / abs(c)) if c != 0 else np.inf, (
+            f"the exact Hessian times c = {c:.4g}, not the Hessian itself: a log-likelihood missing or "
+            "carrying a factor (a mean instead of a sum over observations gives c = 1/n, the deviance "
+            "-2 loglik gives c = 2) or a variance-scaled Hessian; standard errors from it are off by a "
+            f"factor 1/sqrt({abs(c):.3g}) = {1 / np.sqrt(abs(c)):.3g}: fix the objective or divide by c"
+        )))
+    for order in _orders(C, ex.matrix):
+        # candidate row k holds parameter order[k]: put it back in the exact Hessian's order
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        P = C[np.ix_(back, back)]
+        seen = ", ".join(str(ex.labels[k]) for k in order[:8]) + (" ..." if len(order) > 8 else "")
+        found.append(("order", np.max(np.abs(_scaled_error(P, ex.matrix))), (
+            f"the exact {'inverse Hessian (a covariance)' if kind == 'inverse' else 'Hessian'} with its "
+            f"parameters in another order (its rows are {seen}; the audit's are "
+            f"{', '.join(map(str, ex.labels[:8]))}{' ...' if len(ex.labels) > 8 else ''}): a matrix from another program (statsmodels' NB2 puts alpha last, "
+            "autohess sorts parameter names); reorder it, or pass a pandas DataFrame whose index and "
+            "columns carry the labels, which the audit matches by label"
+        )))
     if ex.other is not None:
         name, other = ex.other
         found.append(("scale", np.max(np.abs(_scaled_error(C, other))),
@@ -631,7 +471,10 @@ def _identify(ex: _Exact, C: np.ndarray, max_err: float) -> Optional[tuple[str, 
                       "expectation, under a correct model; it is not the Hessian"))
     for cause, gap, what in found:
         if gap <= 0.1 and gap <= 0.1 * max_err:
-            return cause, f"it is {what} (agrees with that to {gap:.2g}, scaled)"
+            subject = "it" if cause == "order" or kind != "hessian" and cause == "inverse" else given
+            return cause, f"{subject} is {what} (agrees with that to {gap:.2g}, scaled)"
+    if kind != "hessian":
+        return None
     # An approximate inverse (BFGS's hess_inv given as a Hessian) agrees with neither, but its
     # diagonal gives it away wherever the Hessian's diagonal is far from 1: C_ii H_ii is O(1)
     # (1 / (1 - R_i^2) for an exact inverse), while a Hessian has C_ii / H_ii ~ 1.
@@ -662,10 +505,25 @@ def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_fr
             f"{what}, so it need not converge to H^-1 (it is a preconditioner for the next step); here it "
             f"is off by {rel_frob:.2g} in relative Frobenius norm{se_note}"
         ))]
-    if spec["kind"] == "inverse":
-        return [("not_a_hessian", f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm{se_note}")]
     max_err = float(np.max(np.abs(err)))
+    if spec["kind"] == "inverse":
+        known = _identify(ex, C, max_err, kind="inverse")
+        if known is not None:
+            return [known]
+        return [("not_a_hessian", (
+            f"its inverse is off by {rel_frob:.2g} in relative Frobenius norm{se_note}, and it is not the "
+            f"inverse of the exact Hessian on the {ex.scale} scale"
+            + (f" nor on the {ex.other[0]} scale" if ex.other is not None else "")
+            + ", nor of a multiple of it, nor of it with the parameters in another order: a covariance of a "
+            "different model or parameterisation, or at a different point"
+        ))]
     known = _identify(ex, C, max_err) if spec.get("step") is None else None
+    if known is not None and known[0] == "proportional" and 0.5 < _proportional(ex, C)[0] < 2.0:
+        # truncation error can be nearly proportional to H (a symmetric f: every diagonal off
+        # by the same fraction); a step that reproduces the errors is the likelier explanation
+        fd = _fd_causes(ex, spec, C, err, se_note)
+        if fd[0][0] != "unexplained":
+            return fd
     if known is not None:
         return [known]
     return _fd_causes(ex, spec, C, err, se_note)
@@ -828,6 +686,12 @@ def audit(
         raise ValueError(f"scale must be 'natural' or 'unconstrained', got {scale!r}")
     if scale == "unconstrained" and not isinstance(target, Model):
         raise ValueError("scale='unconstrained' needs an ah.Model (a plain function has no transforms)")
+    for name in candidates:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"candidate names must be strings (they label the report's rows), got {name!r} "
+                f"({type(name).__name__}): use {{'{name}': matrix}}"
+            )
     specs = {name: _as_candidate(name, raw) for name, raw in candidates.items()}
     model = target if isinstance(target, Model) else None
     x_natural = x
@@ -860,6 +724,7 @@ def audit(
     if model is not None and model.per_observation and scale == "natural":
         S = np.asarray(scores(model, x_natural), dtype=np.float64)
         known["opg"] = S.T @ S
+    specs = {name: _align(name, spec, tuple(labels)) for name, spec in specs.items()}
     ex = _exact_context(target, x, labels, float(value), grad, exact, **known)
     results = [_judge(ex, name, spec) for name, spec in specs.items()]
     return AuditReport(

@@ -174,6 +174,12 @@ def fd_hessian(
     elif isinstance(step, str):
         raise ValueError(f"step must be a number, a vector, 'relative' or None, got {step!r}")
     else:
+        given = np.shape(step)
+        if given not in ((), (1,), flat.shape):
+            raise ValueError(
+                f"step has shape {given}, the point has {flat.shape[0]} parameters ({', '.join(map(str, labels[:6]))}"
+                f"{' ...' if len(labels) > 6 else ''}): give one step for all, or one per parameter in this order"
+            )
         h = jnp.broadcast_to(jnp.asarray(step, flat.dtype), flat.shape)
         if not bool(jnp.all(jnp.isfinite(h) & (h > 0))):
             raise ValueError(f"step must be positive and finite, got {step!r}")
