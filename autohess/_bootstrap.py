@@ -152,10 +152,13 @@ def key_data(key: Any, n: int, minimum: int = 1, why: str = "") -> jax.Array:
     """``n`` independent keys as raw ``uint32`` data (rows pad and slice like any array)."""
     if key is None:
         raise ValueError("a PRNG key is needed: pass key=jax.random.key(seed) (or an int seed)")
-    if isinstance(key, (bool, np.bool_)):
+    if isinstance(key, (bool, np.bool_, str, bytes)):
         raise TypeError(f"key must be a PRNG key (jax.random.key(seed)) or an integer seed, got {key!r}")
     if isinstance(key, (int, np.integer)):
-        key = jax.random.key(int(key))
+        try:
+            key = jax.random.key(int(key))
+        except OverflowError:
+            raise ValueError(f"key: the integer seed {key} does not fit in 64 bits; use a smaller seed") from None
     elif not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
         raw = jnp.asarray(key)
         # raw key data are unsigned 32-bit words (jax.random.PRNGKey's old style); a float such
@@ -245,11 +248,21 @@ def no_spread_message(replicates: np.ndarray, what: str) -> Optional[str]:
     """A message when all usable replicates are the same numbers (``None`` otherwise)."""
     if replicates.shape[0] < 2 or not np.all(replicates == replicates[:1]):
         return None
-    return (
+    head = (
         f"all {replicates.shape[0]} usable {what} refits returned exactly the same estimates, so "
-        "their spread says nothing about uncertainty: the simulated data sets did not vary. Check "
-        "that simulate draws with jax.random from the key it receives (numpy's or Python's random "
-        "number generator, or a fixed key, inside simulate gives the same data every time)"
+        "their spread (a standard error of 0) says nothing about uncertainty: "
+    )
+    if what.startswith(("parametric", "simulation")):
+        return head + (
+            "the simulated data sets did not move the estimates. Check that simulate draws with "
+            "jax.random from the key it receives (numpy's or Python's random number generator, or "
+            "a fixed key, inside simulate gives the same data every time) and that it redraws the "
+            "data the log-likelihood reads"
+        )
+    return head + (
+        "the resampled data sets did not move the estimates (the estimates do not depend on which "
+        "observations are drawn). Use the fit's Wald standard errors, or a bootstrap kind that "
+        "resamples what the estimates depend on"
     )
 
 
@@ -464,7 +477,7 @@ def default_block_length(model: Model, S: np.ndarray) -> tuple[int, str]:
     if not np.any(np.isfinite(b)):
         return 1, "Politis-White: no series varies"
     j = int(np.nanargmax(b))
-    length = int(min(max(1, np.ceil(b[j])), n))
+    length = int(min(max(1, np.ceil(b[j])), max(1, n - 1)))  # a block of all N only rotates the data
     return length, f"Politis-White, set by {names[j]}"
 
 
@@ -738,8 +751,13 @@ def bootstrap(
     block_rule = None
     if kind == "block":
         if block_length is not None:
-            if isinstance(block_length, bool) or not isinstance(block_length, (int, np.integer)) or not 1 <= block_length <= nobs:
-                raise ValueError(f"block_length must be an integer in [1, {nobs}], got {block_length!r}")
+            # a circular block of all N observations is the data set rotated: every replicate
+            # of an independent model would be the original fit (a bootstrap SE of exactly 0)
+            if isinstance(block_length, bool) or not isinstance(block_length, (int, np.integer)) or not 1 <= block_length < nobs:
+                raise ValueError(
+                    f"block_length must be an integer in [1, {nobs - 1}] (shorter than the {nobs} "
+                    f"observations: one block of all of them only rotates the data), got {block_length!r}"
+                )
             block_length, block_rule = int(block_length), "given"
     elif block_length is not None:
         raise ValueError(f"block_length is only used with kind='block', not {kind!r}")
@@ -760,6 +778,16 @@ def bootstrap(
                 "observations frequency weights stand for, so they must be whole numbers"
             )
         total = int(w.sum())
+        if total > 2**53:
+            # beyond 2^53 float64 counts are no longer whole numbers, and the replicates' relative
+            # spread (~1/sqrt(sum w) < 1e-8) is below what a refit resolves: weights of 1e300
+            # gave a bootstrap SE of exactly 0
+            raise ValueError(
+                f"the fit's frequency weights sum to {w.sum():.3g} observations, beyond 2^53 (9.0e15): "
+                "resampling counts that large cannot be held exactly in float64 and the bootstrap "
+                "spread would be below rounding. The Wald standard errors of the fit are the "
+                "asymptotic answer at that size; rescale the weights if they are not counts"
+            )
     S = None
     if model.per_observation:
         # per-observation scores at the estimate: the default block length's score series and
@@ -788,11 +816,9 @@ def bootstrap(
         batch_size=batch_size, progress=progress, label="bootstrap", shard=shard,
     )
     fits = result_from_outputs(model, cov_types, out)
-    if kind == "parametric":
-        flat = np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)]
-        message = no_spread_message(flat, "parametric bootstrap")
-        if message is not None:
-            raise ValueError(message)
+    message = no_spread_message(np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)], f"{kind} bootstrap")
+    if message is not None:
+        raise ValueError(message)
     influence = None
     if S is not None:
         H = np.asarray(res.hessian_matrix, dtype=np.float64)

@@ -560,6 +560,8 @@ def hvp(target: Model | Callable, params: Any, v: Any, *, scale: str = "natural"
             f"({', '.join(model.spec.labels[:8])}{', ...' if model.n_params > 8 else ''}) or a pytree "
             "shaped like the parameters"
         )
+    if _concrete(v) and not np.all(np.isfinite(np.asarray(v))):
+        raise ValueError(f"v has non-finite entries ({np.asarray(v)}): H @ v would be NaN; pass a finite direction")
     objective = _objective(model, scale)
 
     def build():

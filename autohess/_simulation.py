@@ -163,7 +163,7 @@ def simulation_study(
     model.spec.check_domain(truth, "true_params")
     init = truth if start is None else _model_params(model, start, "start")
     check_simulate(model, truth)
-    raw = key_data(key, n)
+    raw = key_data(key, n, 2, " (a coverage or an empirical SD needs at least two simulated data sets)")
     one = member_fit(model, cov_types, maxiter)
 
     def member(k, s):

@@ -221,3 +221,51 @@ def test_hvp_takes_a_direction_shaped_like_the_parameters(small_fit):
     np.testing.assert_allclose(np.asarray(ah.hvp(model, p, {"beta": v})), H @ v, rtol=1e-12)
     with pytest.raises(ValueError, match="v has shape"):
         ah.hvp(model, p, np.ones(3))
+
+
+# ------------------------------------------------------------------------------------------
+# This campaign's own findings
+# ------------------------------------------------------------------------------------------
+def test_weights_beyond_2_to_53_are_refused_not_a_zero_se(small_fit):
+    """Weights of 1e300 gave a bootstrap SE of exactly 0 (Wald ~1e-151): counts beyond 2^53
+    are not whole float64 numbers and the spread is below rounding."""
+    model = small_fit.model
+    for w in (1e300, 1e15):
+        heavy = ah.fit(model, weights=np.full(model.nobs, w))
+        with pytest.raises(ValueError, match="beyond 2\\^53"):
+            ah.bootstrap(heavy, n=4, key=0)
+
+
+def test_a_block_of_all_observations_is_refused(small_fit):
+    """block_length = N only rotates the data: a logistic fit's replicates were all the
+    estimate and the bootstrap SE exactly 0."""
+    n = small_fit.model.nobs
+    with pytest.raises(ValueError, match=f"\\[1, {n - 1}\\].*rotates"):
+        ah.bootstrap(small_fit, n=4, key=0, kind="block", block_length=n)
+
+
+def test_replicates_that_do_not_vary_are_refused_for_resampling_kinds_too():
+    """A likelihood that reads only a position-independent summary of the data (every resample
+    of a constant column leaves the estimate where it is) gives identical replicates."""
+    d = {"y": np.ones(50)}
+
+    def loglik(p, d):
+        return -0.5 * (p["mu"] - d["y"]) ** 2
+
+    res = ah.fit(ah.Model(loglik, d, {"mu": 0.0}))
+    with pytest.raises(ValueError, match="exactly the same estimates.*Wald"):
+        ah.bootstrap(res, n=4, key=0)
+
+
+def test_simulation_study_needs_two_replicates_and_a_proper_key(small_fit):
+    with pytest.raises(ValueError, match=">= 2"):
+        ah.simulation_study(small_fit.model, small_fit.params, n=1, key=0)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        ah.simulation_study(small_fit.model, small_fit.params, n=4, key=0.5)
+
+
+def test_seed_too_large_and_nonfinite_hvp_direction(small_fit):
+    with pytest.raises(ValueError, match="does not fit in 64 bits"):
+        ah.bootstrap(small_fit, n=4, key=2**70)
+    with pytest.raises(ValueError, match="non-finite"):
+        ah.hvp(small_fit.model, small_fit.params, jnp.array([np.nan, 0.0]))
