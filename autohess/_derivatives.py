@@ -239,6 +239,15 @@ def _check_separable(model: Model, chunk: int, params: Any) -> None:
     if hi - lo >= 1 and lo > 0:
         from ._bootstrap import _check_points  # lazy: _bootstrap imports the fit, which imports us
 
+        if not all(_concrete(leaf) for leaf in jax.tree_util.tree_leaves(params)):
+            # under jit/vmap nothing can be evaluated on the host, so the check cannot run here
+            raise ValueError(
+                f"chunk_size={chunk}: a chunked Hessian checks once per model and chunk size that the "
+                "model is separable by observation, on the host, which cannot happen inside jax.jit/"
+                "vmap. Call ah.hessian(model, params, chunk_size=...) once outside the transformation "
+                "(the verdict is kept), or compute the Hessian unchunked inside it."
+            )
+
         leaves, treedef, is_obs = _split_obs(model, model.data)
         part = treedef.unflatten([leaf[lo:hi] if obs else leaf for leaf, obs in zip(leaves, is_obs)])
         program = model._jitted("contributions", lambda: jax.jit(model.traced_loglik))
