@@ -175,7 +175,7 @@ def key_data(key: Any, n: int, minimum: int = 1, why: str = "") -> jax.Array:
     if key.shape != ():
         raise ValueError(f"key must be a single PRNG key, got an array of keys with shape {key.shape}")
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < minimum:
-        raise ValueError(f"n must be an integer number of replicates >= {minimum}{why}, got {n!r}")
+        raise ValueError(f"n must be a positive integer number of replicates >= {minimum}{why}, got {n!r}")
     return jax.random.key_data(jax.random.split(key, int(n)))
 
 
