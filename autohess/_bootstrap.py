@@ -203,7 +203,6 @@ def check_simulate(model: Model, params: Any) -> None:
             raise ValueError(f"simulate returned an array of shape {got.shape} where the model's data has {ref.shape}")
         if not jnp.issubdtype(ref.dtype, jnp.floating) and jnp.issubdtype(got.dtype, jnp.floating):
             narrowed.append(path)
-    _check_simulate_uses_key(model, params)
     if narrowed:
         # integer data (codes, counts) stay integer, so simulated floats are cast back to them:
         # one draw, on the host, shows whether that cast would truncate
@@ -216,6 +215,7 @@ def check_simulate(model: Model, params: Any) -> None:
                     "model holds as integers (integer data keep their dtype): return whole numbers "
                     "there, or give that data array as floats"
                 )
+    _check_simulate_uses_key(model, params)
 
 
 #: keys drawn from before a run to see that ``simulate`` depends on its key: with 8, even a
