@@ -148,18 +148,34 @@ def wald_check(good: np.ndarray, theta: np.ndarray, wald_se: np.ndarray, labels,
 # ------------------------------------------------------------------------------------------
 # PRNG keys and resampling (shared with the simulation study)
 # ------------------------------------------------------------------------------------------
-def key_data(key: Any, n: int) -> jax.Array:
+def key_data(key: Any, n: int, minimum: int = 1, why: str = "") -> jax.Array:
     """``n`` independent keys as raw ``uint32`` data (rows pad and slice like any array)."""
     if key is None:
         raise ValueError("a PRNG key is needed: pass key=jax.random.key(seed) (or an int seed)")
+    if isinstance(key, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"key must be a PRNG key (jax.random.key(seed)) or an integer seed, got {key!r}")
     if isinstance(key, (int, np.integer)):
-        key = jax.random.key(int(key))
+        try:
+            key = jax.random.key(int(key))
+        except OverflowError:
+            raise ValueError(f"key: the integer seed {key} does not fit in 64 bits; use a smaller seed") from None
     elif not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+        raw = jnp.asarray(key)
+        # raw key data are unsigned 32-bit words (jax.random.PRNGKey's old style); a float such
+        # as 0.5 would be cast to the word 0 silently, a seed the user never chose
+        if not (jnp.issubdtype(raw.dtype, jnp.unsignedinteger) and raw.ndim >= 1):
+            raise TypeError(
+                f"key must be a PRNG key (jax.random.key(seed)), raw key data (uint32) or an integer "
+                f"seed, got {type(key).__name__} with dtype {raw.dtype} and shape {raw.shape}"
+            )
+        try:
+            key = jax.random.wrap_key_data(raw.astype(jnp.uint32))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"key: {raw.shape} uint32 words are not the data of one PRNG key ({e})") from None
     if key.shape != ():
         raise ValueError(f"key must be a single PRNG key, got an array of keys with shape {key.shape}")
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer number of replicates, got {n!r}")
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < minimum:
+        raise ValueError(f"n must be a positive integer number of replicates >= {minimum}{why}, got {n!r}")
     return jax.random.key_data(jax.random.split(key, int(n)))
 
 
@@ -199,6 +215,55 @@ def check_simulate(model: Model, params: Any) -> None:
                     "model holds as integers (integer data keep their dtype): return whole numbers "
                     "there, or give that data array as floats"
                 )
+    _check_simulate_uses_key(model, params)
+
+
+#: keys drawn from before a run to see that ``simulate`` depends on its key: with 8, even a
+#: single fair coin flip as the whole data set is refused wrongly with probability 2^-7
+KEY_PROBES = 8
+
+
+def _check_simulate_uses_key(model: Model, params: Any) -> None:
+    """Refuse a ``simulate`` whose output does not depend on the key it is given.
+
+    The draws are made as the run makes them, compiled and vmapped over keys: numpy's or
+    Python's RNG inside ``simulate`` then runs once, when JAX traces it, and every replicate
+    would be the same data set (a bootstrap SE of 1e-15, a coverage of 1.0). Called outside a
+    trace such a ``simulate`` would vary, which is why the check must compile it."""
+    raw = jax.random.key_data(jax.random.split(jax.random.key(20261201), KEY_PROBES))
+    draws = jax.jit(jax.vmap(lambda k: simulated(model, k, params, model.data)))(raw)
+    if all(np.all(np.asarray(a) == np.asarray(a)[:1]) for a in jax.tree_util.tree_leaves(draws)):
+        raise ValueError(
+            f"model {model.name!r}: simulate returned identical data for {KEY_PROBES} different keys, "
+            "so every replicate would be the same data set and the spread of the refits (a bootstrap "
+            "SE, a coverage) would be meaningless. The likely cause is numpy's or Python's random "
+            "number generator inside simulate (np.random..., random...): it runs once, when JAX "
+            "traces simulate, and its draws become constants; a fixed jax.random.key(...) inside "
+            "simulate does the same. Draw with jax.random from the key simulate receives (split it "
+            "for several draws)."
+        )
+
+
+def no_spread_message(replicates: np.ndarray, what: str) -> Optional[str]:
+    """A message when all usable replicates are the same numbers (``None`` otherwise)."""
+    if replicates.shape[0] < 2 or not np.all(replicates == replicates[:1]):
+        return None
+    head = (
+        f"all {replicates.shape[0]} usable {what} refits returned exactly the same estimates, so "
+        "their spread (a standard error of 0) says nothing about uncertainty: "
+    )
+    if what.startswith(("parametric", "simulation")):
+        return head + (
+            "the simulated data sets did not move the estimates. Check that simulate draws with "
+            "jax.random from the key it receives (numpy's or Python's random number generator, or "
+            "a fixed key, inside simulate gives the same data every time) and that it redraws the "
+            "data the log-likelihood reads"
+        )
+    return head + (
+        "the resampled data sets did not move the estimates (the estimates do not depend on which "
+        "observations are drawn). Use the fit's Wald standard errors, or a bootstrap kind that "
+        "resamples what the estimates depend on"
+    )
 
 
 def simulated(model: Model, raw_key: jax.Array, params: Any, data: Any) -> Any:
@@ -214,8 +279,10 @@ def _multinomial_weights(raw_key: jax.Array, n: int, dtype) -> jax.Array:
 def _weighted_multinomial_weights(raw_key: jax.Array, w: jax.Array, total: int) -> jax.Array:
     """Counts of ``total`` draws from the rows with probabilities ``w / sum(w)``: resampling
     the data a frequency-weighted fit stands for (row ``i`` repeated ``w_i`` times)."""
-    draws = jax.random.choice(wrap(raw_key), w.shape[0], (total,), p=w / jnp.sum(w))
-    return jnp.zeros(w.shape, w.dtype).at[draws].add(1.0)
+    # conditional binomials over the N rows (row i gets Binomial(left, p_i / sum_{j>=i} p_j)),
+    # exactly multinomial: time and memory follow N, never the number of draws sum(w) (drawing
+    # each of the sum(w) units took 23 GiB for weights of 1e4 on 300 rows)
+    return jax.random.multinomial(wrap(raw_key), jnp.asarray(total, w.dtype), w / jnp.sum(w), dtype=w.dtype)
 
 
 def _block_resample(raw_key: jax.Array, data: Any, n: int, block_length: Any) -> Any:
@@ -410,7 +477,7 @@ def default_block_length(model: Model, S: np.ndarray) -> tuple[int, str]:
     if not np.any(np.isfinite(b)):
         return 1, "Politis-White: no series varies"
     j = int(np.nanargmax(b))
-    length = int(min(max(1, np.ceil(b[j])), n))
+    length = int(min(max(1, np.ceil(b[j])), max(1, n - 1)))  # a block of all N only rotates the data
     return length, f"Politis-White, set by {names[j]}"
 
 
@@ -469,6 +536,8 @@ class BootstrapResult:
     kind: str
     block_length: Optional[int] = None  # kind="block": the circular-block length used
     block_length_rule: Optional[str] = None  # "given", or the series that set Politis-White's
+    #: (N,) frequency weights of a weighted fit: row i's influence stands for w_i observations
+    influence_weights: Optional[jax.Array] = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -553,8 +622,10 @@ class BootstrapResult:
         if self.influence is None:
             raise ValueError("BCa needs per-observation scores: the model has per_observation=False")
         U = np.asarray(self.influence, dtype=np.float64)
-        U = U - U.mean(axis=0)
-        return np.sum(U**3, axis=0) / (6.0 * np.sum(U**2, axis=0) ** 1.5)
+        c = np.ones(U.shape[0]) if self.influence_weights is None else np.asarray(self.influence_weights, np.float64)
+        c = c[:, None]
+        U = U - np.sum(c * U, axis=0) / np.sum(c)
+        return np.sum(c * U**3, axis=0) / (6.0 * np.sum(c * U**2, axis=0) ** 1.5)
 
     def _bca(self, good, theta, lo_q, hi_q):
         below = np.mean(good < theta, axis=0) + 0.5 * np.mean(good == theta, axis=0)
@@ -652,7 +723,8 @@ def bootstrap(
     if cov_type is None:
         cov_type = res.cov_type if res.cov_type in ("hessian", "opg", "robust") else "hessian"
     cov_types = check_cov_types(model, cov_type)
-    raw = key_data(key, n)
+    # one replicate has no spread: a standard error or interval needs at least two
+    raw = key_data(key, n, 2, " (a bootstrap standard error needs at least two replicates)")
     nobs = model.nobs
     if kind in ("nonparametric", "block") and not model.per_observation:
         raise ValueError(f"kind={kind!r} resamples observations; this model has per_observation=False")
@@ -679,8 +751,13 @@ def bootstrap(
     block_rule = None
     if kind == "block":
         if block_length is not None:
-            if isinstance(block_length, bool) or not isinstance(block_length, (int, np.integer)) or not 1 <= block_length <= nobs:
-                raise ValueError(f"block_length must be an integer in [1, {nobs}], got {block_length!r}")
+            # a circular block of all N observations is the data set rotated: every replicate
+            # of an independent model would be the original fit (a bootstrap SE of exactly 0)
+            if isinstance(block_length, bool) or not isinstance(block_length, (int, np.integer)) or not 1 <= block_length < nobs:
+                raise ValueError(
+                    f"block_length must be an integer in [1, {nobs - 1}] (shorter than the {nobs} "
+                    f"observations: one block of all of them only rotates the data), got {block_length!r}"
+                )
             block_length, block_rule = int(block_length), "given"
     elif block_length is not None:
         raise ValueError(f"block_length is only used with kind='block', not {kind!r}")
@@ -701,6 +778,16 @@ def bootstrap(
                 "observations frequency weights stand for, so they must be whole numbers"
             )
         total = int(w.sum())
+        if total > 2**53:
+            # beyond 2^53 float64 counts are no longer whole numbers, and the replicates' relative
+            # spread (~1/sqrt(sum w) < 1e-8) is below what a refit resolves: weights of 1e300
+            # gave a bootstrap SE of exactly 0
+            raise ValueError(
+                f"the fit's frequency weights sum to {w.sum():.3g} observations, beyond 2^53 (9.0e15): "
+                "resampling counts that large cannot be held exactly in float64 and the bootstrap "
+                "spread would be below rounding. The Wald standard errors of the fit are the "
+                "asymptotic answer at that size; rescale the weights if they are not counts"
+            )
     S = None
     if model.per_observation:
         # per-observation scores at the estimate: the default block length's score series and
@@ -729,11 +816,12 @@ def bootstrap(
         batch_size=batch_size, progress=progress, label="bootstrap", shard=shard,
     )
     fits = result_from_outputs(model, cov_types, out)
+    message = no_spread_message(np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)], f"{kind} bootstrap")
+    if message is not None:
+        raise ValueError(message)
     influence = None
     if S is not None:
         H = np.asarray(res.hessian_matrix, dtype=np.float64)
-        if total is not None:  # one row per observation the weights stand for
-            S = np.repeat(S, w.astype(np.int64), axis=0)
         try:
             U = np.linalg.solve(H, S.T).T
         except np.linalg.LinAlgError:
@@ -752,6 +840,9 @@ def bootstrap(
     result = BootstrapResult(
         estimate=res.params_flat, estimate_se=estimate_se, influence=influence, fits=fits, reference=res, kind=kind,
         block_length=block_length, block_length_rule=block_rule,
+        # each row's influence counts w_i times (the observations it stands for), weighed in
+        # rather than repeated, so memory does not grow with the weights
+        influence_weights=None if total is None or influence is None else jnp.asarray(w),
     )
     if result.n_failed:
         codes, counts = np.unique(np.asarray(fits.status_code)[~result.ok], return_counts=True)

@@ -211,8 +211,14 @@ def _build_chunked_hessian(model: Model, mode: str, scale: str, chunk: int, chec
     return jax.jit(fn)
 
 
-def _check_separable(model: Model, chunk: int) -> None:
-    """Refuse chunking for models whose contributions are not observation-wise separable."""
+def _check_separable(model: Model, chunk: int, params: Any) -> None:
+    """Refuse chunking for models whose contributions are not observation-wise separable.
+
+    Tested at the point the Hessian is asked for and at a point a step away from it
+    (``_bootstrap._check_points``): a model's dependence can vanish at particular values (an
+    AR(1) at phi = 0 is separable there, and 9% off at phi = 0.5 when chunked), and the
+    initial values of a user's model are often such a value. The verdict is cached per model
+    and chunk once both points pass, so repeated calls add no work."""
     if not model.per_observation:
         raise ValueError(
             "chunk_size needs per-observation contributions; this Model has per_observation=False"
@@ -231,19 +237,37 @@ def _check_separable(model: Model, chunk: int) -> None:
     lo = min(chunk, n // 2)
     hi = min(lo + chunk, n)
     if hi - lo >= 1 and lo > 0:
+        from ._bootstrap import _check_points  # lazy: _bootstrap imports the fit, which imports us
+
+        if not all(_concrete(leaf) for leaf in jax.tree_util.tree_leaves(params)):
+            # under jit/vmap nothing can be evaluated on the host, so the check cannot run here
+            raise ValueError(
+                f"chunk_size={chunk}: a chunked Hessian checks once per model and chunk size that the "
+                "model is separable by observation, on the host, which cannot happen inside jax.jit/"
+                "vmap. Call ah.hessian(model, params, chunk_size=...) once outside the transformation "
+                "(the verdict is kept), or compute the Hessian unchunked inside it."
+            )
+
         leaves, treedef, is_obs = _split_obs(model, model.data)
         part = treedef.unflatten([leaf[lo:hi] if obs else leaf for leaf, obs in zip(leaves, is_obs)])
-        alone = np.asarray(jax.jit(model.traced_loglik)(model.init_params, part))
-        full = np.asarray(model.contributions())[lo:hi]
+        program = model._jitted("contributions", lambda: jax.jit(model.traced_loglik))
         tol = np.sqrt(np.finfo(model.dtype).eps)
-        if alone.shape != full.shape or not np.allclose(alone, full, rtol=tol, atol=tol * np.max(np.abs(full))):
-            raise ValueError(
-                f"chunk_size={chunk}: the log-likelihood contributions of observations {lo}..{hi - 1} "
-                "change when those observations are evaluated on their own, so the model is not "
-                "separable by observation (a recursive or pooled model, or a data array whose first "
-                f"axis is not the observation axis). Declare ah.Model(..., independent=False) and "
-                "compute the Hessian without chunk_size."
-            )
+        for where, point in _check_points(model, params):
+            full = np.asarray(program(point, model.data))
+            if not np.all(np.isfinite(full)):
+                continue  # outside the likelihood's domain (only the perturbed point can be): no test
+            full = full[lo:hi]
+            alone = np.asarray(program(point, part))
+            if alone.shape != full.shape or not np.allclose(alone, full, rtol=tol, atol=tol * np.max(np.abs(full))):
+                flat = np.asarray(model.spec.flatten(point, model.dtype))
+                raise ValueError(
+                    f"chunk_size={chunk}: at {where.replace('the estimate', 'the requested parameters')} "
+                    f"({model.spec.describe(flat)}), the log-likelihood contributions of observations "
+                    f"{lo}..{hi - 1} change when those observations are evaluated on their own, so the "
+                    "model is not separable by observation (a recursive or pooled model, or a data array "
+                    "whose first axis is not the observation axis) and a chunked Hessian would be wrong. "
+                    "Declare ah.Model(..., independent=False) and compute the Hessian without chunk_size."
+                )
     model._compiled[key] = True
 
 
@@ -436,7 +460,7 @@ def hessian(
     else:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        _check_separable(model, chunk_size)
+        _check_separable(model, chunk_size, params)
         chunk = int(min(chunk_size, model.nobs))
         fn = model._jitted(
             ("hessian_chunked", mode, scale, chunk, check),
@@ -516,11 +540,16 @@ def scores(model: Model, params: Any = None) -> jax.Array:
     return model._jitted("scores", build)(params, model.data)
 
 
+def _is_number_sequence(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, np.number)) for x in v)
+
+
 def hvp(target: Model | Callable, params: Any, v: Any, *, scale: str = "natural") -> jax.Array:
     """Exact Hessian-vector product ``H @ v`` (forward-over-reverse), without forming ``H``.
 
     Args:
-        v: ``Float[Array, "p"]`` in label order.
+        v: ``Float[Array, "p"]`` in label order, or (for a model) a pytree shaped like the
+            parameters.
     """
     if not isinstance(target, Model):
         x, labels = _prepare_point(params)
@@ -530,9 +559,18 @@ def hvp(target: Model | Callable, params: Any, v: Any, *, scale: str = "natural"
         return _function_derivative(target, "hvp", "fwd-rev")(x, v)
     model = target
     params = _model_params(model, params)
+    if isinstance(v, (dict, list, tuple)) and not _is_number_sequence(v):
+        # a direction given like the parameters ({"beta": ...}): read it in label order
+        v = model.spec.flatten(_model_params(model, v, "v"), model.dtype)
     v = jnp.asarray(v, model.dtype)
     if v.shape != (model.n_params,):
-        raise ValueError(f"v has shape {v.shape}, expected ({model.n_params},)")
+        raise ValueError(
+            f"v has shape {v.shape}, expected ({model.n_params},): a flat vector in label order "
+            f"({', '.join(model.spec.labels[:8])}{', ...' if model.n_params > 8 else ''}) or a pytree "
+            "shaped like the parameters"
+        )
+    if _concrete(v) and not np.all(np.isfinite(np.asarray(v))):
+        raise ValueError(f"v has non-finite entries ({np.asarray(v)}): H @ v would be NaN; pass a finite direction")
     objective = _objective(model, scale)
 
     def build():
@@ -552,6 +590,12 @@ def chunked_memory_bytes(model: Model, chunk_size: Optional[int] = None, *, scal
     Reads the compiled program's memory analysis without running it; the data themselves are
     not counted. Use it to pick ``chunk_size`` for a memory budget.
     """
+    if not isinstance(model, Model):
+        raise TypeError(f"chunked_memory_bytes needs an ah.Model, got {type(model).__name__}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive integer (or None for the unchunked Hessian), got {chunk_size!r}")
     mode = model.hessian_mode
     if chunk_size is None:
         fn = _build_model_hessian(model, mode, scale)

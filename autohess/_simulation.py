@@ -23,7 +23,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
-from ._bootstrap import check_simulate, key_data, simulated
+from ._bootstrap import check_simulate, key_data, no_spread_message, simulated
 from ._derivatives import _model_params
 from ._model import Model
 
@@ -163,7 +163,7 @@ def simulation_study(
     model.spec.check_domain(truth, "true_params")
     init = truth if start is None else _model_params(model, start, "start")
     check_simulate(model, truth)
-    raw = key_data(key, n)
+    raw = key_data(key, n, 2, " (a coverage or an empirical SD needs at least two simulated data sets)")
     one = member_fit(model, cov_types, maxiter)
 
     def member(k, s):
@@ -175,5 +175,8 @@ def simulation_study(
         label="simulation_study", shard=shard,
     )
     fits = result_from_outputs(model, cov_types, out)
+    message = no_spread_message(np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)], "simulation_study")
+    if message is not None:
+        raise ValueError(message)
     truth_flat = np.asarray(model.spec.flatten(truth, model.dtype), dtype=np.float64)
     return SimulationStudy(truth=truth_flat, fits=fits, alpha=float(alpha))

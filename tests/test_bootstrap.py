@@ -212,7 +212,7 @@ def test_bootstrap_bad_input(logistic_fit):
         ah.bootstrap(logistic_fit, n=10, key=0, kind="wild")
     with pytest.raises(ValueError, match="positive integer number of replicates"):
         ah.bootstrap(logistic_fit, n=0, key=0)
-    with pytest.raises(ValueError, match=r"block_length must be an integer in \[1, 1500\]"):
+    with pytest.raises(ValueError, match=r"block_length must be an integer in \[1, 1499\]"):
         ah.bootstrap(logistic_fit, n=10, key=0, kind="block", block_length=0)
     with pytest.raises(ValueError, match="only used with kind='block'"):
         ah.bootstrap(logistic_fit, n=10, key=0, block_length=5)
