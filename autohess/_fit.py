@@ -256,9 +256,33 @@ jax.tree_util.register_dataclass(
 # ------------------------------------------------------------------------------------------
 # Compiled pieces
 # ------------------------------------------------------------------------------------------
+def _weight_unit(weights: Any) -> Any:
+    """The mean frequency weight (1 without weights): the unit the solver divides out.
+
+    The solver's tests compare gains with ``1 + |objective|`` (the ``1`` for an objective near
+    0), which is not scale-free: with every weight 1e-100 the whole objective is ~1e-98, every
+    predicted gain looked like rounding, and the fit stopped at its start as CONVERGED (7 SE
+    from the optimum). Solving with weights divided by their mean makes weights ``c w`` and
+    ``w`` the same problem for the solver, and leaves unweighted fits unchanged."""
+    if weights is None:
+        return None
+    return jnp.mean(weights)
+
+
 def _unconstrained(model: Model, data: Any, weights: Any) -> Callable:
-    """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights."""
+    """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights,
+    divided by the mean weight (``_weight_unit``): multiply the solver's value, gradient and
+    Hessian by it to get the objective's own."""
+    if weights is not None:
+        weights = weights / _weight_unit(weights)
     return functools.partial(_objective(model, "unconstrained"), data=data, w=weights)
+
+
+def _unscale(unit: Any, value, grad, hess):
+    """The solver's (mean-weight-normalised) value, gradient and Hessian in the objective's units."""
+    if unit is None:
+        return value, grad, hess
+    return value * unit, grad * unit, hess * unit
 
 
 def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float]) -> Callable:
@@ -279,7 +303,8 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
                 u0, iterations = lm.x, lm.iterations
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
-            x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
+            x, value, grad, hess, ok = _natural_derivatives(
+                spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess))
             return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
         # one exact Hessian at the start, as a change of variables (``lbfgs_preconditioner``)
         _, _, h0 = _value_grad_hess_fn(f, mode)(u0)
@@ -430,7 +455,8 @@ def _inference_program(model: Model, what: str) -> Callable:
 def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction):
     """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``value``:
     the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``."""
-    diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value)
+    unit = 1.0 if weights is None else _weight_unit(weights)
+    diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value, unit)
     # the scale of the diagnostics' unit-diagonal Hessian (1 for a parameter without curvature
     # of its own: its rounding-level sqrt(H_ii) once made rounding-level terms of the flat
     # direction load on every parameter, and every standard error was NaN)
@@ -509,6 +535,28 @@ def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
     return jnp.asarray(codes.reshape(-1), jnp.int32), n_groups
 
 
+def _check_df_correction(model: Model, weights: Any, cov_type: str, df_correction: Any) -> None:
+    """``df_correction`` is None or a bool, used by ``"robust"`` and ``"cluster"`` only, and
+    its factor ``(N - 1) / (N - p)`` or ``N / (N - p)`` needs more observations than parameters."""
+    if df_correction is not None and not isinstance(df_correction, (bool, np.bool_)):
+        raise TypeError(f"df_correction must be True, False or None (the default), got {df_correction!r}")
+    if df_correction is not None and cov_type not in ("robust", "cluster"):
+        raise ValueError(
+            f"df_correction applies to cov_type='robust' or 'cluster' only; cov_type={cov_type!r} has no "
+            "small-sample factor: leave df_correction at None"
+        )
+    on = bool(df_correction) if cov_type == "robust" else df_correction is not False
+    if cov_type in ("robust", "cluster") and on and model.per_observation:
+        n = float(np.sum(np.asarray(weights, dtype=np.float64))) if weights is not None else float(model.nobs)
+        p = len(model.labels)
+        if n <= p:
+            what = "the sum of the weights" if weights is not None else "observations"
+            raise ValueError(
+                f"df_correction for cov_type={cov_type!r} divides by N - p, and N = {n:g} ({what}) is not above "
+                f"p = {p} parameters: pass df_correction=False, or use more data"
+            )
+
+
 def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None, escape=None):
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
@@ -526,8 +574,19 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         if groups is None:
             raise ValueError("cov_type='cluster' needs groups=..., one cluster id per observation")
         group_codes, n_groups = _groups(model, groups)
+        if weights is not None:
+            # clusters whose weights are all 0 are not in the sample (G/(G-1) was 1/0: SEs inf)
+            w = np.asarray(weights, dtype=np.float64)
+            present = np.bincount(np.asarray(group_codes), weights=w, minlength=n_groups) > 0
+            if int(present.sum()) < 2:
+                raise ValueError(
+                    f"cluster-robust covariance needs at least 2 clusters with positive weight; the weights "
+                    f"leave {int(present.sum())} of the {n_groups} clusters in groups (the others have all "
+                    "weights 0): give weight to a second cluster or use cov_type='robust'"
+                )
     elif groups is not None:
         raise ValueError(f"groups is only used with cov_type='cluster', not {cov_type!r}")
+    _check_df_correction(model, weights, cov_type, df_correction)
     if known is not None:
         value, grad, hess = known
         scores = None
@@ -590,7 +649,10 @@ def fit(
         df_correction: small-sample factor: ``N/(N-p)`` for ``"robust"`` (default off),
             ``G/(G-1) (N-1)/(N-p)`` for ``"cluster"`` (default on, as statsmodels).
         maxiter: iteration limit (default 200 for trust-region, 1000 for L-BFGS).
-        rtol: convergence tolerance (see ``trust_region_newton``).
+        rtol: optional early stop, a number in (0, 1) (trust-region and gauss-newton only):
+            the solve ends once the objective still to gain by the quadratic model is below
+            ``rtol * (1 + |llf|)``, with status ``APPROXIMATE`` (not converged; the report
+            says how many standard errors from the optimum). Default None: to the optimum.
         warn: issue an ``InferenceWarning`` when diagnostics find a problem.
 
     Returns:
@@ -610,6 +672,7 @@ def fit(
         maxiter = 1000 if method == "lbfgs" else 200
     if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
+    rtol = _check_rtol(rtol, method)
     if start is None:
         params = model.init_params  # checked when the model was built
     else:
@@ -658,6 +721,22 @@ def fit(
     if warn:
         result._warn()
     return result
+
+
+def _check_rtol(rtol: Any, method: str) -> Optional[float]:
+    """``rtol``: None (the default) or a finite number in (0, 1), for the trust-region solves."""
+    if rtol is None:
+        return None
+    if isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"rtol must be a number in (0, 1) or None (the default), got {type(rtol).__name__} {rtol!r}")
+    if not (np.isfinite(rtol) and 0.0 < rtol < 1.0):
+        raise ValueError(f"rtol must be a number in (0, 1) or None (the default), got {rtol!r}")
+    if method == "lbfgs":
+        raise ValueError(
+            "rtol applies to method='trust-region' and 'gauss-newton'; method='lbfgs' stops on its own "
+            "gradient test: leave rtol at None"
+        )
+    return float(rtol)
 
 
 def evaluate(
