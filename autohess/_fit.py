@@ -698,6 +698,8 @@ def fit(
         # names them (the solver's own status could only say "not finite")
         start_hessian = hessian(model, params, check=False).matrix
         _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
+    if code != Status.CONVERGED and hasattr(model, "residual_fn"):
+        _refuse_exact_fit(model, params, x)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if code == Status.CONVERGED and not bool(result.diagnostics_data.flagged):
         pass  # the common case: nothing below applies (one host read)
@@ -721,6 +723,32 @@ def fit(
     if warn:
         result._warn()
     return result
+
+
+#: RMS residual, relative to the RMS of the fitted values' scale, below which a least-squares
+#: fit is exact to rounding: 30 ulps (an exact line fitted to 20 points: 7 ulps; NIST's
+#: Lanczos1, whose data carry 12 digits, ~350 ulps and fitted as usual)
+EXACT_FIT = 30 * float(np.finfo(np.float64).eps)
+
+
+def _refuse_exact_fit(model: Model, start: Any, x: jax.Array) -> None:
+    """A least-squares fit that did not converge at residuals zero to rounding: the concentrated
+    log-likelihood ``-(n/2) log RSS`` is unbounded there (log 0), its Hessian is rounding noise,
+    and the report called the exact solution a saddle. Raise, naming the exact fit."""
+    r = np.asarray(model.residuals(model.spec.unflatten(x)), dtype=np.float64)
+    r0 = np.asarray(model.residuals(start), dtype=np.float64)
+    fn = lambda t: model.residual_fn(model.spec.unflatten(t), model.data)  # noqa: E731
+    fitted = np.asarray(jax.jvp(fn, (x,), (x,))[1], dtype=np.float64)  # J x: the fitted values' size
+    rms = lambda a: float(np.sqrt(np.mean(a * a)))  # noqa: E731
+    scale = max(rms(r0), rms(fitted))
+    if np.all(np.isfinite(r)) and rms(r) <= EXACT_FIT * scale:
+        raise ValueError(
+            f"{model.name}: the residuals are zero to rounding at {np.array2string(np.asarray(x), precision=6)} "
+            f"(RMS residual {rms(r):.2g} against a scale of {scale:.2g}): an exact fit. The concentrated Gaussian "
+            "log-likelihood -(n/2) log RSS is unbounded there, so its Hessian is rounding noise and has no standard "
+            "errors to give. These estimates are exact; fit with method='gauss-newton', cov_type='gauss-newton' "
+            "(s^2 (J'J)^-1, zero to rounding), or check that y was not computed from the model itself"
+        )
 
 
 def _check_rtol(rtol: Any, method: str) -> Optional[float]:
