@@ -545,7 +545,7 @@ def check_cov_types(model: Model, cov_type: Any) -> tuple[str, ...]:
 
 
 def check_maxiter(maxiter: Any) -> int:
-    if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+    if isinstance(maxiter, (bool, np.bool_)) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
     return int(maxiter)
 

@@ -670,8 +670,10 @@ def fit(
         raise ValueError("method='gauss-newton' needs a least-squares model: build it with ah.least_squares")
     if maxiter is None:
         maxiter = 1000 if method == "lbfgs" else 200
-    if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+    if isinstance(maxiter, (bool, np.bool_)) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
+    if not isinstance(warn, (bool, np.bool_)):
+        raise TypeError(f"warn must be True or False, got {warn!r}")
     rtol = _check_rtol(rtol, method)
     if start is None:
         params = model.init_params  # checked when the model was built

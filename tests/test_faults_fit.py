@@ -276,3 +276,19 @@ def test_a_result_passed_as_parameters(logit, call):
     with pytest.raises(TypeError, match="got a FitResult: pass its estimates, res.params") as err:
         fn()
     assert "diagnostics_data" not in str(err.value)
+
+
+@pytest.mark.parametrize("call", ["fit", "fit_batch"])
+def test_maxiter_true_is_not_one_iteration(logit, call):
+    m, _ = logit
+    with pytest.raises(ValueError, match="maxiter must be a non-negative integer, got True"):
+        if call == "fit":
+            ah.fit(m, maxiter=True)
+        else:
+            ah.fit_batch(m, weights=np.ones((2, N)), maxiter=True)
+
+
+def test_warn_must_be_a_bool(logit):
+    m, _ = logit
+    with pytest.raises(TypeError, match="warn must be True or False, got 'no'"):
+        ah.fit(m, warn="no")
