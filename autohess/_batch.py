@@ -38,7 +38,7 @@ from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import (
     FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _status_on_face, _unconstrained,
-    _max_steps,
+    _max_steps, _unscale, _weight_unit,
     _value_grad_hess_fn,
 )
 from ._model import Model, describe_support_failure
@@ -89,6 +89,12 @@ class BatchResult:
     #: fitted, ``input_messages[k - 1]`` says why (None: no checks made, e.g. bootstrap)
     input_code: Any = None
     input_messages: tuple = ()
+    #: ``(B, N)`` frequency weights of a weights batch (``None``: unweighted), and the batched
+    #: data of a data batch (``None``: every member fitted the model's own data); ``member(i)``
+    #: hands member ``i``'s own to its ``FitResult``, so that ``profile``, ``bootstrap``,
+    #: ``bic`` and ``df_resid`` of a member use the likelihood that member maximised
+    weights: Any = None
+    data: Any = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -153,20 +159,27 @@ class BatchResult:
     def member(self, i: int) -> FitResult:
         """Member ``i`` as a ``FitResult``: ``summary()``, ``diagnostics`` in words, intervals.
 
-        Its ``model`` is the batch's model, whose data are the template, not member ``i``'s
-        (for data batches): use it for reports, not to refit. For a member refused before
-        fitting, its ``status`` says why (as ``input_problems[i]``).
+        It carries member ``i``'s own frequency weights (a weights batch) and a model holding
+        member ``i``'s own data (a data batch, ``model.with_data``), so ``profile``,
+        ``bootstrap``, ``bic`` and ``df_resid`` describe the fit that member made. For a
+        member refused before fitting, its ``status`` says why (as ``input_problems[i]``) and
+        its model is the batch's template.
         """
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"member {i} out of range for a batch of {len(self)}")
         take = lambda a: a[i]  # noqa: E731
+        refused = self.input_problems[i] is not None
+        model = self.model
+        if self.data is not None and not refused:
+            model = self.model.with_data(jax.tree_util.tree_map(lambda a: np.asarray(a[i]), self.data))
         return FitResult(
             params_flat=self.params_flat[i], cov=self.cov[i], llf=self.llf[i], gradient=self.gradient[i],
             hessian_matrix=self.hessian_matrix[i], status_code=self.status_code[i],
             iterations=self.iterations[i], diagnostics_data=jax.tree_util.tree_map(take, self.diagnostics_data),
-            model=self.model, cov_type=self.cov_type, method="trust-region", status_note=self.status[i]
-            if self.input_problems[i] is not None else "",
+            model=model, cov_type=self.cov_type, method="trust-region",
+            weights=None if self.weights is None else self.weights[i],
+            status_note=self.status[i] if refused else "",
         )
 
     def __getitem__(self, index) -> "BatchResult":
@@ -183,7 +196,7 @@ class BatchResult:
 
 _DATA_FIELDS = [
     "params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data",
-    "other_cov", "input_code",
+    "other_cov", "input_code", "weights", "data",
 ]
 jax.tree_util.register_dataclass(
     BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types", "input_messages"]
@@ -210,7 +223,8 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
         u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
         res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, max_step=_max_steps(spec))
         status, escape = _escape_status(spec, model.dtype, f, res)
-        x, value, grad, hess, _ = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
+        x, value, grad, hess, _ = _natural_derivatives(
+            spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess))
         scores = None
         if need_scores:
             contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
@@ -531,7 +545,7 @@ def check_cov_types(model: Model, cov_type: Any) -> tuple[str, ...]:
 
 
 def check_maxiter(maxiter: Any) -> int:
-    if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+    if isinstance(maxiter, (bool, np.bool_)) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
     return int(maxiter)
 
@@ -603,6 +617,10 @@ def fit_batch(
         raise ValueError("fit_batch needs something batched: data_batch, weights (B, N) or a batched start")
     if len(set(sizes)) != 1:
         raise ValueError(f"batch sizes disagree: {sizes}")
+    if sizes[0] == 0:
+        what = ["start (leading axis)", "data_batch (leading axis)", "weights (rows)"]
+        given = [n for n, f in zip(what, (params_batched, data_batched, weights is not None)) if f]
+        raise ValueError(f"fit_batch got an empty batch: {', '.join(given)} has 0 members; pass at least one")
     codes, messages = _input_problems(model, data, data_batched, w, params, params_batched, sizes[0])
     one = member_fit(model, cov_types, maxiter)
     flags = (params_batched, data_batched, w is not None)
@@ -625,4 +643,6 @@ def fit_batch(
         batch_size=batch_size, progress=progress, label="fit_batch", shard=shard,
     )
     result = result_from_outputs(model, cov_types, out)
-    return dataclasses.replace(result, input_code=jnp.asarray(codes), input_messages=messages)
+    return dataclasses.replace(
+        result, input_code=jnp.asarray(codes), input_messages=messages, weights=w, data=data if data_batched else None
+    )

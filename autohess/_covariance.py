@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["COV_TYPES", "meat", "restricted_inverse", "scaled_eigenvectors", "face_pseudo_inverse", "covariance"]
+__all__ = ["COV_TYPES", "meat", "opg_null_directions", "opg_unidentified", "restricted_inverse", "scaled_eigenvectors", "face_pseudo_inverse", "covariance"]
 
 COV_TYPES = ("hessian", "opg", "robust", "cluster", "gauss-newton")
 
@@ -40,6 +40,40 @@ def meat(
     if weights is None:
         return scores.T @ scores
     return (scores * weights[:, None]).T @ scores
+
+
+#: scaled condition of the outer product of scores beyond which its small directions are
+#: rounding, not information (as ``_diagnostics.FLAT_CONDITION`` for the Hessian)
+OPG_FLAT_CONDITION = 1e12
+
+#: loading (unit-diagonal scale) above which a parameter takes part in a null direction of the
+#: outer product (as ``_diagnostics.AFFECTED_LOADING``)
+OPG_AFFECTED_LOADING = 1e-3
+
+
+def opg_null_directions(B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(null, vectors)``: which eigenvectors of the unit-diagonal scaled outer product of
+    scores ``B`` are null (eigenvalue below ``1 / OPG_FLAT_CONDITION`` of the largest, or a
+    parameter whose scores are all 0), and the eigenvectors (scaled coordinates, columns).
+
+    ``B = sum_i w_i s_i s_i'`` has rank at most the number of observations with positive
+    weight, and less where the scores are confined to a subspace (a score identically 0, two
+    parameters whose scores are proportional): its inverse is then rounding noise (SEs of
+    1e7 and NaN measured with N < p)."""
+    diag = jnp.diag(B)
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    lam, V = jnp.linalg.eigh(B / jnp.outer(d, d))
+    top = jnp.maximum(jnp.max(lam), jnp.finfo(B.dtype).tiny)
+    null = (lam <= top / OPG_FLAT_CONDITION) | ~jnp.isfinite(lam)
+    return null, V
+
+
+def opg_unidentified(B: jax.Array) -> jax.Array:
+    """``(p,)`` bool: parameters loading on a null direction of ``B`` (``opg_null_directions``),
+    or whose own scores are all 0; their OPG variances are not defined."""
+    null, V = opg_null_directions(B)
+    on_null = jnp.any((jnp.abs(V) > OPG_AFFECTED_LOADING) & null[None, :], axis=1)
+    return on_null | ~(jnp.diag(B) > 0)
 
 
 def restricted_inverse(matrix: jax.Array, keep: jax.Array) -> jax.Array:
@@ -117,7 +151,7 @@ def covariance(
     n = scores.shape[0] if weights is None else jnp.sum(weights)
     B = meat(scores, weights, groups if cov_type == "cluster" else None, n_groups)
     if cov_type == "opg":
-        return restricted_inverse(B, keep)
+        return restricted_inverse(B, keep & ~opg_unidentified(B))
     Hinv = restricted_inverse(hess, keep) if hess_inverse is None else hess_inverse
     Hinv0 = jnp.where(jnp.isfinite(Hinv), Hinv, 0.0)
     V = Hinv0 @ B @ Hinv0

@@ -124,6 +124,14 @@ def _model_params(model: Model, params: Any, what: str = "params") -> Any:
     """
     if params is None:
         return model.init_params
+    kind = type(params).__name__
+    if kind in ("FitResult", "BatchResult", "ProfileResult", "BootstrapResult", "DeltaResult") and not isinstance(params, (dict, list, tuple)):
+        # a result object passed where parameters go: its fields are not the model's
+        # parameters, and listing them as "unknown parameters" (cov, diagnostics_data...) misled
+        raise TypeError(
+            f"{what} must be the model's parameters (a pytree like model.init_params), got a {kind}: "
+            f"pass its estimates, res.params" + (" (or bres.member(i).params)" if kind == "BatchResult" else "")
+        )
     leaves = model.spec.check_structure(params, what)
     if all(isinstance(leaf, jax.Array) and leaf.dtype == model.dtype for leaf in leaves):
         return params

@@ -165,12 +165,14 @@ def escape_info(
 
 def compute_diagnostics(
     grad: jax.Array, hess: jax.Array, x: jax.Array, lower: jax.Array, upper: jax.Array,
-    escape: Escape | None = None, value: jax.Array | float = 0.0,
+    escape: Escape | None = None, value: jax.Array | float = 0.0, unit: jax.Array | float = 1.0,
 ) -> Diagnostics:
     """Diagnostics at natural-scale parameters ``x`` with domain bounds ``lower``/``upper``
     (``-inf``/``inf`` where unbounded); ``escape`` from ``escape_info`` where the solver
     measured it; ``value`` the objective (negative log-likelihood) there, which sets the
-    rounding level of the curvatures."""
+    rounding level of the curvatures, ``unit`` the objective's unit (the mean frequency weight:
+    ``unit + |value|`` instead of ``1 + |value|``, so that weights ``c w`` and ``w`` are judged
+    alike; with every weight 1e-100 each curvature read as rounding)."""
     if escape is None:
         escape = no_escape(x)
     diag = jnp.diag(hess)
@@ -180,7 +182,7 @@ def compute_diagnostics(
     # 7e-14) turned its honest off-diagonal terms into scaled curvatures of -7e6 and a
     # "boundary" for a parameter nowhere near one. Such parameters are judged here, before any
     # scaling: no curvature of their own.
-    resolution = NULL_CURVATURE * eps * (1.0 + jnp.abs(jnp.asarray(value, hess.dtype)))
+    resolution = NULL_CURVATURE * eps * (unit + jnp.abs(jnp.asarray(value, hess.dtype)))
     span2 = (1.0 + jnp.abs(x)) ** 2
     null = jnp.abs(diag) * span2 <= resolution
     # At a bound: the nearest bound is within reach, i.e. moving there changes the negative

@@ -247,9 +247,33 @@ jax.tree_util.register_dataclass(
 # ------------------------------------------------------------------------------------------
 # Compiled pieces
 # ------------------------------------------------------------------------------------------
+def _weight_unit(weights: Any) -> Any:
+    """The mean frequency weight (1 without weights): the unit the solver divides out.
+
+    The solver's tests compare gains with ``1 + |objective|`` (the ``1`` for an objective near
+    0), which is not scale-free: with every weight 1e-100 the whole objective is ~1e-98, every
+    predicted gain looked like rounding, and the fit stopped at its start as CONVERGED (7 SE
+    from the optimum). Solving with weights divided by their mean makes weights ``c w`` and
+    ``w`` the same problem for the solver, and leaves unweighted fits unchanged."""
+    if weights is None:
+        return None
+    return jnp.mean(weights)
+
+
 def _unconstrained(model: Model, data: Any, weights: Any) -> Callable:
-    """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights."""
+    """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights,
+    divided by the mean weight (``_weight_unit``): multiply the solver's value, gradient and
+    Hessian by it to get the objective's own."""
+    if weights is not None:
+        weights = weights / _weight_unit(weights)
     return functools.partial(_objective(model, "unconstrained"), data=data, w=weights)
+
+
+def _unscale(unit: Any, value, grad, hess):
+    """The solver's (mean-weight-normalised) value, gradient and Hessian in the objective's units."""
+    if unit is None:
+        return value, grad, hess
+    return value * unit, grad * unit, hess * unit
 
 
 def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float]) -> Callable:
@@ -270,7 +294,8 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
                 u0, iterations = lm.x, lm.iterations
             res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
-            x, value, grad, hess, ok = _natural_derivatives(spec, res.x, res.value, res.grad, res.hess)
+            x, value, grad, hess, ok = _natural_derivatives(
+                spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess))
             return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
         # one exact Hessian at the start, as a change of variables (``lbfgs_preconditioner``)
         _, _, h0 = _value_grad_hess_fn(f, mode)(u0)
@@ -421,7 +446,8 @@ def _inference_program(model: Model, what: str) -> Callable:
 def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction):
     """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``value``:
     the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``."""
-    diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value)
+    unit = 1.0 if weights is None else _weight_unit(weights)
+    diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value, unit)
     # the scale of the diagnostics' unit-diagonal Hessian (1 for a parameter without curvature
     # of its own: its rounding-level sqrt(H_ii) once made rounding-level terms of the flat
     # direction load on every parameter, and every standard error was NaN)
@@ -500,6 +526,28 @@ def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
     return jnp.asarray(codes.reshape(-1), jnp.int32), n_groups
 
 
+def _check_df_correction(model: Model, weights: Any, cov_type: str, df_correction: Any) -> None:
+    """``df_correction`` is None or a bool, used by ``"robust"`` and ``"cluster"`` only, and
+    its factor ``(N - 1) / (N - p)`` or ``N / (N - p)`` needs more observations than parameters."""
+    if df_correction is not None and not isinstance(df_correction, (bool, np.bool_)):
+        raise TypeError(f"df_correction must be True, False or None (the default), got {df_correction!r}")
+    if df_correction is not None and cov_type not in ("robust", "cluster"):
+        raise ValueError(
+            f"df_correction applies to cov_type='robust' or 'cluster' only; cov_type={cov_type!r} has no "
+            "small-sample factor: leave df_correction at None"
+        )
+    on = bool(df_correction) if cov_type == "robust" else df_correction is not False
+    if cov_type in ("robust", "cluster") and on and model.per_observation:
+        n = float(np.sum(np.asarray(weights, dtype=np.float64))) if weights is not None else float(model.nobs)
+        p = len(model.labels)
+        if n <= p:
+            what = "the sum of the weights" if weights is not None else "observations"
+            raise ValueError(
+                f"df_correction for cov_type={cov_type!r} divides by N - p, and N = {n:g} ({what}) is not above "
+                f"p = {p} parameters: pass df_correction=False, or use more data"
+            )
+
+
 def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None, escape=None):
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
@@ -517,8 +565,19 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         if groups is None:
             raise ValueError("cov_type='cluster' needs groups=..., one cluster id per observation")
         group_codes, n_groups = _groups(model, groups)
+        if weights is not None:
+            # clusters whose weights are all 0 are not in the sample (G/(G-1) was 1/0: SEs inf)
+            w = np.asarray(weights, dtype=np.float64)
+            present = np.bincount(np.asarray(group_codes), weights=w, minlength=n_groups) > 0
+            if int(present.sum()) < 2:
+                raise ValueError(
+                    f"cluster-robust covariance needs at least 2 clusters with positive weight; the weights "
+                    f"leave {int(present.sum())} of the {n_groups} clusters in groups (the others have all "
+                    "weights 0): give weight to a second cluster or use cov_type='robust'"
+                )
     elif groups is not None:
         raise ValueError(f"groups is only used with cov_type='cluster', not {cov_type!r}")
+    _check_df_correction(model, weights, cov_type, df_correction)
     if known is not None:
         value, grad, hess = known
         scores = None
@@ -581,7 +640,10 @@ def fit(
         df_correction: small-sample factor: ``N/(N-p)`` for ``"robust"`` (default off),
             ``G/(G-1) (N-1)/(N-p)`` for ``"cluster"`` (default on, as statsmodels).
         maxiter: iteration limit (default 200 for trust-region, 1000 for L-BFGS).
-        rtol: convergence tolerance (see ``trust_region_newton``).
+        rtol: optional early stop, a number in (0, 1) (trust-region and gauss-newton only):
+            the solve ends once the objective still to gain by the quadratic model is below
+            ``rtol * (1 + |llf|)``, with status ``APPROXIMATE`` (not converged; the report
+            says how many standard errors from the optimum). Default None: to the optimum.
         warn: issue an ``InferenceWarning`` when diagnostics find a problem.
 
     Returns:
@@ -599,8 +661,11 @@ def fit(
         raise ValueError("method='gauss-newton' needs a least-squares model: build it with ah.least_squares")
     if maxiter is None:
         maxiter = 1000 if method == "lbfgs" else 200
-    if not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
+    if isinstance(maxiter, (bool, np.bool_)) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be a non-negative integer, got {maxiter!r}")
+    if not isinstance(warn, (bool, np.bool_)):
+        raise TypeError(f"warn must be True or False, got {warn!r}")
+    rtol = _check_rtol(rtol, method)
     if start is None:
         params = model.init_params  # checked when the model was built
     else:
@@ -626,6 +691,8 @@ def fit(
         # names them (the solver's own status could only say "not finite")
         start_hessian = hessian(model, params, check=False).matrix
         _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
+    if code != Status.CONVERGED and hasattr(model, "residual_fn"):
+        _refuse_exact_fit(model, params, x)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
     if code == Status.CONVERGED and not bool(result.diagnostics_data.flagged):
         pass  # the common case: nothing below applies (one host read)
@@ -649,6 +716,48 @@ def fit(
     if warn:
         result._warn()
     return result
+
+
+#: RMS residual, relative to the RMS of the fitted values' scale, below which a least-squares
+#: fit is exact to rounding: 30 ulps (an exact line fitted to 20 points: 7 ulps; NIST's
+#: Lanczos1, whose data carry 12 digits, ~350 ulps and fitted as usual)
+EXACT_FIT = 30 * float(np.finfo(np.float64).eps)
+
+
+def _refuse_exact_fit(model: Model, start: Any, x: jax.Array) -> None:
+    """A least-squares fit that did not converge at residuals zero to rounding: the concentrated
+    log-likelihood ``-(n/2) log RSS`` is unbounded there (log 0), its Hessian is rounding noise,
+    and the report called the exact solution a saddle. Raise, naming the exact fit."""
+    r = np.asarray(model.residuals(model.spec.unflatten(x)), dtype=np.float64)
+    r0 = np.asarray(model.residuals(start), dtype=np.float64)
+    fn = lambda t: model.residual_fn(model.spec.unflatten(t), model.data)  # noqa: E731
+    fitted = np.asarray(jax.jvp(fn, (x,), (x,))[1], dtype=np.float64)  # J x: the fitted values' size
+    rms = lambda a: float(np.sqrt(np.mean(a * a)))  # noqa: E731
+    scale = max(rms(r0), rms(fitted))
+    if np.all(np.isfinite(r)) and rms(r) <= EXACT_FIT * scale:
+        raise ValueError(
+            f"{model.name}: the residuals are zero to rounding at {np.array2string(np.asarray(x), precision=6)} "
+            f"(RMS residual {rms(r):.2g} against a scale of {scale:.2g}): an exact fit. The concentrated Gaussian "
+            "log-likelihood -(n/2) log RSS is unbounded there, so its Hessian is rounding noise and has no standard "
+            "errors to give. These estimates are exact; fit with method='gauss-newton', cov_type='gauss-newton' "
+            "(s^2 (J'J)^-1, zero to rounding), or check that y was not computed from the model itself"
+        )
+
+
+def _check_rtol(rtol: Any, method: str) -> Optional[float]:
+    """``rtol``: None (the default) or a finite number in (0, 1), for the trust-region solves."""
+    if rtol is None:
+        return None
+    if isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"rtol must be a number in (0, 1) or None (the default), got {type(rtol).__name__} {rtol!r}")
+    if not (np.isfinite(rtol) and 0.0 < rtol < 1.0):
+        raise ValueError(f"rtol must be a number in (0, 1) or None (the default), got {rtol!r}")
+    if method == "lbfgs":
+        raise ValueError(
+            "rtol applies to method='trust-region' and 'gauss-newton'; method='lbfgs' stops on its own "
+            "gradient test: leave rtol at None"
+        )
+    return float(rtol)
 
 
 def evaluate(

@@ -87,6 +87,11 @@ def _distance_on_face(grad: np.ndarray, hess: np.ndarray, boundary: np.ndarray) 
 KINDS = ("not_converged", "unbounded", "saddle", "flat", "degenerate", "boundary", "ill_conditioned")
 
 _SUGGEST = {
+    "approximate": "this fit stopped early by rtol, short of the optimum: refit with rtol=None (the "
+    "default) or a smaller rtol before reporting these estimates and standard errors",
+    "opg_singular": "use cov_type='hessian' (or 'robust'): the outer product of the scores has rank at "
+    "most the number of observations with positive weight, and less where scores are confined to a "
+    "subspace, so it identifies no variance along these directions",
     "not_converged": "raise maxiter, start closer to the optimum, or check the model; do not "
     "report these standard errors",
     "nonfinite": "ah.hessian(model, res.params) names the parameters whose derivatives are not "
@@ -190,7 +195,11 @@ class DiagnosticReport:
     def may_have_problems(res: "FitResult") -> bool:
         """Cheap pre-check: ``False`` only where ``from_result`` would find no problem (a
         converged fit, no boundary, no flat or negative direction, not ill-conditioned)."""
-        return int(res.status_code) != Status.CONVERGED or bool(res.diagnostics_data.flagged)
+        return (
+            int(res.status_code) != Status.CONVERGED or bool(res.diagnostics_data.flagged)
+            # an OPG covariance with directions the outer product of scores does not identify
+            or (res.cov_type == "opg" and bool(np.isnan(np.diag(np.asarray(res.cov))).any()))
+        )
 
     @classmethod
     def from_result(cls, res: "FitResult") -> "DiagnosticReport":
@@ -275,7 +284,8 @@ class DiagnosticReport:
             ))
         elif status not in (Status.CONVERGED, Status.NOT_RUN, Status.SINGULAR):
             worst = labels[int(np.argmax(np.where(boundary, 0.0, scaled_grad)))]
-            advice = _SUGGEST["nonfinite"] if status == Status.NONFINITE else _SUGGEST["not_converged"]
+            advice = (_SUGGEST["nonfinite"] if status == Status.NONFINITE
+                      else _SUGGEST["approximate"] if status == Status.APPROXIMATE else _SUGGEST["not_converged"])
             problems.append(Problem(
                 "not_converged",
                 f"{res.status}; max|gradient| = {float(np.max(np.abs(grad))):.3g} (largest, per marginal "
@@ -351,6 +361,8 @@ class DiagnosticReport:
                 f"{ILL_CONDITION:.0e}; directions above {FLAT_CONDITION:.0e} count as flat)",
                 tuple(labels), format_direction(vec[:, 0], labels), _SUGGEST["ill_conditioned"],
             ))
+        if res.cov_type == "opg":
+            problems.extend(_opg_problems(res))
         se = np.sqrt(np.diag(np.asarray(res.cov, dtype=np.float64)))
         nan_se = tuple(lab for lab, s in zip(labels, se) if not np.isfinite(s))
         return cls(
@@ -404,6 +416,42 @@ class DiagnosticReport:
             parts.append("from the pseudo-inverse without the flat or negative directions, valid for "
                          "parameters the data identify")
         return f" (the others: {'; '.join(parts)})" if parts else ""
+
+
+def _opg_problems(res: "FitResult") -> list:
+    """``cov_type="opg"``: the null directions of the outer product of scores (``_covariance.
+    opg_null_directions``), named, with the number of observations that carry weight."""
+    import jax.numpy as jnp
+
+    from ._covariance import meat, opg_null_directions
+    from ._fit import _inference_program
+
+    model = res.model
+    program = model._jitted(("inference", "scores"), lambda: _inference_program(model, "scores"))
+    scores = program(res.params_flat, model.data, res.weights)
+    B = np.asarray(meat(scores, res.weights), dtype=np.float64)
+    null, V = (np.asarray(a) for a in opg_null_directions(jnp.asarray(B)))
+    labels = res.labels
+    n = int(np.sum(np.asarray(res.weights) > 0)) if res.weights is not None else int(np.shape(scores)[0])
+    zero = np.flatnonzero(~(np.diag(B) > 0))
+    out = []
+    if null.any() or zero.size:
+        d = np.sqrt(np.where(np.diag(B) > 0, np.diag(B), 1.0))
+        directions = [format_direction(V[:, j] / d, labels) for j in np.flatnonzero(null)]
+        involved = tuple(labels[i] for i in np.flatnonzero(np.any((np.abs(V) > 1e-3) & null[None, :], axis=1) | ~(np.diag(B) > 0)))
+        cause = (
+            f"{n} observations with positive weight for {len(labels)} parameters"
+            if n < len(labels) else "the scores are confined to a subspace"
+        )
+        out.append(Problem(
+            "flat",
+            f"cov_type='opg': the outer product of the scores is singular ({cause}): "
+            f"{int(null.sum())} null direction(s) {', '.join(directions[:3])}"
+            + ("" if len(directions) <= 3 else f" and {len(directions) - 3} more")
+            + f"; the OPG variances of {', '.join(involved)} are not identified and are set to NaN",
+            involved, directions[0] if directions else None, _SUGGEST["opg_singular"],
+        ))
+    return out
 
 
 def _fmt(v: float, width: int = 10, decimals: int = 4, small_sci: bool = True) -> str:

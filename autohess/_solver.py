@@ -59,6 +59,7 @@ class Status(enum.IntEnum):
     NOT_RUN = 4
     SINGULAR = 5
     UNBOUNDED = 6
+    APPROXIMATE = 7
 
     @property
     def message(self) -> str:
@@ -84,6 +85,9 @@ _MESSAGES = {
     "off towards infinity or an edge of their domain (e.g. complete or quasi-complete separation, a "
     "category with only zero counts, a variance collapsing onto one observation); the estimates are "
     "arbitrary points on that path, see the diagnostics",
+    Status.APPROXIMATE: "not converged: stopped early by rtol at an approximate optimum (the "
+    "remaining gain g' H^-1 g / 2 fell below rtol * (1 + |llf|)); the estimates are not the maximum "
+    "likelihood estimates; lower rtol or leave it at its default (None) for the optimum",
 }
 
 #: relative size of a Newton step at which ``trust_region_newton`` stops (10^4 ulps: parameters
@@ -326,9 +330,12 @@ def trust_region_newton(
         fun: ``x -> (value, grad, hess)`` of the objective (one compiled evaluation).
         x0: ``Float[Array, "p"]`` starting point.
         maxiter: maximum number of trust-region iterations (each one ``fun`` evaluation).
-        rtol: optional early stop: converged once half the squared Newton decrement
-            ``g' H^-1 g / 2`` (the objective still to gain, by the quadratic model) is below
-            ``rtol * (1 + |value|)`` at a positive-definite Hessian.
+        rtol: optional early stop: once half the squared Newton decrement ``g' H^-1 g / 2``
+            (the objective still to gain, by the quadratic model) is below
+            ``rtol * (1 + |value|)`` at a positive-definite Hessian, the solve stops with status
+            ``APPROXIMATE`` (not ``CONVERGED``: the point is ``sqrt(g' H^-1 g)`` standard errors
+            from the optimum, 0.6 for ``rtol=1e-3`` on a log-likelihood of -200), unless the
+            regular tests end it at the same iteration.
         max_step: optional ``(p,)`` largest move of each coordinate in one step (``inf`` where
             none; ``MAX_TRANSFORMED_STEP`` for log/logit coordinates). A longer trial step is
             shortened along its direction (the quadratic model still predicts a gain there).
@@ -499,8 +506,11 @@ def trust_region_newton(
                 edge,
                 Status.UNBOUNDED,
                 jnp.where(
-                (floor & at_optimum) | resolved | early(value, dec, pd),
+                (floor & at_optimum) | resolved,
                 Status.CONVERGED,
+                jnp.where(
+                early(value, dec, pd),
+                Status.APPROXIMATE,
                 jnp.where(
                     floor,
                     jnp.where(stationary, Status.SINGULAR, Status.STALLED),
@@ -510,7 +520,7 @@ def trust_region_newton(
                         Status.RUNNING,
                     ),
                 ),
-            )),
+            ))),
         )
         # the next trial step, from the trust-region subproblem in scaled variables z = D s
         gz, Hz = grad / D, hess / jnp.outer(D, D)
