@@ -118,7 +118,7 @@ def _symmetrize(h: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
-def _model_params(model: Model, params: Any, what: str = "params") -> Any:
+def _model_params(model: Model, params: Any, what: str = "params", scale: str = "natural") -> Any:
     """Checked natural-scale parameters as arrays of the model's dtype.
 
     Transform declarations stand for their initial values; Python numbers and numpy arrays are
@@ -127,6 +127,18 @@ def _model_params(model: Model, params: Any, what: str = "params") -> Any:
     if params is None:
         return model.init_params
     leaves = model.spec.check_structure(params, what)
+    if scale == "unconstrained":
+        # the unconstrained point is the transform's inverse (log, logit) of params: outside the
+        # domain it is NaN or -inf, and the Hessian there is meaningless (at s=0 a Positive
+        # parameter gave an all-zero Hessian without a word)
+        try:
+            model.spec.check_domain(params, what)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}. scale='unconstrained' maps {what} through each transform's inverse (log, "
+                "logit), which is undefined there: pass a point inside the domain, or "
+                "scale='natural' for derivatives with respect to the parameters as given"
+            ) from None
     if all(isinstance(leaf, jax.Array) and leaf.dtype == model.dtype for leaf in leaves):
         return params
     return model.spec.treedef.unflatten([jnp.asarray(leaf, model.dtype) for leaf in leaves])
@@ -544,7 +556,7 @@ def hessian(
 
     model = target
     mode = mode or model.hessian_mode
-    params = _model_params(model, params)
+    params = _model_params(model, params, scale=scale)
     w = _model_weights(model, weights)
     if chunk_size is None:
         fn = model._jitted(
@@ -588,7 +600,7 @@ def gradient(
         x, _ = _prepare_point(params)
         return _function_derivative(target, "gradient", "fwd-rev")(x)
     model = target
-    params = _model_params(model, params)
+    params = _model_params(model, params, scale=scale)
     w = _model_weights(model, weights)
     objective = _objective(model, scale)
 
@@ -646,7 +658,7 @@ def hvp(target: Model | Callable, params: Any, v: Any, *, scale: str = "natural"
             raise ValueError(f"v has shape {v.shape}, expected ({len(labels)},)")
         return _function_derivative(target, "hvp", "fwd-rev")(x, v)
     model = target
-    params = _model_params(model, params)
+    params = _model_params(model, params, scale=scale)
     v = jnp.asarray(v, model.dtype)
     if v.shape != (model.n_params,):
         raise ValueError(f"v has shape {v.shape}, expected ({model.n_params},)")

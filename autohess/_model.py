@@ -112,7 +112,7 @@ class Model:
         self.dtype = choose_dtype(data, [t.init for t in self.spec.transforms])
         if self.dtype == np.float32:
             float32_warning("every floating input (data and parameters)")
-        self.data = prepare_data(data, self.dtype)
+        self._data = prepare_data(data, self.dtype)
         self.per_observation = bool(per_observation)
         self.independent = bool(independent) and self.per_observation
         _check_simulate(simulate)
@@ -131,6 +131,23 @@ class Model:
         self._check_finite_at(self.init_params, "initial parameters")
 
     # -- public views ------------------------------------------------------------------------
+    @property
+    def data(self) -> Any:
+        """The model's data: a copy made at construction, as jax arrays (immutable)."""
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        # Refused: the number of observations, the support check, derived leaves (a GLM's
+        # log_y_factorial) and compiled programs were all made for the data given at
+        # construction; swapping the data under them would mix two data sets.
+        raise AttributeError(
+            f"model.data cannot be reassigned: {self.name!r} was checked and compiled for its data. "
+            "Build a model for the new data with model.with_data(new_data) (checks them again), "
+            "or the zoo's constructor again (e.g. ah.models.logistic(X, y)) where the data have "
+            "derived leaves such as log_y_factorial."
+        )
+
     @property
     def labels(self) -> tuple[str, ...]:
         """Labels of the flat parameter vector, e.g. ``("beta[0]", ..., "sigma")``."""

@@ -165,10 +165,24 @@ def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
                     f"(of {host.size}, shape {host.shape}); first at index {first_txt}. "
                     "Drop or impute those observations before building the model."
                 )
-            out.append(jnp.asarray(arr, dtype=dtype))
+            out.append(_owned(arr, dtype))
         else:
-            out.append(jnp.asarray(arr))
+            out.append(_owned(arr, dt))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _owned(arr: Any, dtype: np.dtype) -> jax.Array:
+    """A jax array of ``dtype`` that shares no memory with the caller's ``arr``.
+
+    On CPU ``jnp.asarray`` wraps a numpy buffer without copying when it happens to be 64-byte
+    aligned (and copies otherwise), so editing the caller's array after building a model would
+    change some results (a compiled fit reads the buffer) and not others (derived leaves, checks
+    made at construction). Copying numpy input here makes one rule: data are copied when the
+    model is built. jax arrays are immutable and need no copy.
+    """
+    if isinstance(arr, jax.Array):
+        return arr if arr.dtype == dtype else arr.astype(dtype)
+    return jnp.asarray(np.array(arr, dtype=dtype, copy=True))
 
 
 def _display_name(what: str, path) -> str:
