@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._params import ParamSpec
-from ._validation import UNTRACEABLE, choose_dtype, float32_warning, from_pandas, not_traceable, prepare_data
+from ._validation import UNTRACEABLE, check_containers, choose_dtype, float32_warning, from_pandas, not_traceable, prepare_data
 
 __all__ = ["Model", "HESSIAN_MODES"]
 
@@ -103,6 +103,8 @@ class Model:
             raise ValueError(f"hessian_mode must be one of {HESSIAN_MODES}, got {hessian_mode!r}")
         if support is not None and not callable(support):
             raise TypeError(f"support must be a function support(data), got {type(support).__name__}")
+        check_containers(params, "params", numbers_ok=True)
+        check_containers(data, "data")
         self.spec = ParamSpec(params, root="theta", names=names)
         self.names = self.spec.element_names  # normalised; what with_data passes on
         data, columns = from_pandas(data)
@@ -237,10 +239,16 @@ class Model:
         except UNTRACEABLE as err:
             raise not_traceable("loglik", err) from err
         except (TypeError, ValueError, IndexError) as err:
-            shapes = {k: tuple(np.shape(v)) for k, v in _flat_named(self.data).items()}
-            raise type(err)(
-                f"loglik failed on the initial parameters and data (data shapes {shapes}): {err}"
-            ) from err
+            named = list(_flat_named(self.data).items())
+            shapes = ", ".join(f"{k!r}: {tuple(np.shape(v))}" for k, v in named[:10])
+            shapes += f", ... ({len(named)} arrays in all)" if len(named) > 10 else ""
+            context = f"loglik failed on the initial parameters and data (data shapes {{{shapes}}})"
+            if type(err) not in (TypeError, ValueError, IndexError):
+                # the user's own exception class: its constructor may take other arguments, and
+                # its type is what the user's code catches, so it is raised as it is, with a note
+                err.add_note(context)
+                raise
+            raise type(err)(f"{context}: {err}") from err
         if not isinstance(out, jax.ShapeDtypeStruct):
             raise TypeError(
                 f"loglik must return one array, got a {type(out).__name__}: {jax.tree_util.tree_structure(out)}"
