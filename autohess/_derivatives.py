@@ -13,8 +13,6 @@ Hessian is roughly ``p`` gradients fused into one program, with no nested revers
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
 import weakref
 from typing import Any, Callable, Optional
 
@@ -24,6 +22,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from ._fingerprint import closure_fingerprint
 from ._model import HESSIAN_MODES, Model
 from ._pandas import host_array
 from ._params import Labels, element_labels, path_name
@@ -328,115 +327,17 @@ def cached_function_program(f: Callable, key: Any, build: Callable[[], Callable]
     constants, so a cache keyed on ``f`` alone returns the old derivatives after ``A *= 10`` on
     a closed-over numpy array (or after rebinding a global). Not caching costs a compilation per
     call (0.25-0.4 s measured on a 2-core CPU for 3-20 parameters, against 0.4 ms for a cache
-    hit), so the cache is keyed on a fingerprint of what ``f`` can see (``_closure_fingerprint``)
+    hit), so the cache is keyed on a fingerprint of what ``f`` can see (``closure_fingerprint``)
     and recompiles when it differs.
     """
     cache = _function_cache(f)
-    fingerprint, keep = _closure_fingerprint(f)
+    fingerprint, keep = closure_fingerprint(f)
     entry = cache.get(key)
     if entry is not None and entry[0] == fingerprint:
         return entry[2]
     fn = build()
     cache[key] = (fingerprint, keep, fn)  # keep: jax arrays fingerprinted by id stay alive
     return fn
-
-
-#: how deep the fingerprint follows functions, containers and instance attributes
-_FINGERPRINT_DEPTH = 4
-#: containers longer than this are fingerprinted by id and length only
-_FINGERPRINT_MAX_ITEMS = 256
-
-
-def _closure_fingerprint(f: Callable) -> tuple[tuple, list]:
-    """``(fingerprint, kept)``: a hashable summary of the values ``f`` can read when traced: its
-    closure cells, defaults, the globals its code names, a bound method's instance attributes
-    and a ``functools.partial``'s arguments, followed through nested functions, lists, tuples,
-    dicts and instance attributes to depth ``_FINGERPRINT_DEPTH``. numpy arrays enter by a
-    hash of their bytes (in-place edits change it), Python numbers and strings by value, jax
-    arrays by identity (they are immutable; ``kept`` holds them so an id is not reused)."""
-    import hashlib
-
-    parts: list = []
-    kept: list = []
-    seen: set = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if isinstance(obj, (bool, int, float, complex, str, bytes, type(None))):
-            parts.append(obj)
-            return
-        if isinstance(obj, np.ndarray):
-            if obj.dtype == object:
-                parts.append(("object-array", id(obj)))
-                return
-            digest = hashlib.blake2b(np.ascontiguousarray(obj).view(np.uint8).reshape(-1), digest_size=16)
-            parts.append(("np", obj.shape, obj.dtype.str, digest.hexdigest()))
-            return
-        if isinstance(obj, np.generic):
-            parts.append(("np-scalar", obj.dtype.str, obj.item()))
-            return
-        if isinstance(obj, jax.Array):
-            kept.append(obj)
-            parts.append(("jax", id(obj)))
-            return
-        if depth <= 0 or id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
-            return
-        seen.add(id(obj))
-        if isinstance(obj, functools.partial):
-            visit(obj.func, depth - 1)
-            for item in obj.args:
-                visit(item, depth - 1)
-            for name, item in sorted(obj.keywords.items()):
-                parts.append(name)
-                visit(item, depth - 1)
-            return
-        if isinstance(obj, types.MethodType):
-            visit(obj.__func__, depth - 1)
-            visit(obj.__self__, depth - 1)
-            return
-        if isinstance(obj, types.FunctionType):
-            for cell in obj.__closure__ or ():
-                try:
-                    visit(cell.cell_contents, depth - 1)
-                except ValueError:  # an empty cell (a name assigned later)
-                    parts.append("empty-cell")
-            for item in obj.__defaults__ or ():
-                visit(item, depth - 1)
-            for name, item in sorted((obj.__kwdefaults__ or {}).items()):
-                parts.append(name)
-                visit(item, depth - 1)
-            for name in _global_names(obj.__code__):
-                if name in obj.__globals__:
-                    parts.append(name)
-                    visit(obj.__globals__[name], depth - 1)
-            return
-        if isinstance(obj, (list, tuple, dict)):
-            items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
-            if len(items) > _FINGERPRINT_MAX_ITEMS:
-                parts.append(("container", id(obj), len(items)))
-                return
-            parts.append((type(obj).__name__, len(items)))
-            for k, item in items:
-                parts.append(repr(k))
-                visit(item, depth - 1)
-            return
-        attrs = getattr(obj, "__dict__", None)
-        if isinstance(attrs, dict) and len(attrs) <= _FINGERPRINT_MAX_ITEMS:
-            parts.append(type(obj).__qualname__)
-            for name, item in list(attrs.items()):
-                parts.append(name)
-                visit(item, depth - 1)
-
-    visit(f, _FINGERPRINT_DEPTH + 1)
-    return tuple(parts), kept
-
-
-def _global_names(code: types.CodeType) -> list:
-    """Names the code object (and the functions and lambdas defined inside it) looks up."""
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.extend(_global_names(const))
-    return names
 
 
 def _prepare_point(x: Any) -> tuple[Any, tuple[str, ...]]:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._fingerprint import closure_fingerprint
 from ._params import ParamSpec
 from ._validation import UNTRACEABLE, check_containers, choose_dtype, float32_warning, from_pandas, not_traceable, prepare_data
 
@@ -127,6 +128,8 @@ class Model:
         # users can check that repeated calls reuse the compiled program.
         self.trace_counts: collections.Counter = collections.Counter()
         self._compiled: dict = {}
+        self._closure_state: Any = None  # see _jitted
+        self._closure_kept: list = []
         self.init_params = self.spec.init_tree(self.dtype)
         self.nobs = self._check_output()
         self._check_support()
@@ -227,6 +230,14 @@ class Model:
         return -jnp.sum(contrib)
 
     def _jitted(self, key: Any, build: Callable[[], Callable]) -> Callable:
+        # The user's functions may close over numpy arrays or numbers, which JAX bakes into
+        # every compiled program as constants: when what they can see has changed since the
+        # programs were compiled, they are dropped and compiled again (the data themselves are
+        # copied at construction and cannot change). ~0.1 ms for the zoo's functions.
+        fingerprint, kept = closure_fingerprint((self._loglik, self.support_fn, self.simulate_fn))
+        if fingerprint != self._closure_state:
+            self._compiled.clear()
+            self._closure_state, self._closure_kept = fingerprint, kept
         fn = self._compiled.get(key)
         if fn is None:
             fn = self._compiled[key] = build()
