@@ -34,6 +34,8 @@ class Model:
             kept in ``model.columns``). Floating arrays become float64 (see Dtype); integer and
             boolean arrays keep their dtype, so category codes and group ids can index
             (``cuts[data["y"]]``). NaN, infinite or missing entries raise ``ValueError``.
+            The data are copied here: editing the caller's arrays later changes nothing, and
+            ``model.data`` cannot be reassigned (use ``with_data``).
         params: pytree of initial values on the natural scale. Leaves are arrays/scalars
             (unconstrained, ``ah.Real``) or transform declarations (``ah.Positive(1.0)``,
             ``ah.Interval(0, 1, 0.5)``).

@@ -261,3 +261,39 @@ def test_unconstrained_scale_inside_domain_unchanged():
     y = np.linspace(-1, 1, 11)
     h = ah.hessian(model, {"s": 2.0}, scale="unconstrained").matrix
     assert float(h[0, 0]) == pytest.approx(0.5 * np.sum(y**2), rel=1e-12)
+
+
+def test_model_loglik_closing_over_an_edited_array_recompiles():
+    rng = np.random.default_rng(3)
+    X = np.column_stack([np.ones(80), rng.normal(size=80)])
+    y = (rng.uniform(size=80) < 0.5).astype(float)
+    w = np.ones(80)
+
+    def loglik(p, d):
+        eta = d["X"] @ p["b"]
+        return jnp.asarray(w) * (d["y"] * eta - jnp.logaddexp(0.0, eta))
+
+    model = ah.Model(loglik, {"X": X, "y": y}, {"b": jnp.zeros(2)})
+    once = float(ah.fit(model).llf)
+    w[:] = 2.0  # doubling every contribution doubles the maximised log-likelihood (closed form)
+    assert float(ah.fit(model).llf) == pytest.approx(2.0 * once, rel=1e-10)
+    # at b = 0 each contribution is -log 2 (closed form), now weighted by 2
+    assert model.loglik() == pytest.approx(-2.0 * 80 * np.log(2.0), rel=1e-14)
+    count = model.trace_counts["contributions"]
+    model.loglik()
+    assert model.trace_counts["contributions"] == count  # unchanged closure: no recompilation
+
+
+_GLOBAL_B = jnp.eye(2)
+
+
+def _uses_global(x):
+    return 0.5 * x @ _GLOBAL_B @ x
+
+
+def test_rebound_global_jax_array():
+    global _GLOBAL_B
+    x = np.ones(2)
+    np.testing.assert_array_equal(np.asarray(ah.hessian(_uses_global, x).matrix), np.eye(2))
+    _GLOBAL_B = 3.0 * jnp.eye(2)  # closed form: the Hessian of 0.5 x'Bx is B
+    np.testing.assert_array_equal(np.asarray(ah.hessian(_uses_global, x).matrix), 3.0 * np.eye(2))
