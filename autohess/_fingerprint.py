@@ -94,6 +94,13 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
                 parts.append(repr(k))
                 visit(item, depth - 1)
             return
+        if hasattr(obj, "_compiled") and hasattr(obj, "trace_counts"):
+            # an autohess Model: its data are copied and immutable, and its program cache and
+            # trace counters change on every new compilation, which would make a function
+            # that names its model recompile on every call
+            kept.append(obj)
+            parts.append(("model", id(obj)))
+            return
         attrs = getattr(obj, "__dict__", None)
         if isinstance(attrs, dict) and len(attrs) <= _FINGERPRINT_MAX_ITEMS:
             parts.append(type(obj).__qualname__)
