@@ -226,11 +226,12 @@ def _owned(arr: Any, dtype: np.dtype) -> jax.Array:
     On CPU ``jnp.asarray`` wraps a numpy buffer without copying when it happens to be 64-byte
     aligned (and copies otherwise), so editing the caller's array after building a model would
     change some results (a compiled fit reads the buffer) and not others (derived leaves, checks
-    made at construction). Copying numpy input here makes one rule: data are copied when the
-    model is built. jax arrays are immutable and need no copy.
+    made at construction). Copying here makes one rule: data are copied when the model is
+    built. jax arrays are copied too: one made by ``jnp.asarray(a, dtype=np.float64)`` shares
+    ``a``'s buffer in the same way.
     """
     if isinstance(arr, jax.Array):
-        return arr if arr.dtype == dtype else arr.astype(dtype)
+        return jnp.array(arr, dtype=dtype, copy=True)
     return jnp.asarray(np.array(arr, dtype=dtype, copy=True))
 
 

@@ -297,3 +297,13 @@ def test_rebound_global_jax_array():
     np.testing.assert_array_equal(np.asarray(ah.hessian(_uses_global, x).matrix), np.eye(2))
     _GLOBAL_B = 3.0 * jnp.eye(2)  # closed form: the Hessian of 0.5 x'Bx is B
     np.testing.assert_array_equal(np.asarray(ah.hessian(_uses_global, x).matrix), 3.0 * np.eye(2))
+
+
+def test_jax_array_sharing_the_callers_buffer_is_copied_too():
+    y = aligned(np.linspace(-1.0, 1.0, 200))
+    y_jax = jnp.asarray(y, dtype=np.float64)  # on CPU this wraps y's aligned buffer
+    model = ah.Model(lambda p, d: -0.5 * (d["y"] - p["mu"]) ** 2, {"y": y_jax}, {"mu": 0.0})
+    # closed form: -0.5 * sum(y^2) at mu = 0
+    expected = -0.5 * float(np.sum(np.linspace(-1.0, 1.0, 200) ** 2))
+    y *= 10.0
+    assert model.loglik() == pytest.approx(expected, rel=1e-14)
