@@ -127,7 +127,8 @@ def check_containers(tree: Any, what: str, numbers_ok: bool = False) -> None:
             for k in keys:
                 walk(node[k], f"{name}[{k!r}]")
         elif isinstance(node, (list, tuple)):
-            if not numbers_ok and node and all(_is_number_or_number_list(item) for item in node):
+            named = hasattr(node, "_fields")  # a NamedTuple of numbers is a deliberate record
+            if not numbers_ok and not named and node and all(_is_number_or_number_list(item) for item in node):
                 shape = np.shape(node) if _is_number_or_number_list(node) else (len(node),)
                 raise TypeError(
                     f"{name} is a Python {type(node).__name__} of numbers (shape {shape}); autohess "

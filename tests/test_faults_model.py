@@ -307,3 +307,13 @@ def test_jax_array_sharing_the_callers_buffer_is_copied_too():
     expected = -0.5 * float(np.sum(np.linspace(-1.0, 1.0, 200) ** 2))
     y *= 10.0
     assert model.loglik() == pytest.approx(expected, rel=1e-14)
+
+
+def test_namedtuple_of_numbers_in_data_is_still_accepted():
+    import collections
+
+    Record = collections.namedtuple("Record", "scale shift")
+    model = ah.Model(
+        lambda p, d: -0.5 * (d["y"] - p["m"] * d["c"].scale) ** 2, {"y": np.ones(5), "c": Record(1.0, 2.0)}, {"m": 0.0}
+    )
+    assert model.loglik() == pytest.approx(-2.5, rel=1e-15)  # closed form: 5 * -0.5 * 1^2
