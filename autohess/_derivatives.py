@@ -331,13 +331,26 @@ def cached_function_program(f: Callable, key: Any, build: Callable[[], Callable]
     and recompiles when it differs.
     """
     cache = _function_cache(f)
-    fingerprint, keep = closure_fingerprint(f)
     entry = cache.get(key)
-    if entry is not None and entry[0] == fingerprint:
+    if entry is not None and entry[0] == closure_fingerprint(f)[0]:
         return entry[2]
-    fn = build()
-    cache[key] = (fingerprint, keep, fn)  # keep: jax arrays fingerprinted by id stay alive
-    return fn
+    program = build()
+    traced = []
+    f_ref = _weak_or_strong(f)  # the cache is weak in f: run must not hold it strongly
+
+    def run(*args):
+        out = program(*args)
+        f = f_ref()
+        if not traced and f is not None:
+            # fingerprinted after the first call, i.e. after f was traced: what tracing itself
+            # changes (a list f appends to, to count its traces) belongs to the compiled state
+            traced.append(True)
+            fingerprint, keep = closure_fingerprint(f)
+            cache[key] = (fingerprint, keep, run)  # keep: jax arrays fingerprinted by id stay alive
+        return out
+
+    cache[key] = (None, [], run)
+    return run
 
 
 def _prepare_point(x: Any) -> tuple[Any, tuple[str, ...]]:

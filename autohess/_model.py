@@ -236,14 +236,31 @@ class Model:
         # every compiled program as constants: when what they can see has changed since the
         # programs were compiled, they are dropped and compiled again (the data themselves are
         # copied at construction and cannot change). ~0.1 ms for the zoo's functions.
-        fingerprint, kept = closure_fingerprint((self._loglik, self.support_fn, self.simulate_fn))
-        if fingerprint != self._closure_state:
+        if self._closure_fingerprint()[0] != self._closure_state:
             self._compiled.clear()
-            self._closure_state, self._closure_kept = fingerprint, kept
         fn = self._compiled.get(key)
         if fn is None:
-            fn = self._compiled[key] = build()
+            fn = self._compiled[key] = self._refreshing(build())
         return fn
+
+    def _closure_fingerprint(self) -> tuple:
+        return closure_fingerprint((self._loglik, self.support_fn, self.simulate_fn))
+
+    def _refreshing(self, program: Callable) -> Callable:
+        """``program``, recording what the user's functions close over after its first call,
+        i.e. after they were traced for it: what tracing itself changes (a list a loglik
+        appends to, to count its traces) is then part of the compiled state, not a change."""
+        traced = []
+
+        def run(*args, **kwargs):
+            out = program(*args, **kwargs)
+            if not traced:
+                traced.append(True)
+                self._closure_state, self._closure_kept = self._closure_fingerprint()
+            return out
+
+        run.__wrapped__ = program
+        return run
 
     # -- construction-time checks -----------------------------------------------------------------
     def _check_output(self) -> Optional[int]:
