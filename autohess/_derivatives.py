@@ -332,7 +332,8 @@ def cached_function_program(f: Callable, key: Any, build: Callable[[], Callable]
     """
     cache = _function_cache(f)
     entry = cache.get(key)
-    if entry is not None and entry[0] == closure_fingerprint(f)[0]:
+    before = closure_fingerprint(f)[0]
+    if entry is not None and entry[0] == before:
         return entry[2]
     program = build()
     traced = []
@@ -346,6 +347,10 @@ def cached_function_program(f: Callable, key: Any, build: Callable[[], Callable]
             # changes (a list f appends to, to count its traces) belongs to the compiled state
             traced.append(True)
             fingerprint, keep = closure_fingerprint(f)
+            # programs that were current before this trace stay current after it
+            for other, (old, old_keep, old_run) in list(cache.items()):
+                if other != key and old == before:
+                    cache[other] = (fingerprint, old_keep + keep, old_run)
             cache[key] = (fingerprint, keep, run)  # keep: jax arrays fingerprinted by id stay alive
         return out
 
