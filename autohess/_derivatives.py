@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from ._fingerprint import closure_fingerprint
 from ._model import HESSIAN_MODES, Model
 from ._pandas import host_array
 from ._params import Labels, element_labels, path_name
@@ -116,7 +117,7 @@ def _symmetrize(h: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
-def _model_params(model: Model, params: Any, what: str = "params") -> Any:
+def _model_params(model: Model, params: Any, what: str = "params", scale: str = "natural") -> Any:
     """Checked natural-scale parameters as arrays of the model's dtype.
 
     Transform declarations stand for their initial values; Python numbers and numpy arrays are
@@ -133,6 +134,18 @@ def _model_params(model: Model, params: Any, what: str = "params") -> Any:
             f"pass its estimates, res.params" + (" (or bres.member(i).params)" if kind == "BatchResult" else "")
         )
     leaves = model.spec.check_structure(params, what)
+    if scale == "unconstrained":
+        # the unconstrained point is the transform's inverse (log, logit) of params: outside the
+        # domain it is NaN or -inf, and the Hessian there is meaningless (at s=0 a Positive
+        # parameter gave an all-zero Hessian without a word)
+        try:
+            model.spec.check_domain(params, what)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}. scale='unconstrained' maps {what} through each transform's inverse (log, "
+                "logit), which is undefined there: pass a point inside the domain, or "
+                "scale='natural' for derivatives with respect to the parameters as given"
+            ) from None
     if all(isinstance(leaf, jax.Array) and leaf.dtype == model.dtype for leaf in leaves):
         return params
     return model.spec.treedef.unflatten([jnp.asarray(leaf, model.dtype) for leaf in leaves])
@@ -338,6 +351,45 @@ def _function_cache(f: Callable) -> dict:
         return {}
 
 
+def cached_function_program(f: Callable, key: Any, build: Callable[[], Callable]) -> Callable:
+    """The compiled program ``build()`` for plain function ``f``, reused across calls only while
+    what ``f`` closes over is unchanged.
+
+    JAX bakes the arrays and numbers a function closes over into the compiled program as
+    constants, so a cache keyed on ``f`` alone returns the old derivatives after ``A *= 10`` on
+    a closed-over numpy array (or after rebinding a global). Not caching costs a compilation per
+    call (0.25-0.4 s measured on a 2-core CPU for 3-20 parameters, against 0.4 ms for a cache
+    hit), so the cache is keyed on a fingerprint of what ``f`` can see (``closure_fingerprint``)
+    and recompiles when it differs.
+    """
+    cache = _function_cache(f)
+    entry = cache.get(key)
+    before = closure_fingerprint(f)[0]
+    if entry is not None and entry[0] == before:
+        return entry[2]
+    program = build()
+    traced = []
+    f_ref = _weak_or_strong(f)  # the cache is weak in f: run must not hold it strongly
+
+    def run(*args):
+        out = program(*args)
+        f = f_ref()
+        if not traced and f is not None:
+            # fingerprinted after the first call, i.e. after f was traced: what tracing itself
+            # changes (a list f appends to, to count its traces) belongs to the compiled state
+            traced.append(True)
+            fingerprint, keep = closure_fingerprint(f)
+            # programs that were current before this trace stay current after it
+            for other, (old, old_keep, old_run) in list(cache.items()):
+                if other != key and old == before:
+                    cache[other] = (fingerprint, old_keep + keep, old_run)
+            cache[key] = (fingerprint, keep, run)  # keep: jax arrays fingerprinted by id stay alive
+        return out
+
+    cache[key] = (None, [], run)
+    return run
+
+
 def _prepare_point(x: Any) -> tuple[Any, tuple[str, ...]]:
     dtype = choose_dtype(x)
     if dtype == np.float32:
@@ -386,11 +438,7 @@ def _weak_or_strong(f: Callable) -> Callable[[], Callable]:
 
 
 def _function_derivative(f: Callable, kind: str, mode: str) -> Callable:
-    cache = _function_cache(f)
-    fn = cache.get((kind, mode))
-    if fn is None:
-        fn = cache[(kind, mode)] = _build_function_derivative(f, kind, mode)
-    return fn
+    return cached_function_program(f, (kind, mode), lambda: _build_function_derivative(f, kind, mode))
 
 
 def _raise_nonfinite_function(matrix: jax.Array, labels) -> None:
@@ -459,7 +507,7 @@ def hessian(
 
     model = target
     mode = mode or model.hessian_mode
-    params = _model_params(model, params)
+    params = _model_params(model, params, scale=scale)
     w = _model_weights(model, weights)
     if chunk_size is None:
         fn = model._jitted(
@@ -503,7 +551,7 @@ def gradient(
         x, _ = _prepare_point(params)
         return _function_derivative(target, "gradient", "fwd-rev")(x)
     model = target
-    params = _model_params(model, params)
+    params = _model_params(model, params, scale=scale)
     w = _model_weights(model, weights)
     objective = _objective(model, scale)
 
@@ -566,7 +614,7 @@ def hvp(target: Model | Callable, params: Any, v: Any, *, scale: str = "natural"
             raise ValueError(f"v has shape {v.shape}, expected ({len(labels)},)")
         return _function_derivative(target, "hvp", "fwd-rev")(x, v)
     model = target
-    params = _model_params(model, params)
+    params = _model_params(model, params, scale=scale)
     if isinstance(v, (dict, list, tuple)) and not _is_number_sequence(v):
         # a direction given like the parameters ({"beta": ...}): read it in label order
         v = model.spec.flatten(_model_params(model, v, "v"), model.dtype)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._derivatives import Hessian, _function_cache, _model_params, _prepare_point, _weak_or_strong
+from ._derivatives import Hessian, cached_function_program, _model_params, _prepare_point, _weak_or_strong
 from ._model import Model
 
 __all__ = ["FDHessian", "fd_hessian", "default_step", "FD_METHODS"]
@@ -166,8 +166,7 @@ def fd_hessian(
     else:
         point, labels = _prepare_point(x)
         flat = ravel_pytree(point)[0]
-        cache = _function_cache(target)
-        fn = cache.get(("fd", method)) or cache.setdefault(("fd", method), _function_program(target, method))
+        fn = cached_function_program(target, ("fd", method), lambda: _function_program(target, method))
         arg = point
     if step is None or (isinstance(step, str) and step == "relative"):
         h = default_step(flat, method, relative=step is not None)

@@ -40,6 +40,13 @@ class LeastSquaresModel(Model):
 
         def concentrated_loglik(p, d):
             r = residual_fn(p, d)
+            if not isinstance(r, jax.Array):
+                # a list of residuals would otherwise fail on `.ndim` with an AttributeError
+                raise TypeError(
+                    f"residual_fn must return one array of residuals, got a {type(r).__name__}"
+                    + (f" of {len(r)} entries: combine them with jnp.stack(...) or jnp.concatenate(...)"
+                       if isinstance(r, (list, tuple)) else "")
+                )
             if r.ndim != 1:
                 raise TypeError(f"residual_fn must return a 1-D array of residuals, got shape {r.shape}")
             n = r.shape[0]

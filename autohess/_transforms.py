@@ -134,11 +134,27 @@ class Interval(Transform):
     hi: float = 1.0
 
     def __init__(self, lo: float, hi: float, init: Any):
+        for which, bound in (("lo", lo), ("hi", hi)):
+            if np.ndim(bound) != 0 or isinstance(bound, (str, bytes)):
+                raise TypeError(
+                    f"Interval bounds must be scalars; {which} is {_describe_bound(bound)}. One pair "
+                    "(lo, hi) serves every element of an array parameter; for different bounds per "
+                    "element declare separate parameters, or Interval(0, 1, ...) and rescale inside "
+                    "the log-likelihood"
+                )
         lo_, hi_ = float(lo), float(hi)
         if not (np.isfinite(lo_) and np.isfinite(hi_) and lo_ < hi_):
             raise ValueError(
                 f"Interval needs finite lo < hi, got lo={lo!r}, hi={hi!r}"
                 " (use ah.Positive for a half-line)"
+            )
+        if not np.isfinite(hi_ - lo_):
+            # forward() scales by hi - lo: an infinite width turns every value into inf or NaN,
+            # and the fit would then blame the data
+            raise ValueError(
+                f"Interval({lo!r}, {hi!r}): the width hi - lo overflows float64. Bounds that wide "
+                "do not constrain the parameter: declare it unconstrained (a plain number) or "
+                "use bounds that describe its real range"
             )
         object.__setattr__(self, "lo", lo_)
         object.__setattr__(self, "hi", hi_)
@@ -163,3 +179,8 @@ class Interval(Transform):
 
     def in_domain(self, x):
         return np.isfinite(x) & (x > self.lo) & (x < self.hi)
+
+
+def _describe_bound(bound: Any) -> str:
+    shape = np.shape(bound) if not isinstance(bound, (str, bytes)) else None
+    return f"a {type(bound).__name__}" + (f" of shape {shape}" if shape else f" {bound!r}")

@@ -18,7 +18,7 @@ from ._params import path_name
 
 __all__ = [
     "prepare_data", "choose_dtype", "float32_warning", "Float32Warning", "UNTRACEABLE", "not_traceable",
-    "weight_problem", "from_pandas", "cast_data",
+    "weight_problem", "from_pandas", "cast_data", "check_containers",
 ]
 
 #: what JAX raises when user code (a loglik, a support hook, a delta-method function, an
@@ -106,6 +106,49 @@ def from_pandas(tree: Any, what: str = "data") -> tuple[Any, dict]:
     return jax.tree_util.tree_unflatten(treedef, out), columns
 
 
+def check_containers(tree: Any, what: str, numbers_ok: bool = False) -> None:
+    """Refuse containers JAX would misread, naming them: dicts whose keys mix types (JAX sorts
+    keys and fails with a bare "Comparator raised exception") and, unless ``numbers_ok``,
+    Python lists or tuples of numbers (each number would become its own data array, and a
+    later error would list them all: 1,200 leaves for a 600 x 2 list)."""
+
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, dict):
+            keys = list(node.keys())
+            try:
+                sorted(keys)
+            except TypeError:
+                kinds = sorted({type(k).__name__ for k in keys})
+                shown = ", ".join(repr(k) for k in keys[:6]) + (", ..." if len(keys) > 6 else "")
+                raise TypeError(
+                    f"{name} is a dict whose keys mix types ({' and '.join(kinds)}: {shown}); JAX "
+                    "sorts dict keys, so they must be comparable: use strings for every key"
+                ) from None
+            for k in keys:
+                walk(node[k], f"{name}[{k!r}]")
+        elif isinstance(node, (list, tuple)):
+            named = hasattr(node, "_fields")  # a NamedTuple of numbers is a deliberate record
+            if not numbers_ok and not named and node and all(_is_number_or_number_list(item) for item in node):
+                shape = np.shape(node) if _is_number_or_number_list(node) else (len(node),)
+                raise TypeError(
+                    f"{name} is a Python {type(node).__name__} of numbers (shape {shape}); autohess "
+                    f"would read every number as a separate data array. Pass an array: "
+                    f"np.asarray({name.split('[', 1)[0] if name == what else name})"
+                )
+            for i, item in enumerate(node):
+                walk(item, f"{name}[{i}]")
+
+    walk(tree, what)
+
+
+def _is_number_or_number_list(x: Any) -> bool:
+    if isinstance(x, (bool, int, float, np.generic)):
+        return True
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return bool(x) and all(_is_number_or_number_list(item) for item in x)
+    return False
+
+
 def cast_data(arr: Any, dtype: np.dtype, name: str) -> Any:
     """``arr`` as ``dtype``, warning when integers do not survive the cast to a float (beyond
     2**53 for float64, 2**24 for float32: a large id or count would silently change)."""
@@ -147,7 +190,14 @@ def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
         arr = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
         dt = _leaf_dtype(arr)
         if dt == object or not (np.issubdtype(dt, np.number) or np.issubdtype(dt, np.bool_)):
-            raise TypeError(f"{name} must be a numeric array, got dtype {dt}")
+            host = np.asarray(arr)
+            first = host.reshape(-1)[0] if host.size else None
+            first = first.item() if isinstance(first, np.generic) else first
+            raise TypeError(
+                f"{name} must be a numeric array, got dtype {dt} (first entry {first!r}). Code "
+                "text labels or categories as numbers (0/1, or integer codes) before building "
+                "the model"
+            )
         if np.issubdtype(dt, np.complexfloating):
             raise TypeError(f"{name} is complex ({dt}); log-likelihoods need real data")
         if np.size(arr) == 0:
@@ -165,10 +215,25 @@ def prepare_data(data: Any, dtype: np.dtype, what: str = "data") -> Any:
                     f"(of {host.size}, shape {host.shape}); first at index {first_txt}. "
                     "Drop or impute those observations before building the model."
                 )
-            out.append(jnp.asarray(arr, dtype=dtype))
+            out.append(_owned(arr, dtype))
         else:
-            out.append(jnp.asarray(arr))
+            out.append(_owned(arr, dt))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _owned(arr: Any, dtype: np.dtype) -> jax.Array:
+    """A jax array of ``dtype`` that shares no memory with the caller's ``arr``.
+
+    On CPU ``jnp.asarray`` wraps a numpy buffer without copying when it happens to be 64-byte
+    aligned (and copies otherwise), so editing the caller's array after building a model would
+    change some results (a compiled fit reads the buffer) and not others (derived leaves, checks
+    made at construction). Copying here makes one rule: data are copied when the model is
+    built. jax arrays are copied too: one made by ``jnp.asarray(a, dtype=np.float64)`` shares
+    ``a``'s buffer in the same way.
+    """
+    if isinstance(arr, jax.Array):
+        return jnp.array(arr, dtype=dtype, copy=True)
+    return jnp.asarray(np.array(arr, dtype=dtype, copy=True))
 
 
 def _display_name(what: str, path) -> str:

@@ -43,6 +43,14 @@ def beta_names(X: Any) -> Optional[dict]:
 
 def _float(value: Any, name: str) -> np.ndarray:
     arr = np.asarray(host_array(value, name)[0])
+    if arr.dtype.kind not in "biuf":
+        first = arr.reshape(-1)[0].item() if arr.size else None
+        short = name.rsplit(": ", 1)[-1]
+        raise TypeError(
+            f"{name} must be numeric, got dtype {arr.dtype} (first entry {first!r}). Code labels "
+            f"as numbers before building the model, e.g. ({short} == {first!r}).astype(float) for "
+            "a 0/1 outcome"
+        )
     if arr.dtype.kind in "biu":
         arr = np.asarray(cast_data(arr, np.dtype(np.float64), name))
     return arr

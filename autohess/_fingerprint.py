@@ -1,0 +1,121 @@
+"""What a plain function can read when JAX traces it, summarised so that caches of compiled
+programs notice when it changes.
+
+JAX bakes the arrays and numbers a function closes over into a compiled program as constants;
+a cache keyed on the function object alone keeps serving the old constants after the caller
+edits a closed-over numpy array in place or rebinds a global (issue #18 item 10).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import types
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+__all__ = ["closure_fingerprint"]
+
+#: how deep the fingerprint follows functions, containers and instance attributes
+_FINGERPRINT_DEPTH = 4
+#: containers longer than this are fingerprinted by id and length only
+_FINGERPRINT_MAX_ITEMS = 256
+
+
+def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
+    """``(fingerprint, kept)``: a hashable summary of the values ``f`` can read when traced: its
+    closure cells, defaults, the globals its code names, a bound method's instance attributes
+    and a ``functools.partial``'s arguments, followed through nested functions, lists, tuples,
+    dicts and instance attributes to depth ``_FINGERPRINT_DEPTH``. numpy arrays enter by a
+    hash of their bytes (in-place edits change it), Python numbers and strings by value, jax
+    arrays by identity (they are immutable; ``kept`` holds them so an id is not reused)."""
+    parts: list = []
+    kept: list = []
+    seen: set = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if isinstance(obj, (bool, int, float, complex, str, bytes, type(None))):
+            parts.append(obj)
+            return
+        if isinstance(obj, np.ndarray):
+            if obj.dtype == object:
+                parts.append(("object-array", id(obj)))
+                return
+            digest = hashlib.blake2b(np.ascontiguousarray(obj).reshape(-1).view(np.uint8), digest_size=16)
+            parts.append(("np", obj.shape, obj.dtype.str, digest.hexdigest()))
+            return
+        if isinstance(obj, np.generic):
+            parts.append(("np-scalar", obj.dtype.str, obj.item()))
+            return
+        if isinstance(obj, jax.Array):
+            kept.append(obj)
+            parts.append(("jax", id(obj)))
+            return
+        if depth <= 0 or id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, functools.partial):
+            visit(obj.func, depth - 1)
+            for item in obj.args:
+                visit(item, depth - 1)
+            for name, item in sorted(obj.keywords.items()):
+                parts.append(name)
+                visit(item, depth - 1)
+            return
+        if isinstance(obj, types.MethodType):
+            visit(obj.__func__, depth - 1)
+            visit(obj.__self__, depth - 1)
+            return
+        if isinstance(obj, types.FunctionType):
+            for cell in obj.__closure__ or ():
+                try:
+                    visit(cell.cell_contents, depth - 1)
+                except ValueError:  # an empty cell (a name assigned later)
+                    parts.append("empty-cell")
+            for item in obj.__defaults__ or ():
+                visit(item, depth - 1)
+            for name, item in sorted((obj.__kwdefaults__ or {}).items()):
+                parts.append(name)
+                visit(item, depth - 1)
+            for name in _global_names(obj.__code__):
+                if name in obj.__globals__:
+                    parts.append(name)
+                    visit(obj.__globals__[name], depth - 1)
+            return
+        if isinstance(obj, (list, tuple, dict)):
+            items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
+            if len(items) > _FINGERPRINT_MAX_ITEMS:
+                parts.append(("container", id(obj), len(items)))
+                return
+            parts.append((type(obj).__name__, len(items)))
+            for k, item in items:
+                parts.append(repr(k))
+                visit(item, depth - 1)
+            return
+        if hasattr(obj, "_compiled") and hasattr(obj, "trace_counts"):
+            # an autohess Model: its data are copied and immutable, and its program cache and
+            # trace counters change on every new compilation, which would make a function
+            # that names its model recompile on every call
+            kept.append(obj)
+            parts.append(("model", id(obj)))
+            return
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict) and len(attrs) <= _FINGERPRINT_MAX_ITEMS:
+            parts.append(type(obj).__qualname__)
+            for name, item in list(attrs.items()):
+                parts.append(name)
+                visit(item, depth - 1)
+
+    visit(f, _FINGERPRINT_DEPTH + 1)
+    return tuple(parts), kept
+
+
+def _global_names(code: types.CodeType) -> list:
+    """Names the code object (and the functions and lambdas defined inside it) looks up."""
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_global_names(const))
+    return names
