@@ -340,7 +340,7 @@ def test_mixed_models_bad_input_is_named():
         ah.models.mixed_poisson(X, y, CODES[:, None])
     with pytest.raises(ValueError, match=r"missing labels \(None / NaN; first at observation 1\)"):
         ah.models.mixed_poisson(X, y, np.array(["a", None] + ["b"] * (N - 2), dtype=object))
-    with pytest.raises(ValueError, match=r"groups\['y'\] clashes with a name the model uses"):
+    with pytest.raises(ValueError, match=r"grouping factor 'y' clashes with a name the model uses"):
         ah.models.mixed_poisson(X, y, {"y": CODES})
     with pytest.raises(TypeError, match=r"keys of groups .* identifiers"):
         ah.models.mixed_poisson(X, y, {"my herd": CODES})
@@ -350,7 +350,7 @@ def test_mixed_models_bad_input_is_named():
         ah.models.mixed_poisson(X, np.where(np.arange(N) == 0, 1.5, y), CODES)
     with pytest.raises(ValueError, match=r"y must be 0 or 1 \(or give trials="):
         ah.models.mixed_logistic(X, Y["logistic"], CODES)
-    with pytest.raises(ValueError, match=r"y must be at most trials; 1 entries are not \(first at index 0"):
+    with pytest.raises(ValueError, match=r"y must be at most trials \(successes out of trials\); 1 entries are not \(first at index 0"):
         ah.models.mixed_logistic(X, np.where(np.arange(N) == 0, 9.0, Y["logistic"]), CODES, trials=TRIALS)
     with pytest.raises(ValueError, match=r"trials has shape \(39,\), expected \(40,\)"):
         ah.models.mixed_logistic(X, Y["logistic"], CODES, trials=TRIALS[:-1])

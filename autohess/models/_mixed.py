@@ -25,7 +25,7 @@ from .._model import Model
 from .._pandas import host_array, is_pandas
 from .._random import MultivariateNormal, Normal
 from .._transforms import Interval, Positive
-from ._checks import _float, beta_names, design, support, vector, with_support
+from ._checks import _float, beta_names, design, support, vector
 from ._glm import LOG_Y_FACTORIAL_ULPS, _is_count, _lgamma_ratio, softplus
 
 __all__ = [
@@ -106,7 +106,7 @@ def _codes(value: Any, n: int, model: str, what: str) -> tuple[np.ndarray, Optio
             hint = f"they are whole numbers stored as floats: pass {what}.astype(int)"
         else:
             i = int(np.argmax(~whole))
-            hint = f"entry {i} is {arr[i]!r}"
+            hint = f"entry {i} is {arr[i].item()!r}"
         raise TypeError(f"{model}: {what} must hold integer group codes 0..G-1, got dtype {arr.dtype} ({hint})")
     if kind in "bUSO":
         if kind == "O":
@@ -308,6 +308,9 @@ def mixed_linear(X: Any, y: Any, groups: Any, *, Z: Optional[Any] = None) -> Mod
 
 
 # -- binomial ----------------------------------------------------------------------------------
+# The support hooks are given as Model(support=), not attached afterwards with
+# _checks.with_support as the GLMs do: with random effects the core wraps the hook with the
+# check that group codes lie in 0..G-1, and attaching ours afterwards would drop that check.
 def _binomial_support(data):
     y, n, lb = data["y"], data["trials"], data["log_binom"]
     counts = _is_count(y) & _is_count(n) & (n >= 1) & (y <= n)
@@ -366,10 +369,11 @@ def mixed_logistic(
 
     data = {"X": X, "y": y, "trials": trials_arr, "offset": _offset(offset, n, name),
             "log_binom": np.asarray(log_binom), **re.data}
-    return re.finish(with_support(Model(
+    return re.finish(Model(
         loglik, data, {"beta": np.zeros(X.shape[1]), **re.params}, simulate=simulate, name=name,
         names=_names(X_in, re.names), random=re.random,
-    ), _binomial_support))
+        support=_binomial_support,
+    ))
 
 
 # -- Poisson and NB2 ----------------------------------------------------------------------------
@@ -416,10 +420,11 @@ def mixed_poisson(X: Any, y: Any, groups: Any, *, Z: Optional[Any] = None, offse
         y = jax.random.poisson(key, mu).astype(mu.dtype)
         return {**data, "y": y, "log_y_factorial": gammaln(y + 1.0)}
 
-    return re.finish(with_support(Model(
+    return re.finish(Model(
         loglik, {**data, **re.data}, {"beta": np.zeros(X.shape[1]), **re.params}, simulate=simulate,
         name=name, names=_names(X_in, re.names), random=re.random,
-    ), _count_support))
+        support=_count_support,
+    ))
 
 
 def mixed_negative_binomial(
@@ -459,10 +464,11 @@ def mixed_negative_binomial(
         return {**data, "y": y, "log_y_factorial": gammaln(y + 1.0)}
 
     params = {"beta": np.zeros(X.shape[1]), "alpha": Positive(1.0), **re.params}
-    return re.finish(with_support(Model(
+    return re.finish(Model(
         loglik, {**data, **re.data}, params, simulate=simulate, name=name,
         names=_names(X_in, re.names), random=re.random,
-    ), _count_support))
+        support=_count_support,
+    ))
 
 
 # -- zero-inflated Poisson -----------------------------------------------------------------------
@@ -513,7 +519,8 @@ def mixed_zip(
         return {**data, "y": y, "log_y_factorial": gammaln(y + 1.0)}
 
     params = {"beta": np.zeros(X.shape[1]), "beta_zero": np.zeros(Xz.shape[1]), **re.params}
-    return re.finish(with_support(Model(
+    return re.finish(Model(
         loglik, {**data, "X_zero": Xz, **re.data}, params, simulate=simulate, name=name,
         names=_names(X_in, re.names, Xz_in), random=re.random,
-    ), _count_support))
+        support=_count_support,
+    ))
