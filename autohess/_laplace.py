@@ -212,8 +212,10 @@ class Laplace:
     def newton_map(self, u: jax.Array, params: dict, data: Any) -> jax.Array:
         """One undamped Newton step ``u + (-H_uu)^{-1} g`` (differentiable in ``params``)."""
         g, H = self.grad_hess(u, params, data)
-        L = jnp.linalg.cholesky(-H)
-        return u + jax.scipy.linalg.cho_solve((L, True), g[..., None])[..., 0]
+        # LU, not Cholesky: differentiated twice more by the outer Hessian, JAX's Cholesky rule
+        # measured 100-300x slower (0.11 s vs 0.5 ms for a 21 x 21 block on a 2-core CPU);
+        # positive definiteness is checked (by Cholesky, undifferentiated) in ``inner``
+        return u + jnp.linalg.solve(-H, g[..., None])[..., 0]
 
     def mode(self, params: dict, data: Any) -> tuple[jax.Array, InnerResult]:
         """``u_hat(theta)`` with exact first and second derivatives in ``params`` (see module)."""
@@ -228,8 +230,8 @@ class Laplace:
         for a group whose inner maximum was not found (the outer solver then steps back)."""
         u, res = self.mode(params, data)
         _, H = self.grad_hess(u, params, data)
-        L = jnp.linalg.cholesky(-H)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+        sign, logdet = jnp.linalg.slogdet(-H)  # LU: see ``newton_map``
+        logdet = jnp.where(sign > 0, logdet, jnp.nan)
         contrib = self.joint(u, params, data) + 0.5 * self.structure.q * _LOG_2PI - 0.5 * logdet
         contrib = jnp.where(res.converged, contrib, jnp.nan)
         return contrib if self.structure.block_diagonal else contrib[0]
