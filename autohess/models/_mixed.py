@@ -90,7 +90,9 @@ def _codes(value: Any, n: int, model: str, what: str) -> tuple[np.ndarray, Optio
             "give one group code per observation"
         )
     if levels is not None:
-        return arr, levels
+        # the core gives b one level per code up to the largest used (an unused trailing
+        # category adds nothing to the likelihood): the names follow b's length
+        return arr, levels[: int(arr.max()) + 1 if arr.size else 0]
     kind = arr.dtype.kind
     if kind in "iu":
         if arr.size and arr.min() < 0:
