@@ -155,9 +155,22 @@ def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
     if weights is None:
         return None
     if not model.per_observation:
+        if model.laplace is not None:
+            raise ValueError(
+                "weights need a marginal likelihood that splits into independent parts: this "
+                "random-effects model integrates its random effects jointly (several factors, a "
+                "Latent block, or groups linked by the likelihood), so its marginal is one total"
+            )
         raise ValueError("weights need per-observation contributions; this Model has per_observation=False")
     w = np.asarray(host_array(weights, "weights")[0])
     if w.shape != (model.nobs,):
+        if model.laplace is not None:
+            groups = model.laplace.structure.groups
+            raise ValueError(
+                f"weights has shape {w.shape}, expected ({model.nobs},): one per group of "
+                f"data[{groups!r}] (a random-effects model's marginal likelihood is a sum over its "
+                "groups; a weight repeats a whole group)"
+            )
         raise ValueError(f"weights has shape {w.shape}, expected ({model.nobs},), one per observation")
     problem = weight_problem(w)
     if problem is not None:
