@@ -253,6 +253,12 @@ def _check_separable(model: Model, chunk: int, params: Any) -> None:
     AR(1) at phi = 0 is separable there, and 9% off at phi = 0.5 when chunked), and the
     initial values of a user's model are often such a value. The verdict is cached per model
     and chunk once both points pass, so repeated calls add no work."""
+    if model.laplace is not None:
+        raise ValueError(
+            f"chunk_size slices the data by observation; model {model.name!r} integrates random "
+            "effects, whose groups span observations. Compute its Hessian unchunked (one grouping "
+            "factor already costs time and memory linear in the number of groups)."
+        )
     if not model.per_observation:
         raise ValueError(
             "chunk_size needs per-observation contributions; this Model has per_observation=False"
