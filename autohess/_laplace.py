@@ -34,6 +34,7 @@ differentiates the two steps, including the third derivatives of ``j`` inside ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -149,6 +150,10 @@ class Laplace:
             total = total + jnp.sum(b.logdensity(row[o : o + b.size].reshape(b.n_levels, b.q), params))
         return total.reshape(1)
 
+    def grad_u(self, u: jax.Array, params: dict, data: Any) -> jax.Array:
+        """``g`` ``(G, q)``: the gradient of ``j`` in each level's coefficients."""
+        return jax.grad(lambda v: jnp.sum(self.joint(v, params, data)))(u)
+
     def grad_hess(self, u: jax.Array, params: dict, data: Any) -> tuple[jax.Array, jax.Array]:
         """``(g, H)``: ``g`` ``(G, q)`` the gradient of ``j`` in each level's coefficients and
         ``H`` ``(G, q, q)`` the diagonal blocks of its Hessian (all of it, dense: ``G = 1``).
@@ -216,11 +221,17 @@ class Laplace:
         return u + jax.scipy.linalg.cho_solve((L, True), g[..., None])[..., 0]
 
     def mode(self, params: dict, data: Any) -> tuple[jax.Array, InnerResult]:
-        """``u_hat(theta)`` with exact first and second derivatives in ``params`` (see module)."""
+        """``u_hat(theta)`` with exact derivatives of every order in ``params`` (see module)."""
         res = self.inner(params, data)
-        u = jax.lax.stop_gradient(res.u)
-        u = self.newton_map(self.newton_map(u, params, data), params, data)
-        return u, res
+        return self._implicit_mode(params, data, jax.lax.stop_gradient(res.u)), res
+
+    def _implicit_mode(self, params: dict, data: Any, u_star: jax.Array) -> jax.Array:
+        """``u_star`` (the converged mode) as a function of ``params`` whose derivative is the
+        implicit function theorem's ``du = (-H_uu)^{-1} (d_theta g_u) dtheta`` at ``u_star``:
+        one Hessian and one mixed second derivative, instead of differentiating two Newton maps
+        (which nests a Hessian inside a Hessian). The rule calls this function again for its
+        own ``u``, so differentiating the rule gives the second derivative exactly too."""
+        return _implicit(self, params, data, u_star)
 
     # -- the marginal ----------------------------------------------------------------------------
     def marginal(self, params: dict, data: Any) -> jax.Array:
@@ -247,6 +258,24 @@ class Laplace:
         s = self.structure
         keys = jax.random.split(key, len(s.blocks))
         return {b.name: b.to_user(b.sample(k, params)) for b, k in zip(s.blocks, keys)}
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _implicit(lap: "Laplace", params: dict, data: Any, u_star: jax.Array) -> jax.Array:
+    return u_star
+
+
+@_implicit.defjvp
+def _implicit_jvp(lap, primals, tangents):
+    params, data, u_star = primals
+    dparams = tangents[0]
+    u = _implicit(lap, params, data, u_star)
+    # d_theta g_u . dparams: the u-gradient's change when the parameters move, u held fixed
+    dg = jax.jvp(lambda p: lap.grad_u(u, p, data), (params,), (dparams,))[1]
+    _, H = lap.grad_hess(u, params, data)
+    L = jnp.linalg.cholesky(-H)
+    du = jax.scipy.linalg.cho_solve((L, True), dg[..., None])[..., 0]
+    return u, du
 
 
 def check_block_diagonal(loglik: Callable, block: Block, params: dict, data: Any, seed: int = 0) -> Optional[str]:
