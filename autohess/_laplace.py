@@ -54,6 +54,9 @@ MAX_DENSE = 5000
 #: inner Newton iterations before a group is declared not converged (a regular GLMM group
 #: converges in 4-8 from ``u = 0``; the damping may need ~20 more on a non-concave one)
 INNER_MAXITER = 100
+import os
+_FORWARD = os.environ.get("AH_FWD", "1") == "1"
+_CLOSED = os.environ.get("AH_CLOSED", "1") == "1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,11 @@ class Laplace:
 
     def grad_u(self, u: jax.Array, params: dict, data: Any) -> jax.Array:
         """``g`` ``(G, q)``: the gradient of ``j`` in each level's coefficients."""
+        if self.structure.block_diagonal and _FORWARD:
+            q = self.structure.q
+            basis = jnp.broadcast_to(jnp.eye(q, dtype=u.dtype)[:, None, :], (q,) + u.shape)
+            f = lambda v: self.joint(v, params, data)  # noqa: E731
+            return jnp.transpose(jax.vmap(lambda t: jax.jvp(f, (u,), (t,))[1])(basis))
         return jax.grad(lambda v: jnp.sum(self.joint(v, params, data)))(u)
 
     def grad_hess(self, u: jax.Array, params: dict, data: Any) -> tuple[jax.Array, jax.Array]:
@@ -160,9 +168,18 @@ class Laplace:
         ``H[:, :, k]`` is one Hessian-vector product with coefficient ``k`` of every level set
         to 1: exact for the blocks because levels do not interact."""
         q = self.structure.q
+        basis = jnp.broadcast_to(jnp.eye(q, dtype=u.dtype)[:, None, :], (q,) + u.shape)
+        if self.structure.block_diagonal and _FORWARD:
+            # forward mode only: level g's j depends on its own coefficients alone, so a tangent
+            # with coefficient k of every level set to 1 gives each level's own derivative
+            f = lambda v: self.joint(v, params, data)  # noqa: E731
+            d1 = lambda t: jax.jvp(f, (u,), (t,))  # noqa: E731
+            d2 = lambda a, b: jax.jvp(lambda v: jax.jvp(f, (v,), (a,))[1], (u,), (b,))[1]  # noqa: E731
+            g = jnp.transpose(jax.vmap(lambda t: d1(t)[1])(basis))
+            H = jax.vmap(lambda a: jax.vmap(lambda b: d2(a, b))(basis))(basis)  # (q, q, G)
+            return g, jnp.transpose(H, (2, 0, 1))
         grad_fn = jax.grad(lambda v: jnp.sum(self.joint(v, params, data)))
         g, hvp = jax.linearize(grad_fn, u)
-        basis = jnp.broadcast_to(jnp.eye(q, dtype=u.dtype)[:, None, :], (q,) + u.shape)
         cols = jax.vmap(hvp)(basis)  # (q, G, q): cols[k, g, i] = H_g[i, k]
         return g, jnp.transpose(cols, (1, 2, 0))
 
@@ -239,8 +256,7 @@ class Laplace:
         for a group whose inner maximum was not found (the outer solver then steps back)."""
         u, res = self.mode(params, data)
         _, H = self.grad_hess(u, params, data)
-        L = jnp.linalg.cholesky(-H)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+        logdet = _logdet(-H)
         contrib = self.joint(u, params, data) + 0.5 * self.structure.q * _LOG_2PI - 0.5 * logdet
         contrib = jnp.where(res.converged, contrib, jnp.nan)
         return contrib if self.structure.block_diagonal else contrib[0]
@@ -260,6 +276,37 @@ class Laplace:
         return {b.name: b.to_user(b.sample(k, params)) for b, k in zip(s.blocks, keys)}
 
 
+def _logdet(A: jax.Array) -> jax.Array:
+    """``log det A`` of symmetric positive-definite ``(..., q, q)`` blocks; ``q <= 2`` in closed
+    form (what the outer Hessian differentiates twice: a Cholesky's derivative rules, nested,
+    compile to far larger programs than ``a d - b^2``); NaN where ``A`` is not positive definite."""
+    q = A.shape[-1]
+    if q == 1 and _CLOSED:
+        a = A[..., 0, 0]
+        return jnp.where(a > 0, jnp.log(jnp.where(a > 0, a, 1.0)), jnp.nan)
+    if q == 2 and _CLOSED:
+        a, b, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 1]
+        det = a * d - b * b
+        ok = (a > 0) & (det > 0)
+        return jnp.where(ok, jnp.log(jnp.where(ok, det, 1.0)), jnp.nan)
+    L = jnp.linalg.cholesky(A)
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+
+
+def _solve(A: jax.Array, b: jax.Array) -> jax.Array:
+    """``A^{-1} b`` for symmetric positive-definite ``(..., q, q)`` blocks and ``(..., q)``
+    right-hand sides; ``q <= 2`` in closed form (see ``_logdet``)."""
+    q = A.shape[-1]
+    if q == 1 and _CLOSED:
+        return b / A[..., 0, :]
+    if q == 2 and _CLOSED:
+        a, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 1]
+        det = a * d - c * c
+        return jnp.stack([d * b[..., 0] - c * b[..., 1], a * b[..., 1] - c * b[..., 0]], axis=-1) / det[..., None]
+    L = jnp.linalg.cholesky(A)
+    return jax.scipy.linalg.cho_solve((L, True), b[..., None])[..., 0]
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _implicit(lap: "Laplace", params: dict, data: Any, u_star: jax.Array) -> jax.Array:
     return u_star
@@ -273,9 +320,7 @@ def _implicit_jvp(lap, primals, tangents):
     # d_theta g_u . dparams: the u-gradient's change when the parameters move, u held fixed
     dg = jax.jvp(lambda p: lap.grad_u(u, p, data), (params,), (dparams,))[1]
     _, H = lap.grad_hess(u, params, data)
-    L = jnp.linalg.cholesky(-H)
-    du = jax.scipy.linalg.cho_solve((L, True), dg[..., None])[..., 0]
-    return u, du
+    return u, _solve(-H, dg)
 
 
 def check_block_diagonal(loglik: Callable, block: Block, params: dict, data: Any, seed: int = 0) -> Optional[str]:
