@@ -513,6 +513,24 @@ def _bic_text(res: "FitResult") -> str:
         return "n/a"
 
 
+def _random_lines(model) -> list[str]:
+    """What was integrated out, one line per random effect, and how."""
+    s = model.laplace.structure
+    out = []
+    for b in s.blocks:
+        if b.kind == "normal":
+            what = f"N(0, {b.parameters[0]}^2), {b.n_levels} groups of data[{b.groups!r}]"
+        elif b.kind == "mvnormal":
+            cov = f"sd = {b.parameters[0]}" + (f", corr = {b.parameters[1]}" if len(b.parameters) > 1 else ", uncorrelated")
+            what = f"{b.q}-variate normal ({cov}), {b.n_levels} groups of data[{b.groups!r}]"
+        else:
+            what = f"latent block of shape {b.shape} with its own log density"
+        out.append(f"Random effect {b.name}: {what}")
+    how = (f"{s.n_levels} blocks of {s.q} x {s.q}" if s.block_diagonal else f"one dense {s.q} x {s.q} block")
+    out.append(f"Laplace approximation of the marginal likelihood (inner Hessian: {how}; exact derivatives)")
+    return out
+
+
 def summary(res: "FitResult") -> str:
     """A statsmodels-like coefficient table with a diagnostics footer."""
     labels = res.labels
@@ -549,6 +567,8 @@ def summary(res: "FitResult") -> str:
             f"{_fmt(ci[i, 0], 12)}{_fmt(ci[i, 1], 12)}"
         )
     out.append(line)
+    if res.model.laplace is not None:
+        out.extend(_random_lines(res.model))
     if transformed.any():
         out.append("* declared with a transform: estimated on the unconstrained scale; standard error by the delta method")
     out.append(f"Status: {res.status}")

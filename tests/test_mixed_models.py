@@ -20,7 +20,7 @@ from jax.scipy.special import gammaln
 from jax.scipy.stats import poisson as jpoisson
 
 import autohess as ah
-from helpers import DATA
+import laplace_reference
 
 G, PER = 8, 5
 N = G * PER
@@ -300,10 +300,8 @@ def test_mixed_logistic_fits_lme4_cbpp():
     short of the mode); asserted within 1e-6 relative and never below. lme4's printed SEs
     (0.2312, 0.3032, 0.3228, 0.4220: a finite-difference Hessian) are ~1% below these exact ones
     and are not compared."""
-    d = np.loadtxt(DATA / "cbpp.csv", delimiter=",", skiprows=1)
-    herd, incidence, size, period = d[:, 1].astype(int) - 1, d[:, 2], d[:, 3], d[:, 4]
-    Xc = np.column_stack([np.ones(len(d))] + [(period == k).astype(float) for k in (2, 3, 4)])
-    res = ah.fit(ah.models.mixed_logistic(Xc, incidence, herd, trials=size))
+    d = laplace_reference.cbpp()
+    res = ah.fit(ah.models.mixed_logistic(d["X"], d["y"], d["herd"], trials=d["n"]))
     assert res.converged
     lme4_fixef = [-1.39854982537216, -0.992335519118859, -1.12867532780426, -1.58030423764517]
     np.testing.assert_allclose(np.asarray(res.params["beta"]), lme4_fixef, rtol=0, atol=1e-4)
