@@ -142,7 +142,7 @@ def slope_logistic() -> ah.Model:
 
 def test_random_coefficients_and_crossed_factors_equal_hand_written_models():
     """``Z`` (q = 3, MultivariateNormal with three partial correlations, labelled by the pairs
-    they correlate) and a dict of two crossed factors (dense inner Hessian) against ``ah.Model``
+    they correlate; q = 1, a column of ones: the random intercept model, 1e-12) and a dict of two crossed factors (dense inner Hessian) against ``ah.Model``
     written by hand, 1e-10 as above; pandas names flow into the labels and the level names
     into ``model.random_names``."""
     pd = pytest.importorskip("pandas")
@@ -162,6 +162,11 @@ def test_random_coefficients_and_crossed_factors_equal_hand_written_models():
         random={"b": ah.MultivariateNormal(sd="sd", corr="rho", groups="g")},
     )
     np.testing.assert_allclose(model.contributions(P_SLOPE), hand.contributions(P_SLOPE), rtol=1e-10)
+
+    # Z with one column of ones (q = 1: a scalar sd, no correlation) is the random intercept
+    ones = ah.models.mixed_poisson(X, Y["poisson"], CODES, Z=np.ones((N, 1)), offset=OFFSET)
+    assert ones.labels == zoo("poisson").labels
+    np.testing.assert_allclose(ones.contributions(P["poisson"]), zoo("poisson").contributions(P["poisson"]), rtol=1e-12)
 
     # two crossed factors from pandas: text labels (sorted) and a categorical (its categories;
     # an unused last one is not a level of the random effect, which ends at the largest code)
