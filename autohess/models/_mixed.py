@@ -278,7 +278,10 @@ def mixed_linear(X: Any, y: Any, groups: Any, *, Z: Optional[Any] = None) -> Mod
             ``rho`` (a scalar for ``q = 2``; for ``q > 2`` the ``q(q-1)/2`` canonical partial
             correlations of ``ah.MultivariateNormal``).
 
-    Parameters ``{"beta", "sigma", "sd"[, "rho"]}``; starts at the OLS ``beta`` and residual SD.
+    Returns:
+        an ``ah.Model`` with parameters ``{"beta", "sigma", "sd"[, "rho"]}`` (starting at the
+        OLS ``beta`` and residual SD), random effects as above, ``simulate`` (draws the random
+        effects, then ``y``) and ``model.random_names``.
     The Laplace approximation is exact for this model, so ``res.llf`` is the ML log-likelihood.
 
     Example:
