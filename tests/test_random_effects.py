@@ -306,6 +306,18 @@ def test_poisson_random_intercept_vs_aghq():
     assert shift[4] > 0.02 and np.all(shift < 0.1), shift
 
 
+def test_nb2_sites_file_is_the_documented_draw():
+    """data/nb2_sites.csv is simulated (data/README.md): it must be exactly what the documented
+    generator draws, so the data's provenance cannot drift."""
+    sim = R.simulate_nb2_sites()
+    d = R.nb2_sites()
+    assert d["y"].size == 644 and d["G"] == 23
+    np.testing.assert_array_equal(d["y"], sim["count"])
+    np.testing.assert_array_equal(d["site"], sim["site"] - 1)
+    np.testing.assert_array_equal(d["X"][:, 1], sim["mined"])
+    np.testing.assert_allclose(d["X"][:, 2], sim["cover"], rtol=0, atol=1e-12)
+
+
 def test_nb2_random_intercept_vs_aghq():
     """The simulated 23-site NB2 data (data/nb2_sites.csv): Laplace = 1-node AGHQ, with the
     dispersion alpha (variance mu + alpha mu^2) a second non-linear parameter."""
@@ -328,8 +340,13 @@ def test_nb2_random_intercept_vs_aghq():
 
 #: the maximum of the dense numpy Laplace (laplace_reference.multi_intercept_laplace) for
 #: grouseticks TICKS ~ YEAR + height + (1|INDEX) + (1|BROOD) + (1|LOCATION), found by BFGS +
-#: Newton polish (Richardson gradient < 1e-8); order beta[0..3], sd_index, sd_brood, sd_location
-GROUSE_REF = None  # filled in below once measured
+#: Newton polish (Richardson gradient < 1e-9, so ~1e-10 from the exact maximum); order
+#: beta[0..3], sd_index, sd_brood, sd_location; llf -890.271330087398. Its SEs (Richardson
+#: Hessian): 0.19637, 0.23813, 0.26279, 0.12348, 0.04917, 0.13722, 0.21748.
+GROUSE_REF = np.array([0.3727816944609769, 1.1804101739646289, -0.9786955126734685, -0.8532864348457597,
+                       0.5415088448053792, 0.7500336850471483, 0.5287199639355306])
+GROUSE_LLF = -890.271330087398
+GROUSE_SE = np.array([0.19637, 0.23813, 0.26279, 0.12348, 0.04917, 0.13722, 0.21748])
 
 
 def test_grouseticks_three_factors_vs_dense_laplace():
@@ -355,9 +372,13 @@ def test_grouseticks_three_factors_vs_dense_laplace():
     np.testing.assert_allclose(res.random["u_location"].mode, u[521:], atol=1e-8)
     cond = np.sqrt(np.diag(np.linalg.inv(H)))
     np.testing.assert_allclose(res.random["u_index"].se_conditional, cond[:403], rtol=1e-8)
-    if GROUSE_REF is not None:
-        got = np.r_[p["beta"], sds]
-        np.testing.assert_allclose(got, GROUSE_REF, rtol=0, atol=1e-6)
+    # the maximum itself: same objective maximised twice (1e-6 absolute, SEs 0.05-0.26); the
+    # SEs to the 5 digits stored
+    got = np.r_[p["beta"], sds]
+    np.testing.assert_allclose(got, GROUSE_REF, rtol=0, atol=1e-6)
+    assert abs(float(res.llf) - GROUSE_LLF) < 1e-8
+    se = np.r_[res.bse["beta"], res.bse["sd_index"], res.bse["sd_brood"], res.bse["sd_location"]]
+    np.testing.assert_allclose(se, GROUSE_SE, rtol=0, atol=6e-6)
 
 
 # ----------------------------------------------------------------------------------------------
