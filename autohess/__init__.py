@@ -44,6 +44,10 @@ from ._fit import fit as fit  # noqa: E402
 from ._least_squares import LeastSquaresModel as LeastSquaresModel  # noqa: E402
 from ._least_squares import least_squares as least_squares  # noqa: E402
 from ._model import Model as Model  # noqa: E402
+from ._random import Latent as Latent  # noqa: E402
+from ._random import MultivariateNormal as MultivariateNormal  # noqa: E402
+from ._random import Normal as Normal  # noqa: E402
+from ._random import corr_cholesky as corr_cholesky  # noqa: E402
 from ._report import DiagnosticReport as DiagnosticReport  # noqa: E402
 from ._report import Problem as Problem  # noqa: E402
 from ._solver import Status as Status  # noqa: E402
@@ -91,6 +95,10 @@ __all__ = [
     "Hessian",
     "Interval",
     "Model",
+    "Latent",
+    "MultivariateNormal",
+    "Normal",
+    "corr_cholesky",
     "Positive",
     "Real",
     "Transform",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable, Optional
 
 import jax
@@ -76,7 +77,19 @@ class FitResult:
 
     @property
     def nobs(self) -> Optional[int]:
-        return self.model.nobs
+        """Number of observations (rows of data; with random effects, not the groups)."""
+        return self.model.n_observations
+
+    @property
+    def random(self) -> dict:
+        """Random-effects models: ``{name: RandomEffectEstimate}``, the conditional modes of each
+        random effect at the estimate with ``se`` (including the parameters' uncertainty, as
+        TMB's ``sdreport``) and ``se_conditional`` (given the parameters), shaped like it."""
+        if self.model.laplace is None:
+            raise AttributeError(f"model {self.model.name!r} has no random effects (declare them with ah.Model(..., random=...))")
+        from ._laplace import random_effects
+
+        return random_effects(self.model, self.params_flat, self.cov)
 
     @property
     def df_modelwc(self) -> int:
@@ -88,14 +101,19 @@ class FitResult:
     def nobs_effective(self) -> float:
         """Sample size for ``bic`` and ``df_resid``: the number of observations, or the sum of
         the frequency weights (a row with weight 2 counts as two rows, as if repeated)."""
+        if self.weights is not None and self.model.laplace is not None:
+            # weights per group: a group of n_g rows with weight w counts as w n_g rows
+            codes = np.asarray(self.model.data[self.model.laplace.structure.groups])
+            sizes = np.bincount(codes, minlength=self.model.nobs)
+            return float(np.sum(np.asarray(self.weights) * sizes))
         if self.weights is not None:
             return float(np.sum(np.asarray(self.weights)))
-        if self.model.nobs is None:
+        if self.nobs is None:
             raise ValueError(
                 "the number of observations is unknown: this Model's loglik returns a scalar "
                 "(per_observation=False), so bic and df_resid are not defined; aic is"
             )
-        return float(self.model.nobs)
+        return float(self.nobs)
 
     @property
     def df_resid(self) -> float:
@@ -861,6 +879,35 @@ def _estimable_outputs(J: jax.Array, hess: jax.Array, d: Diagnostics, cov: jax.A
 _ARRAY_OUTPUTS = (jax.Array, np.ndarray, np.generic, int, float)
 
 
+def _takes_two(fn: Callable) -> bool:
+    """Whether ``fn`` can be called as ``fn(params, random)``."""
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read
+        return False
+    return True
+
+
+def _delta_method_random(result: FitResult, fn: Callable) -> "DeltaResult":
+    """``delta_method`` for ``fn(params, random)`` of a random-effects fit (see there)."""
+    from ._laplace import delta_random
+
+    spec = result.model.spec
+    modes = {name: est.mode for name, est in result.random.items()}
+    params = spec.unflatten(result.params_flat)
+    flatten, value, labels = _delta_output(lambda p: fn(p, modes), params, spec.names)
+    try:
+        A, conditional = delta_random(result.model, result.params_flat, result.cov, fn, flatten)
+    except UNTRACEABLE as err:
+        raise not_traceable("fn", err) from err
+    cov = _sandwich_nan_aware(A, result.cov) + conditional
+    if value.ndim == 0:
+        cov = cov.reshape(())
+    return DeltaResult(value=value, cov=cov, jacobian=A, labels=labels)
+
+
 def _delta_output(fn: Callable, params: Any, names: tuple) -> tuple[Callable, jax.Array, Optional[tuple]]:
     """``(flatten, value, labels)`` for ``fn``'s output at ``params`` (concrete values).
 
@@ -909,7 +956,11 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
         result: a ``FitResult`` (for a ``BatchResult``, use ``bres.member(i)``).
         fn: function of the natural-scale parameter pytree written in ``jax.numpy``,
             returning a scalar, an array, or a pytree of them (a dict, list or tuple: flattened
-            to one vector, its entries named in ``labels``).
+            to one vector, its entries named in ``labels``). For a random-effects model it may
+            take two arguments, ``fn(params, random)`` with ``random`` the dict of random
+            effects (at their conditional modes): its covariance is then TMB's
+            ``A V A' + G_u (-H_uu)^{-1} G_u'``, ``A`` the total derivative in the parameters
+            (through the modes, exactly) and ``G_u`` the derivative in the random effects.
 
     Returns:
         ``DeltaResult`` with ``value``, ``se``, ``cov`` (flattened output), ``conf_int()``.
@@ -933,6 +984,8 @@ def delta_method(result: FitResult, fn: Callable[[Any], Any]) -> DeltaResult:
     if not callable(fn):
         raise TypeError(f"fn must be a function of the parameter pytree, fn(params), got {type(fn).__name__}")
     spec = result.model.spec
+    if result.model.laplace is not None and _takes_two(fn):
+        return _delta_method_random(result, fn)
     flatten, value, labels = _delta_output(fn, spec.unflatten(result.params_flat), spec.names)
     flat_fn = lambda t: flatten(fn(spec.unflatten(t)))  # noqa: E731
     try:

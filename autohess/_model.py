@@ -99,6 +99,7 @@ class Model:
         name: Optional[str] = None,
         support: Optional[Callable[[Any], Any]] = None,
         names: Optional[dict] = None,
+        random: Optional[dict] = None,
     ):
         if not callable(loglik):
             raise TypeError(f"loglik must be a function loglik(params, data), got {type(loglik).__name__}")
@@ -126,6 +127,18 @@ class Model:
         self.hessian_mode = hessian_mode
         self.name = name or getattr(loglik, "__name__", "model")
         self._loglik = loglik
+        # what the user wrote, whatever the model integrates (the fingerprint of what they see)
+        self._user_functions = (loglik, support, simulate)
+        #: the user's ``random=`` declarations (``None`` without random effects)
+        self.random = random
+        #: ``_laplace.Laplace`` of a random-effects model (``None`` without): its ``marginal``
+        #: is then the log-likelihood every fit, Hessian and batch sees
+        self.laplace = None
+        #: number of observations (rows of data) the user's loglik sees; with random effects,
+        #: ``nobs`` counts the contributions of the marginal (groups), this the observations
+        self.n_observations: Optional[int] = None
+        if random is not None:
+            self._integrate(random, params, loglik, simulate, support)
         # Incremented from inside traced functions only: counts (re)compilations, so tests and
         # users can check that repeated calls reuse the compiled program.
         self.trace_counts: collections.Counter = collections.Counter()
@@ -134,6 +147,8 @@ class Model:
         self._closure_kept: list = []
         self.init_params = self.spec.init_tree(self.dtype)
         self.nobs = self._check_output()
+        if self.laplace is None:
+            self.n_observations = self.nobs
         self._check_support()
         self._check_finite_at(self.init_params, "initial parameters")
 
@@ -205,6 +220,20 @@ class Model:
     def with_data(self, data: Any) -> "Model":
         """A model with the same likelihood and parameters and new data (checked again)."""
         declared = self.spec.treedef.unflatten(list(self.spec.transforms))
+        if self.random is not None:
+            loglik, _, simulate = self._user_functions
+            return Model(
+                loglik,
+                data,
+                declared,
+                per_observation=self._user_per_observation,
+                simulate=simulate,
+                hessian_mode=self.hessian_mode,
+                name=self.name,
+                support=self._user_functions[1],
+                names=self.names,
+                random=self.random,
+            )
         return Model(
             self._loglik,
             data,
@@ -244,7 +273,7 @@ class Model:
         return fn
 
     def _closure_fingerprint(self) -> tuple:
-        return closure_fingerprint((self._loglik, self.support_fn, self.simulate_fn))
+        return closure_fingerprint(self._user_functions)
 
     def _refreshing(self, program: Callable) -> Callable:
         """``program``, recording what the user's functions close over after its first call,
@@ -262,10 +291,59 @@ class Model:
         run.__wrapped__ = program
         return run
 
+    # -- random effects ---------------------------------------------------------------------------
+    def _integrate(self, random: Any, params: Any, loglik: Callable, simulate: Optional[Callable],
+                   support: Optional[Callable]) -> None:
+        """Make the model's log-likelihood the Laplace marginal over ``random`` (see
+        ``_laplace``); the user's ``loglik`` becomes the conditional one it integrates."""
+        from ._laplace import MAX_DENSE, Laplace, check_block_diagonal, check_crossed, dense_size, make_structure
+        from ._random import resolve_random
+
+        blocks = resolve_random(random, params, self._data)
+        init = self.spec.init_tree(self.dtype)
+        with_zeros = {**init, **{b.name: jnp.zeros(b.shape, self.dtype) for b in blocks}}
+        n = self._check_output(loglik, with_zeros)
+        self.n_observations = n
+        for b in blocks:
+            if b.groups is not None and n is not None and self._data[b.groups].shape[0] != n:
+                raise ValueError(
+                    f"random[{b.name!r}]: data[{b.groups!r}] has {self._data[b.groups].shape[0]} group codes "
+                    f"but loglik returns {n} contributions: give one code per observation"
+                )
+        block_diagonal = len(blocks) == 1 and blocks[0].groups is not None and n is not None
+        #: why a single grouped random effect was integrated with a dense Hessian (or ``None``)
+        self.dense_reason = None
+        if block_diagonal:
+            self.dense_reason = check_block_diagonal(loglik, blocks[0], init, self._data)
+            block_diagonal = self.dense_reason is None
+        crossed = (not block_diagonal and n is not None and len(blocks) > 1
+                   and all(b.groups is not None for b in blocks)
+                   and check_crossed(loglik, blocks, init, self._data) is None)
+        structure = make_structure(blocks, block_diagonal, crossed)
+        if not block_diagonal and dense_size(structure) > MAX_DENSE:
+            why = f" ({self.dense_reason})" if self.dense_reason else ""
+            raise ValueError(
+                f"{self.name}: {structure.size} random coefficients in one dense inner Hessian{why}; "
+                f"the dense Laplace path takes at most {MAX_DENSE}. One grouping factor whose "
+                "observations each use only their own group's coefficients is integrated block by "
+                "block, for any number of groups"
+            )
+        self.laplace = Laplace(loglik, structure)
+        self._user_per_observation = self.per_observation
+        self._loglik = self.laplace.marginal
+        # the marginal's contributions: one per group (the independent units) or one total
+        self.per_observation = block_diagonal
+        self.independent = False
+        self.support_fn = _with_group_support(support, blocks)
+        if simulate is not None:
+            self.simulate_fn = _with_random_draws(simulate, self.laplace)
+
     # -- construction-time checks -----------------------------------------------------------------
-    def _check_output(self) -> Optional[int]:
+    def _check_output(self, loglik: Optional[Callable] = None, params: Any = None) -> Optional[int]:
+        loglik = self._loglik if loglik is None else loglik
+        params = self.init_params if params is None else params
         try:
-            out = jax.eval_shape(self._loglik, self.init_params, self.data)
+            out = jax.eval_shape(loglik, params, self.data)
         except UNTRACEABLE as err:
             raise not_traceable("loglik", err) from err
         except (TypeError, ValueError, IndexError) as err:
@@ -335,6 +413,18 @@ class Model:
         finite = np.isfinite(contrib)
         if finite.all():
             return
+        if self.laplace is not None:
+            from ._laplace import inner_failures
+
+            found = inner_failures(self, params)
+            if found:
+                flat = np.asarray(self.spec.flatten(params, self.dtype))
+                raise ValueError(
+                    f"the Laplace log marginal likelihood is not finite at the {what} "
+                    f"({self.spec.describe(flat)}): " + "; ".join(text for _, text in found)
+                    + ". Choose starting values closer to the data (a smaller random-effect standard "
+                    "deviation), or check the conditional log-likelihood of those groups"
+                )
         flat = np.asarray(self.spec.flatten(params, self.dtype))
         where = ""
         if contrib.ndim == 1:
@@ -367,6 +457,44 @@ def _check_simulate(simulate: Optional[Callable]) -> None:
             "(covariates, sizes) as the third argument; ignore it if you do not need it "
             "(model.simulate(key, params) is the bound method that supplies it)."
         ) from None
+
+
+def _with_group_support(support: Optional[Callable], blocks: tuple) -> Callable:
+    """The user's ``support`` plus, for each grouped random effect, its codes in ``0..G-1`` (a
+    data batch member with a code beyond ``G`` would index past ``b`` silently in JAX)."""
+
+    def check(data):
+        out = {}
+        if support is not None:
+            own = support(data)
+            out.update(own if isinstance(own, dict) else {"data inside the model's support": own})
+        for b in blocks:
+            if b.groups is not None:
+                codes = data[b.groups]
+                out[f"data[{b.groups!r}] must hold codes 0..{b.n_levels - 1} (the levels of random effect {b.name!r})"] = (
+                    (codes >= 0) & (codes < b.n_levels)
+                )
+        return out
+
+    return check
+
+
+def _with_random_draws(simulate: Callable, laplace: Any) -> Callable:
+    """``simulate(key, params, data)`` of the whole model: the random effects are drawn from
+    their distributions, then the user's ``simulate`` draws the data given them (it receives
+    ``params`` with the random effects in, as ``loglik`` does)."""
+    missing = [b.name for b in laplace.structure.blocks if b.sample is None]
+
+    def draw(key, params, data):
+        if missing:
+            raise NotImplementedError(
+                f"random effect(s) {missing} cannot be drawn: give ah.Latent(..., sample=fn) so a "
+                "parametric bootstrap or simulation study can simulate them"
+            )
+        k_random, k_data = jax.random.split(key)
+        return simulate(k_data, {**params, **laplace.sample(k_random, params)}, data)
+
+    return draw
 
 
 def describe_support_failure(cond: str, ok: np.ndarray) -> Optional[str]:
