@@ -296,7 +296,7 @@ class Model:
                    support: Optional[Callable]) -> None:
         """Make the model's log-likelihood the Laplace marginal over ``random`` (see
         ``_laplace``); the user's ``loglik`` becomes the conditional one it integrates."""
-        from ._laplace import MAX_DENSE, Laplace, check_block_diagonal, make_structure
+        from ._laplace import MAX_DENSE, Laplace, check_block_diagonal, check_crossed, dense_size, make_structure
         from ._random import resolve_random
 
         blocks = resolve_random(random, params, self._data)
@@ -316,8 +316,11 @@ class Model:
         if block_diagonal:
             self.dense_reason = check_block_diagonal(loglik, blocks[0], init, self._data)
             block_diagonal = self.dense_reason is None
-        structure = make_structure(blocks, block_diagonal)
-        if not block_diagonal and structure.size > MAX_DENSE:
+        crossed = (not block_diagonal and n is not None and len(blocks) > 1
+                   and all(b.groups is not None for b in blocks)
+                   and check_crossed(loglik, blocks, init, self._data) is None)
+        structure = make_structure(blocks, block_diagonal, crossed)
+        if not block_diagonal and dense_size(structure) > MAX_DENSE:
             why = f" ({self.dense_reason})" if self.dense_reason else ""
             raise ValueError(
                 f"{self.name}: {structure.size} random coefficients in one dense inner Hessian{why}; "

@@ -167,3 +167,32 @@ def test_zero_variance_is_named_as_a_variance_component():
     assert "the standard deviation of random effect 'b' (groups data['g'])" in found.message
     assert "50:50 mixture" in found.suggestion
     assert np.isnan(float(res.bse["sd"]))
+
+
+def test_correlation_at_one_is_named():
+    # random slopes planted as exactly half the random intercepts, tiny residual noise: the ML
+    # correlation of the two random coefficients is 1 (a singular covariance), which must be
+    # named as such, not as a bare non-positive-definite Hessian
+    rng = np.random.default_rng(0)
+    n_groups, per = 12, 3
+    s = np.repeat(np.arange(n_groups), per)
+    t = np.tile(np.arange(per), n_groups).astype(float)
+    b0 = 3.0 * rng.standard_normal(n_groups)
+    y = 1.0 + 0.5 * t + b0[s] + 0.5 * b0[s] * t + 0.02 * rng.standard_normal(n_groups * per)
+
+    def lmm(p, d):
+        b = p["b"][d["s"]]
+        mu = p["beta"][0] + b[:, 0] + (p["beta"][1] + b[:, 1]) * d["t"]
+        return -0.5 * ((d["y"] - mu) / p["sigma"]) ** 2 - jnp.log(p["sigma"]) - 0.5 * jnp.log(2 * jnp.pi)
+
+    params = {"beta": jnp.zeros(2), "sigma": ah.Positive(1.0), "sd": ah.Positive(jnp.ones(2)), "rho": ah.Interval(-1, 1, 0.0)}
+    model = ah.Model(lmm, {"y": y, "t": t, "s": s}, params, random={"b": ah.MultivariateNormal(sd="sd", corr="rho", groups="s")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ah.InferenceWarning)
+        res = ah.fit(model)
+    assert float(res.params["rho"]) > 1 - 1e-6
+    (found,) = [p for p in res.diagnostics.problems if p.kind == "boundary"]
+    assert found.parameters == ("rho",)
+    assert "the correlation of random effect 'b' (groups data['s'])" in found.message
+    assert "perfectly correlated" in found.suggestion and "corr=None" in found.suggestion
+    assert np.isnan(float(res.bse["rho"]))
