@@ -352,7 +352,9 @@ class DiagnosticReport:
                 f"({lower[i]:g}, {upper[i]:g}){role or ''}; its standard error is set to NaN",
                 (labels[i],), None, advice,
             ))
-        if res.model.laplace is not None:
+        # an inner maximisation that failed makes its group's marginal NaN: only a non-finite
+        # log-likelihood can hide one (and only then is the inner solve run again to say which)
+        if res.model.laplace is not None and not np.isfinite(llf):
             for kind, text in inner_failures(res.model, res.params):
                 problems.append(Problem(kind, text, tuple(b.name for b in res.model.laplace.structure.blocks), None, _SUGGEST["inner"]))
         for j in np.flatnonzero(bad):
