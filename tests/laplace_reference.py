@@ -54,6 +54,15 @@ LME4_CBPP_LAPLACE = {
     "llf": -92.0267,
 }
 
+#: the same fit to 15 digits as lme4's own test suite pins it (``tests/testthat/test-glmer.R``,
+#: ``gm1``: ``fixef``, ``deviance`` = -2 logLik, ``theta`` = the herd SD on the logit scale),
+#: asserted there to tolerances 5e-4 / 1e-5 / 6e-4: one platform's glmer optimum, not the exact one
+LME4_CBPP_TESTSUITE = {
+    "beta": (-1.39854982537216, -0.992335519118859, -1.12867532780426, -1.58030423764517),
+    "sd": 0.642226809144453,
+    "llf": -184.052674598026 / 2.0,
+}
+
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------

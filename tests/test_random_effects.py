@@ -24,6 +24,8 @@ The likelihoods are written as a user writes them from the README, with full con
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,6 +109,17 @@ def cbpp():
     return model, res, d, ref1, ref25
 
 
+@functools.lru_cache(maxsize=None)
+def mixedlm_reference():
+    pytest.importorskip("statsmodels")
+    return R.mixedlm_sleepstudy()
+
+
+@functools.lru_cache(maxsize=None)
+def lmm_reference():
+    return R.fit_lmm_slope(R.sleepstudy())
+
+
 @pytest.fixture(scope="module")
 def sleep():
     d = R.sleepstudy()
@@ -117,7 +130,7 @@ def sleep():
                 "rho": ah.Interval(-1.0, 1.0, 0.0), "sigma": ah.Positive(25.0)},
         random={"b": ah.MultivariateNormal(sd="sd", corr="rho", groups="subject")},
     )
-    return model, ah.fit(model), d, R.fit_lmm_slope(d)
+    return model, ah.fit(model), d, lmm_reference()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,8 +142,7 @@ def test_sleepstudy_references_agree_with_lme4():
     """statsmodels MixedLM (ML) and the closed form reproduce lme4's published ML fit to the
     digits lme4 prints (3 decimals: 5e-4 rounding, plus statsmodels' L-BFGS stopping error,
     measured 1.3e-6 relative in the SDs and 4.5e-5 in the correlation)."""
-    pytest.importorskip("statsmodels")
-    sm = R.mixedlm_sleepstudy()
+    sm = mixedlm_reference()
     pub = R.LME4_SLEEPSTUDY_ML
     assert sm["converged"]
     np.testing.assert_allclose(sm["beta"], pub["beta"], atol=1e-3)
@@ -138,7 +150,7 @@ def test_sleepstudy_references_agree_with_lme4():
     assert abs(sm["corr"] - pub["corr"]) < 1e-3
     assert abs(sm["sigma"] - pub["sigma"]) < 1e-3
     assert abs(sm["llf"] - pub["llf"]) < 1e-3
-    ref = R.fit_lmm_slope(R.sleepstudy())
+    ref = lmm_reference()
     b0, b1, s1, s2, r, sigma = ref["theta"]
     np.testing.assert_allclose([b0, b1, s1, s2, sigma], [*sm["beta"], *sm["sd"], sm["sigma"]], rtol=1e-5)
     assert abs(r - sm["corr"]) < 1e-4  # corr is weakly determined (SE 0.32): L-BFGS stops early in it
@@ -161,6 +173,12 @@ def test_cbpp_reference_agrees_with_lme4_laplace():
     assert abs(ref["theta"][4] - pub["sd"]) < 1e-3
     assert abs(ref["llf"] - pub["llf"]) < 1e-3
     np.testing.assert_allclose(ref["bse"][:4], pub["bse"], rtol=0.015)
+    # lme4's test suite pins the same fit to 15 digits: our maximum lies 2e-5 / 3.5e-5 from its
+    # estimates / SD (measured) and 5.5e-5 above its logLik (glmer's optimum is a little short)
+    ts = R.LME4_CBPP_TESTSUITE
+    np.testing.assert_allclose(ref["theta"][:4], ts["beta"], atol=1e-4)
+    assert abs(ref["theta"][4] - ts["sd"]) < 1e-4
+    assert 0.0 <= ref["llf"] - ts["llf"] < 1e-4
     # 25 nodes is the exact marginal here: 40 nodes change it by < 1e-12
     b, sd = ref["theta"][:4], ref["theta"][4]
     assert abs(R.aghq_loglik("binomial", d, "herd", b, sd, 25) - R.aghq_loglik("binomial", d, "herd", b, sd, 40)) < 1e-10
@@ -181,8 +199,7 @@ def test_sleepstudy_lmm_equals_closed_form_and_mixedlm(sleep):
     assert abs(float(res.llf) - ref["llf"]) < 1e-8
     # exact Hessian vs Richardson Hessian of the closed form (~1e-8 accurate)
     np.testing.assert_allclose(se, ref["bse"], rtol=1e-6)
-    pytest.importorskip("statsmodels")
-    sm = R.mixedlm_sleepstudy()
+    sm = mixedlm_reference()
     # statsmodels' L-BFGS stops ~1e-6 short (see the reference test); its SEs (beta) likewise
     np.testing.assert_allclose(got[[0, 1, 2, 3, 5]], [*sm["beta"], *sm["sd"], sm["sigma"]], rtol=1e-5)
     assert abs(got[4] - sm["corr"]) < 1e-4
@@ -233,7 +250,8 @@ def test_cbpp_laplace_error_is_visible_and_small(cbpp):
 def test_cbpp_modes_and_random_effect_ses(cbpp):
     """Modes = per-herd Newton modes at the estimate; se_conditional = curvature^(-1/2);
     se^2 = se_conditional^2 + J V J' (sdreport), J = d mode / d theta by Richardson differences
-    of the reference's Newton modes (~1e-9), V = res.cov_params()."""
+    of the reference's Newton modes (~1e-10), V = res.cov_params(). Measured: modes 3e-15,
+    se_conditional 6e-16, se 2e-13 relative; asserted 1e-9 / 1e-9 / 1e-8."""
     model, res, d, ref1, ref25 = cbpp
     theta = theta_of(res, 4)
     mode, curv = R.intercept_modes("binomial", d, "herd", theta[:4], theta[4])
@@ -243,7 +261,7 @@ def test_cbpp_modes_and_random_effect_ses(cbpp):
     np.testing.assert_allclose(est.se_conditional, 1.0 / np.sqrt(curv), rtol=1e-9)
     J = R.mode_jacobian("binomial", d, "herd", theta, 4)
     V = np.asarray(res.cov_params())
-    np.testing.assert_allclose(est.se, np.sqrt(1.0 / curv + np.einsum("gi,ij,gj->g", J, V, J)), rtol=1e-6)
+    np.testing.assert_allclose(est.se, np.sqrt(1.0 / curv + np.einsum("gi,ij,gj->g", J, V, J)), rtol=1e-8)
     assert np.all(np.asarray(est.se) > np.asarray(est.se_conditional))
 
 
@@ -264,21 +282,20 @@ def test_cbpp_exact_hessian_vs_richardson(cbpp):
     """The exact Hessian of the Laplace marginal against Richardson differences of autohess's
     exact gradient (at the estimate and at a point away from it, where the mode's dependence on
     theta is not hidden by a zero gradient), and the exact gradient against Richardson
-    differences of the independent numpy Laplace (AGHQ k = 1). 1e-6 relative: Richardson on a
-    smooth float64 function is good to ~1e-9; the margin covers the inner Newton's stopping
-    error, which the gradient sees only squared."""
+    differences of the independent numpy Laplace (AGHQ k = 1). Measured: 5e-13 and 1e-12
+    relative in the Hessian, 5e-11 absolute in the gradient. Asserted 1e-8 / 1e-7: Richardson
+    (three levels, O(h^6)) on a smooth float64 function is good to ~1e-10, and the gradient
+    reference is itself a difference of an objective whose inner Newton stops at ~1e-13."""
     model, res, d, ref1, ref25 = cbpp
     names = lambda t: {"beta": jnp.asarray(t[:4]), "sd": jnp.asarray(t[4])}  # noqa: E731
     for theta in (theta_of(res, 4), theta_of(res, 4) + np.r_[0.3, -0.2, 0.1, 0.25, 0.4]):
         grad = lambda t: np.asarray(ah.gradient(model, names(t)))  # noqa: E731
         H = np.asarray(ah.hessian(model, names(theta)).matrix)
         H_fd = R.richardson_jacobian(grad, theta)
-        assert np.max(np.abs(H - H_fd)) < 1e-6 * np.max(np.abs(H_fd)), np.max(np.abs(H - H_fd))
+        assert np.max(np.abs(H - H_fd)) < 1e-8 * np.max(np.abs(H_fd)), np.max(np.abs(H - H_fd))
         g_ref = R.richardson_gradient(lambda t: -R.aghq_loglik("binomial", d, "herd", t[:4], t[4], 1), theta)
         g = grad(theta)
-        assert np.max(np.abs(g - g_ref)) < 1e-6 * max(1.0, np.max(np.abs(g_ref))), (g, g_ref)
-        assert abs(-R.aghq_loglik("binomial", d, "herd", theta[:4], theta[4], 1)
-                   - float(-ah.evaluate(model, names(theta), warn=False).llf)) < 1e-9
+        assert np.max(np.abs(g - g_ref)) < 1e-7 * max(1.0, np.max(np.abs(g_ref))), (g, g_ref)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,6 +366,7 @@ GROUSE_LLF = -890.271330087398
 GROUSE_SE = np.array([0.19637, 0.23813, 0.26279, 0.12348, 0.04917, 0.13722, 0.21748])
 
 
+@pytest.mark.slow  # the dense path: measured 70 s CPU for the first fit, 52 s warm (see below)
 def test_grouseticks_three_factors_vs_dense_laplace():
     g = R.grouseticks()
     data = {k: g[k] for k in ("X", "y", "log_y_factorial", "index", "brood", "location")}
