@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -138,11 +138,15 @@ def dense_size(structure: Structure) -> int:
     return structure.q
 
 
-class _Crossed(tuple):
-    """``-H_uu`` of the crossed path as ``(A, B, C)``: ``A`` ``(G_e, q_e, q_e)`` the diagonal
-    blocks of the eliminated factor ``e`` (its levels never share an observation, so that part
-    is block-diagonal), ``B`` ``(G_e, q_e, Q_C)`` its coupling with the other ``Q_C``
-    coefficients, ``C`` ``(Q_C, Q_C)`` theirs (dense). A pytree (a tuple)."""
+class _Crossed(NamedTuple):
+    """``-H_uu`` of the crossed path: ``A`` ``(G_e, q_e, q_e)`` the diagonal blocks of the
+    eliminated factor ``e`` (its levels never share an observation, so that part is
+    block-diagonal), ``B`` ``(G_e, q_e, Q_C)`` its coupling with the other ``Q_C``
+    coefficients, ``C`` ``(Q_C, Q_C)`` theirs (dense)."""
+
+    A: jax.Array
+    B: jax.Array
+    C: jax.Array
 
 
 class Laplace:
@@ -292,7 +296,7 @@ class Laplace:
             else:
                 idx = off_c[k] + np.arange(b.n_levels)[:, None] * b.q + np.arange(b.q)[None, :]
                 C = C.at[idx[:, :, None], idx[:, None, :]].add(Hk)
-        return g.reshape(1, -1), _Crossed((-A, -B, -C))
+        return g.reshape(1, -1), _Crossed(-A, -B, -C)
 
     def _dense_from(self, K: Any) -> jax.Array:
         """``-H_uu`` as a dense ``(1, Q, Q)`` matrix from the crossed representation."""
