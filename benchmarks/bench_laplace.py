@@ -23,9 +23,11 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
    location: 403 + 118 + 63 = 584 random effects, 403 rows): the crossed path.
 5. 1,000 parametric-bootstrap refits of ``cbpp`` (``ah.bootstrap(kind="parametric")``),
    warm (the second call of the same size is timed).
-6. First call (trace + compile + run of fit + SEs) of each model in a fresh interpreter;
-   import and model construction (which evaluates the marginal once, so compiles it) are
-   timed separately.
+6. First call (trace + compile + run of fit + SEs) of each model in a fresh interpreter
+   without the persistent compilation cache (``AUTOHESS_CACHE=0``); import and model
+   construction (which evaluates the marginal once, so compiles it) are timed separately.
+   Then cbpp and sleepstudy in two more fresh processes sharing a new cache directory: the
+   second reads the first's programs.
 
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
@@ -156,15 +158,29 @@ def first_call(name: str) -> dict:
 
 
 def run_first_calls(names, env) -> dict:
+    """Cold first calls (``AUTOHESS_CACHE=0``: no persistent compilation cache), then cbpp and
+    sleepstudy twice more with a fresh cache directory: the second process reads the first's
+    programs (what the cache saves)."""
+    import tempfile
+
     out = {}
-    for name in names:
+    with tempfile.TemporaryDirectory() as cache:
+        jobs = [(n, n, {"AUTOHESS_CACHE": "0"}) for n in names]
+        for n in ("cbpp", "sleepstudy"):
+            jobs += [(n + " (cache filled)", n, {"AUTOHESS_CACHE_DIR": cache}),
+                     (n + " (cache read)", n, {"AUTOHESS_CACHE_DIR": cache})]
+        for key, name, extra in jobs:
+            out[key] = _one_first_call(name, {**env, **extra})
+    return out
+
+
+def _one_first_call(name, env) -> dict:
+    if True:
         proc = subprocess.run([sys.executable, __file__, "--first-call", name], capture_output=True, text=True,
                               env=env, cwd=ROOT)
         if proc.returncode != 0:
-            out[name] = {"error": proc.stderr[-2000:]}
-            continue
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+            return {"error": proc.stderr[-2000:]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def mixedlm(d):
@@ -254,6 +270,10 @@ def main() -> None:
                      str(out["iterations"].get(name, ""))])
     print_markdown_table(["workload", "warm median ms", "warm min ms", "target ms", "first call s", "construct s",
                           "iterations"], rows)
+    for key, fc in first.items():
+        if "(cache" in key and "first_call_s" in fc:
+            print(f"first call, {key}: {fc['first_call_s']:.1f} s ({fc['first_call_cpu_s']:.1f} s CPU), "
+                  f"construction {fc['construct_s']:.1f} s")
     if boot:
         print(f"\n1,000 parametric-bootstrap refits of cbpp: {boot['warm_s']:.2f} s warm "
               f"(first {boot['first_s']:.1f} s; target <= {TARGETS['bootstrap_1000_s_max']} s)")
