@@ -8,7 +8,8 @@ PRNG key per replicate (nothing of size ``B x N`` is built on the host):
   declared ``independent=False`` is refused, and so is one left at the default whose
   contributions are found to link observations (``resampling_problem``: replacing other
   observations' data must leave an observation's contribution unchanged, at the estimate and
-  at a perturbed point).
+  at a perturbed point). A random-effects model with one grouping factor resamples its groups
+  (its contributions are the groups' Laplace marginals): the cluster bootstrap.
 * ``"parametric"``: a new data set from the model's ``simulate`` at the estimate.
 * ``"block"``: the circular moving-block bootstrap for time series (Politis and Romano, 1992):
   blocks of ``block_length`` consecutive observations, started uniformly at random and wrapped
@@ -728,13 +729,16 @@ def bootstrap(
     nobs = model.nobs
     if kind in ("nonparametric", "block") and not model.per_observation:
         raise ValueError(f"kind={kind!r} resamples observations; this model has per_observation=False")
-    if kind == "nonparametric" and not model.independent:
+    # a random-effects model integrated group by group: its contributions are the groups,
+    # independent by construction, so resampling them is the cluster (group) bootstrap
+    by_group = model.laplace is not None and model.per_observation
+    if kind == "nonparametric" and not model.independent and not by_group:
         raise ValueError(
             "kind='nonparametric' draws observations independently, which breaks the dependence "
             f"of model {model.name!r} (declared independent=False, e.g. a recursion over time): "
             "use kind='block' or kind='parametric'"
         )
-    if kind == "nonparametric" and model.independent:
+    if kind == "nonparametric" and model.independent and not by_group:
         # independent=True is the default, so a user's recursive model usually arrives here
         # undeclared; resampling its observations would silently break its dependence
         problem = resampling_problem(model, res.params)

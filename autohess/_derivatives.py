@@ -155,9 +155,22 @@ def _model_weights(model: Model, weights: Any) -> Optional[jax.Array]:
     if weights is None:
         return None
     if not model.per_observation:
+        if model.laplace is not None:
+            raise ValueError(
+                "weights need a marginal likelihood that splits into independent parts: this "
+                "random-effects model integrates its random effects jointly (several factors, a "
+                "Latent block, or groups linked by the likelihood), so its marginal is one total"
+            )
         raise ValueError("weights need per-observation contributions; this Model has per_observation=False")
     w = np.asarray(host_array(weights, "weights")[0])
     if w.shape != (model.nobs,):
+        if model.laplace is not None:
+            groups = model.laplace.structure.groups
+            raise ValueError(
+                f"weights has shape {w.shape}, expected ({model.nobs},): one per group of "
+                f"data[{groups!r}] (a random-effects model's marginal likelihood is a sum over its "
+                "groups; a weight repeats a whole group)"
+            )
         raise ValueError(f"weights has shape {w.shape}, expected ({model.nobs},), one per observation")
     problem = weight_problem(w)
     if problem is not None:
@@ -240,6 +253,12 @@ def _check_separable(model: Model, chunk: int, params: Any) -> None:
     AR(1) at phi = 0 is separable there, and 9% off at phi = 0.5 when chunked), and the
     initial values of a user's model are often such a value. The verdict is cached per model
     and chunk once both points pass, so repeated calls add no work."""
+    if model.laplace is not None:
+        raise ValueError(
+            f"chunk_size slices the data by observation; model {model.name!r} integrates random "
+            "effects, whose groups span observations. Compute its Hessian unchunked (one grouping "
+            "factor already costs time and memory linear in the number of groups)."
+        )
     if not model.per_observation:
         raise ValueError(
             "chunk_size needs per-observation contributions; this Model has per_observation=False"

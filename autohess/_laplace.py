@@ -368,8 +368,10 @@ class Laplace:
     def newton_map(self, u: jax.Array, params: dict, data: Any) -> jax.Array:
         """One undamped Newton step ``u + (-H_uu)^{-1} g`` (differentiable in ``params``)."""
         g, H = self.grad_hess(u, params, data)
-        L = jnp.linalg.cholesky(-H)
-        return u + jax.scipy.linalg.cho_solve((L, True), g[..., None])[..., 0]
+        # LU, not Cholesky: differentiated twice more by the outer Hessian, JAX's Cholesky rule
+        # measured 100-300x slower (0.11 s vs 0.5 ms for a 21 x 21 block on a 2-core CPU);
+        # positive definiteness is checked (by Cholesky, undifferentiated) in ``inner``
+        return u + jnp.linalg.solve(-H, g[..., None])[..., 0]
 
     def mode(self, params: dict, data: Any) -> tuple[jax.Array, InnerResult]:
         """``u_hat(theta)`` with exact derivatives of every order in ``params`` (see module)."""
@@ -680,3 +682,67 @@ def delta_random(model: Any, params_flat: jax.Array, cov: jax.Array, fn: Callabl
         return A, jnp.einsum("mgi,gij,ngj->mn", Gu, C, Gu)
 
     return jax.jit(run)(params_flat)
+
+
+# ------------------------------------------------------------------------------------------
+# What went wrong, in words (construction checks and the fit's diagnostics)
+# ------------------------------------------------------------------------------------------
+def _levels(structure: Structure, bad: np.ndarray) -> str:
+    idx = np.flatnonzero(bad)
+    shown = ", ".join(str(int(i)) for i in idx[:5]) + (", ..." if idx.size > 5 else "")
+    if structure.block_diagonal:
+        return f"{idx.size} of {structure.n_levels} groups of data[{structure.groups!r}] (group {shown})"
+    return "the joint block of all random effects"
+
+
+def inner_failures(model: Any, params: Any) -> list[tuple[str, str]]:
+    """``[(kind, sentence)]`` for each way the inner maximisation fails at ``params``: the
+    conditional log-likelihood not finite at the start ``u = 0``, no convergence, or ``-H_uu``
+    not positive definite at the point reached (the conditional density of those random
+    effects has no maximum there). Empty when every level converged."""
+    lap = model.laplace
+    s = lap.structure
+    names = ", ".join(repr(b.name) for b in s.blocks)
+    res = model._jitted("inner", lambda: jax.jit(lap.inner))(params, model.data)
+    j0 = np.asarray(model._jitted("joint0", lambda: jax.jit(
+        lambda p, d: lap.joint(jnp.zeros((s.n_levels, s.q), model.dtype), p, d)))(params, model.data))
+    out = []
+    start_bad = ~np.isfinite(j0)
+    if start_bad.any():
+        out.append(("inner", (
+            f"the conditional log-likelihood given the random effects {names} is not finite at "
+            f"random effects 0 for {_levels(s, start_bad)}: the inner maximisation cannot start there"
+        )))
+    pd = np.asarray(res.positive_definite)
+    conv = np.asarray(res.converged)
+    not_pd = ~pd & ~start_bad
+    if not_pd.any():
+        out.append(("inner", (
+            f"the inner Hessian (of the joint log density in the random effects {names}) is not "
+            f"negative definite where the inner maximisation stopped, for {_levels(s, not_pd)}: "
+            "the conditional density of those random effects has no maximum there"
+        )))
+    stuck = ~conv & pd & ~start_bad
+    if stuck.any():
+        out.append(("inner", (
+            f"the inner maximisation over the random effects {names} did not converge in "
+            f"{int(np.asarray(res.iterations))} Newton iterations for {_levels(s, stuck)}"
+        )))
+    return out
+
+
+def describe_parameter(model: Any, label: str) -> Optional[str]:
+    """What a variance-component parameter is, in words, or ``None``: ``"the standard
+    deviation of random effect 'b' (groups data['herd'])"``."""
+    if model.laplace is None:
+        return None
+    base = label.split("[")[0]
+    for b in model.laplace.structure.blocks:
+        if base not in b.parameters:
+            continue
+        where = f" (groups data[{b.groups!r}])" if b.groups else ""
+        role = "standard deviation" if base == b.parameters[0] else "correlation"
+        if b.kind == "mvnormal" and b.q > 2 and role == "correlation":
+            role = "canonical partial correlation"
+        return f"the {role} of random effect {b.name!r}{where}"
+    return None

@@ -413,6 +413,18 @@ class Model:
         finite = np.isfinite(contrib)
         if finite.all():
             return
+        if self.laplace is not None:
+            from ._laplace import inner_failures
+
+            found = inner_failures(self, params)
+            if found:
+                flat = np.asarray(self.spec.flatten(params, self.dtype))
+                raise ValueError(
+                    f"the Laplace log marginal likelihood is not finite at the {what} "
+                    f"({self.spec.describe(flat)}): " + "; ".join(text for _, text in found)
+                    + ". Choose starting values closer to the data (a smaller random-effect standard "
+                    "deviation), or check the conditional log-likelihood of those groups"
+                )
         flat = np.asarray(self.spec.flatten(params, self.dtype))
         where = ""
         if contrib.ndim == 1:

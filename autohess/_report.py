@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ._diagnostics import FLAT_CONDITION, ILL_CONDITION
+from ._laplace import describe_parameter, inner_failures
 from ._solver import ESCAPE_RATIO, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,7 +85,7 @@ def _distance_on_face(grad: np.ndarray, hess: np.ndarray, boundary: np.ndarray) 
     return standard_errors_from_optimum(g_scaled, lam, vec, curvature_allowance(top, float(np.max(np.abs(g_scaled), initial=0.0))))
 
 
-KINDS = ("not_converged", "unbounded", "saddle", "flat", "degenerate", "boundary", "ill_conditioned")
+KINDS = ("not_converged", "unbounded", "saddle", "flat", "degenerate", "boundary", "ill_conditioned", "inner")
 
 _SUGGEST = {
     "approximate": "this fit stopped early by rtol, short of the optimum: refit with rtol=None (the "
@@ -134,6 +135,20 @@ _SUGGEST = {
     "boundary": "Wald standard errors and intervals are not valid at a boundary: use a "
     "likelihood-ratio test (its null distribution is a 50:50 mixture of chi2(0) and chi2(1) for "
     "one variance at 0), a profile likelihood interval, or drop the parameter",
+    "inner": "the Laplace approximation needs a maximum of the joint density in the random "
+    "effects for every group: check those groups' data and conditional log-likelihood (a "
+    "likelihood that is not concave in the random effect, e.g. a mixture or a heavy-tailed "
+    "outcome, may need a smaller random-effect standard deviation to start from), or refit from "
+    "other starting values",
+    "boundary_variance": "the model without this variance component fits as well: test it by a "
+    "likelihood ratio against the fit without the random effect (the null distribution of a "
+    "variance at 0 is a 50:50 mixture of chi2(0) and chi2(1): halve the chi2(1) p-value), "
+    "report a profile likelihood interval (ah.profile), or drop the random effect; Wald tests "
+    "and intervals at a boundary are not chi-square",
+    "boundary_correlation": "the random coefficients are perfectly correlated here (their "
+    "covariance matrix is singular): fit the model with uncorrelated random effects (corr=None) or "
+    "drop one random coefficient, and compare the fits by likelihood; Wald tests and intervals at "
+    "a boundary are not valid",
     "ill_conditioned": "standard errors are computed but some lose digits; consider rescaling "
     "the parameters or the data",
 }
@@ -324,12 +339,24 @@ class DiagnosticReport:
                 ))
         for i in np.flatnonzero(boundary if not degenerate else np.zeros_like(boundary)):
             near = lower[i] if abs(x[i] - lower[i]) <= abs(upper[i] - x[i]) else upper[i]
+            role = describe_parameter(res.model, labels[i])
+            advice = _SUGGEST["boundary"]
+            if role is not None:
+                advice = _SUGGEST["boundary_correlation" if "correlation" in role else "boundary_variance"]
+                role = f" ({role}: " + (
+                    "the groups do not vary beyond what the rest of the model explains)" if near == 0
+                    else f"at {near:g})")
             problems.append(Problem(
                 "boundary",
                 f"{labels[i]} = {x[i]:.4g} is at the boundary {near:g} of its domain "
-                f"({lower[i]:g}, {upper[i]:g}); its standard error is set to NaN",
-                (labels[i],), None, _SUGGEST["boundary"],
+                f"({lower[i]:g}, {upper[i]:g}){role or ''}; its standard error is set to NaN",
+                (labels[i],), None, advice,
             ))
+        # an inner maximisation that failed makes its group's marginal NaN: only a non-finite
+        # log-likelihood can hide one (and only then is the inner solve run again to say which)
+        if res.model.laplace is not None and not np.isfinite(llf):
+            for kind, text in inner_failures(res.model, res.params):
+                problems.append(Problem(kind, text, tuple(b.name for b in res.model.laplace.structure.blocks), None, _SUGGEST["inner"]))
         for j in np.flatnonzero(bad):
             v = vec[:, j]
             weight_on_boundary = float(np.sum(v[boundary | null] ** 2))
@@ -488,6 +515,24 @@ def _bic_text(res: "FitResult") -> str:
         return "n/a"
 
 
+def _random_lines(model) -> list[str]:
+    """What was integrated out, one line per random effect, and how."""
+    s = model.laplace.structure
+    out = []
+    for b in s.blocks:
+        if b.kind == "normal":
+            what = f"N(0, {b.parameters[0]}^2), {b.n_levels} groups of data[{b.groups!r}]"
+        elif b.kind == "mvnormal":
+            cov = f"sd = {b.parameters[0]}" + (f", corr = {b.parameters[1]}" if len(b.parameters) > 1 else ", uncorrelated")
+            what = f"{b.q}-variate normal ({cov}), {b.n_levels} groups of data[{b.groups!r}]"
+        else:
+            what = f"latent block of shape {b.shape} with its own log density"
+        out.append(f"Random effect {b.name}: {what}")
+    how = (f"{s.n_levels} blocks of {s.q} x {s.q}" if s.block_diagonal else f"one dense {s.q} x {s.q} block")
+    out.append(f"Laplace approximation of the marginal likelihood (inner Hessian: {how}; exact derivatives)")
+    return out
+
+
 def summary(res: "FitResult") -> str:
     """A statsmodels-like coefficient table with a diagnostics footer."""
     labels = res.labels
@@ -524,6 +569,8 @@ def summary(res: "FitResult") -> str:
             f"{_fmt(ci[i, 0], 12)}{_fmt(ci[i, 1], 12)}"
         )
     out.append(line)
+    if res.model.laplace is not None:
+        out.extend(_random_lines(res.model))
     if transformed.any():
         out.append("* declared with a transform: estimated on the unconstrained scale; standard error by the delta method")
     out.append(f"Status: {res.status}")

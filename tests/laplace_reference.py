@@ -264,7 +264,7 @@ def mixedlm_sleepstudy() -> dict:
 
     d = sleepstudy()
     model = sm.MixedLM(d["y"], d["X"], groups=d["subject"], exog_re=d["X"])
-    r = model.fit(reml=False, method=["lbfgs"], gtol=1e-10)
+    r = model.fit(reml=False, method=["lbfgs"])
     cov_re = np.asarray(r.cov_re)
     sd = np.sqrt(np.diag(cov_re))
     return {

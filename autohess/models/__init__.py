@@ -17,6 +17,11 @@ from ._glm import negative_binomial as negative_binomial
 from ._glm import negative_binomial_loglik as negative_binomial_loglik
 from ._glm import poisson as poisson
 from ._glm import poisson_loglik as poisson_loglik
+from ._mixed import mixed_linear as mixed_linear
+from ._mixed import mixed_logistic as mixed_logistic
+from ._mixed import mixed_negative_binomial as mixed_negative_binomial
+from ._mixed import mixed_poisson as mixed_poisson
+from ._mixed import mixed_zip as mixed_zip
 from ._survival import weibull as weibull
 from ._survival import weibull_loglik as weibull_loglik
 
@@ -28,6 +33,11 @@ __all__ = [
     "linear_loglik",
     "logistic",
     "logistic_loglik",
+    "mixed_linear",
+    "mixed_logistic",
+    "mixed_negative_binomial",
+    "mixed_poisson",
+    "mixed_zip",
     "negative_binomial",
     "negative_binomial_loglik",
     "poisson",

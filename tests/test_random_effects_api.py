@@ -1,0 +1,198 @@
+"""Random effects: declarations, what the fit returns, and diagnostics that name the cause.
+
+Numbers against independent references (statsmodels MixedLM, adaptive Gauss-Hermite
+quadrature, lme4's published values) are in ``test_random_effects.py``; exactness of the
+derivatives in ``test_laplace_core.py``. Here: the API's promises, on one small binomial GLMM
+(8 groups of 5) fitted once, and the messages for bad declarations.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autohess as ah
+
+G, PER = 8, 5
+
+
+def _data(seed=0, sd=0.8):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(G), PER)
+    x = rng.standard_normal(G * PER)
+    b = sd * rng.standard_normal(G)
+    n = np.full(G * PER, 12.0)
+    y = rng.binomial(12, 1.0 / (1.0 + np.exp(-(-0.5 + 0.7 * x + b[g])))).astype(float)
+    return {"x": x, "y": y, "n": n, "g": g}
+
+
+def loglik(p, d):
+    eta = p["beta"][0] + p["beta"][1] * d["x"] + p["b"][d["g"]]
+    return d["y"] * eta - d["n"] * jnp.logaddexp(0.0, eta)
+
+
+PARAMS = {"beta": jnp.zeros(2), "sd": ah.Positive(1.0)}
+RANDOM = {"b": ah.Normal(sd="sd", groups="g")}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    model = ah.Model(loglik, _data(), PARAMS, random=RANDOM)
+    return model, ah.fit(model)
+
+
+def test_result_views(fitted):
+    model, res = fitted
+    assert res.converged
+    assert model.laplace.structure.block_diagonal
+    assert model.nobs == G and res.nobs == G * PER  # contributions per group; observations
+    assert res.labels == ("beta[0]", "beta[1]", "sd")
+    r = res.random["b"]
+    assert r.mode.shape == r.se.shape == r.se_conditional.shape == (G,)
+    # the parameters' uncertainty only adds variance
+    assert np.all(np.asarray(r.se) >= np.asarray(r.se_conditional))
+    assert r.conf_int().shape == (G, 2)
+    text = res.summary()
+    assert f"Random effect b: N(0, sd^2), {G} groups of data['g']" in text
+    assert "Laplace approximation" in text
+
+
+def test_modes_maximise_the_joint_density(fitted):
+    # independent check of the conditional modes: at the mode, the derivative of
+    # sum_i loglik_i + log N(b; 0, sd^2) in each b_g is 0 (to rounding: 1e-9 of the terms' size)
+    model, res = fitted
+    d, p = model.data, res.params
+    b = res.random["b"].mode
+
+    def joint(b):
+        return jnp.sum(loglik({**p, "b": b}, d)) - 0.5 * jnp.sum((b / p["sd"]) ** 2)
+
+    assert np.max(np.abs(np.asarray(jax.grad(joint)(b)))) < 1e-9
+    # se_conditional is the inverse curvature of that joint density, group by group
+    curv = -np.diag(np.asarray(jax.hessian(joint)(b)))
+    np.testing.assert_allclose(np.asarray(res.random["b"].se_conditional), 1.0 / np.sqrt(curv), rtol=1e-10)
+
+
+def test_delta_method_of_a_random_effect_is_its_se(fitted):
+    # delta_method(fn(p, r)) and res.random use the same formula (TMB's): the SE of r["b"][3]
+    # itself must be res.random["b"].se[3]; and beta[0] + b[3] combines both parts
+    _, res = fitted
+    one = ah.delta_method(res, lambda p, r: r["b"][3])
+    np.testing.assert_allclose(float(one.se), float(res.random["b"].se[3]), rtol=1e-10)
+    both = ah.delta_method(res, lambda p, r: p["beta"][0] + r["b"][3])
+    assert float(both.value) == pytest.approx(float(res.params["beta"][0] + res.random["b"].mode[3]), rel=1e-12)
+    # a function of the fixed parameters alone: plain delta method
+    fixed = ah.delta_method(res, lambda p: p["beta"][0])
+    assert float(fixed.se) == pytest.approx(float(res.bse["beta"][0]), rel=1e-12)
+
+
+def test_groups_linked_by_the_likelihood_use_the_dense_path():
+    # observation i also uses the next group's effect: the per-group blocks would be wrong, so
+    # the construction check finds the link and integrates with one dense inner Hessian
+    def linked(p, d):
+        eta = p["beta"][0] + p["b"][d["g"]] + 0.5 * p["b"][(d["g"] + 1) % G]
+        return d["y"] * eta - d["n"] * jnp.logaddexp(0.0, eta)
+
+    model = ah.Model(linked, _data(), {"beta": jnp.zeros(1), "sd": ah.Positive(1.0)}, random=RANDOM)
+    assert not model.laplace.structure.block_diagonal
+    assert "changes when other groups' coefficients of 'b' move" in model.dense_reason
+    assert not model.per_observation  # the marginal no longer splits by group
+
+
+def test_inner_failure_is_named_at_construction():
+    # log(b) is -inf at b = 0 for every group: the inner maximisation cannot start
+    def bad(p, d):
+        return d["y"] * jnp.log(p["b"][d["g"]]) + p["beta"][0] * d["x"]
+
+    with pytest.raises(ValueError, match=r"not finite at random effects 0 for 8 of 8 groups of data\['g'\]"):
+        ah.Model(bad, _data(), {"beta": jnp.zeros(1), "sd": ah.Positive(1.0)}, random=RANDOM)
+
+
+@pytest.mark.parametrize(
+    "random, params, data_edit, error, match",
+    [
+        ([("b", 1)], PARAMS, None, TypeError, "random must be a non-empty dict"),
+        ({"b": "normal"}, PARAMS, None, TypeError, r"random\['b'\] must be a distribution"),
+        ({"beta": ah.Normal(sd="sd", groups="g")}, PARAMS, None, ValueError, "also a key of params"),
+        ({"b": ah.Normal(sd="sigma", groups="g")}, PARAMS, None, ValueError, "sd='sigma' is not a parameter"),
+        ({"b": ah.Normal(sd="sd", groups="herd")}, PARAMS, None, ValueError, "groups='herd' is not an entry of data"),
+        ({"b": ah.Normal(sd="beta", groups="g")}, PARAMS, None, ValueError, "must be a scalar standard deviation"),
+        (RANDOM, PARAMS, lambda d: {**d, "g": d["g"].astype(float)}, TypeError, r"astype\(int\)"),
+        (RANDOM, PARAMS, lambda d: {**d, "g": d["g"] - 1}, ValueError, "negative codes"),
+        (RANDOM, PARAMS, lambda d: {**d, "g": d["g"][:-1]}, TypeError, r"data shapes \{'g': \(39,\)"),
+        ({"b": ah.MultivariateNormal(sd="sd", corr=None, groups="g")}, PARAMS, None, ValueError, "vector of q standard deviations"),
+        ({"b": ah.Latent(shape=(0,), logprior=lambda u, p: 0.0)}, PARAMS, None, ValueError, "positive sizes"),
+    ],
+)
+def test_bad_declarations(random, params, data_edit, error, match):
+    data = _data()
+    if data_edit is not None:
+        data = data_edit(data)
+    with pytest.raises(error, match=match):
+        ah.Model(loglik, data, params, random=random)
+
+
+def test_mvnormal_correlation_shape_is_checked():
+    params = {"beta": jnp.zeros(2), "sd": ah.Positive(jnp.ones(3)), "rho": ah.Interval(-1, 1, 0.0)}
+    with pytest.raises(ValueError, match=r"q\(q-1\)/2 = 3 canonical partial correlations"):
+        ah.Model(loglik, _data(), params, random={"b": ah.MultivariateNormal(sd="sd", corr="rho", groups="g")})
+
+
+def test_corr_cholesky_gives_a_correlation_matrix():
+    # any canonical partial correlations in (-1, 1) map to a valid correlation matrix; for
+    # q = 2 the one entry is the correlation itself (exact arithmetic up to rounding)
+    z = jnp.array([0.3, -0.8, 0.95, 0.1, -0.2, 0.5])
+    L = np.asarray(ah.corr_cholesky(z, 4))
+    R = L @ L.T
+    np.testing.assert_allclose(np.diag(R), 1.0, atol=1e-14)
+    assert np.all(np.linalg.eigvalsh(R) > 0)
+    assert R[1, 0] == pytest.approx(0.3, abs=1e-15) and R[2, 0] == pytest.approx(-0.8, abs=1e-15)
+    L2 = np.asarray(ah.corr_cholesky(jnp.array(0.6), 2))
+    assert (L2 @ L2.T)[1, 0] == pytest.approx(0.6, abs=1e-15)
+
+
+def test_zero_variance_is_named_as_a_variance_component():
+    # data with no group effect at all: the ML estimate of sd is 0 (a boundary); the finding
+    # must say which random effect has no variance, and advise the mixture LR test
+    model = ah.Model(loglik, _data(seed=3, sd=0.0), PARAMS, random=RANDOM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ah.InferenceWarning)
+        res = ah.fit(model)
+    # seed 3 without a group effect gives an ML estimate of sd at 0 (checked: the Laplace
+    # marginal is largest as sd -> 0 there)
+    (found,) = [p for p in res.diagnostics.problems if p.kind == "boundary"]
+    assert found.parameters == ("sd",)
+    assert "the standard deviation of random effect 'b' (groups data['g'])" in found.message
+    assert "50:50 mixture" in found.suggestion
+    assert np.isnan(float(res.bse["sd"]))
+
+
+def test_correlation_at_one_is_named():
+    # random slopes planted as exactly half the random intercepts, tiny residual noise: the ML
+    # correlation of the two random coefficients is 1 (a singular covariance), which must be
+    # named as such, not as a bare non-positive-definite Hessian
+    rng = np.random.default_rng(0)
+    n_groups, per = 12, 3
+    s = np.repeat(np.arange(n_groups), per)
+    t = np.tile(np.arange(per), n_groups).astype(float)
+    b0 = 3.0 * rng.standard_normal(n_groups)
+    y = 1.0 + 0.5 * t + b0[s] + 0.5 * b0[s] * t + 0.02 * rng.standard_normal(n_groups * per)
+
+    def lmm(p, d):
+        b = p["b"][d["s"]]
+        mu = p["beta"][0] + b[:, 0] + (p["beta"][1] + b[:, 1]) * d["t"]
+        return -0.5 * ((d["y"] - mu) / p["sigma"]) ** 2 - jnp.log(p["sigma"]) - 0.5 * jnp.log(2 * jnp.pi)
+
+    params = {"beta": jnp.zeros(2), "sigma": ah.Positive(1.0), "sd": ah.Positive(jnp.ones(2)), "rho": ah.Interval(-1, 1, 0.0)}
+    model = ah.Model(lmm, {"y": y, "t": t, "s": s}, params, random={"b": ah.MultivariateNormal(sd="sd", corr="rho", groups="s")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ah.InferenceWarning)
+        res = ah.fit(model)
+    assert float(res.params["rho"]) > 1 - 1e-6
+    (found,) = [p for p in res.diagnostics.problems if p.kind == "boundary"]
+    assert found.parameters == ("rho",)
+    assert "the correlation of random effect 'b' (groups data['s'])" in found.message
+    assert "perfectly correlated" in found.suggestion and "corr=None" in found.suggestion
+    assert np.isnan(float(res.bse["rho"]))
