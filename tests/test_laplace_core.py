@@ -222,3 +222,24 @@ def test_inner_non_convergence_is_reported(rng):
     # a solve stopped after one Newton step: not converged anywhere it had not finished
     short = lap.inner(params, m.data, maxiter=1)
     assert not np.any(np.asarray(short.converged))
+
+
+def test_persistent_cache_settings(tmp_path):
+    """AUTOHESS_CACHE_DIR moves JAX's persistent compilation cache, AUTOHESS_CACHE=0 turns it
+    off, a JAX_COMPILATION_CACHE_DIR set by the user wins (fresh interpreters: JAX reads these
+    once)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import autohess, jax; print(jax.config.values.get('jax_compilation_cache_dir'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("AUTOHESS_CACHE", "AUTOHESS_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def setting(**env):
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=root, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert setting(AUTOHESS_CACHE_DIR=str(tmp_path / "c")) == str(tmp_path / "c")
+    assert setting(AUTOHESS_CACHE="0", AUTOHESS_CACHE_DIR=str(tmp_path / "c")) in ("None", "")
+    assert setting(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"), AUTOHESS_CACHE_DIR=str(tmp_path / "c")) == str(tmp_path / "mine")
