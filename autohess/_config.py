@@ -10,6 +10,16 @@
   starts, so it only takes effect if autohess is imported before any JAX array is created.
   Set ``AUTOHESS_KEEP_ASYNC_DISPATCH=1`` to leave JAX's default alone.
 
+* Persistent compilation cache: a random-effects model's first fit compiles for seconds (the
+  Laplace marginal's exact Hessian differentiates through the inner solve). autohess points
+  ``jax_compilation_cache_dir`` at ``$AUTOHESS_CACHE_DIR`` (default
+  ``$XDG_CACHE_HOME/autohess/jax`` or ``~/.cache/autohess/jax``) and caches programs that took
+  >= 0.5 s to compile, so a second process reuses them: lme4's cbpp GLMM first fit + SEs in a
+  fresh process 10.4 s (6.8 s CPU) without, 2.5 s (1.7 s CPU) with a warm cache, on the loaded
+  2-core VM. JAX's cache is per process, so this applies to every JAX program in it.
+  ``AUTOHESS_CACHE=0`` turns it off; a cache directory you set yourself
+  (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left alone.
+
 Not changed, but worth knowing for batched work on CPUs: jaxlib's LAPACK kernels split a
 batched factorisation over XLA's intra-op thread pool and block until it is done, so two
 independent batched factorisations running at once can starve a small pool (2 cores) and
@@ -30,3 +40,15 @@ def apply() -> None:
     jax.config.update("jax_enable_x64", True)
     if os.environ.get("AUTOHESS_KEEP_ASYNC_DISPATCH", "") in ("", "0"):
         jax.config.update("jax_cpu_enable_async_dispatch", False)
+    _persistent_cache()
+
+
+def _persistent_cache() -> None:
+    if os.environ.get("AUTOHESS_CACHE", "1") == "0" or jax.config.values.get("jax_compilation_cache_dir"):
+        return
+    path = os.environ.get("AUTOHESS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "autohess", "jax"
+    )
+    jax.config.update("jax_compilation_cache_dir", path)
+    # programs under 0.5 s are cheaper to compile again than to read back and check
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -23,12 +23,22 @@ definite or a step does not raise ``j``, as TMB's inner Newton), compiled as one
 ``lax.while_loop``, started at ``u = 0`` (the random effects' mean) on every call, so ``L`` is a
 pure function of ``theta`` and the data: ``jit``/``vmap`` work on it as on any ``loglik``.
 
-Exact derivatives: Newton's map ``N(u) = u + (-H_uu)^{-1} g_u`` has zero derivative in ``u`` at
-its root, so ``u_2 = N(N(stop_gradient(u_hat)))`` has the exact first and second derivatives in
-``theta`` of ``u_hat(theta)`` (each step doubles the order that is exact); ``L`` evaluated at
-``u_2`` therefore has the exact gradient and Hessian (the ``log det`` term needs second
-derivatives of ``u_hat``, the ``j`` term only first, its ``u``-gradient being zero). JAX
-differentiates the two steps, including the third derivatives of ``j`` inside ``d log det``.
+Exact derivatives: the mode ``u_hat(theta)`` is a ``custom_jvp`` function whose tangent is
+the implicit function theorem's ``du = (-H_uu)^{-1} (d_theta g_u) dtheta`` at the converged
+mode (``_implicit``); the rule calls the function again for its own ``u``, so differentiating
+the rule gives the exact second derivative of ``u_hat`` too, and ``L`` evaluated at it has the
+exact gradient and Hessian (the ``log det`` term needs second derivatives of ``u_hat`` and the
+third and fourth derivatives of ``j``, which JAX differentiates). This replaced evaluating ``L``
+after two Newton steps from a ``stop_gradient`` of the mode (also exact, but a Hessian nested
+inside a Hessian): the same outer Hessians to 4e-16, compiled in ~30% less CPU time and run
+~30% faster.
+
+A third structure, **crossed**: several grouping factors (``Normal``/``MultivariateNormal``
+with ``groups``) where each observation depends on one level of each (checked at
+construction, ``check_crossed``): ``H_uu`` is assembled from per-observation ``m x m`` Hessians
+(``m`` the coefficients one observation sees) and the factor with most coefficients, whose
+part of ``H_uu`` is block-diagonal, is eliminated first (Schur complement), so only the other
+factors' coefficients meet a dense Cholesky. ``L`` is a scalar as on the dense path.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,9 +64,6 @@ MAX_DENSE = 5000
 #: inner Newton iterations before a group is declared not converged (a regular GLMM group
 #: converges in 4-8 from ``u = 0``; the damping may need ~20 more on a non-concave one)
 INNER_MAXITER = 100
-import os
-_FORWARD = os.environ.get("AH_FWD", "1") == "1"
-_CLOSED = os.environ.get("AH_CLOSED", "1") == "1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +145,15 @@ def dense_size(structure: Structure) -> int:
     return structure.q
 
 
-class _Crossed(tuple):
-    """``-H_uu`` of the crossed path as ``(A, B, C)``: ``A`` ``(G_e, q_e, q_e)`` the diagonal
-    blocks of the eliminated factor ``e`` (its levels never share an observation, so that part
-    is block-diagonal), ``B`` ``(G_e, q_e, Q_C)`` its coupling with the other ``Q_C``
-    coefficients, ``C`` ``(Q_C, Q_C)`` theirs (dense). A pytree (a tuple)."""
+class _Crossed(NamedTuple):
+    """``-H_uu`` of the crossed path: ``A`` ``(G_e, q_e, q_e)`` the diagonal blocks of the
+    eliminated factor ``e`` (its levels never share an observation, so that part is
+    block-diagonal), ``B`` ``(G_e, q_e, Q_C)`` its coupling with the other ``Q_C``
+    coefficients, ``C`` ``(Q_C, Q_C)`` theirs (dense)."""
+
+    A: jax.Array
+    B: jax.Array
+    C: jax.Array
 
 
 class Laplace:
@@ -177,7 +188,7 @@ class Laplace:
 
     def grad_u(self, u: jax.Array, params: dict, data: Any) -> jax.Array:
         """``g`` ``(G, q)``: the gradient of ``j`` in each level's coefficients."""
-        if self.structure.block_diagonal and _FORWARD:
+        if self.structure.block_diagonal:
             q = self.structure.q
             basis = jnp.broadcast_to(jnp.eye(q, dtype=u.dtype)[:, None, :], (q,) + u.shape)
             f = lambda v: self.joint(v, params, data)  # noqa: E731
@@ -194,7 +205,7 @@ class Laplace:
             g, K = self._crossed_derivatives(u, params, data)
             return g, -self._dense_from(K)
         basis = jnp.broadcast_to(jnp.eye(q, dtype=u.dtype)[:, None, :], (q,) + u.shape)
-        if self.structure.block_diagonal and _FORWARD:
+        if self.structure.block_diagonal:
             # forward mode only: level g's j depends on its own coefficients alone, so a tangent
             # with coefficient k of every level set to 1 gives each level's own derivative
             f = lambda v: self.joint(v, params, data)  # noqa: E731
@@ -292,7 +303,7 @@ class Laplace:
             else:
                 idx = off_c[k] + np.arange(b.n_levels)[:, None] * b.q + np.arange(b.q)[None, :]
                 C = C.at[idx[:, :, None], idx[:, None, :]].add(Hk)
-        return g.reshape(1, -1), _Crossed((-A, -B, -C))
+        return g.reshape(1, -1), _Crossed(-A, -B, -C)
 
     def _dense_from(self, K: Any) -> jax.Array:
         """``-H_uu`` as a dense ``(1, Q, Q)`` matrix from the crossed representation."""
@@ -412,10 +423,10 @@ def _logdet(A: jax.Array) -> jax.Array:
     form (what the outer Hessian differentiates twice: a Cholesky's derivative rules, nested,
     compile to far larger programs than ``a d - b^2``); NaN where ``A`` is not positive definite."""
     q = A.shape[-1]
-    if q == 1 and _CLOSED:
+    if q == 1:
         a = A[..., 0, 0]
         return jnp.where(a > 0, jnp.log(jnp.where(a > 0, a, 1.0)), jnp.nan)
-    if q == 2 and _CLOSED:
+    if q == 2:
         a, b, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 1]
         det = a * d - b * b
         ok = (a > 0) & (det > 0)
@@ -428,9 +439,9 @@ def _solve(A: jax.Array, b: jax.Array) -> jax.Array:
     """``A^{-1} b`` for symmetric positive-definite ``(..., q, q)`` blocks and ``(..., q)``
     right-hand sides; ``q <= 2`` in closed form (see ``_logdet``)."""
     q = A.shape[-1]
-    if q == 1 and _CLOSED:
+    if q == 1:
         return b / A[..., 0, :]
-    if q == 2 and _CLOSED:
+    if q == 2:
         a, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 1]
         det = a * d - c * c
         return jnp.stack([d * b[..., 0] - c * b[..., 1], a * b[..., 1] - c * b[..., 0]], axis=-1) / det[..., None]
@@ -441,7 +452,7 @@ def _solve(A: jax.Array, b: jax.Array) -> jax.Array:
 def _block_factor(K: jax.Array) -> tuple[jax.Array, Callable]:
     """``(logdet, solve)`` of positive-definite ``(G, q, q)`` blocks (one Cholesky, shared)."""
     q = K.shape[-1]
-    if q <= 2 and _CLOSED:
+    if q <= 2:
         return _logdet(K), lambda r: _solve(K, r)
     L = jnp.linalg.cholesky(K)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
@@ -467,7 +478,7 @@ def _crossed_factor(K: _Crossed, structure: Structure, shift: Optional[jax.Array
         A = A + shift[0] * jnp.eye(A.shape[-1], dtype=A.dtype)
         C = C + shift[0] * jnp.eye(C.shape[-1], dtype=C.dtype)
     GE, qe = A.shape[0], A.shape[-1]
-    if qe == 1 and _CLOSED:
+    if qe == 1:
         a = A[:, 0, 0]
         ld_a = jnp.where(a > 0, jnp.log(jnp.where(a > 0, a, 1.0)), jnp.nan)
         AinvB = B / a[:, None, None]
