@@ -695,6 +695,14 @@ def _levels(structure: Structure, bad: np.ndarray) -> str:
     return "the joint block of all random effects"
 
 
+def joint_at_zero(model: Any) -> Callable:
+    """Compiled ``(params, data) -> j(0, theta)`` per level: the joint log density at random
+    effects 0, where the inner maximisation starts."""
+    lap, s = model.laplace, model.laplace.structure
+    return model._jitted("joint0", lambda: jax.jit(
+        lambda p, d: lap.joint(jnp.zeros((s.n_levels, s.q), model.dtype), p, d)))
+
+
 def inner_failures(model: Any, params: Any) -> list[tuple[str, str]]:
     """``[(kind, sentence)]`` for each way the inner maximisation fails at ``params``: the
     conditional log-likelihood not finite at the start ``u = 0``, no convergence, or ``-H_uu``
@@ -704,8 +712,7 @@ def inner_failures(model: Any, params: Any) -> list[tuple[str, str]]:
     s = lap.structure
     names = ", ".join(repr(b.name) for b in s.blocks)
     res = model._jitted("inner", lambda: jax.jit(lap.inner))(params, model.data)
-    j0 = np.asarray(model._jitted("joint0", lambda: jax.jit(
-        lambda p, d: lap.joint(jnp.zeros((s.n_levels, s.q), model.dtype), p, d)))(params, model.data))
+    j0 = np.asarray(joint_at_zero(model)(params, model.data))
     out = []
     start_bad = ~np.isfinite(j0)
     if start_bad.any():
