@@ -284,10 +284,16 @@ def _objective_scale(model: Model, flat: jax.Array, data: Any, weights: Any) -> 
     (Poisson at a coefficient of 50: 5e21, 1 at the optimum) does not loosen the tests at the
     optimum; its trust region starts in the rescaled geometry (wider), which the region's
     ratio test adapts within a few steps. Measured at the start, not along the solve: a
-    separated logistic's objective tends to 0 and must keep its unit.
+    separated logistic's objective tends to 0 and must keep its unit. A total log-likelihood
+    (``per_observation=False``) keeps ``U = 1``.
     """
     contrib = jnp.abs(model._loglik(model.spec.unflatten(flat), data))
-    if weights is None or contrib.ndim == 0:
+    if contrib.ndim == 0:
+        # a total log-likelihood (per_observation=False, e.g. least squares' -(n/2) log RSS):
+        # no contributions to take a typical size from, and the total grows with N and can
+        # cross 0 at any start; solved on its own scale as before
+        return jnp.ones((), contrib.dtype)
+    if weights is None:
         m = jnp.mean(contrib)
     else:
         m = jnp.sum(weights * contrib) / jnp.sum(weights)
