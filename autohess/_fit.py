@@ -262,9 +262,10 @@ def _weight_unit(weights: Any) -> Any:
 
 #: mean |log-likelihood contribution| per unit weight, at the start, inside which the
 #: objective is taken to be a log-likelihood on its own scale (a "1" of it is one unit of
-#: log-likelihood): the zoo's models at their default starts give 0.02-30 (logistic 0.69);
-#: poor starts (a Poisson coefficient of 50) reach 1e21 and are harmless, see
-#: ``_objective_scale``. Inside the band nothing is rescaled, so ordinary fits are unchanged.
+#: log-likelihood): a logistic model gives 0.69 at its default start (beta = 0), a tiny or
+#: separated data set the same; poor starts (a Poisson coefficient of 50: 5e21) are harmless
+#: above it, see ``_objective_scale``. Inside the band nothing is rescaled, so ordinary fits
+#: are bit-for-bit unchanged.
 SCALE_BAND = (1e-3, 1e3)
 
 
@@ -304,7 +305,8 @@ def _objective_scale(model: Model, flat: jax.Array, data: Any, weights: Any) -> 
 
 def _solver_unit(scale: Any) -> Any:
     """The solver's ``unit`` (``trust_region_newton``) for an objective divided by ``scale``:
-    ``min(1, scale)`` in the objective's units (see ``_objective_scale``)."""
+    ``min(1, 1/scale)`` of the rescaled objective, i.e. ``min(scale, 1)`` of the objective's
+    own units (see ``_objective_scale``)."""
     return jnp.minimum(1.0, 1.0 / scale)
 
 
