@@ -471,7 +471,10 @@ def trust_region_newton(
         # without the polishing steps the rounding-floor test needs. Only for a Hessian that is
         # clearly nonsingular (scaled condition below ~1e12); otherwise the floor test decides
         # between CONVERGED and SINGULAR as before.
-        marginal = 1.0 / jnp.maximum(new_scale, jnp.finfo(dtype).tiny)
+        # (a marginal SD per ``unit`` of the objective: for a rescaled objective, per unit of
+        # the caller's log-likelihood; 1/sqrt(H_ii) of an objective divided by a poor start's
+        # 1e75 was 1e36 "SDs", and the test passed at once, 60 units from the optimum)
+        marginal = jnp.sqrt(unit) / jnp.maximum(new_scale, jnp.finfo(dtype).tiny)
         resolved = (
             ok1 & pd & (pivot > 1e-12) & jnp.all(jnp.abs(newton) <= XTOL * (jnp.abs(x) + marginal))
         )
