@@ -38,7 +38,7 @@ from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import (
     FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _status_on_face, _unconstrained,
-    _max_steps, _unscale, _weight_unit,
+    _max_steps, _objective_scale, _solver_unit, _unscale, _weight_unit,
     _value_grad_hess_fn,
 )
 from ._model import Model, describe_support_failure
@@ -95,6 +95,12 @@ class BatchResult:
     #: ``bic`` and ``df_resid`` of a member use the likelihood that member maximised
     weights: Any = None
     data: Any = None
+    #: a bootstrap's fits: ``(B, 2)`` raw key data of each replicate, and ``replicate``, the
+    #: function of one key that redraws that replicate's ``(data or None, weights or None)``
+    #: exactly as the run drew it (resampling counts, a simulated or block-resampled data set):
+    #: ``member(i)`` carries them, at ``N`` numbers per member instead of ``B x N`` kept
+    replicate_keys: Any = None
+    replicate: Optional[Callable] = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -171,14 +177,22 @@ class BatchResult:
         take = lambda a: a[i]  # noqa: E731
         refused = self.input_problems[i] is not None
         model = self.model
+        weights = None if self.weights is None else self.weights[i]
         if self.data is not None and not refused:
             model = self.model.with_data(jax.tree_util.tree_map(lambda a: np.asarray(a[i]), self.data))
+        if self.replicate_keys is not None:
+            # a bootstrap replicate is a fit to resampled data: the counts as its weights (the
+            # template's unweighted data gave df_resid N - p for any draw and a profile of
+            # another likelihood than the one the replicate maximised), or its own data set
+            data, weights = self.replicate(self.replicate_keys[i])
+            if data is not None:
+                model = self.model.with_data(jax.tree_util.tree_map(np.asarray, data))
         return FitResult(
             params_flat=self.params_flat[i], cov=self.cov[i], llf=self.llf[i], gradient=self.gradient[i],
             hessian_matrix=self.hessian_matrix[i], status_code=self.status_code[i],
             iterations=self.iterations[i], diagnostics_data=jax.tree_util.tree_map(take, self.diagnostics_data),
             model=model, cov_type=self.cov_type, method="trust-region",
-            weights=None if self.weights is None else self.weights[i],
+            weights=weights,
             status_note=self.status[i] if refused else "",
         )
 
@@ -196,10 +210,10 @@ class BatchResult:
 
 _DATA_FIELDS = [
     "params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data",
-    "other_cov", "input_code", "weights", "data",
+    "other_cov", "input_code", "weights", "data", "replicate_keys",
 ]
 jax.tree_util.register_dataclass(
-    BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types", "input_messages"]
+    BatchResult, data_fields=_DATA_FIELDS, meta_fields=["model", "cov_type", "cov_types", "input_messages", "replicate"]
 )
 
 
@@ -219,19 +233,22 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
     need_scores = any(c != "hessian" for c in cov_types)
 
     def one(params, data, weights):
-        f = _unconstrained(model, data, weights)
-        u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, max_step=_max_steps(spec))
-        status, escape = _escape_status(spec, model.dtype, f, res)
+        flat0 = spec.flatten(params, model.dtype)
+        scale = _objective_scale(model, flat0, data, weights)  # as ``fit``: see there
+        f = _unconstrained(model, data, weights, scale)
+        u0 = spec.to_unconstrained(flat0)
+        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, max_step=_max_steps(spec),
+                                  unit=_solver_unit(scale))
+        status, escape = _escape_status(spec, model.dtype, f, res, _solver_unit(scale))
         x, value, grad, hess, _ = _natural_derivatives(
-            spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess))
+            spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess, scale))
         scores = None
         if need_scores:
             contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
             scores = jax.jacfwd(contrib)(x)
         covs, diag = _covariance_and_diagnostics(
             x, value, grad, hess, lower, upper, scores, weights, None, escape,
-            cov_types=tuple(cov_types), n_groups=None, df_correction=None,
+            cov_types=tuple(cov_types), n_groups=None, df_correction=None, scale=scale,
         )
         status = _status_on_face(status, diag)  # as in ``fit``
         # a member whose likelihood is not finite ends with NaNs; its status must say so

@@ -820,6 +820,18 @@ def bootstrap(
         batch_size=batch_size, progress=progress, label="bootstrap", shard=shard,
     )
     fits = result_from_outputs(model, cov_types, out)
+
+    def replicate(k):
+        # replicate k's data set, redrawn from its key as ``member`` drew it (``fits.member``)
+        if kind == "nonparametric" and total is not None:
+            return None, _weighted_multinomial_weights(k, jnp.asarray(res.weights), total)
+        if kind == "nonparametric":
+            return None, _multinomial_weights(k, nobs, dtype)
+        if kind == "parametric":
+            return simulated(model, k, res.params, model.data), None
+        return _block_resample(k, model.data, nobs, jnp.asarray(block_length, jnp.int32)), None
+
+    fits = dataclasses.replace(fits, replicate_keys=raw, replicate=jax.jit(replicate))
     message = no_spread_message(np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)], f"{kind} bootstrap")
     if message is not None:
         raise ValueError(message)

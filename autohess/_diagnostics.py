@@ -118,6 +118,7 @@ def no_escape(x: jax.Array) -> Escape:
 def escape_info(
     fun: Callable, u: jax.Array, grad_u: jax.Array, hess_u: jax.Array, value: jax.Array,
     lower: jax.Array, upper: jax.Array, ridge: jax.Array | bool = False, ridge_step: jax.Array | None = None,
+    unit: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, Escape]:
     """``escape_test`` on the solver's unconstrained scale, read per parameter.
 
@@ -131,9 +132,9 @@ def escape_info(
     negligible gain) is the same finding from the solve's history; it also holds where the
     last Hessian is singular to rounding or mixes a decaying and a constant part (quasi-complete
     separation), which the one-step curvature test can miss. ``ridge_step`` is then the
-    direction.
+    direction. ``unit``: as for ``_solver.trust_region_newton`` (``fun``'s resolution near 0).
     """
-    escaping, ratio, d = escape_test(fun, u, grad_u, hess_u, value)
+    escaping, ratio, d = escape_test(fun, u, grad_u, hess_u, value, unit)
     if ridge_step is not None:
         d = jnp.where(ridge & ~escaping, ridge_step, d)
     escaping = escaping | ridge
@@ -170,9 +171,11 @@ def compute_diagnostics(
     """Diagnostics at natural-scale parameters ``x`` with domain bounds ``lower``/``upper``
     (``-inf``/``inf`` where unbounded); ``escape`` from ``escape_info`` where the solver
     measured it; ``value`` the objective (negative log-likelihood) there, which sets the
-    rounding level of the curvatures, ``unit`` the objective's unit (the mean frequency weight:
-    ``unit + |value|`` instead of ``1 + |value|``, so that weights ``c w`` and ``w`` are judged
-    alike; with every weight 1e-100 each curvature read as rounding)."""
+    rounding level of the curvatures, ``unit`` the objective's unit (the mean frequency weight
+    times ``min(1, objective scale)``, ``_fit._objective_scale``: ``unit + |value|`` instead of
+    ``1 + |value|``, so that weights ``c w`` and ``w``, and a log-likelihood times ``c``, are
+    judged alike; with every weight 1e-100, or ``1e-100 * loglik``, each curvature read as
+    rounding and every parameter as one the log-likelihood "does not depend on")."""
     if escape is None:
         escape = no_escape(x)
     diag = jnp.diag(hess)

@@ -278,17 +278,73 @@ def _weight_unit(weights: Any) -> Any:
     return jnp.mean(weights)
 
 
-def _unconstrained(model: Model, data: Any, weights: Any) -> Callable:
+#: mean |log-likelihood contribution| per unit weight, at the start, inside which the
+#: objective is taken to be a log-likelihood on its own scale (a "1" of it is one unit of
+#: log-likelihood): a logistic model gives 0.69 at its default start (beta = 0), a tiny or
+#: separated data set the same; poor starts (a Poisson coefficient of 50: 5e21) are harmless
+#: above it, see ``_objective_scale``. Inside the band nothing is rescaled, so ordinary fits
+#: are bit-for-bit unchanged.
+SCALE_BAND = (1e-3, 1e3)
+
+
+def _objective_scale(model: Model, flat: jax.Array, data: Any, weights: Any) -> jax.Array:
+    """The objective's own scale ``U``, measured at natural-scale parameters ``flat``: the mean
+    ``|contribution|`` per unit weight where that lies outside ``SCALE_BAND``, else 1.
+
+    The solver's and the diagnostics' tests compare gains and curvatures with ``1 + |f|``,
+    the ``1`` standing for the objective's resolution where ``f`` is near 0 (a perfect fit,
+    a tiny data set). That ``1`` is a log-likelihood unit: a user's ``1e-100 * loglik`` has
+    every gain below it, so the fit stopped at its start and every parameter was called flat;
+    ``1e100 * loglik`` made the trust region (sized in units of sqrt(f)) 1e-50 wide at the start
+    and the solve crawled (37 iterations instead of 6). Dividing by ``U`` makes both the
+    unscaled problem. The tests' ``1`` then becomes ``min(1, U)`` in the caller's units
+    (``_solver_unit``): for ``U < 1`` the rescaled objective's own unit; for ``U > 1`` the
+    plain ``1`` as before, so a start whose contributions are huge only because it is poor
+    (Poisson at a coefficient of 50: 5e21, 1 at the optimum) does not loosen the tests at the
+    optimum; its trust region starts in the rescaled geometry (wider), which the region's
+    ratio test adapts within a few steps. Measured at the start, not along the solve: a
+    separated logistic's objective tends to 0 and must keep its unit. A total log-likelihood
+    (``per_observation=False``) keeps ``U = 1``.
+    """
+    contrib = jnp.abs(model._loglik(model.spec.unflatten(flat), data))
+    if contrib.ndim == 0:
+        # a total log-likelihood (per_observation=False, e.g. least squares' -(n/2) log RSS):
+        # no contributions to take a typical size from, and the total grows with N and can
+        # cross 0 at any start; solved on its own scale as before
+        return jnp.ones((), contrib.dtype)
+    if weights is None:
+        m = jnp.mean(contrib)
+    else:
+        m = jnp.sum(weights * contrib) / jnp.sum(weights)
+    lo, hi = SCALE_BAND
+    rescale = jnp.isfinite(m) & (m > 0) & ((m < lo) | (m > hi))
+    return jnp.where(rescale, m, jnp.ones_like(m))
+
+
+def _solver_unit(scale: Any) -> Any:
+    """The solver's ``unit`` (``trust_region_newton``) for an objective divided by ``scale``:
+    ``min(1, 1/scale)`` of the rescaled objective, i.e. ``min(scale, 1)`` of the objective's
+    own units (see ``_objective_scale``)."""
+    return jnp.minimum(1.0, 1.0 / scale)
+
+
+def _unconstrained(model: Model, data: Any, weights: Any, scale: Any = None) -> Callable:
     """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights,
-    divided by the mean weight (``_weight_unit``): multiply the solver's value, gradient and
-    Hessian by it to get the objective's own."""
+    divided by the mean weight (``_weight_unit``) and by ``scale`` (``_objective_scale``):
+    multiply the solver's value, gradient and Hessian by both to get the objective's own."""
     if weights is not None:
         weights = weights / _weight_unit(weights)
-    return functools.partial(_objective(model, "unconstrained"), data=data, w=weights)
+    f = functools.partial(_objective(model, "unconstrained"), data=data, w=weights)
+    if scale is None:
+        return f
+    return lambda u: f(u) / scale
 
 
-def _unscale(unit: Any, value, grad, hess):
-    """The solver's (mean-weight-normalised) value, gradient and Hessian in the objective's units."""
+def _unscale(unit: Any, value, grad, hess, scale: Any = None):
+    """The solver's (mean-weight- and ``scale``-normalised) value, gradient and Hessian in the
+    objective's units."""
+    if scale is not None:
+        unit = scale if unit is None else unit * scale
     if unit is None:
         return value, grad, hess
     return value * unit, grad * unit, hess * unit
@@ -302,8 +358,11 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
 
     def solve(params, data, weights):
         model.trace_counts["fit"] += 1
-        u0 = spec.to_unconstrained(spec.flatten(params, model.dtype))
-        f = _unconstrained(model, data, weights)
+        flat0 = spec.flatten(params, model.dtype)
+        u0 = spec.to_unconstrained(flat0)
+        scale = _objective_scale(model, flat0, data, weights)
+        unit = _solver_unit(scale)
+        f = _unconstrained(model, data, weights, scale)
         if method in ("trust-region", "gauss-newton"):
             iterations = 0
             if method == "gauss-newton":
@@ -311,14 +370,16 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
                 lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
                 u0, iterations = lm.x, lm.iterations
-            res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
+            res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol, max_step=cap,
+                                      unit=unit)
             x, value, grad, hess, ok = _natural_derivatives(
-                spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess))
-            return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res
+                spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess, scale))
+            return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res, scale
         # one exact Hessian at the start, as a change of variables (``lbfgs_preconditioner``)
         _, _, h0 = _value_grad_hess_fn(f, mode)(u0)
-        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter, precondition=lbfgs_preconditioner(h0))
-        return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None
+        u, _, iterations, status = lbfgs(jax.value_and_grad(f), u0, maxiter=maxiter, precondition=lbfgs_preconditioner(h0),
+                                         unit=unit)
+        return spec.to_natural(u), iterations, status, None, jnp.zeros((), bool), None, scale
 
     return jax.jit(solve)
 
@@ -337,16 +398,16 @@ def _escape_program(model: Model, at_point: bool = False) -> Callable:
     scale at ``x``)."""
     spec = model.spec
 
-    def run(res, data, weights):
-        return _escape_status(spec, model.dtype, _unconstrained(model, data, weights), res)
+    def run(res, data, weights, scale):
+        return _escape_status(spec, model.dtype, _unconstrained(model, data, weights, scale), res, _solver_unit(scale))
 
-    def run_at_point(x, status, data, weights):
-        f = _unconstrained(model, data, weights)
+    def run_at_point(x, status, data, weights, scale):
+        f = _unconstrained(model, data, weights, scale)
         u = spec.to_unconstrained(x)
         value, grad, hess = _value_grad_hess_fn(f, model.hessian_mode)(u)
         res = SolverResult(u, value, grad, hess, jnp.zeros((), jnp.int32), status, jnp.zeros((), bool),
                            jnp.zeros((), bool), jnp.zeros_like(u), jnp.zeros_like(u), jnp.zeros(u.shape, bool))
-        return _escape_status(spec, model.dtype, f, res)
+        return _escape_status(spec, model.dtype, f, res, _solver_unit(scale))
 
     return jax.jit(run_at_point if at_point else run)
 
@@ -356,11 +417,11 @@ def _escape_program(model: Model, at_point: bool = False) -> Callable:
 _ESCAPE_CANDIDATES = (Status.CONVERGED, Status.STALLED, Status.MAX_ITERATIONS, Status.SINGULAR)
 
 
-def _escape_status(spec, dtype, f: Callable, res) -> tuple[jax.Array, Escape]:
+def _escape_status(spec, dtype, f: Callable, res, unit: Any = 1.0) -> tuple[jax.Array, Escape]:
     """The solver's status, ``UNBOUNDED`` where ``escape_info`` finds no finite maximum."""
     lower, upper = (jnp.asarray(b, dtype) for b in spec.bounds())  # numpy: no cached tracers
     to_infinity, escape = escape_info(
-        f, res.x, res.grad, res.hess, res.value, lower, upper, res.ridge, res.ridge_step
+        f, res.x, res.grad, res.hess, res.value, lower, upper, res.ridge, res.ridge_step, unit
     )
     candidate = jnp.any(jnp.asarray(_ESCAPE_CANDIDATES) == res.status) & ~res.resolved
     escape = escape._replace(unbounded=escape.unbounded & candidate, to_bound=escape.to_bound & candidate)
@@ -455,16 +516,19 @@ def _inference_program(model: Model, what: str) -> Callable:
             return scores_at(x, data)
         f = lambda t: model.negloglik_flat(t, data, weights)  # noqa: E731
         value, grad, hess = _value_grad_hess_fn(f, mode)(x)
-        return value, grad, hess, (scores_at(x, data) if what == "all" else None)
+        # the objective's scale where no solve measured it (``evaluate``): at these parameters
+        scale = _objective_scale(model, x, data, weights)
+        return value, grad, hess, (scores_at(x, data) if what == "all" else None), scale
 
     return jax.jit(run)
 
 
 @functools.partial(jax.jit, static_argnames=("cov_types", "n_groups", "df_correction"))
-def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction):
+def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction, scale=1.0):
     """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``value``:
-    the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``."""
-    unit = 1.0 if weights is None else _weight_unit(weights)
+    the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``;
+    ``scale``: the objective's scale (``_objective_scale``; its ``1`` is ``min(1, scale)``)."""
+    unit = (1.0 if weights is None else _weight_unit(weights)) * jnp.minimum(1.0, scale)
     diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value, unit)
     # the scale of the diagnostics' unit-diagonal Hessian (1 for a parameter without curvature
     # of its own: its rounding-level sqrt(H_ii) once made rounding-level terms of the flat
@@ -566,7 +630,8 @@ def _check_df_correction(model: Model, weights: Any, cov_type: str, df_correctio
             )
 
 
-def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None, escape=None):
+def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None, escape=None,
+           scale=None):
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
     gauss_newton = cov_type == "gauss-newton"
@@ -605,7 +670,8 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
     else:
         what = "all" if with_scores else "hessian"
         program = model._jitted(("inference", what), lambda: _inference_program(model, what))
-        value, grad, hess, scores = program(x, model.data, weights)
+        value, grad, hess, scores, measured = program(x, model.data, weights)
+        scale = measured if scale is None else scale
     if gauss_newton:
         from ._least_squares import gauss_newton_covariance
 
@@ -613,7 +679,7 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
     lower, upper = model.spec.bounds_arrays(model.dtype)
     (cov,), diag = _covariance_and_diagnostics(
         x, value, grad, hess, lower, upper, scores, weights, group_codes, escape,
-        cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction,
+        cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction, scale=scale,
     )
     result = FitResult(
         params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
@@ -691,17 +757,17 @@ def fit(
         model.spec.check_domain(params, "start")
     w = _model_weights(model, weights)
     program = model._jitted(("fit", method, int(maxiter), rtol), lambda: _solve_program(model, method, int(maxiter), rtol))
-    x, iterations, status, known, ok, solved = program(params, model.data, w)
+    x, iterations, status, known, ok, solved, scale = program(params, model.data, w)
     if known is not None and not bool(ok):
         known = None
     escape = None
     if int(status) in _ESCAPE_CANDIDATES + (Status.UNBOUNDED,):
         if solved is not None and not bool(solved.resolved):
             check = model._jitted(("escape",), lambda: _escape_program(model))
-            status, escape = check(solved, model.data, w)
+            status, escape = check(solved, model.data, w, scale)
         elif solved is None:  # L-BFGS: no solver Hessian; form it at the end point
             check = model._jitted(("escape", "at point"), lambda: _escape_program(model, at_point=True))
-            status, escape = check(x, status, model.data, w)
+            status, escape = check(x, status, model.data, w, scale)
     code = int(status)
     if code == Status.NONFINITE and int(iterations) == 0:
         model._check_finite_at(params, "starting values")  # raises, naming the observations
@@ -711,7 +777,8 @@ def fit(
         _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
     if code != Status.CONVERGED and hasattr(model, "residual_fn"):
         _refuse_exact_fit(model, params, x)
-    result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape)
+    result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape,
+                    scale)
     if code == Status.CONVERGED and not bool(result.diagnostics_data.flagged):
         pass  # the common case: nothing below applies (one host read)
     elif np.isfinite(np.asarray(result.llf)) and not np.isfinite(np.asarray(result.hessian_matrix)).all():

@@ -29,7 +29,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import check_maxiter, run_members
-from ._fit import FitResult, _max_steps, _value_grad_hess_fn
+from ._fit import FitResult, _max_steps, _objective_scale, _solver_unit, _value_grad_hess_fn, _weight_unit
 from ._report import InferenceWarning
 from ._solver import Status, trust_region_newton
 
@@ -126,16 +126,20 @@ def _member(model, j: int, maxiter: int):
         def full(free):
             return jnp.concatenate([free[:j], u_j[None], free[j:]])
 
+        # solved as ``fit`` solves (``_fit._objective_scale``): weights divided by their mean, the
+        # objective by its scale; the refits' tests were not scale-free (weights 1e-100: every
+        # refit stopped at its start, a profile of the start's nuisance values)
         def f(free):
-            return model.negloglik_flat(spec.to_natural(full(free)), s["data"], s["weights"])
+            return model.negloglik_flat(spec.to_natural(full(free)), s["data"], s["weights"]) / s["scale"]
 
         if p == 1:
-            value = f(free0)
+            value = f(free0) * s["unit"]
             status = jnp.where(jnp.isfinite(value), Status.CONVERGED, Status.NONFINITE)
             return spec.to_natural(full(free0)), -value, jnp.asarray(status, jnp.int32)
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), free0, maxiter=maxiter, max_step=cap)
+        res = trust_region_newton(_value_grad_hess_fn(f, mode), free0, maxiter=maxiter, max_step=cap,
+                                  unit=_solver_unit(s["scale"]))
         status = jnp.where(jnp.isfinite(res.value), res.status, Status.NONFINITE)
-        return spec.to_natural(full(res.x)), -res.value, jnp.asarray(status, jnp.int32)
+        return spec.to_natural(full(res.x)), -res.value * s["unit"], jnp.asarray(status, jnp.int32)
 
     return one
 
@@ -198,7 +202,15 @@ def profile(
 
     one = _member(model, j, maxiter)
     # the fit's frequency weights: the profile is of the same (weighted) likelihood
-    shared = {"u_hat": jnp.asarray(u_hat, model.dtype), "data": model.data, "weights": res.weights}
+    # (the objective's scale measured as a fit from the model's initial values measures it)
+    weights = res.weights
+    scale = _objective_scale(model, spec.flatten(model.init_params, model.dtype), model.data, weights)
+    w_unit = 1.0 if weights is None else _weight_unit(weights)
+    shared = {
+        "u_hat": jnp.asarray(u_hat, model.dtype), "data": model.data,
+        "weights": None if weights is None else weights / w_unit,
+        "scale": jnp.asarray(scale, model.dtype), "unit": jnp.asarray(w_unit * scale, model.dtype),
+    }
     n_grid = int(n_grid)
     seen: dict[float, tuple] = {}
 

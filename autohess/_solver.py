@@ -86,7 +86,7 @@ _MESSAGES = {
     "category with only zero counts, a variance collapsing onto one observation); the estimates are "
     "arbitrary points on that path, see the diagnostics",
     Status.APPROXIMATE: "not converged: stopped early by rtol at an approximate optimum (the "
-    "remaining gain g' H^-1 g / 2 fell below rtol * (1 + |llf|)); the estimates are not the maximum "
+    "remaining gain g' H^-1 g / 2 fell below rtol * (1 + |llf|), 1 in the log-likelihood's own unit); the estimates are not the maximum "
     "likelihood estimates; lower rtol or leave it at its default (None) for the optimum",
 }
 
@@ -227,7 +227,8 @@ def _pseudo_newton_step(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, ja
 
 
 def escape_test(
-    fun: Callable[[jax.Array], jax.Array], x: jax.Array, grad: jax.Array, hess: jax.Array, value: jax.Array
+    fun: Callable[[jax.Array], jax.Array], x: jax.Array, grad: jax.Array, hess: jax.Array, value: jax.Array,
+    unit: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Is ``x`` a finite minimum, or a point on a ridge that keeps descending towards infinity?
 
@@ -236,7 +237,7 @@ def escape_test(
     (complete separation: ``f ~ exp(-t)``), the objective, its gradient and its curvature all
     decay together, the Newton step stays of unit size however long the solver runs, and
     ``c(1) / c(0) ~ exp(-1)``: the quadratic model never becomes valid. Flagged when the
-    remaining gain ``g' H^-1 g / 2`` is negligible (below ``RIDGE_GAIN (1 + |f|)``: the
+    remaining gain ``g' H^-1 g / 2`` is negligible (below ``RIDGE_GAIN (unit + |f|)``: the
     Newton step is then a small fraction of a standard error, over which a regular likelihood's
     curvature hardly changes, so a slowly converging fit is not mistaken for it) and the ratio is below
     ``ESCAPE_RATIO``. Costs one forward-over-forward directional derivative.
@@ -267,7 +268,7 @@ def escape_test(
     d_scaled = d * jnp.sqrt(jnp.abs(jnp.diag(hess)))
     resolved = c0 > ESCAPE_MIN_CURVATURE * jnp.dot(d_scaled, d_scaled)
     ratio = jnp.where(pd & resolved, c1 / jnp.where(c0 > 0, c0, 1.0), jnp.nan)
-    negligible = 0.5 * dec <= RIDGE_GAIN * (1.0 + jnp.abs(value))
+    negligible = 0.5 * dec <= RIDGE_GAIN * (unit + jnp.abs(value))
     escaping = pd & resolved & negligible & (ratio < ESCAPE_RATIO)
     return escaping, ratio, d
 
@@ -323,6 +324,7 @@ def trust_region_newton(
     maxiter: int = 200,
     rtol: float | None = None,
     max_step: jax.Array | None = None,
+    unit: jax.Array | float = 1.0,
 ) -> SolverResult:
     """Minimise with exact Newton steps inside a trust region, to machine precision.
 
@@ -343,6 +345,11 @@ def trust_region_newton(
             carrying one such coordinate ``EDGE_TRAVEL`` units in one direction while some
             curvature grew ``EDGE_CURVATURE_GROWTH``-fold, stop the solve with status
             ``UNBOUNDED``: the objective falls without bound along that path (``edge_step``).
+        unit: the ``1`` of every ``1 + |value|`` below (the objective's resolution where it is
+            near 0), in ``fun``'s units: 1 for a log-likelihood on its own scale; the caller's
+            objective scale where it has divided ``fun`` by one (``_fit._objective_scale``:
+            ``1e-100 * loglik`` solved as ``loglik``, its tests as ``1e-100 (1 + |loglik|)``
+            would be, so the fit neither stops at the start nor crawls).
 
     Returns:
         ``SolverResult``; ``status`` is a ``Status`` code.
@@ -376,7 +383,7 @@ def trust_region_newton(
     def early(value, dec, pd):
         if rtol is None:
             return jnp.zeros((), bool)
-        return pd & (0.5 * dec <= rtol * (1.0 + jnp.abs(value)))
+        return pd & (0.5 * dec <= rtol * (unit + jnp.abs(value)))
 
     # ``fun`` appears once in the loop body and nowhere else, so it is compiled once: the first
     # pass evaluates the starting point (a zero "step" that is accepted unconditionally).
@@ -412,7 +419,7 @@ def trust_region_newton(
         ok1 = finite(v1, g1, h1)
         m_new = gradient_measure(g1, h1)
         rho = jnp.where(ok1 & (s.predicted > 0), (s.value - v1) / s.predicted, -jnp.inf)
-        near = jnp.abs(s.predicted) <= 1e3 * eps * (1.0 + jnp.abs(s.value))
+        near = jnp.abs(s.predicted) <= 1e3 * eps * (unit + jnp.abs(s.value))
         # Near the optimum Newton's method converges quadratically; a step that cuts the
         # gradient measure by less than 10x is crawling (e.g. a variance creeping towards its
         # bound at 0), and further steps would only spend iterations: treat it as the floor.
@@ -429,7 +436,7 @@ def trust_region_newton(
         # so one marginal SD is 1e-22): the trial says nothing, and shrinking the region further
         # would stall. Widen it. (Near an optimum the gradient measure is at rounding level.)
         blind = (~first & (znorm >= 0.99 * s.radius) & near
-                 & (s.decrement > 1e-6 * (1.0 + jnp.abs(s.value))))
+                 & (s.decrement > 1e-6 * (unit + jnp.abs(s.value))))
         radius = jnp.where(
             blind,
             1e4 * s.radius,
@@ -452,7 +459,7 @@ def trust_region_newton(
         D = jnp.where(first, jnp.maximum(new_scale, jnp.sqrt(eps)), jnp.maximum(s.scale, new_scale))
         D = jnp.where(jnp.isfinite(D), D, s.scale)
         it = s.iterations + 1
-        resolution = 1.0 + jnp.abs(value)
+        resolution = unit + jnp.abs(value)
         # Rounding floor: near the optimum and no step lowers the gradient measure, or the
         # region has shrunk below the resolution of x.
         floor = ~first & ~blind & (
@@ -464,7 +471,10 @@ def trust_region_newton(
         # without the polishing steps the rounding-floor test needs. Only for a Hessian that is
         # clearly nonsingular (scaled condition below ~1e12); otherwise the floor test decides
         # between CONVERGED and SINGULAR as before.
-        marginal = 1.0 / jnp.maximum(new_scale, jnp.finfo(dtype).tiny)
+        # (a marginal SD per ``unit`` of the objective: for a rescaled objective, per unit of
+        # the caller's log-likelihood; 1/sqrt(H_ii) of an objective divided by a poor start's
+        # 1e75 was 1e36 "SDs", and the test passed at once, 60 units from the optimum)
+        marginal = jnp.sqrt(unit) / jnp.maximum(new_scale, jnp.finfo(dtype).tiny)
         resolved = (
             ok1 & pd & (pivot > 1e-12) & jnp.all(jnp.abs(newton) <= XTOL * (jnp.abs(x) + marginal))
         )
@@ -615,13 +625,15 @@ def lbfgs(
     gtol: float | None = None,
     memory_size: int = 10,
     precondition: jax.Array | None = None,
+    unit: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """L-BFGS (``optax.lbfgs`` with a zoom line search) in one ``lax.while_loop``.
 
     ``precondition``: a ``p x p`` matrix ``P`` (``lbfgs_preconditioner`` of the Hessian at
     ``x0``); L-BFGS then runs on ``z`` with ``x = x0 + P z``, and the gradient it sees and
     tests is ``P' grad``: per standard error where ``P' H P = I``, a unit-free test.
-    Stops when ``max|P' grad| <= gtol * (1 + |value|)`` (default ``gtol``: ``sqrt(eps)``, about
+    Stops when ``max|P' grad| <= gtol * (unit + |value|)`` (``unit`` as in
+    ``trust_region_newton``; default ``gtol``: ``sqrt(eps)``, about
     1.5e-8) or after ``maxiter`` iterations. Returns ``(x, value, iterations, status)``; the
     caller evaluates the exact Hessian at ``x`` for inference and the final optimality test.
     """
@@ -637,7 +649,7 @@ def lbfgs(
     fun = lambda z: value_and_grad_z(z)[0]  # noqa: E731
 
     def small(value, grad):
-        return jnp.max(jnp.abs(grad)) <= gtol * (1.0 + jnp.abs(value))
+        return jnp.max(jnp.abs(grad)) <= gtol * (unit + jnp.abs(value))
 
     z0 = jnp.zeros_like(x0)
     v0, g0 = value_and_grad_z(z0)

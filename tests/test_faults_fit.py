@@ -121,6 +121,75 @@ def test_weight_scale_does_not_change_the_optimum(logit, scale):
     np.testing.assert_allclose(res.bse_flat, full.bse_flat / np.sqrt(scale), rtol=1e-8)
 
 
+def _scaled_logistic(m, c):
+    """The logistic model's likelihood times ``c`` (no weights): a user's rescaled objective."""
+    from autohess.models._glm import logistic_loglik
+
+    return ah.Model(lambda p, d: c * logistic_loglik(p, d), dict(m.data), {"beta": np.zeros(2)}, name=f"{c:g} x logistic")
+
+
+@pytest.mark.parametrize("c", [1e-100, 1e100])
+def test_scaled_loglik_fits_like_the_unscaled_one(logit, c):
+    # found: 1e-100 * loglik stopped at the start, SINGULAR, "[flat] ... does not depend on
+    # beta[0], beta[1]"; 1e100 * loglik took 37 iterations (6 unscaled)
+    m, full = logit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ah.InferenceWarning)  # no flat / not-converged finding
+        res = ah.fit(_scaled_logistic(m, c))
+    assert res.converged, res.status
+    # reference: the unscaled fit (c * l has the same maximiser: closed form). Both solves end
+    # at a Newton step below 1e-12 relative; 1e-8 leaves room for the rounding of c * l_i
+    # (each term rounded once, 1e-16 relative) and a last step taken or not (measured 6e-16)
+    np.testing.assert_allclose(res.params_flat, full.params_flat, rtol=1e-8)
+    # the information is c times the unscaled one: SEs / sqrt(c), i.e. x 1e50 or x 1e-50
+    np.testing.assert_allclose(res.bse_flat, full.bse_flat / np.sqrt(c), rtol=1e-8)
+    assert abs(int(res.iterations) - int(full.iterations)) <= 2
+    # evaluate at the estimate sees a regular optimum too (its scale measured there)
+    ev = ah.evaluate(res.model, res.params, warn=False)
+    assert not bool(np.any(ev.diagnostics_data.no_curvature))
+    np.testing.assert_allclose(ev.bse_flat, res.bse_flat, rtol=1e-8)  # same point, same Hessian
+
+
+def test_scaled_poisson_with_weights_and_in_a_batch():
+    # a second class: a Poisson log-likelihood times 1e-60 with non-uniform weights 1e-40,
+    # the two scales compounded (1e-100 in all), and a fit_batch of the scaled model
+    from autohess.models._glm import poisson_loglik
+
+    rng = np.random.default_rng(21)
+    X = np.column_stack([np.ones(150), rng.normal(size=150)])
+    y = rng.poisson(np.exp(0.2 + 0.5 * X[:, 1])).astype(float)
+    m = ah.models.poisson(X, y)
+    w = 1.0 + (y > 1)
+    ref = ah.fit(m, weights=w)
+    scaled = ah.Model(lambda p, d: 1e-60 * poisson_loglik(p, d), dict(m.data), {"beta": np.zeros(2)})
+    res = ah.fit(scaled, weights=1e-40 * w)
+    assert res.converged, res.status
+    # reference: the weights-w fit of the unscaled model (same maximiser), to the rounding floor
+    np.testing.assert_allclose(res.params_flat, ref.params_flat, rtol=1e-8)
+    np.testing.assert_allclose(res.bse_flat, ref.bse_flat * 1e50, rtol=1e-8)  # information x 1e-100
+    bres = ah.fit_batch(scaled, weights=np.stack([1e-40 * w, 1e-40 * np.ones(150)]))
+    assert bres.converged.all(), bres.status
+    np.testing.assert_allclose(bres.params_flat[0], ref.params_flat, rtol=1e-8)
+
+
+@pytest.mark.parametrize("c", [1e-100, 1e100])
+def test_profile_of_scaled_weights_and_loglik(logit, c):
+    # found: the profile refits used the raw weights, so with weights 1e-100 every refit
+    # stopped at its start (the fit's nuisance values) and 1e100 ones STALLED (NaN)
+    m, full = logit
+    grid = np.linspace(-1.3, -0.5, 5)
+    base = ah.profile(full, "beta[1]", grid=grid, refine=0)
+    at = np.isin(base.values, grid)
+    for res in (ah.fit(m, weights=np.full(N, c)), _quiet(ah.fit, _scaled_logistic(m, c))):
+        prof = ah.profile(res, "beta[1]", grid=grid, refine=0)
+        mine = np.isin(prof.values, grid)
+        assert (prof.status_code[mine] == Status.CONVERGED).all()
+        # reference: the profile of c * l is c times the profile of l (closed form: the
+        # nuisance maximiser does not depend on c); LR values 0.03-5 from differences of
+        # log-likelihoods ~130, refits to the rounding floor: 1e-8 relative with room
+        np.testing.assert_allclose(prof.lr[mine] / c, base.lr[at], rtol=1e-8, atol=1e-10)
+
+
 def test_tiny_weights_in_a_batch_and_a_poisson_fit():
     rng = np.random.default_rng(9)
     X = np.column_stack([np.ones(150), rng.normal(size=150)])
