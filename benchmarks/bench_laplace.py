@@ -32,27 +32,24 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
-Headline numbers (results/laplace.json, 2026-12-01 at d85490d, 2-core AMD EPYC VM with the
-CPUs 100% busy with other sessions' work before and during the run, so wall times are inflated
-several-fold; CPU seconds are given for first calls):
+Headline numbers (results/laplace.json, 2026-12-01 at 5977df6, the same 2-core AMD EPYC VM
+3% busy before the run; an earlier run at d85490d with the CPUs 100% busy is in git history):
 
-* warm fit + all SEs, median (min): cbpp 2.80 (1.22) ms, sleepstudy 2.66 (1.54) ms, NB2 11.0
-  (7.2) ms, grouseticks 2,923 (1,197) ms; statsmodels MixedLM (ML, with .bse) 70.8 (38.1) ms,
-  i.e. autohess 27x faster on the LMM. Targets 10 / 10 / 10 / 30 ms: cbpp and sleepstudy PASS,
-  NB2 at its min, grouseticks FAIL by ~40x (its dense Schur complement ``S = C - B' A^-1 B``
-  is formed with a dense ``403 x 181`` ``B`` whose rows have 2 non-zeros; a sparse product is
-  the next step).
-* first call, cold (no persistent cache), wall (CPU): cbpp 13.6 (6.7) s, sleepstudy 31.8
-  (12.5) s, NB2 37.5 (13.8) s, grouseticks 53.7 (19.2) s, model construction 3-11 s on top
-  (it compiles the marginal once to check the start). With the persistent cache filled by a
-  previous process: cbpp 3.3 (1.6) s, sleepstudy 9.2 (2.6) s. Target 5 s: only cbpp with the
-  cache. Before this session's changes the lead measured (on a quieter VM) 7 s / 16 s; the
-  grouseticks model then took 412 s to its first result and 57 s to construct (dense path).
-* 1,000 parametric-bootstrap refits of cbpp: 1.86 s warm (target 2 s: PASS), 999 converged
+* warm fit + all SEs, median (min): cbpp 1.95 (1.27) ms, sleepstudy 2.23 (1.50) ms, NB2 6.82
+  (5.14) ms, grouseticks 927 (855) ms; statsmodels MixedLM (ML, with .bse) 38.75 (37.93) ms,
+  i.e. autohess 17x faster on the LMM. Targets 10 / 10 / 10 / 30 ms: cbpp, sleepstudy and NB2
+  PASS, grouseticks FAIL by ~30x (its dense Schur complement ``S = C - B' A^-1 B`` is formed
+  with a dense ``403 x 181`` ``B`` whose rows have 2 non-zeros; a sparse product is the next
+  step).
+* first call, cold (no persistent cache), wall (CPU): cbpp 5.1 (7.2) s, sleepstudy 8.1 (11.4)
+  s, NB2 9.5 (13.6) s, grouseticks 11.6 (17.7) s; model construction 1.0-1.4 s on top (it
+  checks the start by the joint density at random effects 0, no longer by compiling the
+  marginal). With the persistent cache filled by a previous process: cbpp 1.9 (2.2) s,
+  sleepstudy 2.7 (3.0) s. Target 5 s: met only with the cache (cbpp cold is at 5.1 s).
+* 1,000 parametric-bootstrap refits of cbpp: 1.01 s warm (target 2 s: PASS), 999 converged
   (one UNBOUNDED replicate, reported by the bootstrap warning).
-* agreement: sleepstudy llf autohess -875.969672232, statsmodels -875.969672232 (6e-10
-  apart), lme4 -875.970; fixed-effect SEs within 2e-6 relative of statsmodels'; cbpp llf
-  -92.0263 (lme4 -92.0267).
+* agreement: sleepstudy llf autohess -875.9697 = statsmodels -875.9697 (lme4 prints -875.97);
+  cbpp llf -92.0263 (lme4 -92.0267).
 
 See benchmarks/README.md for how to run and read these numbers; results in the module's
 history are in the git log of benchmarks/results/laplace.json.
