@@ -26,7 +26,7 @@ from .._pandas import host_array, is_pandas
 from .._random import MultivariateNormal, Normal
 from .._transforms import Interval, Positive
 from ._checks import _float, beta_names, design, support, vector
-from ._glm import LOG_Y_FACTORIAL_ULPS, _is_count, _lgamma_ratio, softplus
+from ._glm import LOG_Y_FACTORIAL_ULPS, _is_count, _lgamma_ratio, _poisson_support, softplus
 
 __all__ = [
     "mixed_linear",
@@ -382,15 +382,8 @@ def mixed_logistic(
 
 
 # -- Poisson and NB2 ----------------------------------------------------------------------------
-def _count_support(data):
-    y, lyf = data["y"], data["log_y_factorial"]
-    counts = _is_count(y)
-    exact = gammaln(jnp.where(counts, y, 0.0) + 1.0)
-    tol = LOG_Y_FACTORIAL_ULPS * jnp.finfo(lyf.dtype).eps * (1.0 + jnp.abs(exact))
-    return {
-        "y must be non-negative integer counts": counts,
-        "log_y_factorial must equal gammaln(y + 1)": ~counts | (jnp.abs(lyf - exact) <= tol),
-    }
+# counts and their log_y_factorial leaf: the GLMs' check (``_glm._poisson_support``)
+_count_support = _poisson_support
 
 
 def _count_data(X: Any, y: Any, offset: Optional[Any], name: str) -> tuple[np.ndarray, np.ndarray, dict]:
