@@ -544,28 +544,7 @@ def check_block_diagonal(loglik: Callable, block: Block, params: dict, data: Any
     own (checked by forward-mode probes at random coefficients and perturbed parameters: two
     random halves of the groups moved, contributions of the other half must not move), else a
     sentence saying which observation depends on which other group."""
-    rng = np.random.default_rng(seed)
-    G, q = block.n_levels, block.q
-    codes = np.asarray(data[block.groups])
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), float)
-    u = jnp.asarray(0.3 * rng.standard_normal((G, q)), dtype)
-
-    def contrib(v):
-        return loglik({**params, block.name: block.to_user(v)}, data)
-
-    for _ in range(2):
-        moved = rng.random(G) < 0.5
-        tangent = jnp.asarray(np.where(moved[:, None], rng.standard_normal((G, q)), 0.0), dtype)
-        _, d = jax.jvp(contrib, (u,), (tangent,))
-        d = np.asarray(d)
-        leak = (~moved[codes]) & (d != 0)
-        if leak.any():
-            i = int(np.flatnonzero(leak)[0])
-            return (
-                f"observation {i} (group {int(codes[i])} of {block.groups!r}) changes when other groups' "
-                f"coefficients of {block.name!r} move"
-            )
-    return None
+    return check_crossed(loglik, (block,), params, data, seed)
 
 
 def check_crossed(loglik: Callable, blocks: tuple, params: dict, data: Any, seed: int = 0) -> Optional[str]:
