@@ -365,14 +365,6 @@ class Laplace:
         _, _, ok = newton(u, jnp.zeros(G, dtype))
         return InnerResult(u, j, done & ok, ok, it)
 
-    def newton_map(self, u: jax.Array, params: dict, data: Any) -> jax.Array:
-        """One undamped Newton step ``u + (-H_uu)^{-1} g`` (differentiable in ``params``)."""
-        g, H = self.grad_hess(u, params, data)
-        # LU, not Cholesky: differentiated twice more by the outer Hessian, JAX's Cholesky rule
-        # measured 100-300x slower (0.11 s vs 0.5 ms for a 21 x 21 block on a 2-core CPU);
-        # positive definiteness is checked (by Cholesky, undifferentiated) in ``inner``
-        return u + jnp.linalg.solve(-H, g[..., None])[..., 0]
-
     def mode(self, params: dict, data: Any) -> tuple[jax.Array, InnerResult]:
         """``u_hat(theta)`` with exact derivatives of every order in ``params`` (see module)."""
         res = self.inner(params, data)

@@ -120,6 +120,7 @@ class Model:
             float32_warning("every floating input (data and parameters)")
         self._data = prepare_data(data, self.dtype)
         self.per_observation = bool(per_observation)
+        self._user_per_observation = self.per_observation  # as given (a Laplace model changes the first)
         self.independent = bool(independent) and self.per_observation
         _check_simulate(simulate)
         self.simulate_fn = simulate
@@ -220,31 +221,25 @@ class Model:
     def with_data(self, data: Any) -> "Model":
         """A model with the same likelihood and parameters and new data (checked again)."""
         declared = self.spec.treedef.unflatten(list(self.spec.transforms))
+        # a random-effects model is rebuilt from what the user gave (its ``_loglik`` is the
+        # Laplace marginal built from them); a plain one from its current functions (the zoo
+        # attaches its support hook after construction)
         if self.random is not None:
-            loglik, _, simulate = self._user_functions
-            return Model(
-                loglik,
-                data,
-                declared,
-                per_observation=self._user_per_observation,
-                simulate=simulate,
-                hessian_mode=self.hessian_mode,
-                name=self.name,
-                support=self._user_functions[1],
-                names=self.names,
-                random=self.random,
-            )
+            loglik, support, simulate = self._user_functions
+        else:
+            loglik, support, simulate = self._loglik, self.support_fn, self.simulate_fn
         return Model(
-            self._loglik,
+            loglik,
             data,
             declared,
-            per_observation=self.per_observation,
+            per_observation=self._user_per_observation,
             independent=self.independent,
-            simulate=self.simulate_fn,
+            simulate=simulate,
             hessian_mode=self.hessian_mode,
             name=self.name,
-            support=self.support_fn,
+            support=support,
             names=self.names,
+            random=self.random,
         )
 
     # -- traced building blocks ------------------------------------------------------------------
@@ -329,7 +324,6 @@ class Model:
                 "block, for any number of groups"
             )
         self.laplace = Laplace(loglik, structure)
-        self._user_per_observation = self.per_observation
         self._loglik = self.laplace.marginal
         # the marginal's contributions: one per group (the independent units) or one total
         self.per_observation = block_diagonal
