@@ -52,8 +52,6 @@ def _norm_pdf(x: np.ndarray) -> np.ndarray:
 def _new_axes(plt, ax, figsize):
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
-    if owner:  # a figure made here: fit its labels; a caller's figure is the caller's to lay out
-        ax.figure.tight_layout()
     return ax
 
 
