@@ -504,6 +504,7 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
         else:
             out, grid = plt.subplots(1, q, figsize=(4.5 * q, max(3.0, 0.25 * G + 1.5)), squeeze=False)
             panels = list(grid[0])
+    owner = ax is None
     pos = np.arange(G)
     for c, a in enumerate(panels[:q]):
         order = np.argsort(mode[:, c], kind="stable") if sort else np.arange(G)
@@ -520,5 +521,7 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
         a.set_xlabel(f"{est.name}" + (f"[:, {c}]" if q > 1 else "") + " (scale of the linear predictor)")
         a.set_ylabel("group" + (" (sorted by mode)" if sort else ""))
         a.set_title(f"{est.name}: conditional modes, {1 - alpha:.0%} intervals", fontsize=10)
-    panels[0].legend(fontsize=7, loc="lower right")
+    panels[0].legend(fontsize=7)
+    if owner:
+        panels[0].figure.tight_layout()
     return out
