@@ -281,10 +281,16 @@ def eigenvalues(res_or_report: Any, ax: Any = None, *, scale: str = "log-abs", l
         for j, kinds in sorted(named.items()):
             text = (f"[{', '.join(dict.fromkeys(kinds))}] " if kinds else "") + directions[j]
             right = k[j] > (lam.size + 1) / 2.0  # labels of the right half run leftwards, inside the axes
-            ax.annotate(text, (k[j], y[j]), xytext=(-6 if right else 6, 4), textcoords="offset points", fontsize=7,
+            # neighbours' labels alternate above and below their points, so they do not overlap
+            ax.annotate(text, (k[j], y[j]), xytext=(-6 if right else 6, 5 if j % 2 == 0 else -11),
+                        textcoords="offset points", fontsize=7,
                         color="C3" if kinds else "0.3", ha="right" if right else "left")
     ax.set_xlabel("eigen-direction (ascending eigenvalue)")
-    ax.set_xticks(k if lam.size <= 20 else ax.get_xticks())
+    if lam.size <= 20:
+        ax.set_xticks(k)
+    ax.set_xlim(0.5, lam.size + 0.5)
+    if scale == "log-abs" and top > 0:  # a decade of room above the largest for its label
+        ax.set_ylim(top=10.0 * top)
     held = f"; held fixed: {', '.join(report.held_fixed)}" if getattr(report, "held_fixed", ()) else ""
     ax.set_title(f"scaled Hessian: condition number {report.condition_number:.3g}{held}", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
