@@ -23,7 +23,9 @@ __all__ = ["step_sweep", "audit", "eigenvalues", "bootstrap", "profile", "covera
 
 #: colours of the audit's heat map, by the cause an entry's error has
 _CAUSE_COLOURS = {"ok": "#4daf4a", "rounding": "#377eb8", "truncation": "#ff7f00"}
-_OTHER_COLOUR = "#e41a1c"  # any other cause: the candidate's main one (sign, not_a_hessian, ...)
+#: any other cause (the candidate's main one: sign, not_a_hessian, unexplained, ...), one colour
+#: each, in the order they first appear among the candidates drawn
+_OTHER_COLOURS = ("#e41a1c", "#984ea3", "#a65628", "#f781bf", "#999999", "#ffff33")
 
 
 def _pyplot(what: str):
@@ -173,14 +175,19 @@ def audit(report: Any, candidates: Optional[Sequence[str]] = None, *, fig: Any =
     ax.set_ylabel("|C_ij - H_ij| / sqrt|H_ii H_jj| (unit-free)")
     ax.set_title("error per entry against the exact Hessian")
     ax.legend(fontsize=7)
+    causes_of = [_entry_causes(c, OK_TOL, _scaled_error(c.hessian, report.exact)) for c in chosen]
+    # one colour per cause across all panels (a shared colour map and legend)
+    kinds = list(_CAUSE_COLOURS)
+    for causes in causes_of:
+        kinds += [str(v) for v in dict.fromkeys(causes.ravel()) if str(v) not in kinds]
+    others = [kd for kd in kinds if kd not in _CAUSE_COLOURS]
+    colours = [_CAUSE_COLOURS.get(kd) or _OTHER_COLOURS[others.index(kd) % len(_OTHER_COLOURS)] for kd in kinds]
+    cmap = ListedColormap(colours)
     legend = {}
-    for k, c in enumerate(chosen):
+    for k, (c, causes) in enumerate(zip(chosen, causes_of)):
         hax = fig.add_subplot(grid[0, k + 1])
-        causes = _entry_causes(c, OK_TOL, _scaled_error(c.hessian, report.exact))
-        kinds = list(_CAUSE_COLOURS) + sorted({str(v) for v in causes.ravel()} - set(_CAUSE_COLOURS))
-        colours = [_CAUSE_COLOURS.get(kd, _OTHER_COLOUR) for kd in kinds]
         code = np.vectorize(kinds.index, otypes=[float])(causes)
-        hax.imshow(code, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
+        hax.imshow(code, cmap=cmap, vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
         if p <= 6:  # small enough to print each entry's scaled error in its cell
             err = np.abs(_scaled_error(c.hessian, report.exact))
             for i in range(p):
@@ -237,6 +244,12 @@ def eigenvalues(res_or_report: Any, ax: Any = None, *, scale: str = "log-abs", l
     lam = np.asarray(report.eigenvalues, dtype=np.float64)
     if lam.size == 0:
         raise ValueError("the report has no eigenvalues to draw (a model without parameters?)")
+    if not np.all(np.isfinite(lam)):
+        raise ValueError(
+            f"{int(np.sum(~np.isfinite(lam)))} of the {lam.size} scaled eigenvalues are not finite (the Hessian "
+            "has non-finite entries): there is no spectrum to draw; print the diagnostics (res.diagnostics) "
+            "for the cause and ah.hessian(model, res.params) for the parameters involved"
+        )
     k = np.arange(1, lam.size + 1)
     top = float(np.max(np.abs(lam)))
     flat_level = top / FLAT_CONDITION
@@ -374,7 +387,7 @@ def profile(prof: Any, ax: Any = None) -> Any:
     if (~ok).any():
         ax.plot(values[~ok], lr[~ok], "x", color="0.6", label="refit did not converge")
     if np.isfinite(se) and se > 0:
-        span = np.concatenate([values[np.isfinite(values)], wald])
+        span = np.concatenate([values[np.isfinite(values)], wald[np.isfinite(wald)]])
         grid = np.linspace(span.min(), span.max(), 300)
         ax.plot(grid, ((grid - prof.estimate) / se) ** 2, "C0--", label="Wald quadratic")
     ax.axhline(cut, color="C3", lw=0.8, label=f"chi2_1({1 - prof.alpha:.3g}) = {cut:.3g}")
@@ -383,7 +396,8 @@ def profile(prof: Any, ax: Any = None) -> Any:
         if np.isfinite(v):
             ax.axvline(v, color="k", lw=0.8, label=f"profile {level} interval" if k == 0 or not np.isfinite(prof.interval[0]) else None)
     for k, v in enumerate(wald):
-        ax.axvline(v, color="C0", lw=0.8, linestyle=":", label=f"Wald {level} interval" if k == 0 else None)
+        if np.isfinite(v):  # a NaN standard error (a flat direction) has no Wald interval
+            ax.axvline(v, color="C0", lw=0.8, linestyle=":", label=f"Wald {level} interval" if k == 0 else None)
     top = np.nanmax(lr[ok]) if ok.any() else cut
     ax.set_ylim(-0.05 * max(top, cut), 1.3 * max(min(top, 4 * cut), cut))
     ax.set_xlabel(f"{prof.name} (natural scale)")

@@ -108,6 +108,7 @@ def bowl_audit():
         "h=0.3": ah.fd_hessian(_bowl, X0, step=0.3),  # diagonal off by (2 cosh h - 2)/h^2 - 1 = 7.5e-3
         "h=1e-6": ah.fd_hessian(_bowl, X0, step=1e-6),  # rounding 4 eps 1e4 / h^2 ~ 9 per entry
         "minus H": -H,
+        "identity": np.eye(3),  # unit diagonal right, the couplings missing: unexplained
     })
 
 
@@ -128,6 +129,10 @@ def test_audit_entry_causes(bowl_audit):
     # thousands of times the tolerance, so each of its entries is among them
     assert set(np.diag(small.entry_causes)) == {"rounding"}
     assert set(small.entry_causes.ravel()) <= {"rounding", "ok"}
+    ident = bowl_audit["identity"]
+    assert ident.causes == ("unexplained",)
+    # the identity's diagonal is the exact one (H_ii = 1); its errors are the missing couplings
+    np.testing.assert_array_equal(ident.entry_causes, np.where(np.asarray(ah.hessian(_bowl, X0).matrix) - np.eye(3) == 0, "ok", "unexplained"))
     sign = bowl_audit["minus H"]
     assert sign.causes == ("sign",)
     # where H_ij = 0 (x[0], x[2]) minus H is exact; everywhere else the entry's cause is the sign
@@ -139,7 +144,7 @@ def test_audit_picture(bowl_audit):
     from autohess._audit_steps import _scaled_error
 
     fig = bowl_audit.plot()
-    assert fig is not None and len(fig.axes) == 1 + 3  # errors, then one heat map per candidate
+    assert fig is not None and len(fig.axes) == 1 + 4  # errors, then one heat map per candidate
     err_ax = fig.axes[0]
     iu = np.triu_indices(3)
     for c in bowl_audit.candidates:
@@ -148,8 +153,9 @@ def test_audit_picture(bowl_audit):
         np.testing.assert_allclose(line.get_ydata(), want, rtol=SAME)
     assert [t.get_text() for t in err_ax.get_xticklabels()][:2] == ["[x[0], x[0]]", "[x[0], x[1]]"]
     assert err_ax.get_yscale() == "log" and "unit-free" in err_ax.get_ylabel()
-    legend = {t.get_text() for t in fig.legends[0].get_texts()}
-    assert legend == {"ok", "truncation", "rounding", "sign"}
+    legend = {t.get_text(): tuple(h.get_facecolor()) for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    assert set(legend) == {"ok", "truncation", "rounding", "sign", "unexplained"}
+    assert len(set(legend.values())) == len(legend)  # one colour per cause, none shared
     # each heat map's image is its candidate's causes, coded in the order the colours are listed
     for hax, c in zip(fig.axes[1:], bowl_audit.candidates):
         (img,) = hax.get_images()
@@ -227,6 +233,8 @@ def test_eigenvalues_flat_direction_named():
         ah.plot.eigenvalues(rep, scale="log")
     with pytest.raises(TypeError, match="needs a FitResult or a DiagnosticReport, got int"):
         ah.plot.eigenvalues(3)
+    with pytest.raises(ValueError, match="1 of the 3 scaled eigenvalues are not finite"):
+        ah.plot.eigenvalues(dataclasses.replace(rep, eigenvalues=np.array([np.nan, 1.0, 2.0])))
 
 
 # ------------------------------------------------------------------------------------------
