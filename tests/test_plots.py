@@ -133,6 +133,9 @@ def test_audit_entry_causes(bowl_audit):
     assert ident.causes == ("unexplained",)
     # the identity's diagonal is the exact one (H_ii = 1); its errors are the missing couplings
     np.testing.assert_array_equal(ident.entry_causes, np.where(np.asarray(ah.hessian(_bowl, X0).matrix) - np.eye(3) == 0, "ok", "unexplained"))
+    import json
+
+    assert json.loads(json.dumps(big.to_dict()))["entry_causes"] == big.entry_causes.tolist()
     sign = bowl_audit["minus H"]
     assert sign.causes == ("sign",)
     # where H_ij = 0 (x[0], x[2]) minus H is exact; everywhere else the entry's cause is the sign
