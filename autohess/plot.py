@@ -104,6 +104,9 @@ def step_sweep(sweep: Any, ax: Any = None) -> Any:
 
     Returns:
         The Axes: one line (``sweep.steps``, ``sweep.errors``) and a dotted vertical at the best step.
+
+    Example:
+        >>> ah.plot.step_sweep(ah.step_sweep(f, x))  # or ah.step_sweep(f, x).plot()
     """
     plt = _pyplot("ah.plot.step_sweep")
     owner = ax is None
@@ -144,6 +147,9 @@ def audit(report: Any, candidates: Optional[Sequence[str]] = None, *, fig: Any =
 
     Returns:
         The Figure (``fig.axes[0]`` the errors, then one heat map per candidate).
+
+    Example:
+        >>> fig = ah.plot.audit(ah.audit(f, x, {"mine": H_mine}))  # or rep.plot()
     """
     plt = _pyplot("ah.plot.audit")
     from matplotlib.colors import ListedColormap
@@ -229,6 +235,9 @@ def eigenvalues(res_or_report: Any, ax: Any = None, *, scale: str = "log-abs", l
 
     Returns:
         The Axes.
+
+    Example:
+        >>> ax = ah.plot.eigenvalues(res)  # or res.plot(), res.diagnostics.plot()
     """
     if scale not in ("log-abs", "symlog"):
         raise ValueError(f"scale must be 'log-abs' or 'symlog', got {scale!r}")
@@ -332,6 +341,9 @@ def bootstrap(boot: Any, params: Optional[Sequence] = None, *, bins: int = 30, n
 
     Returns:
         The Figure.
+
+    Example:
+        >>> fig = ah.plot.bootstrap(ah.bootstrap(res, n=2000, key=0))  # or boot.plot()
     """
     plt = _pyplot("ah.plot.bootstrap")
     idx = _select(boot.labels, params)
@@ -370,6 +382,9 @@ def profile(prof: Any, ax: Any = None) -> Any:
 
     Returns:
         The Axes.
+
+    Example:
+        >>> ax = ah.plot.profile(ah.profile(res, "sigma"))  # or prof.plot()
     """
     plt = _pyplot("ah.plot.profile")
     from ._solver import Status
@@ -427,6 +442,9 @@ def coverage(study: Any, ax: Any = None, *, band: float = 0.95) -> Any:
 
     Returns:
         The Axes.
+
+    Example:
+        >>> ax = ah.plot.coverage(ah.simulation_study(model, truth, n=1000, key=0))  # or study.plot()
     """
     if not 0.0 < band < 1.0:
         raise ValueError(f"band must be in (0, 1), got {band}")
@@ -479,6 +497,9 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
 
     Returns:
         The Axes (one coefficient per group) or the Figure (``q`` coefficients).
+
+    Example:
+        >>> ax = ah.plot.random_effects(res, "b", levels=herd_names)
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
