@@ -7,6 +7,7 @@ eigenvalues of quadratic log-likelihoods). Few small fits, built once per module
 """
 
 import dataclasses
+import pathlib
 import subprocess
 import sys
 import warnings
@@ -62,7 +63,9 @@ def _lines(ax, label):
 def test_import_autohess_does_not_import_matplotlib():
     code = ("import sys, autohess as ah; assert 'matplotlib' not in sys.modules, 'imported'; "
             "ah.plot.step_sweep; assert 'matplotlib' not in sys.modules, 'by ah.plot'; print('clean')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # from the repository root, so the interpreter imports this checkout's autohess
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr
 
 
