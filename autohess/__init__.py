@@ -9,6 +9,7 @@ from . import _config
 _config.apply()
 
 from . import models as models  # noqa: E402
+from . import plot as plot  # noqa: E402  (matplotlib is imported only when a plot is drawn)
 from ._batch import BatchResult as BatchResult  # noqa: E402
 from ._batch import fit_batch as fit_batch  # noqa: E402
 from ._bootstrap import BootstrapComparison as BootstrapComparison  # noqa: E402
@@ -107,5 +108,6 @@ __all__ = [
     "hessian",
     "hvp",
     "models",
+    "plot",
     "scores",
 ]

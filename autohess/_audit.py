@@ -94,6 +94,9 @@ class CandidateAudit:
     se_exact: np.ndarray
     causes: tuple[str, ...]
     evidence: tuple[str, ...]
+    #: (p, p) cause entry by entry: "rounding" or "truncation" where a finite-difference step
+    #: explains that entry's error, "ok" within OK_TOL (scaled), else the candidate's main cause
+    entry_causes: Optional[np.ndarray] = None
 
     @property
     def cause(self) -> str:
@@ -113,6 +116,7 @@ class CandidateAudit:
             "max_scaled_error": self.max_scaled_error,
             "worst": [list(w) for w in self.worst], "eigenvalues_scaled": self.eigenvalues.tolist(),
             "sign_flips": self.sign_flips, "se": self.se.tolist(), "se_exact": self.se_exact.tolist(),
+            "entry_causes": None if self.entry_causes is None else [[str(v) for v in row] for row in self.entry_causes],
         }
 
 
@@ -185,6 +189,12 @@ class AuditReport:
         for c in self.candidates:
             head.append(f"{c.name}: {c.verdict}")
         return "\n".join(head)
+
+    def plot(self, candidates=None, *, fig=None):
+        """Error per entry and heat maps by cause: ``ah.plot.audit`` (needs matplotlib)."""
+        from .plot import audit as draw
+
+        return draw(self, candidates, fig=fig)
 
 
 def _as_candidate(name: str, spec: Any) -> dict:
@@ -552,8 +562,10 @@ def _identify(ex: _Exact, C: np.ndarray, max_err: float, kind: str = "hessian") 
     return None
 
 
-def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_frob: float, se_note: str) -> list:
-    """Why a finite candidate that is not the exact Hessian (nor its negative) differs."""
+def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_frob: float, se_note: str,
+                  entries: Optional[dict] = None) -> list:
+    """Why a finite candidate that is not the exact Hessian (nor its negative) differs.
+    ``entries`` (a dict) receives the rounding / truncation masks of a finite-difference split."""
     if spec["kind"] == "bfgs":
         if spec.get("limited_memory"):
             what = ("an L-BFGS inverse-Hessian approximation: only the last few (step, gradient change) "
@@ -581,12 +593,14 @@ def _disagreement(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, rel_fr
     if known is not None and known[0] == "proportional" and 0.5 < _proportional(ex, C)[0] < 2.0:
         # truncation error can be nearly proportional to H (a symmetric f: every diagonal off
         # by the same fraction); a step that reproduces the errors is the likelier explanation
-        fd = _fd_causes(ex, spec, C, err, se_note)
+        fd = _fd_causes(ex, spec, C, err, se_note, entries)
         if fd[0][0] != "unexplained":
             return fd
+        if entries is not None:
+            entries.clear()
     if known is not None:
         return [known]
-    return _fd_causes(ex, spec, C, err, se_note)
+    return _fd_causes(ex, spec, C, err, se_note, entries)
 
 
 def _judge(ex: _Exact, name: str, spec: dict) -> CandidateAudit:
@@ -595,6 +609,7 @@ def _judge(ex: _Exact, name: str, spec: dict) -> CandidateAudit:
     if M.shape != (p, p):
         raise ValueError(f"candidate {name!r} has shape {M.shape}, the exact Hessian is ({p}, {p})")
     causes, evidence = [], []
+    split: dict = {}  # entry masks of a finite-difference explanation (``_fd_causes``)
     C = M
     if spec["kind"] != "hessian" and np.all(np.isfinite(M)):
         try:
@@ -662,7 +677,7 @@ def _judge(ex: _Exact, name: str, spec: dict) -> CandidateAudit:
                     causes.append(cause)
                     evidence.append("after flipping the sign: " + why)
         else:
-            for cause, why in _disagreement(ex, spec, C, err, rel_frob, se_note):
+            for cause, why in _disagreement(ex, spec, C, err, rel_frob, se_note, split):
                 causes.append(cause)
                 evidence.append(why)
         top_c = float(np.max(np.abs(eig)))
@@ -692,10 +707,17 @@ def _judge(ex: _Exact, name: str, spec: dict) -> CandidateAudit:
             evidence.append(why)
     if not causes:  # agrees, but the point is not regular and nothing above named why
         causes.append("ok")
+    # entry by entry, for the audit's heat map: the split's masks win over the tolerance, so an
+    # entry within OK_TOL that the split blames (SEs off while every entry is close) is not "ok"
+    main = next((c for c in causes if c not in ("ok", "rounding", "truncation")), causes[0])
+    entry = np.where(np.abs(err) <= OK_TOL, "ok", main if main != "ok" else "unexplained").astype(object)
+    for what in ("rounding", "truncation"):
+        if what in split:
+            entry[split[what]] = what
     return CandidateAudit(
         name=name, kind=spec["kind"], hessian=C, rel_frobenius=rel_frob, max_scaled_error=max_err,
         worst=worst, eigenvalues=np.asarray(eig), sign_flips=flips, se=se, se_exact=ex.se,
-        causes=tuple(causes), evidence=tuple(evidence),
+        causes=tuple(causes), evidence=tuple(evidence), entry_causes=entry,
     )
 
 

@@ -52,19 +52,10 @@ class StepSweep:
         return float(np.nanmin(self.errors))
 
     def plot(self, ax=None):
-        """Log-log plot of error against step (needs the ``plot`` extra: matplotlib)."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("step_sweep(...).plot() needs matplotlib: pip install 'autohess[plot]'") from err
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
-        ax.loglog(self.steps, self.errors, "o-")
-        ax.axvline(self.best_step, color="grey", linestyle=":")
-        ax.set_xlabel("step h" + {True: " (x max(|x_i|, 1))", False: "", "x": " (x |x_i|)"}[self.relative])
-        ax.set_ylabel("max scaled error vs exact Hessian")
-        ax.set_title(f"{self.method} finite differences")
-        return ax
+        """Log-log plot of error against step: ``ah.plot.step_sweep`` (needs matplotlib)."""
+        from .plot import step_sweep as draw
+
+        return draw(self, ax)
 
     def __str__(self) -> str:
         rows = "\n".join(f"  h = {h:9.2e}   error = {e:9.2e}" for h, e in zip(self.steps, self.errors))
@@ -346,9 +337,11 @@ def _entries(ex: _Exact, mask: np.ndarray, err: np.ndarray) -> str:
     return ", ".join(f"[{ex.labels[i]}, {ex.labels[j]}]" for i, j in idx[:4]) + more
 
 
-def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: str) -> list:
+def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: str,
+               entries: Optional[dict] = None) -> list:
     """Rounding and/or truncation, entry by entry, for a finite-difference candidate; or
-    ``unexplained`` when no step explains its errors."""
+    ``unexplained`` when no step explains its errors. ``entries`` (a dict) receives the masks
+    of the entries each explains (``CandidateAudit.entry_causes``)."""
     err_c = C - ex.matrix
     wrong = np.abs(err) > OK_TOL
     if not wrong.any():  # every entry within tolerance; the standard errors still differ
@@ -391,6 +384,8 @@ def _fd_causes(ex: _Exact, spec: dict, C: np.ndarray, err: np.ndarray, se_note: 
                 f"parameterisation), or with another stencil: recompute it at this point{se_note}"
             ))]
     rounding, truncation, by_rounding, by_truncation = _split(ex, h, stencil, wrong)
+    if entries is not None:
+        entries.update(rounding=by_rounding, truncation=by_truncation)
     hmin, hmax = float(np.min(h)), float(np.max(h))
     htxt = f"h = {hmin:.2g}" if np.isclose(hmin, hmax) else f"h = {hmin:.2g}..{hmax:.2g}"
     if rule is not None:

@@ -671,6 +671,12 @@ class BootstrapResult:
         block = f", block_length={self.block_length} ({self.block_length_rule})" if self.kind == "block" else ""
         return f"BootstrapResult({self.kind}, n={self.n}, failed={self.n_failed}{block})"
 
+    def plot(self, params=None, **kwargs):
+        """Histogram per parameter with the Wald normal: ``ah.plot.bootstrap`` (needs matplotlib)."""
+        from .plot import bootstrap as draw
+
+        return draw(self, params, **kwargs)
+
 
 # ------------------------------------------------------------------------------------------
 # Entry point

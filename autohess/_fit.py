@@ -254,6 +254,14 @@ class FitResult:
     def __repr__(self) -> str:
         return f"FitResult({self.model.name!r}, llf={float(np.asarray(self.llf)):.6g}, converged={self.converged}, cov_type={self.cov_type!r})"
 
+    def plot(self, ax=None, **kwargs):
+        """The diagnostics' picture: scaled eigenvalues of the Hessian with the problem
+        directions named (``ah.plot.eigenvalues``; needs matplotlib). For random effects see
+        ``ah.plot.random_effects(res)``."""
+        from .plot import eigenvalues as draw
+
+        return draw(self, ax, **kwargs)
+
 
 jax.tree_util.register_dataclass(
     FitResult,

@@ -99,6 +99,12 @@ class ProfileResult:
 
         return profile_table(self)
 
+    def plot(self, ax=None):
+        """LR curve, cut-off, Wald quadratic, interval ends: ``ah.plot.profile`` (needs matplotlib)."""
+        from .plot import profile as draw
+
+        return draw(self, ax)
+
 
 def _index(res: FitResult, name: Union[str, int]) -> int:
     labels = list(res.labels)

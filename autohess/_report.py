@@ -201,6 +201,10 @@ class DiagnosticReport:
     #: parameters held fixed when the eigenvalues were computed (at a bound of their domain,
     #: or on a path with no finite maximum)
     held_fixed: tuple[str, ...] = ()
+    #: eigenvectors matching ``eigenvalues`` (columns, parameter units, normalised) and the
+    #: parameter labels: a problem's ``direction`` is ``format_direction(eigenvectors[:, j], labels)``
+    eigenvectors: Optional[np.ndarray] = None
+    labels: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -396,6 +400,7 @@ class DiagnosticReport:
             gradient_max=float(np.max(np.abs(grad))), newton_decrement=dec, positive_definite=pd,
             eigenvalues=lam, condition_number=cond, problems=tuple(problems), nan_se=nan_se,
             held_fixed=tuple(labels[i] for i in np.flatnonzero(boundary | (np.asarray(d.unbounded) & edge))),
+            eigenvectors=vec, labels=tuple(labels),
         )
 
     def warn(self, stacklevel: int = 3) -> None:
@@ -443,6 +448,12 @@ class DiagnosticReport:
             parts.append("from the pseudo-inverse without the flat or negative directions, valid for "
                          "parameters the data identify")
         return f" (the others: {'; '.join(parts)})" if parts else ""
+
+    def plot(self, ax=None, **kwargs):
+        """Scaled eigenvalues, problem directions named: ``ah.plot.eigenvalues`` (needs matplotlib)."""
+        from .plot import eigenvalues as draw
+
+        return draw(self, ax, **kwargs)
 
 
 def _opg_problems(res: "FitResult") -> list:

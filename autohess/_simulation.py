@@ -115,6 +115,13 @@ class SimulationStudy:
     def __repr__(self) -> str:
         return f"SimulationStudy(n={len(self.fits)}, failed={self.n_failed}, cov_types={self.fits.cov_types})"
 
+    def plot(self, ax=None, **kwargs):
+        """Coverage per parameter and cov_type with Monte-Carlo bands: ``ah.plot.coverage``
+        (needs matplotlib)."""
+        from .plot import coverage as draw
+
+        return draw(self, ax, **kwargs)
+
 
 def simulation_study(
     model: Model,
