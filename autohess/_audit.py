@@ -186,6 +186,11 @@ class AuditReport:
             head.append(f"{c.name}: {c.verdict}")
         return "\n".join(head)
 
+    def _repr_html_(self) -> str:
+        from ._html import audit_report
+
+        return audit_report(self)
+
 
 def _as_candidate(name: str, spec: Any) -> dict:
     if isinstance(spec, FDHessian):

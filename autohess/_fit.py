@@ -267,6 +267,12 @@ class FitResult:
     def __repr__(self) -> str:
         return f"FitResult({self.model.name!r}, llf={float(np.asarray(self.llf)):.6g}, converged={self.converged}, cov_type={self.cov_type!r})"
 
+    def _repr_html_(self) -> str:
+        """``summary()`` as HTML tables (notebooks)."""
+        from ._html import fit_summary
+
+        return fit_summary(self)
+
 
 jax.tree_util.register_dataclass(
     FitResult,
