@@ -142,7 +142,7 @@ def test_lr_ols_vs_compare_lr_test():
     assert ours.pvalue_mixture is None and ours.boundary == 0
     with pytest.raises(ValueError, match="swapped"):
         ah.lr_test(f, r)
-    with pytest.raises(ValueError, match=r"data\['y'\] differs"):
+    with pytest.raises(ValueError, match=r"data\['y'\] \(shape \(300,\)\) differs"):
         ah.lr_test(r, ah.fit(ah.models.linear(X, Y_LIN + 1.0)))
     with pytest.raises(ValueError, match="observations"):
         ah.lr_test(ah.fit(ah.models.linear(X[:-1, :2], Y_LIN[:-1])), f)
@@ -150,12 +150,13 @@ def test_lr_ols_vs_compare_lr_test():
 
 POIS_R = ah.fit(ah.models.poisson(X[:, :2], Y_POIS))
 SM_POIS_R = sm.GLM(Y_POIS, X[:, :2], family=sm.families.Poisson()).fit(tol=1e-13)
+POIS_F = ah.fit(ah.models.poisson(X, Y_POIS))
 
 
 def test_lr_and_score_poisson_vs_statsmodels():
     full = ah.models.poisson(X, Y_POIS)
     sm_full = sm.GLM(Y_POIS, X, family=sm.families.Poisson()).fit(tol=1e-13)
-    lr = ah.lr_test(POIS_R, ah.fit(full))
+    lr = ah.lr_test(POIS_R, POIS_F)
     assert rel(lr.statistic, 2 * (sm_full.llf - SM_POIS_R.llf)) < TOL and lr.df == 2
     null = {"beta": jnp.concatenate([POIS_R.params["beta"], jnp.zeros(2)])}
     score = ah.score_test(POIS_R, full, null=null)
@@ -187,7 +188,7 @@ def test_score_test_refusals():
 def test_poisson_vs_nb2_boundary_given():
     # alpha = 0 (Poisson) is on the boundary of NB2's domain; the rule cannot see it, the user
     # says so with boundary="variance": 50:50 chi2(0)/chi2(1), i.e. half the chi2(1) p-value
-    pois = ah.fit(ah.models.poisson(X, Y_POIS))
+    pois = POIS_F
     nb = ah.fit(ah.models.negative_binomial(X, Y_POIS), warn=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -249,3 +250,31 @@ def test_wald_refuses_batch_and_strings():
     # a restriction that does not move at the estimate cannot be tested by Wald
     with pytest.raises(ValueError, match="zero gradient"):
         LOGIT.wald_test(lambda p: 0.0 * p["beta"][0] + 1.0)
+
+
+def test_nan_standard_error_named_and_not_spread():
+    # a fit whose beta[3] has a NaN SE (as after a flat direction): restrictions using it are
+    # refused naming it; those that do not use it are tested as before (same statistic, 1e-12)
+    import dataclasses
+
+    cov = jnp.asarray(LOGIT.cov).at[3, :].set(jnp.nan).at[:, 3].set(jnp.nan)
+    broken = dataclasses.replace(LOGIT, cov=cov)
+    with pytest.raises(ValueError, match=r"standard errors are NaN \(\['beta\[3\]'\]\)"):
+        broken.wald_test(R2)
+    row = np.array([0.0, 1.0, -1.0, 0.0])
+    assert broken.wald_test(row).statistic == pytest.approx(LOGIT.wald_test(row).statistic, rel=1e-12)
+
+
+def test_same_data_checks_without_fitting():
+    import dataclasses
+
+    other = ah.models.poisson(X, Y_POIS + 1.0)
+    with pytest.raises(ValueError, match=r"data\['log_y_factorial'\] \(shape \(300,\)\), data\['y'\] \(shape \(300,\)\) differ "):
+        ah.score_test(POIS_R, other, null={"beta": jnp.zeros(4)})
+    names = ah.Model(lambda p, d: -0.5 * (d["z"] - p["m"]) ** 2, {"z": Y_POIS + 0.5}, {"m": 0.0})
+    with pytest.raises(ValueError, match="share no data array"):
+        ah.score_test(POIS_R, names, null={"m": 0.0})
+    weighted = dataclasses.replace(POIS_R, weights=jnp.ones(N))
+    with pytest.raises(ValueError, match="frequency weights"):
+        ah.lr_test(weighted, POIS_F)
+
