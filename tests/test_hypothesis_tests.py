@@ -132,9 +132,12 @@ def test_tails_vs_scipy():
     assert chibar_sf(0.0, 1, 1) == 1.0
 
 
+LIN_R = ah.fit(ah.models.linear(X[:, :2], Y_LIN))
+LIN_F = ah.fit(ah.models.linear(X, Y_LIN))
+
+
 def test_lr_ols_vs_compare_lr_test():
-    r = ah.fit(ah.models.linear(X[:, :2], Y_LIN))
-    f = ah.fit(ah.models.linear(X, Y_LIN))
+    r, f = LIN_R, LIN_F
     ref = sm.OLS(Y_LIN, X).fit().compare_lr_test(sm.OLS(Y_LIN, X[:, :2]).fit())
     ours = ah.lr_test(r, f)
     # compare_lr_test is the ML (concentrated-sigma) Gaussian LR, as ours at the MLE
@@ -144,8 +147,8 @@ def test_lr_ols_vs_compare_lr_test():
         ah.lr_test(f, r)
     with pytest.raises(ValueError, match=r"data\['y'\] \(shape \(300,\)\) differs"):
         ah.lr_test(r, ah.fit(ah.models.linear(X, Y_LIN + 1.0)))
-    with pytest.raises(ValueError, match="observations"):
-        ah.lr_test(ah.fit(ah.models.linear(X[:-1, :2], Y_LIN[:-1])), f)
+    with pytest.raises(ValueError, match="300 observations, the full .* 299"):
+        ah.score_test(r, ah.models.linear(X[:-1], Y_LIN[:-1]))  # checked before any derivative
 
 
 POIS_R = ah.fit(ah.models.poisson(X[:, :2], Y_POIS))
@@ -185,20 +188,25 @@ def test_score_test_refusals():
         ah.score_test(POIS_R, full, null={"beta": jnp.zeros(4)}, information="expected")
 
 
-def test_poisson_vs_nb2_boundary_given():
-    # alpha = 0 (Poisson) is on the boundary of NB2's domain; the rule cannot see it, the user
-    # says so with boundary="variance": 50:50 chi2(0)/chi2(1), i.e. half the chi2(1) p-value
-    pois = POIS_F
-    nb = ah.fit(ah.models.negative_binomial(X, Y_POIS), warn=False)
+def test_boundary_given_by_the_user():
+    # Poisson vs NB2 (alpha = 0 on the boundary of NB2's domain) is the case the rule cannot
+    # see; the mechanism is the same for any pair, so the OLS pair (df = 2) shows it without a
+    # second compilation: boundary="variance" gives 0.5 P(chi2_1 > s) + 0.5 P(chi2_2 > s),
+    # boundary=2 the binomial weights 1/4, 1/2, 1/4 over chi2_0, chi2_1, chi2_2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plain = ah.lr_test(pois, nb)  # no rule fires: no warning
+        plain = ah.lr_test(LIN_R, LIN_F)  # no rule fires: no warning
     assert plain.pvalue_mixture is None
-    with pytest.warns(ah.InferenceWarning, match="50:50 mixture of chi2\\(0\\) and chi2\\(1\\)"):
-        given = ah.lr_test(pois, nb, boundary="variance")
-    assert given.pvalue_mixture == pytest.approx(0.5 * stats.chi2.sf(given.statistic, 1), rel=1e-12, abs=1e-15)
-    with pytest.raises(ValueError, match="boundary must be"):
-        ah.lr_test(pois, nb, boundary="sd")
+    s = plain.statistic
+    with pytest.warns(ah.InferenceWarning, match="50:50 mixture of chi2\\(1\\) and chi2\\(2\\)"):
+        given = ah.lr_test(LIN_R, LIN_F, boundary="variance")
+    assert given.pvalue_mixture == pytest.approx(0.5 * stats.chi2.sf(s, 1) + 0.5 * stats.chi2.sf(s, 2), rel=1e-12)
+    with pytest.warns(ah.InferenceWarning, match="2 parameters"):
+        two = ah.lr_test(LIN_R, LIN_F, boundary=2)
+    assert two.pvalue_mixture == pytest.approx(0.5 * stats.chi2.sf(s, 1) + 0.25 * stats.chi2.sf(s, 2), rel=1e-12)
+    for bad in ("sd", -1, True, 1.5):
+        with pytest.raises(ValueError, match="boundary must be"):
+            ah.lr_test(LIN_R, LIN_F, boundary=bad)
 
 
 def test_random_effect_sd_zero_by_lr():
