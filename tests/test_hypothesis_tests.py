@@ -224,7 +224,8 @@ def test_random_effect_sd_zero_by_lr():
     assert lr.df == 1 and lr.boundary == 1 and lr.boundary_parameters == ("sd",)
     assert lr.statistic == pytest.approx(2 * (float(full.llf) - float(red.llf)), rel=1e-12)
     assert lr.pvalue_mixture == pytest.approx(0.5 * stats.chi2.sf(lr.statistic, 1), rel=1e-12)
-    assert "50:50" in str(lr)
+    assert "50:50" in str(lr) and "50:50" in lr._repr_html_()
+    assert "Random effect b: N(0, sd^2)" in full._repr_html_()  # the summary's footer, in HTML too
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         off = ah.lr_test(red, full, boundary=0)
