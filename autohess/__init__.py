@@ -42,6 +42,14 @@ from ._report import InferenceWarning as InferenceWarning  # noqa: E402
 from ._fit import delta_method as delta_method  # noqa: E402
 from ._fit import evaluate as evaluate  # noqa: E402
 from ._fit import fit as fit  # noqa: E402
+from ._hypothesis_tests import LRTestResult as LRTestResult  # noqa: E402
+from ._hypothesis_tests import ScoreTestResult as ScoreTestResult  # noqa: E402
+from ._hypothesis_tests import TTestResult as TTestResult  # noqa: E402
+from ._hypothesis_tests import WaldTestResult as WaldTestResult  # noqa: E402
+from ._hypothesis_tests import lr_test as lr_test  # noqa: E402
+from ._hypothesis_tests import score_test as score_test  # noqa: E402
+from ._hypothesis_tests import t_test as t_test  # noqa: E402
+from ._hypothesis_tests import wald_test as wald_test  # noqa: E402
 from ._least_squares import LeastSquaresModel as LeastSquaresModel  # noqa: E402
 from ._least_squares import least_squares as least_squares  # noqa: E402
 from ._model import Model as Model  # noqa: E402
@@ -91,6 +99,14 @@ __all__ = [
     "evaluate",
     "fit",
     "Float32Warning",
+    "LRTestResult",
+    "ScoreTestResult",
+    "TTestResult",
+    "WaldTestResult",
+    "lr_test",
+    "score_test",
+    "t_test",
+    "wald_test",
     "LeastSquaresModel",
     "least_squares",
     "Hessian",

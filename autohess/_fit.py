@@ -251,6 +251,19 @@ class FitResult:
         """A statsmodels-like table with a diagnostics footer."""
         return summary(self)
 
+    def wald_test(self, r: Any, value: Any = None, *, use_f: bool = False):
+        """Joint Wald test of ``r(params) = value`` (a ``(k, p)`` matrix, a row, or a function of
+        the parameter pytree) with this fit's covariance; see ``ah.wald_test``."""
+        from ._hypothesis_tests import wald_test
+
+        return wald_test(self, r, value, use_f=use_f)
+
+    def t_test(self, r: Any, value: Any = None):
+        """One z test per restriction row (or per output of a function); see ``ah.t_test``."""
+        from ._hypothesis_tests import t_test
+
+        return t_test(self, r, value)
+
     def __repr__(self) -> str:
         return f"FitResult({self.model.name!r}, llf={float(np.asarray(self.llf)):.6g}, converged={self.converged}, cov_type={self.cov_type!r})"
 
