@@ -116,6 +116,7 @@ class CandidateAudit:
             "max_scaled_error": self.max_scaled_error,
             "worst": [list(w) for w in self.worst], "eigenvalues_scaled": self.eigenvalues.tolist(),
             "sign_flips": self.sign_flips, "se": self.se.tolist(), "se_exact": self.se_exact.tolist(),
+            "entry_causes": None if self.entry_causes is None else [[str(v) for v in row] for row in self.entry_causes],
         }
 
 

@@ -23,7 +23,9 @@ __all__ = ["step_sweep", "audit", "eigenvalues", "bootstrap", "profile", "covera
 
 #: colours of the audit's heat map, by the cause an entry's error has
 _CAUSE_COLOURS = {"ok": "#4daf4a", "rounding": "#377eb8", "truncation": "#ff7f00"}
-_OTHER_COLOUR = "#e41a1c"  # any other cause: the candidate's main one (sign, not_a_hessian, ...)
+#: any other cause (the candidate's main one: sign, not_a_hessian, unexplained, ...), one colour
+#: each, in the order they first appear among the candidates drawn
+_OTHER_COLOURS = ("#e41a1c", "#984ea3", "#a65628", "#f781bf", "#999999", "#ffff33")
 
 
 def _pyplot(what: str):
@@ -102,6 +104,9 @@ def step_sweep(sweep: Any, ax: Any = None) -> Any:
 
     Returns:
         The Axes: one line (``sweep.steps``, ``sweep.errors``) and a dotted vertical at the best step.
+
+    Example:
+        >>> ah.plot.step_sweep(ah.step_sweep(f, x))  # or ah.step_sweep(f, x).plot()
     """
     plt = _pyplot("ah.plot.step_sweep")
     owner = ax is None
@@ -142,6 +147,9 @@ def audit(report: Any, candidates: Optional[Sequence[str]] = None, *, fig: Any =
 
     Returns:
         The Figure (``fig.axes[0]`` the errors, then one heat map per candidate).
+
+    Example:
+        >>> fig = ah.plot.audit(ah.audit(f, x, {"mine": H_mine}))  # or rep.plot()
     """
     plt = _pyplot("ah.plot.audit")
     from matplotlib.colors import ListedColormap
@@ -173,14 +181,19 @@ def audit(report: Any, candidates: Optional[Sequence[str]] = None, *, fig: Any =
     ax.set_ylabel("|C_ij - H_ij| / sqrt|H_ii H_jj| (unit-free)")
     ax.set_title("error per entry against the exact Hessian")
     ax.legend(fontsize=7)
+    causes_of = [_entry_causes(c, OK_TOL, _scaled_error(c.hessian, report.exact)) for c in chosen]
+    # one colour per cause across all panels (a shared colour map and legend)
+    kinds = list(_CAUSE_COLOURS)
+    for causes in causes_of:
+        kinds += [str(v) for v in dict.fromkeys(causes.ravel()) if str(v) not in kinds]
+    others = [kd for kd in kinds if kd not in _CAUSE_COLOURS]
+    colours = [_CAUSE_COLOURS.get(kd) or _OTHER_COLOURS[others.index(kd) % len(_OTHER_COLOURS)] for kd in kinds]
+    cmap = ListedColormap(colours)
     legend = {}
-    for k, c in enumerate(chosen):
+    for k, (c, causes) in enumerate(zip(chosen, causes_of)):
         hax = fig.add_subplot(grid[0, k + 1])
-        causes = _entry_causes(c, OK_TOL, _scaled_error(c.hessian, report.exact))
-        kinds = list(_CAUSE_COLOURS) + sorted({str(v) for v in causes.ravel()} - set(_CAUSE_COLOURS))
-        colours = [_CAUSE_COLOURS.get(kd, _OTHER_COLOUR) for kd in kinds]
         code = np.vectorize(kinds.index, otypes=[float])(causes)
-        hax.imshow(code, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
+        hax.imshow(code, cmap=cmap, vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
         if p <= 6:  # small enough to print each entry's scaled error in its cell
             err = np.abs(_scaled_error(c.hessian, report.exact))
             for i in range(p):
@@ -222,6 +235,9 @@ def eigenvalues(res_or_report: Any, ax: Any = None, *, scale: str = "log-abs", l
 
     Returns:
         The Axes.
+
+    Example:
+        >>> ax = ah.plot.eigenvalues(res)  # or res.plot(), res.diagnostics.plot()
     """
     if scale not in ("log-abs", "symlog"):
         raise ValueError(f"scale must be 'log-abs' or 'symlog', got {scale!r}")
@@ -237,6 +253,12 @@ def eigenvalues(res_or_report: Any, ax: Any = None, *, scale: str = "log-abs", l
     lam = np.asarray(report.eigenvalues, dtype=np.float64)
     if lam.size == 0:
         raise ValueError("the report has no eigenvalues to draw (a model without parameters?)")
+    if not np.all(np.isfinite(lam)):
+        raise ValueError(
+            f"{int(np.sum(~np.isfinite(lam)))} of the {lam.size} scaled eigenvalues are not finite (the Hessian "
+            "has non-finite entries): there is no spectrum to draw; print the diagnostics (res.diagnostics) "
+            "for the cause and ah.hessian(model, res.params) for the parameters involved"
+        )
     k = np.arange(1, lam.size + 1)
     top = float(np.max(np.abs(lam)))
     flat_level = top / FLAT_CONDITION
@@ -281,10 +303,16 @@ def eigenvalues(res_or_report: Any, ax: Any = None, *, scale: str = "log-abs", l
         for j, kinds in sorted(named.items()):
             text = (f"[{', '.join(dict.fromkeys(kinds))}] " if kinds else "") + directions[j]
             right = k[j] > (lam.size + 1) / 2.0  # labels of the right half run leftwards, inside the axes
-            ax.annotate(text, (k[j], y[j]), xytext=(-6 if right else 6, 4), textcoords="offset points", fontsize=7,
+            # neighbours' labels alternate above and below their points, so they do not overlap
+            ax.annotate(text, (k[j], y[j]), xytext=(-6 if right else 6, 5 if j % 2 == 0 else -11),
+                        textcoords="offset points", fontsize=7,
                         color="C3" if kinds else "0.3", ha="right" if right else "left")
     ax.set_xlabel("eigen-direction (ascending eigenvalue)")
-    ax.set_xticks(k if lam.size <= 20 else ax.get_xticks())
+    if lam.size <= 20:
+        ax.set_xticks(k)
+    ax.set_xlim(0.5, lam.size + 0.5)
+    if scale == "log-abs" and top > 0:  # a decade of room above the largest for its label
+        ax.set_ylim(top=10.0 * top)
     held = f"; held fixed: {', '.join(report.held_fixed)}" if getattr(report, "held_fixed", ()) else ""
     ax.set_title(f"scaled Hessian: condition number {report.condition_number:.3g}{held}", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
@@ -313,6 +341,9 @@ def bootstrap(boot: Any, params: Optional[Sequence] = None, *, bins: int = 30, n
 
     Returns:
         The Figure.
+
+    Example:
+        >>> fig = ah.plot.bootstrap(ah.bootstrap(res, n=2000, key=0))  # or boot.plot()
     """
     plt = _pyplot("ah.plot.bootstrap")
     idx = _select(boot.labels, params)
@@ -351,6 +382,9 @@ def profile(prof: Any, ax: Any = None) -> Any:
 
     Returns:
         The Axes.
+
+    Example:
+        >>> ax = ah.plot.profile(ah.profile(res, "sigma"))  # or prof.plot()
     """
     plt = _pyplot("ah.plot.profile")
     from ._solver import Status
@@ -368,7 +402,7 @@ def profile(prof: Any, ax: Any = None) -> Any:
     if (~ok).any():
         ax.plot(values[~ok], lr[~ok], "x", color="0.6", label="refit did not converge")
     if np.isfinite(se) and se > 0:
-        span = np.concatenate([values[np.isfinite(values)], wald])
+        span = np.concatenate([values[np.isfinite(values)], wald[np.isfinite(wald)]])
         grid = np.linspace(span.min(), span.max(), 300)
         ax.plot(grid, ((grid - prof.estimate) / se) ** 2, "C0--", label="Wald quadratic")
     ax.axhline(cut, color="C3", lw=0.8, label=f"chi2_1({1 - prof.alpha:.3g}) = {cut:.3g}")
@@ -377,7 +411,8 @@ def profile(prof: Any, ax: Any = None) -> Any:
         if np.isfinite(v):
             ax.axvline(v, color="k", lw=0.8, label=f"profile {level} interval" if k == 0 or not np.isfinite(prof.interval[0]) else None)
     for k, v in enumerate(wald):
-        ax.axvline(v, color="C0", lw=0.8, linestyle=":", label=f"Wald {level} interval" if k == 0 else None)
+        if np.isfinite(v):  # a NaN standard error (a flat direction) has no Wald interval
+            ax.axvline(v, color="C0", lw=0.8, linestyle=":", label=f"Wald {level} interval" if k == 0 else None)
     top = np.nanmax(lr[ok]) if ok.any() else cut
     ax.set_ylim(-0.05 * max(top, cut), 1.3 * max(min(top, 4 * cut), cut))
     ax.set_xlabel(f"{prof.name} (natural scale)")
@@ -407,6 +442,9 @@ def coverage(study: Any, ax: Any = None, *, band: float = 0.95) -> Any:
 
     Returns:
         The Axes.
+
+    Example:
+        >>> ax = ah.plot.coverage(ah.simulation_study(model, truth, n=1000, key=0))  # or study.plot()
     """
     if not 0.0 < band < 1.0:
         raise ValueError(f"band must be in (0, 1), got {band}")
@@ -459,6 +497,9 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
 
     Returns:
         The Axes (one coefficient per group) or the Figure (``q`` coefficients).
+
+    Example:
+        >>> ax = ah.plot.random_effects(res, "b", levels=herd_names)
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -504,6 +545,7 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
         else:
             out, grid = plt.subplots(1, q, figsize=(4.5 * q, max(3.0, 0.25 * G + 1.5)), squeeze=False)
             panels = list(grid[0])
+    owner = ax is None
     pos = np.arange(G)
     for c, a in enumerate(panels[:q]):
         order = np.argsort(mode[:, c], kind="stable") if sort else np.arange(G)
@@ -520,5 +562,7 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
         a.set_xlabel(f"{est.name}" + (f"[:, {c}]" if q > 1 else "") + " (scale of the linear predictor)")
         a.set_ylabel("group" + (" (sorted by mode)" if sort else ""))
         a.set_title(f"{est.name}: conditional modes, {1 - alpha:.0%} intervals", fontsize=10)
-    panels[0].legend(fontsize=7, loc="lower right")
+    panels[0].legend(fontsize=7)
+    if owner:
+        panels[0].figure.tight_layout()
     return out
