@@ -196,6 +196,11 @@ class AuditReport:
 
         return draw(self, candidates, fig=fig)
 
+    def _repr_html_(self) -> str:
+        from ._html import audit_report
+
+        return audit_report(self)
+
 
 def _as_candidate(name: str, spec: Any) -> dict:
     if isinstance(spec, FDHessian):

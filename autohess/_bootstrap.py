@@ -519,6 +519,23 @@ class BootstrapComparison:
 
         return bootstrap_comparison_table(self)
 
+    def _repr_html_(self) -> str:
+        from ._html import table
+        from ._report import bootstrap_comparison_parts
+
+        return table(*bootstrap_comparison_parts(self))
+
+    def to_frame(self) -> Any:
+        """The table as a pandas DataFrame indexed by label: ``estimate``, ``boot SE``, one
+        ``<cov_type> SE`` column per Wald kind, ``boot bias`` (needs pandas)."""
+        from ._pandas import require_pandas
+
+        pd = require_pandas("BootstrapComparison.to_frame()", "to_dict() or str()")
+        cols = {"estimate": self.estimate, "boot SE": self.bootstrap_se}
+        cols.update({f"{k} SE": v for k, v in self.wald_se.items()})
+        cols["boot bias"] = self.bias
+        return pd.DataFrame(cols, index=list(self.labels))
+
 
 @dataclasses.dataclass(frozen=True)
 class BootstrapResult:
@@ -676,6 +693,36 @@ class BootstrapResult:
         from .plot import bootstrap as draw
 
         return draw(self, params, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """``repr()`` and, with two or more converged replicates, the estimate, bootstrap SE,
+        bias and percentile interval per parameter (``compare()`` adds the Wald SEs)."""
+        import html as _h
+
+        from ._html import table
+
+        head = f"<p>{_h.escape(repr(self))}</p>"
+        if int(np.sum(self.ok)) < 2:
+            return head
+        ci = self.conf_int(flat=True)
+        rows = [[lab, float(np.asarray(self.estimate)[i]), self.se_flat[i], self.bias_flat[i], ci[i, 0], ci[i, 1]]
+                for i, lab in enumerate(self.labels)]
+        return head + table(None, ["parameter", "estimate", "boot SE", "boot bias", "[0.025", "0.975]"], rows)
+
+    def to_frame(self) -> Any:
+        """The replicates as a pandas DataFrame: one row per bootstrap member, one column per
+        label, then ``ok`` (converged with finite estimates: what the summaries use) and
+        ``status`` (the member's readable status) (needs pandas)."""
+        from ._pandas import require_pandas
+
+        pd = require_pandas("BootstrapResult.to_frame()", "replicates (a (B, p) array in labels order) and ok")
+        frame = pd.DataFrame(np.asarray(self.replicates, dtype=np.float64), columns=list(self.labels))
+        frame["ok"] = np.asarray(self.ok, dtype=bool)
+        frame["status"] = self.fits.status
+        frame.index.name = "replicate"
+        return frame
+
+    replicates_frame = to_frame
 
 
 # ------------------------------------------------------------------------------------------

@@ -275,6 +275,12 @@ class FitResult:
 
         return draw(self, ax, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """``summary()`` as HTML tables (notebooks)."""
+        from ._html import fit_summary
+
+        return fit_summary(self)
+
 
 jax.tree_util.register_dataclass(
     FitResult,

@@ -69,7 +69,7 @@ def diagnostic_report(report: Any) -> str:
 def fit_summary(res: Any) -> str:
     """``FitResult``: the header of ``summary()`` as a two-column table, the coefficient table,
     then the footer lines (random effects, transforms, status, diagnostics)."""
-    from ._report import _COV_NAMES, _bic_text, summary
+    from ._report import _COV_NAMES, _bic_text, _fmt, summary
 
     text = summary(res).split("\n")
     rules = [i for i, line in enumerate(text) if line and set(line) == {"="}]
@@ -89,7 +89,8 @@ def fit_summary(res: Any) -> str:
     pv = np.asarray(res.pvalues_flat, dtype=np.float64)
     ci = np.asarray(res.conf_int(0.05, flat=True), dtype=np.float64)
     transformed = res.model.spec.transformed
-    rows = [[lab + ("*" if transformed[i] else ""), x[i], se[i], z[i], pv[i], ci[i, 0], ci[i, 1]]
+    zp = lambda v: _fmt(v, 9, 3, False).strip()  # noqa: E731  (the z and p columns of summary())
+    rows = [[lab + ("*" if transformed[i] else ""), x[i], se[i], zp(z[i]), zp(pv[i]), ci[i, 0], ci[i, 1]]
             for i, lab in enumerate(res.labels)]
     head = table(title, ["", "value"], pairs)
     coef = table(None, ["", "coef", "std err", "z", "P>|z|", "[0.025", "0.975]"], rows)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -445,14 +445,16 @@ def check_same_data(restricted: Model, full: Model, what: str, weights=(None, No
             f"observations, the full ({full.name}) {n_f}. Both must be fitted to the same observations"
         )
     a, b = _data_leaves(restricted), _data_leaves(full)
-    for path in sorted(set(a) & set(b)):
-        x, y = a[path], b[path]
-        if x.shape == y.shape and x.dtype == y.dtype and not np.array_equal(x, y):
-            raise ValueError(
-                f"{what}: data{path} differs between the restricted ({restricted.name}) and the full ({full.name}) "
-                f"model (same shape {x.shape}, different values): the fits are of different data. Fit both "
-                "models to the same data set"
-            )
+    differ = [
+        f"data{path} (shape {a[path].shape})" for path in sorted(set(a) & set(b))
+        if a[path].shape == b[path].shape and a[path].dtype == b[path].dtype and not np.array_equal(a[path], b[path])
+    ]
+    if differ:
+        raise ValueError(
+            f"{what}: {', '.join(differ)} differ{'s' if len(differ) == 1 else ''} between the restricted "
+            f"({restricted.name}) and the full ({full.name}) model (same name and shape, different values): the "
+            "fits are of different data. Fit both models to the same data set"
+        )
     shared = any(x.shape == y.shape and np.array_equal(x, y) for x in a.values() for y in b.values())
     if not shared:
         raise ValueError(

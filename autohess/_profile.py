@@ -105,6 +105,24 @@ class ProfileResult:
 
         return draw(self, ax)
 
+    def _repr_html_(self) -> str:
+        from ._html import table
+        from ._report import profile_parts
+
+        return table(*profile_parts(self))
+
+    def to_frame(self) -> Any:
+        """The profile as a pandas DataFrame, one row per value evaluated (sorted): the
+        parameter's value (column named after it), ``llf``, ``lr`` (``2 (l_hat - l_p)``),
+        ``signed_root`` and ``status`` (each constrained refit's readable status) (needs pandas)."""
+        from ._pandas import require_pandas
+
+        pd = require_pandas("ProfileResult.to_frame()", "values, llf, lr and signed_root (arrays)")
+        return pd.DataFrame({
+            self.name: self.values, "llf": self.llf, "lr": self.lr, "signed_root": self.signed_root,
+            "status": [Status(int(c)).message for c in np.asarray(self.status_code)],
+        })
+
 
 def _index(res: FitResult, name: Union[str, int]) -> int:
     labels = list(res.labels)

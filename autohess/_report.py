@@ -436,6 +436,11 @@ class DiagnosticReport:
             body += f"\nStandard errors set to NaN: {', '.join(self.nan_se)}" + self._others()
         return head + "\n" + body
 
+    def _repr_html_(self) -> str:
+        from ._html import diagnostic_report
+
+        return diagnostic_report(self)
+
     def _others(self) -> str:
         """What the standard errors that are not NaN mean, given the problems found."""
         if len(self.nan_se) >= len(self.eigenvalues):
@@ -602,8 +607,8 @@ def format_table(headers, rows, title: Optional[str] = None) -> str:
     return "\n".join(out)
 
 
-def bootstrap_comparison_table(cmp) -> str:
-    """Bootstrap SEs next to Wald SEs (``BootstrapComparison.__str__``)."""
+def bootstrap_comparison_parts(cmp) -> tuple:
+    """``(title, headers, rows, notes)`` of ``BootstrapComparison`` (its text and HTML)."""
     kinds = list(cmp.wald_se)
     headers = ["parameter", "estimate", "boot SE"] + [f"{k} SE" for k in kinds] + [f"boot/{kinds[0]}", "boot bias"]
     rows = []
@@ -613,17 +618,23 @@ def bootstrap_comparison_table(cmp) -> str:
     title = f"{cmp.kind} bootstrap, {cmp.n_ok} converged replicates"
     if cmp.block_length is not None:
         title += f", block length {cmp.block_length} ({cmp.block_length_rule})"
-    text = format_table(headers, rows, title)
+    notes = []
     if cmp.disagree:
-        text += (
-            f"\nbootstrap and {cmp.disagree_cov_type} Wald disagree (spread or centre) beyond "
+        notes.append(
+            f"bootstrap and {cmp.disagree_cov_type} Wald disagree (spread or centre) beyond "
             f"Monte-Carlo error for: {', '.join(cmp.disagree)} (see the BootstrapWarning for what to do)"
         )
-    return text
+    return title, headers, rows, notes
 
 
-def study_table(t) -> str:
-    """Simulation-study summary with Monte-Carlo standard errors (``StudyTable.__str__``)."""
+def bootstrap_comparison_table(cmp) -> str:
+    """Bootstrap SEs next to Wald SEs (``BootstrapComparison.__str__``)."""
+    title, headers, rows, notes = bootstrap_comparison_parts(cmp)
+    return format_table(headers, rows, title) + "".join("\n" + n for n in notes)
+
+
+def study_parts(t) -> tuple:
+    """``(title, headers, rows, notes)`` of ``StudyTable`` (its text and HTML)."""
     kinds = list(t.coverage)
     headers = ["parameter", "true", "mean", "bias", "(mcse)", "emp SD", "(mcse)"]
     for k in kinds:
@@ -637,21 +648,25 @@ def study_table(t) -> str:
     title = (
         f"simulation study: {t.n_ok} of {t.n} fits converged; Wald coverage at nominal {t.level:.3g}"
     )
+    return title, headers, rows, []
+
+
+def study_table(t) -> str:
+    """Simulation-study summary with Monte-Carlo standard errors (``StudyTable.__str__``)."""
+    title, headers, rows, _ = study_parts(t)
     return format_table(headers, rows, title)
 
 
-def profile_table(prof) -> str:
-    """Profile-likelihood interval next to the Wald interval (``ProfileResult.__str__``)."""
+def profile_parts(prof) -> tuple:
+    """``(title, headers, rows, notes)`` of ``ProfileResult`` (its text and HTML)."""
     level = 1.0 - prof.alpha
     lo, hi = prof.interval
     rows = [
         ["profile likelihood", lo, hi, hi - prof.estimate, prof.estimate - lo],
         ["Wald", prof.wald[0], prof.wald[1], prof.wald[1] - prof.estimate, prof.estimate - prof.wald[0]],
     ]
-    text = format_table(
-        ["interval", "lower", "upper", "upper - est", "est - lower"], rows,
-        f"{prof.name} = {_fmt(prof.estimate).strip()}: {level:.3g} intervals",
-    )
+    headers = ["interval", "lower", "upper", "upper - est", "est - lower"]
+    title = f"{prof.name} = {_fmt(prof.estimate).strip()}: {level:.3g} intervals"
     notes = [why for why in prof.end_notes if why]
     if not prof.valid:
         notes.append(
@@ -661,4 +676,10 @@ def profile_table(prof) -> str:
     failed = int(np.sum(prof.status_code != Status.CONVERGED))
     if failed:
         notes.append(f"{failed} of {prof.status_code.size} constrained refits did not converge and were left out")
-    return text + ("\n" + "\n".join(notes) if notes else "")
+    return title, headers, rows, notes
+
+
+def profile_table(prof) -> str:
+    """Profile-likelihood interval next to the Wald interval (``ProfileResult.__str__``)."""
+    title, headers, rows, notes = profile_parts(prof)
+    return format_table(headers, rows, title) + "".join("\n" + n for n in notes)

@@ -58,6 +58,26 @@ class StudyTable:
 
         return study_table(self)
 
+    def _repr_html_(self) -> str:
+        from ._html import table
+        from ._report import study_parts
+
+        return table(*study_parts(self))
+
+    def to_frame(self) -> Any:
+        """The table as a pandas DataFrame indexed by label: ``true``, ``mean``, ``bias``,
+        ``bias mcse``, ``emp SD``, ``emp SD mcse``, then per cov_type ``SE <k>``,
+        ``SE <k> mcse``, ``cover <k>``, ``cover <k> mcse`` (needs pandas)."""
+        from ._pandas import require_pandas
+
+        pd = require_pandas("StudyTable.to_frame()", "to_dict() or str()")
+        cols = {"true": self.truth, "mean": self.mean, "bias": self.bias, "bias mcse": self.bias_mcse,
+                "emp SD": self.emp_sd, "emp SD mcse": self.emp_sd_mcse}
+        for k in self.coverage:
+            cols.update({f"SE {k}": self.mean_se[k], f"SE {k} mcse": self.mean_se_mcse[k],
+                         f"cover {k}": self.coverage[k], f"cover {k} mcse": self.coverage_mcse[k]})
+        return pd.DataFrame(cols, index=list(self.labels))
+
 
 @dataclasses.dataclass(frozen=True)
 class SimulationStudy:
@@ -121,6 +141,12 @@ class SimulationStudy:
         from .plot import coverage as draw
 
         return draw(self, ax, **kwargs)
+
+    def _repr_html_(self) -> str:
+        import html as _h
+
+        head = f"<p>{_h.escape(repr(self))}</p>"
+        return head + (self.table()._repr_html_() if int(np.sum(self.ok)) >= 2 else "")
 
 
 def simulation_study(
