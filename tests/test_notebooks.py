@@ -1,8 +1,9 @@
 """Every notebook in notebooks/ runs top to bottom without error (nbclient, a fresh kernel).
 
 The notebooks are documentation that executes: they use only the public API, read their data
-from the repository, and state their checks as ``assert`` cells (the GLMM notebook compares
-with lme4's published fit), so a change that breaks a worked example fails here. They are
+from the repository, and state their checks as ``assert`` cells against named references
+(closed forms, statsmodels, published values such as lme4's cbpp fit and Durbin-Koopman's Nile
+variances, simulation with fixed seeds), so a change that breaks a worked example fails here. They are
 committed without outputs; the second test keeps it that way (outputs in git make every diff
 unreadable and go stale).
 """
