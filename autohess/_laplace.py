@@ -21,7 +21,9 @@ random coefficients. Two structures (``Structure``):
 Inner maximisation: damped Newton (a Levenberg-style shift where ``-H_uu`` is not positive
 definite or a step does not raise ``j``, as TMB's inner Newton), compiled as one
 ``lax.while_loop``, started at ``u = 0`` (the random effects' mean) on every call, so ``L`` is a
-pure function of ``theta`` and the data: ``jit``/``vmap`` work on it as on any ``loglik``.
+pure function of ``theta`` and the data: ``jit``/``vmap`` work on it as on any ``loglik``. Inside
+a fit on the crossed and dense paths the outer solver carries the last accepted iterate's modes
+and each inner solve starts there (``warm_started``; the value does not depend on the start).
 
 Exact derivatives: the mode ``u_hat(theta)`` is a ``custom_jvp`` function whose tangent is
 the implicit function theorem's ``du = (-H_uu)^{-1} (d_theta g_u) dtheta`` at the converged
@@ -38,7 +40,9 @@ with ``groups``) where each observation depends on one level of each (checked at
 construction, ``check_crossed``): ``H_uu`` is assembled from per-observation ``m x m`` Hessians
 (``m`` the coefficients one observation sees) and the factor with most coefficients, whose
 part of ``H_uu`` is block-diagonal, is eliminated first (Schur complement), so only the other
-factors' coefficients meet a dense Cholesky. ``L`` is a scalar as on the dense path.
+factors' coefficients meet a dense Cholesky; after an observation-level factor the next one is
+block-diagonal too and is eliminated in turn (``_nested_factor``). ``L`` is a scalar as on the
+dense path.
 """
 
 from __future__ import annotations
