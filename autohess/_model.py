@@ -314,7 +314,7 @@ class Model:
         crossed = (not block_diagonal and n is not None and len(blocks) > 1
                    and all(b.groups is not None for b in blocks)
                    and check_crossed(loglik, blocks, init, self._data) is None)
-        structure = make_structure(blocks, block_diagonal, crossed)
+        structure = make_structure(blocks, block_diagonal, crossed, self._data)
         if not block_diagonal and dense_size(structure) > MAX_DENSE:
             why = f" ({self.dense_reason})" if self.dense_reason else ""
             raise ValueError(

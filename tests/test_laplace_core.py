@@ -135,19 +135,36 @@ def test_crossed_path_equals_dense_path(rng):
     model = _crossed_poisson(rng)
     s = model.laplace.structure
     assert s.crossed and s.blocks[s.eliminated].name == "uo"  # the largest factor goes first
+    assert s.single  # uo is observation-level: one observation per level
     dense = _dense_twin(model)
     x = _point(model)
     reference = _value_grad_hess(dense, model, x)
     u2, C2, _ = dense.conditional(model.init_params, model.data)
-    for eliminate in ("uo", "ua"):
+    # uo by per-observation Schur blocks and by dense rows of A^-1 B; ua (q_e = 2) by rows
+    for eliminate, single in (("uo", True), ("uo", False), ("ua", False)):
         k = [b.name for b in s.blocks].index(eliminate)
-        crossed = Laplace(model.laplace.loglik, dataclasses.replace(s, eliminated=k))
+        crossed = Laplace(model.laplace.loglik, dataclasses.replace(s, eliminated=k, single=single))
         # Reference: the dense path, as above; the crossed path assembles H_uu from
         # per-observation Hessians and a Schur complement: rounding-level differences only.
         for a, b in zip(_value_grad_hess(crossed, model, x), reference):
             assert rel_err(a, b) < 1e-10, eliminate
         u1, C1, _ = crossed.conditional(model.init_params, model.data)
         assert rel_err(u1, u2) < 1e-10 and rel_err(C1, C2) < 1e-10, eliminate
+
+
+def test_single_observation_form_refuses_shared_levels(rng):
+    """The per-observation Schur form is chosen on the model's data (one observation per level
+    of the eliminated factor); data where two observations share a level (a batch member, say)
+    give a NaN log det, not a wrong one."""
+    model = _crossed_poisson(rng, N=20)
+    lap, s = model.laplace, model.laplace.structure
+    assert s.single
+    u = jnp.zeros((1, s.q))
+    _, K = lap.neg_hess(u, model.init_params, model.data)
+    assert np.isfinite(lap.factor(K)[0]).all()
+    shared = {**model.data, "obs": np.r_[0, np.arange(19)]}  # observations 0 and 1 on level 0
+    _, K = lap.neg_hess(u, model.init_params, shared)
+    assert np.isnan(lap.factor(K)[0]).all()
 
 
 def test_crossed_needs_one_level_per_factor(rng):

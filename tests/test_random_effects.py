@@ -366,7 +366,7 @@ GROUSE_LLF = -890.271330087398
 GROUSE_SE = np.array([0.19637, 0.23813, 0.26279, 0.12348, 0.04917, 0.13722, 0.21748])
 
 
-@pytest.mark.slow  # the dense path: measured 70 s CPU for the first fit, 52 s warm (see below)
+@pytest.mark.slow  # the crossed path with the obs-level factor and the brood factor eliminated in turn
 def test_grouseticks_three_factors_vs_dense_laplace():
     g = R.grouseticks()
     data = {k: g[k] for k in ("X", "y", "log_y_factorial", "index", "brood", "location")}
