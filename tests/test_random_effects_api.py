@@ -196,3 +196,58 @@ def test_correlation_at_one_is_named():
     assert "the correlation of random effect 'b' (groups data['s'])" in found.message
     assert "perfectly correlated" in found.suggestion and "corr=None" in found.suggestion
     assert np.isnan(float(res.bse["rho"]))
+    # one finding, not two that contradict each other: the solver stalls here (rho sits at
+    # rounding distance from 1 on its unconstrained scale) while the others are at their
+    # optimum on the face (0.0002 standard errors away, measured); it used to add a
+    # "not_converged" finding quoting rho's own outward gradient (5e6) as the evidence
+    assert [p.kind for p in res.diagnostics.problems] == ["boundary"]
+    assert res.converged
+    head = str(res.diagnostics).splitlines()[0]
+    assert head.startswith("with rho held fixed: max|gradient| ")
+    assert res.diagnostics.face_gradient_max < 1.0 < res.diagnostics.gradient_max
+    assert res.diagnostics.face_newton_decrement < 1e-4  # squared distance in SEs: 3e-8 measured
+    assert "not converged" not in res.summary()
+
+
+def test_face_distance_closed_form():
+    # Newton step length on the face, in standard errors: sqrt(g_f' H_ff^-1 g_f) over the free
+    # parameters (closed form with numpy's solve; agreement to rounding, CLOSED_FORM)
+    from autohess._fit import face_distance
+
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((4, 4))
+    H = A @ A.T + 4.0 * np.eye(4)
+    g = rng.standard_normal(4)
+    held = np.array([False, True, False, False])
+    free = ~held
+    want = np.sqrt(g[free] @ np.linalg.solve(H[np.ix_(free, free)], g[free]))
+    assert abs(float(face_distance(jnp.asarray(g), jnp.asarray(H), jnp.asarray(held))) - want) < 1e-10 * want
+    # a face that is not positive definite has no Newton step: inf, never "at the optimum"
+    H[0, 0] = -1.0
+    assert np.isinf(float(face_distance(jnp.asarray(g), jnp.asarray(H), jnp.asarray(held))))
+
+
+@pytest.mark.parametrize("status, grad_free, want", [
+    ("STALLED", 1e-6, "CONVERGED"),        # at the optimum on the face: the boundary explains the stall
+    ("MAX_ITERATIONS", 1e-6, "CONVERGED"),
+    ("STALLED", 1.0, "STALLED"),           # 1 SE from the optimum on the face: not converged
+    ("NONFINITE", 1e-6, "NONFINITE"),      # other statuses are left as they are
+])
+def test_stall_at_a_bound_reads_on_the_face(status, grad_free, want):
+    # a Positive parameter at 1e-12 with an outward gradient (its bound 0 within reach) and
+    # two free parameters with unit curvature: the status follows the face's Newton step
+    from autohess._diagnostics import compute_diagnostics
+    from autohess._fit import _status_on_face
+    from autohess._solver import Status
+
+    x = jnp.array([1e-12, 0.3, -0.2])
+    hess = jnp.array([[1.0, 0.2, 0.0], [0.2, 1.0, 0.1], [0.0, 0.1, 1.0]])
+    grad = jnp.array([5.0, grad_free, 0.0])  # NLL gradient: rises away from the bound 0
+    lower = jnp.array([0.0, -jnp.inf, -jnp.inf])
+    upper = jnp.full(3, jnp.inf)
+    d = compute_diagnostics(grad, hess, x, lower, upper)
+    assert np.asarray(d.at_boundary).tolist() == [True, False, False]
+    got = _status_on_face(jnp.asarray(Status[status]), d, grad, hess)
+    assert Status(int(got)) == Status[want]
+    # without the derivatives (the old call) nothing but SINGULAR is read on the face
+    assert Status(int(_status_on_face(jnp.asarray(Status[status]), d))) == Status[status]
