@@ -736,7 +736,8 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction, scale=scale,
     )
     result = FitResult(
-        params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
+        # negated on the host: ``-value`` op by op compiled a program of its own in every fresh process
+        params_flat=x, cov=cov, llf=jax.device_put(-np.asarray(value)), gradient=grad, hessian_matrix=hess,
         status_code=status, iterations=iterations,
         diagnostics_data=diag, model=model, cov_type=cov_type, method=method, weights=weights,
     )
