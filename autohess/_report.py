@@ -556,14 +556,21 @@ def _bic_text(res: "FitResult") -> str:
 
 def _random_lines(model) -> list[str]:
     """What was integrated out, one line per random effect, and how."""
+    from ._laplace import level_names, short_names
+
     s = model.laplace.structure
     out = []
     for b in s.blocks:
+        levels, coefficients = level_names(model, b)
+        named = ""
+        if levels is not None:
+            named = f" (levels {short_names(levels)})"
         if b.kind == "normal":
-            what = f"N(0, {b.parameters[0]}^2), {b.n_levels} groups of data[{b.groups!r}]"
+            what = f"N(0, {b.parameters[0]}^2), {b.n_levels} groups of data[{b.groups!r}]{named}"
         elif b.kind == "mvnormal":
             cov = f"sd = {b.parameters[0]}" + (f", corr = {b.parameters[1]}" if len(b.parameters) > 1 else ", uncorrelated")
-            what = f"{b.q}-variate normal ({cov}), {b.n_levels} groups of data[{b.groups!r}]"
+            coef = f" of {', '.join(coefficients)}" if coefficients is not None else ""
+            what = f"{b.q}-variate normal{coef} ({cov}), {b.n_levels} groups of data[{b.groups!r}]{named}"
         else:
             what = f"latent block of shape {b.shape} with its own log density"
         out.append(f"Random effect {b.name}: {what}")

@@ -59,6 +59,43 @@ def test_result_views(fitted):
     assert "Laplace approximation" in text
 
 
+def test_level_names_label_the_estimate(fitted):
+    # a user's model takes integer codes only (text or categorical data are refused by the
+    # data layer), so its levels have no names until model.random_names gives them
+    model, res = fitted
+    r = res.random["b"]
+    assert r.levels is None and r.coefficients is None
+    assert repr(r) == "RandomEffectEstimate('b', shape=(8,))"
+    names = tuple(f"herd {c}" for c in "ABCDEFGH")
+    model.random_names = {"b": names}
+    try:
+        named = res.random["b"]
+        assert named.levels == names
+        np.testing.assert_array_equal(np.asarray(named.mode), np.asarray(r.mode))
+        assert repr(named) == "RandomEffectEstimate('b', shape=(8,), levels=(herd A, herd B, herd C, ..., herd G, herd H))"
+        rows = str(named).splitlines()
+        assert rows[0] == "random effect b: conditional modes, 8 levels" and rows[3].startswith("herd A ")
+        assert "groups of data['g'] (levels herd A, herd B, herd C, ..., herd G, herd H)" in res.summary()
+        pd = pytest.importorskip("pandas")
+        frame = named.to_frame()
+        assert list(frame.index) == list(names) and frame.index.name == "level"
+        assert list(frame.columns) == ["mode", "se", "se_conditional", "lower", "upper", "lower_conditional", "upper_conditional"]
+        np.testing.assert_array_equal(frame["se"].to_numpy(), np.asarray(r.se))
+        # the interval ends are mode -/+ z_0.975 se (z to 16 digits, closed form); 1e-12:
+        # the two sides compute it in different operation orders
+        z = 1.959963984540054
+        np.testing.assert_allclose(frame["upper"], np.asarray(r.mode) + z * np.asarray(r.se), rtol=1e-12)
+        np.testing.assert_allclose(frame["lower_conditional"], np.asarray(r.mode) - z * np.asarray(r.se_conditional), rtol=1e-12)
+        ci = named.conf_int(0.1, conditional=True, frame=True)
+        assert isinstance(ci, pd.DataFrame) and list(ci.index) == list(names)
+        np.testing.assert_array_equal(ci.to_numpy(), np.asarray(named.conf_int(0.1, conditional=True)))
+        model.random_names = {"b": names[:2]}
+        with pytest.raises(ValueError, match=r"random_names\['b'\] has 2 names for the levels but random effect 'b' has 8 levels"):
+            res.random
+    finally:
+        model.random_names = {}
+
+
 def test_modes_maximise_the_joint_density(fitted):
     # independent check of the conditional modes: at the mode, the derivative of
     # sum_i loglik_i + log N(b; 0, sd^2) in each b_g is 0 (to rounding: 1e-9 of the terms' size)
