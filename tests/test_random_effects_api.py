@@ -37,10 +37,30 @@ PARAMS = {"beta": jnp.zeros(2), "sd": ah.Positive(1.0)}
 RANDOM = {"b": ah.Normal(sd="sd", groups="g")}
 
 
+#: programs compiled while the ``fitted`` fixture builds its model and fits it, in order
+COMPILED = {"build": [], "fit": []}
+_recording = []
+
+
+def _record(event, duration, **kwargs):
+    if _recording and event == "/jax/core/compile/backend_compile_duration":
+        COMPILED[_recording[-1]].append(kwargs.get("fun_name"))
+
+
+jax.monitoring.register_event_duration_secs_listener(_record)
+
+
 @pytest.fixture(scope="module")
 def fitted():
-    model = ah.Model(loglik, _data(), PARAMS, random=RANDOM)
-    return model, ah.fit(model)
+    _recording.append("build")
+    try:
+        model = ah.Model(loglik, _data(), PARAMS, random=RANDOM)
+        _recording.append("fit")
+        res = ah.fit(model)
+        np.asarray(res.bse["sd"]), np.asarray(res.random["b"].se)
+    finally:
+        _recording.clear()
+    return model, res
 
 
 def test_result_views(fitted):
@@ -57,6 +77,43 @@ def test_result_views(fitted):
     text = res.summary()
     assert f"Random effect b: N(0, sd^2), {G} groups of data['g']" in text
     assert "Laplace approximation" in text
+
+
+def test_first_fit_compiles_only_what_it_needs(fitted):
+    # what a first fit with random-effect SEs compiles (issue #15: the first call in a fresh
+    # process is mostly compilation). Construction: no program per primitive of the user's
+    # loglik (check_crossed's probe ran op by op: ~15 programs); a fit and its SEs: the solve,
+    # the covariance, the random-effects program once each, and none of the square roots,
+    # sums or negations that ran op by op after them. Generic programs other tests may have
+    # compiled first (same shapes) only lower the counts, so bounds, not equalities.
+    build, fit = COMPILED["build"], COMPILED["fit"]
+    assert len(build) <= 12, build
+    assert not {"jit(logaddexp)", "jit(gather)", "jit(mul)", "jit(multiply)"} & set(build), build
+    assert fit.count("jit(solve)") == 1 and fit.count("jit(run)") == 1, fit
+    assert not {"jit(sqrt)", "jit(add)", "jit(negative)", "jit(broadcast_in_dim)"} & set(fit), fit
+    assert len(fit) <= 8, fit
+
+
+def test_random_effects_program_has_one_inner_loop(fitted):
+    # the modes' SEs use the implicit function theorem on the C they already have; taking
+    # jacfwd of the mode traced a second inner Newton loop (while_loop) into the program
+    from jax.extend.core import jaxprs_in_params
+
+    from autohess._laplace import conditional_program
+
+    model, res = fitted
+    program = conditional_program(model).__wrapped__
+    jaxpr = jax.make_jaxpr(program)(res.params_flat, res.cov, model.data)
+
+    def loops(jpr):
+        n = 0
+        for eqn in jpr.eqns:
+            n += eqn.primitive.name == "while"
+            for sub in jaxprs_in_params(eqn.params):
+                n += loops(sub)
+        return n
+
+    assert loops(jaxpr.jaxpr) == 1
 
 
 def test_level_names_label_the_estimate(fitted):
