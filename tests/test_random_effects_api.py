@@ -87,11 +87,11 @@ def test_first_fit_compiles_only_what_it_needs(fitted):
     # sums or negations that ran op by op after them. Generic programs other tests may have
     # compiled first (same shapes) only lower the counts, so bounds, not equalities.
     build, fit = COMPILED["build"], COMPILED["fit"]
-    assert len(build) <= 12, build
+    assert len(build) <= 16, build  # 12 measured in a fresh process (24 before)
     assert not {"jit(logaddexp)", "jit(gather)", "jit(mul)", "jit(multiply)"} & set(build), build
     assert fit.count("jit(solve)") == 1 and fit.count("jit(run)") == 1, fit
     assert not {"jit(sqrt)", "jit(add)", "jit(negative)", "jit(broadcast_in_dim)"} & set(fit), fit
-    assert len(fit) <= 8, fit
+    assert len(fit) <= 9, fit  # 7 measured in a fresh process (10 before)
 
 
 def test_random_effects_program_has_one_inner_loop(fitted):
