@@ -174,13 +174,7 @@ class AuditReport:
             f"{'candidate':<30}{'rel. Frobenius':>15}{'max scaled':>12}{'min eig':>11}{'SE ratio':>20}  cause",
         ]
         for c in self.candidates:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = c.se / c.se_exact
-            finite = ratio[np.isfinite(ratio)]
-            rtxt = f"{finite.min():.3g}..{finite.max():.3g}" if finite.size else "n/a"
-            if 0 < finite.size < ratio.size:
-                rtxt += f" ({ratio.size - finite.size} NaN)"
-            min_eig = f"{np.nanmin(c.eigenvalues):.3g}" if np.isfinite(c.eigenvalues).any() else "n/a"
+            min_eig, rtxt = candidate_cells(c)
             head.append(
                 f"{c.name[:29]:<30}{c.rel_frobenius:>15.2e}{c.max_scaled_error:>12.2e}"
                 f"{min_eig:>11} {rtxt:>19}  {', '.join(c.causes)}"
@@ -200,6 +194,18 @@ class AuditReport:
         from ._html import audit_report
 
         return audit_report(self)
+
+
+def candidate_cells(c: "CandidateAudit") -> tuple[str, str]:
+    """The audit table's ``min eig`` and ``SE ratio`` cells of one candidate (text and HTML)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = c.se / c.se_exact
+    finite = ratio[np.isfinite(ratio)]
+    rtxt = f"{finite.min():.3g}..{finite.max():.3g}" if finite.size else "n/a"
+    if 0 < finite.size < ratio.size:
+        rtxt += f" ({ratio.size - finite.size} NaN)"
+    min_eig = f"{np.nanmin(c.eigenvalues):.3g}" if np.isfinite(c.eigenvalues).any() else "n/a"
+    return min_eig, rtxt
 
 
 def _as_candidate(name: str, spec: Any) -> dict:

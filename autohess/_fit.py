@@ -397,8 +397,13 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
                 lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
                 u0, iterations = lm.x, lm.iterations
-            res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, rtol=rtol, max_step=cap,
-                                      unit=unit)
+            fun, aux0 = _value_grad_hess_fn(f, mode), None
+            if model.laplace is not None and not model.laplace.structure.block_diagonal:
+                from ._laplace import warm_started
+
+                fun, aux0 = warm_started(model.laplace, fun, lambda u: spec.unflatten(spec.to_natural(u)), data,
+                                         u0.dtype)
+            res = trust_region_newton(fun, u0, maxiter=maxiter, rtol=rtol, max_step=cap, unit=unit, aux0=aux0)
             x, value, grad, hess, ok = _natural_derivatives(
                 spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess, scale))
             return x, iterations + res.iterations, res.status, (value, grad, hess), ok, res, scale

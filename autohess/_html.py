@@ -69,7 +69,7 @@ def diagnostic_report(report: Any) -> str:
 def fit_summary(res: Any) -> str:
     """``FitResult``: the header of ``summary()`` as a two-column table, the coefficient table,
     then the footer lines (random effects, transforms, status, diagnostics)."""
-    from ._report import _COV_NAMES, _bic_text, _fmt, summary
+    from ._report import _COV_NAMES, _bic_text, _fmt, coefficient_columns, summary
 
     text = summary(res).split("\n")
     rules = [i for i, line in enumerate(text) if line and set(line) == {"="}]
@@ -83,12 +83,7 @@ def fit_summary(res: Any) -> str:
         ["AIC:", f"{res.aic:.6g}"], ["BIC:", _bic_text(res)], ["Covariance:", _COV_NAMES[res.cov_type]],
     ]
     title = text[rules[0] + 1].strip()
-    x = np.asarray(res.params_flat, dtype=np.float64)
-    se = np.asarray(res.bse_flat, dtype=np.float64)
-    z = np.asarray(res.tvalues_flat, dtype=np.float64)
-    pv = np.asarray(res.pvalues_flat, dtype=np.float64)
-    ci = np.asarray(res.conf_int(0.05, flat=True), dtype=np.float64)
-    transformed = res.model.spec.transformed
+    x, se, z, pv, ci, transformed = coefficient_columns(res)
     zp = lambda v: _fmt(v, 9, 3, False).strip()  # noqa: E731  (the z and p columns of summary())
     rows = [[lab + ("*" if transformed[i] else ""), x[i], se[i], zp(z[i]), zp(pv[i]), ci[i, 0], ci[i, 1]]
             for i, lab in enumerate(res.labels)]
@@ -102,16 +97,12 @@ def fit_summary(res: Any) -> str:
 
 def audit_report(report: Any) -> str:
     """``AuditReport``: its heading, one row per candidate, then each verdict."""
+    from ._audit import candidate_cells
+
     text = str(report).split("\n")
     rows = []
     for c in report.candidates:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = c.se / c.se_exact
-        finite = ratio[np.isfinite(ratio)]
-        rtxt = f"{finite.min():.3g}..{finite.max():.3g}" if finite.size else "n/a"
-        if 0 < finite.size < ratio.size:
-            rtxt += f" ({ratio.size - finite.size} NaN)"
-        min_eig = f"{np.nanmin(c.eigenvalues):.3g}" if np.isfinite(c.eigenvalues).any() else "n/a"
+        min_eig, rtxt = candidate_cells(c)
         rows.append([c.name, f"{c.rel_frobenius:.2e}", f"{c.max_scaled_error:.2e}", min_eig, rtxt, ", ".join(c.causes)])
     verdicts = [f"{c.name}: {c.verdict}" for c in report.candidates]
     return table(text[0], ["candidate", "rel. Frobenius", "max scaled", "min eig", "SE ratio", "cause"], rows, verdicts)

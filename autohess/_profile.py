@@ -326,9 +326,11 @@ def profile(
         past = np.flatnonzero(d >= cut)
         if past.size == 0:
             lo_b, hi_b = spec.bounds()
-            ends.append(lo_b[j] if side < 0 else hi_b[j])
+            bound = lo_b[j] if side < 0 else hi_b[j]
+            ends.append(bound)
             open_ends.append(True)
-            notes.append(f"the {'lower' if side < 0 else 'upper'} end {note} (shown: the domain bound)")
+            notes.append(f"the {'lower' if side < 0 else 'upper'} end {note}; the interval's end is therefore the "
+                         f"domain bound, {float(bound):g}")
             continue
         k = past[0]
         inside, outside = ks[k - 1] if k > 0 else u_hat[j], ks[k]

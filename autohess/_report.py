@@ -579,15 +579,18 @@ def _random_lines(model) -> list[str]:
     return out
 
 
+def coefficient_columns(res: "FitResult") -> tuple:
+    """The coefficient table's columns as float64 arrays (text and HTML summaries): estimate,
+    SE, z, p, the 95% Wald interval ``(p, 2)``, and which parameters are transformed."""
+    as64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    return (as64(res.params_flat), as64(res.bse_flat), as64(res.tvalues_flat), as64(res.pvalues_flat),
+            as64(res.conf_int(0.05, flat=True)), res.model.spec.transformed)
+
+
 def summary(res: "FitResult") -> str:
     """A statsmodels-like coefficient table with a diagnostics footer."""
     labels = res.labels
-    x = np.asarray(res.params_flat, dtype=np.float64)
-    se = np.asarray(res.bse_flat, dtype=np.float64)
-    z = np.asarray(res.tvalues_flat, dtype=np.float64)
-    pv = np.asarray(res.pvalues_flat, dtype=np.float64)
-    ci = np.asarray(res.conf_int(0.05, flat=True), dtype=np.float64)
-    transformed = res.model.spec.transformed
+    x, se, z, pv, ci, transformed = coefficient_columns(res)
     # rows are as wide as the rules: the name column (width + 3) and 63 for the numbers, each
     # number of a bounded width whatever its value (``_fmt``)
     width = max(12, max(len(lab) for lab in labels) + 2)

@@ -11,7 +11,7 @@ Status codes are data (an ``int32`` array), not exceptions: ``Status`` says what
 from __future__ import annotations
 
 import enum
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -181,6 +181,7 @@ class _TRState(NamedTuple):
     edge_gain: jax.Array  # the gain of the last accepted step
     edge_step: jax.Array  # the last step of the run
     edge_diag: jax.Array  # |diag H| where the run began
+    aux: Any = None  # what ``fun`` carries from the last accepted point (``aux0``), else None
 
 
 def newton_decrement(grad: jax.Array, hess: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -325,6 +326,7 @@ def trust_region_newton(
     rtol: float | None = None,
     max_step: jax.Array | None = None,
     unit: jax.Array | float = 1.0,
+    aux0: Any = None,
 ) -> SolverResult:
     """Minimise with exact Newton steps inside a trust region, to machine precision.
 
@@ -345,6 +347,11 @@ def trust_region_newton(
             carrying one such coordinate ``EDGE_TRAVEL`` units in one direction while some
             curvature grew ``EDGE_CURVATURE_GROWTH``-fold, stop the solve with status
             ``UNBOUNDED``: the objective falls without bound along that path (``edge_step``).
+        aux0: optional pytree carried from accepted point to accepted point: with it ``fun`` is
+            ``(x, aux) -> (value, grad, hess, aux_new)``, called with the ``aux`` of the last
+            accepted point (``aux0`` at the start), and ``aux_new`` is kept where the trial
+            point is accepted. A Laplace marginal carries its random effects' modes this way, so
+            each inner maximisation starts from the previous outer iterate's (``_laplace``).
         unit: the ``1`` of every ``1 + |value|`` below (the objective's resolution where it is
             near 0), in ``fun``'s units: 1 for a log-likelihood on its own scale; the caller's
             objective scale where it has divided ``fun`` by one (``_fit._objective_scale``:
@@ -397,7 +404,7 @@ def trust_region_newton(
         expand=jnp.ones((), dtype), newton=jnp.zeros_like(x0),
         ridge_count=jnp.zeros((), jnp.int32), ridge_step=jnp.zeros_like(x0),
         edge_lead=jnp.asarray(-1, jnp.int32), edge_travel=zero, edge_gain=zero,
-        edge_step=jnp.zeros_like(x0), edge_diag=jnp.zeros_like(x0),
+        edge_step=jnp.zeros_like(x0), edge_diag=jnp.zeros_like(x0), aux=aux0,
     )
     # no finite cap (every parameter on its own scale): the program is the uncapped one
     cap = None
@@ -415,7 +422,10 @@ def trust_region_newton(
 
     def body(s):
         first = s.iterations < 0
-        v1, g1, h1 = fun(s.x + s.step)
+        if aux0 is None:
+            v1, g1, h1 = fun(s.x + s.step)
+        else:
+            v1, g1, h1, a1 = fun(s.x + s.step, s.aux)
         ok1 = finite(v1, g1, h1)
         m_new = gradient_measure(g1, h1)
         rho = jnp.where(ok1 & (s.predicted > 0), (s.value - v1) / s.predicted, -jnp.inf)
@@ -580,6 +590,7 @@ def trust_region_newton(
             x, value, grad, hess, radius, D, it, jnp.asarray(status, jnp.int32), z / D, predicted, measure,
             resolved & (status == Status.CONVERGED), expand, jnp.where(accept, z_newton, s.newton),
             ridge_count, ridge_step, edge_lead, edge_travel, edge_gain, edge_step, edge_diag,
+            None if aux0 is None else jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), a1, s.aux),
         )
 
     final = lax.while_loop(cond, body, state)

@@ -417,8 +417,10 @@ def profile(prof: Any, ax: Any = None) -> Any:
     ax.set_ylim(-0.05 * max(top, cut), 1.3 * max(min(top, 4 * cut), cut))
     ax.set_xlabel(f"{prof.name} (natural scale)")
     ax.set_ylabel("2 (llf_hat - profile llf)")
-    sides = [side for side, is_open in zip(("lower", "upper"), prof.open_ends) if is_open]
-    open_txt = f"; {' and '.join(sides)} end open" if sides else ""
+    # an open end is the domain bound: "at the domain bound 0" for a variance, "unbounded" for inf
+    sides = [f"{side} end " + (f"at the domain bound {float(end):g}" if np.isfinite(end) else "unbounded")
+             for side, is_open, end in zip(("lower", "upper"), prof.open_ends, prof.interval) if is_open]
+    open_txt = "; " + ", ".join(sides) if sides else ""
     ax.set_title(f"profile likelihood of {prof.name}{open_txt}" + ("" if prof.valid else " (NOT VALID: refit first)"), fontsize=10)
     ax.legend(fontsize=7)
     if owner:  # a figure made here: fit its labels; a caller's figure is the caller's to lay out

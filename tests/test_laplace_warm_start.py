@@ -1,0 +1,116 @@
+"""The inner maximisation warm-started from the previous outer iterate (issue #15 part 1).
+
+``trust_region_newton(..., aux0=)`` carries the modes of the last accepted point; the Laplace
+marginal's value and derivatives must not depend on where its inner Newton started (it
+converges to rounding level either way), only the work does. References: the cold start
+(``u = 0``) at the same point, and the same model's fit without the warm start."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import autohess as ah
+from autohess import _laplace
+from autohess._solver import trust_region_newton
+
+
+def _crossed_model(seed=3, N=40):
+    """Poisson GLMM, an observation-level intercept crossed with a 5-level factor."""
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 5, N)
+    x = rng.normal(size=N)
+    y = rng.poisson(np.exp(0.3 + 0.5 * x + 0.5 * rng.normal(size=5)[b] + 0.3 * rng.normal(size=N)))
+    data = {"y": y.astype(float), "x": x, "b": b, "obs": np.arange(N)}
+
+    def loglik(p, d):
+        eta = p["beta"][0] + p["beta"][1] * d["x"] + p["ub"][d["b"]] + p["uo"][d["obs"]]
+        return d["y"] * eta - jnp.exp(eta)
+
+    return ah.Model(loglik, data, params={"beta": jnp.zeros(2), "sdb": ah.Positive(0.5), "sdo": ah.Positive(0.5)},
+                    random={"ub": ah.Normal(sd="sdb", groups="b"), "uo": ah.Normal(sd="sdo", groups="obs")})
+
+
+def test_solver_carries_aux_of_accepted_points_only():
+    """aux = (number of evaluations seen, x of the last accepted point): the solver passes the
+    last accepted point's aux, so aux[1] at the end is the returned x."""
+    A = jnp.array([[3.0, 1.0], [1.0, 2.0]])
+
+    def fun(x, aux):
+        v = 0.5 * x @ A @ x - x[0] + 10.0 * jnp.sum(jnp.maximum(x - 2.0, 0.0) ** 2)
+        g = jax.grad(lambda z: 0.5 * z @ A @ z - z[0] + 10.0 * jnp.sum(jnp.maximum(z - 2.0, 0.0) ** 2))(x)
+        return v, g, A, (aux[0] + 1, x)
+
+    res = trust_region_newton(fun, jnp.array([5.0, -4.0]), aux0=(jnp.zeros((), jnp.int32), jnp.zeros(2)))
+    plain = trust_region_newton(lambda x: fun(x, (0, x))[:3], jnp.array([5.0, -4.0]))
+    # same path with or without aux (aux does not touch the solve): exactly equal
+    np.testing.assert_array_equal(res.x, plain.x)
+    assert int(res.iterations) == int(plain.iterations)
+
+
+def test_solver_aux_is_the_last_accepted_points():
+    """Each evaluation gets the aux of the last accepted point: aux = x of the point that
+    produced it, so the aux a call sees is either the previous call's aux (trial rejected) or
+    the previous call's x (accepted), and the solve ends at the last x passed on."""
+    calls = []
+    f = lambda z: jnp.sum((z - 1.0) ** 4) + jnp.sum(z**2) + 3.0 * jnp.sin(z[0])  # noqa: E731
+
+    def fun(x, aux):
+        jax.debug.callback(lambda a, b: calls.append((np.array(a), np.array(b))), aux, x)
+        return f(x), jax.grad(f)(x), jax.hessian(f)(x), x
+
+    x0 = jnp.array([4.0, -3.0, 9.0])
+    res = jax.jit(lambda x: trust_region_newton(fun, x, aux0=jnp.full(3, -7.0)))(x0)
+    assert res.status == ah.Status.CONVERGED
+    np.testing.assert_array_equal(calls[0][0], np.full(3, -7.0))
+    accepted = 0
+    for (a_prev, x_prev), (a_next, _) in zip(calls, calls[1:]):
+        if np.array_equal(a_next, x_prev):
+            accepted += 1
+        else:
+            np.testing.assert_array_equal(a_next, a_prev)
+    assert accepted >= 3
+    np.testing.assert_array_equal(res.x, calls[-1][0] if not np.array_equal(res.x, calls[-1][1]) else calls[-1][1])
+
+
+def test_warm_started_evaluation_equals_cold_and_is_cheaper():
+    model = _crossed_model()
+    lap, spec, data = model.laplace, model.spec, model.data
+    assert lap.structure.crossed
+    x = spec.to_unconstrained(spec.flatten(model.init_params, model.dtype))
+    params_of = lambda u: spec.unflatten(spec.to_natural(u))  # noqa: E731
+
+    def fun(u):
+        f = lambda t: -jnp.sum(lap.marginal(params_of(t), data))  # noqa: E731
+        return f(u), jax.grad(f)(u), jax.hessian(f)(u)
+
+    run, u0 = _laplace.warm_started(lap, fun, params_of, data, x.dtype)
+    cold = jax.jit(fun)(x)
+    mode = lap.inner(params_of(x), data).u
+    for u_prev in (u0, mode, 0.5 * mode):
+        warm = jax.jit(run)(x, u_prev)
+        # the marginal and its derivatives at a mode found from another start: equal to
+        # rounding (relative 1e-10: the inner stops at a rounding-level Newton decrement, and
+        # the Hessian carries that through third derivatives of the joint density)
+        for a, b in zip(warm[:3], cold):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(b))))
+        np.testing.assert_allclose(warm[3], mode, rtol=0, atol=1e-8)
+    # the work: from the exact mode the inner Newton stops after its first step
+    assert int(lap.inner(params_of(x), data, mode).iterations) == 1
+    assert int(lap.inner(params_of(x), data).iterations) > 1
+
+
+def test_fit_with_warm_start_equals_fit_without(monkeypatch):
+    model = _crossed_model(seed=5)
+    res = ah.fit(model, warn=False)
+    monkeypatch.setattr(_laplace, "warm_started",
+                        lambda lap, fun, params_of, data, dtype: ((lambda x, a: (*fun(x), a)),
+                                                                  jnp.zeros((lap.structure.n_levels, 1), dtype)))
+    cold = ah.fit(model.with_data(model.data), warn=False)
+    # both converge to rounding level (the solver's tolerance) at the same optimum; the SEs
+    # come from the same cold-start evaluation at nearly the same point: 1e-7 relative
+    assert res.converged and cold.converged
+    np.testing.assert_allclose(res.params_flat, cold.params_flat, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(res.bse_flat, cold.bse_flat, rtol=1e-7)
+    np.testing.assert_allclose(float(res.llf), float(cold.llf), rtol=1e-12)
