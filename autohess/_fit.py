@@ -23,7 +23,7 @@ from ._derivatives import Hessian, _model_params, _model_weights, _objective, _r
 from ._diagnostics import AFFECTED_LOADING, Diagnostics, Escape, compute_diagnostics, escape_info
 from ._model import Model
 from ._pandas import is_pandas, require_pandas
-from ._report import DiagnosticReport, InferenceWarning, summary
+from ._report import AT_OPTIMUM_SE, DiagnosticReport, InferenceWarning, summary
 from ._params import Labels, element_labels, path_name
 from ._solver import (
     MAX_TRANSFORMED_STEP,
@@ -591,16 +591,43 @@ def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weig
 # ------------------------------------------------------------------------------------------
 # Public entry points
 # ------------------------------------------------------------------------------------------
-def _status_on_face(status: jax.Array, d: Diagnostics) -> jax.Array:
+def _status_on_face(status: jax.Array, d: Diagnostics, grad: Optional[jax.Array] = None,
+                    hess: Optional[jax.Array] = None) -> jax.Array:
     """The solver's status read against the diagnostics (``fit`` and batch members alike):
     CONVERGED with a flat direction is SINGULAR (the solver's Cholesky passed on a pivot at
     rounding level, exact collinearity); SINGULAR where the only finding is parameters at a
     bound is CONVERGED (singular only on the unconstrained scale, where a parameter converging
-    to a bound has no curvature left; on the face it is a regular optimum)."""
+    to a bound has no curvature left; on the face it is a regular optimum). With the natural-
+    scale ``grad`` and ``hess``: STALLED or MAX_ITERATIONS where the only finding is parameters
+    at a bound and the Newton step on the face is at most ``AT_OPTIMUM_SE`` standard errors
+    long is CONVERGED too. A correlation of random effects at 1 stalls the solver that way: on
+    the unconstrained scale the correlation sits at rounding distance from 1, where no step
+    changes the objective measurably, while the other parameters are at their optimum (a
+    "not converged" finding beside the boundary one then contradicted it, with the boundary
+    parameter's own outward gradient, legitimately large, quoted as the evidence)."""
     flat = jnp.any(d.bad_directions)
     status = jnp.where((status == Status.CONVERGED) & flat, Status.SINGULAR, status)
     at_bounds_only = jnp.any(d.at_boundary) & ~flat
-    return jnp.where((status == Status.SINGULAR) & at_bounds_only, Status.CONVERGED, status).astype(jnp.int32)
+    status = jnp.where((status == Status.SINGULAR) & at_bounds_only, Status.CONVERGED, status)
+    if grad is not None:
+        stopped = (status == Status.STALLED) | (status == Status.MAX_ITERATIONS)
+        on_face = face_distance(grad, hess, d.at_boundary | d.no_curvature) <= AT_OPTIMUM_SE
+        status = jnp.where(stopped & at_bounds_only & ~jnp.any(d.unbounded) & on_face, Status.CONVERGED, status)
+    return status.astype(jnp.int32)
+
+
+def face_distance(grad: jax.Array, hess: jax.Array, held: jax.Array) -> jax.Array:
+    """Length in standard errors of the Newton step with the ``held`` parameters fixed
+    (``sqrt(g' H^-1 g)`` on the face, unit-diagonal scaling); ``inf`` where the face's Hessian
+    is not positive definite or not finite (no Newton step to measure)."""
+    diag = jnp.abs(jnp.diag(hess))
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    face = jnp.where(held[:, None] | held[None, :], jnp.eye(grad.shape[0], dtype=hess.dtype), hess / jnp.outer(d, d))
+    g = jnp.where(held, 0.0, grad / d)
+    chol = jnp.linalg.cholesky(face)
+    z = jax.scipy.linalg.solve_triangular(chol, g, lower=True)
+    dist = jnp.sqrt(jnp.sum(z * z))
+    return jnp.where(jnp.isfinite(dist), dist, jnp.inf)
 
 
 def _groups(model: Model, groups: Any) -> tuple[jax.Array, int]:
@@ -714,7 +741,8 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction, scale=scale,
     )
     result = FitResult(
-        params_flat=x, cov=cov, llf=-value, gradient=grad, hessian_matrix=hess,
+        # negated on the host: ``-value`` op by op compiled a program of its own in every fresh process
+        params_flat=x, cov=cov, llf=jax.device_put(-np.asarray(value)), gradient=grad, hessian_matrix=hess,
         status_code=status, iterations=iterations,
         diagnostics_data=diag, model=model, cov_type=cov_type, method=method, weights=weights,
     )
@@ -823,9 +851,9 @@ def fit(
         # the solver gave up where the likelihood or its derivatives are not finite: no
         # standard error there means anything
         result = dataclasses.replace(result, cov=jnp.full_like(result.cov, jnp.nan))
-    elif code in (Status.CONVERGED, Status.SINGULAR):
+    elif code in (Status.CONVERGED, Status.SINGULAR, Status.STALLED, Status.MAX_ITERATIONS):
         d = result.diagnostics_data
-        new = _status_on_face(result.status_code, d)
+        new = _status_on_face(result.status_code, d, result.gradient, result.hessian_matrix)
         if code == Status.CONVERGED and int(new) == code and method == "lbfgs" and not bool(d.positive_definite):
             new = jnp.asarray(Status.STALLED, jnp.int32)
         if int(new) != code:

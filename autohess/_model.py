@@ -132,6 +132,11 @@ class Model:
         self._user_functions = (loglik, support, simulate)
         #: the user's ``random=`` declarations (``None`` without random effects)
         self.random = random
+        #: names that label ``res.random[name]``: ``{name: levels}`` or, for a ``(G, q)``
+        #: effect, ``{name: (levels, coefficients)}``, each a sequence in code order or
+        #: ``None``. The zoo's mixed models fill it; data take integer group codes only, so
+        #: for your own model set it: ``model.random_names = {"b": herd_names}``
+        self.random_names: dict = {}
         #: ``_laplace.Laplace`` of a random-effects model (``None`` without): its ``marginal``
         #: is then the log-likelihood every fit, Hessian and batch sees
         self.laplace = None

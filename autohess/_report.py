@@ -205,6 +205,12 @@ class DiagnosticReport:
     #: parameter labels: a problem's ``direction`` is ``format_direction(eigenvectors[:, j], labels)``
     eigenvectors: Optional[np.ndarray] = None
     labels: tuple[str, ...] = ()
+    #: with parameters ``held_fixed``: ``max|g|`` over the others and the Newton decrement on
+    #: the face they span (what says whether the fit is at its optimum there; the full
+    #: ``gradient_max`` includes the outward gradient at the bound, and the full decrement is
+    #: ``inf`` where the bound makes the Hessian singular); ``None`` when nothing is held
+    face_gradient_max: Optional[float] = None
+    face_newton_decrement: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -396,11 +402,16 @@ class DiagnosticReport:
             problems.extend(_opg_problems(res))
         se = np.sqrt(np.diag(np.asarray(res.cov, dtype=np.float64)))
         nan_se = tuple(lab for lab, s in zip(labels, se) if not np.isfinite(s))
+        held = boundary | (np.asarray(d.unbounded) & edge)
+        face_grad = face_dec = None
+        if held.any():
+            face_grad = float(np.max(np.abs(grad[~held]), initial=0.0))
+            face_dec = distance**2
         return cls(
             gradient_max=float(np.max(np.abs(grad))), newton_decrement=dec, positive_definite=pd,
             eigenvalues=lam, condition_number=cond, problems=tuple(problems), nan_se=nan_se,
-            held_fixed=tuple(labels[i] for i in np.flatnonzero(boundary | (np.asarray(d.unbounded) & edge))),
-            eigenvectors=vec, labels=tuple(labels),
+            held_fixed=tuple(labels[i] for i in np.flatnonzero(held)),
+            eigenvectors=vec, labels=tuple(labels), face_gradient_max=face_grad, face_newton_decrement=face_dec,
         )
 
     def warn(self, stacklevel: int = 3) -> None:
@@ -424,11 +435,23 @@ class DiagnosticReport:
             definite = "Hessian positive definite (in full it is not)"
         else:
             definite = "Hessian NOT positive definite"
-        head = (
-            f"max|gradient| {self.gradient_max:.3g}; Newton decrement {self.newton_decrement:.3g}; "
-            f"{fixed}{definite}; scaled eigenvalues {lam.min():.3g} .. {lam.max():.3g}; "
-            f"condition number {self.condition_number:.3g}"
-        )
+        if fixed and self.face_gradient_max is not None:
+            # the gradient and decrement on the face first: the full ones include the outward
+            # gradient at the bound (5e6 for a correlation at 1) and an infinite decrement,
+            # which read as "not converged" beside a fit that is at its optimum on the face
+            head = (
+                f"{fixed}max|gradient| {self.face_gradient_max:.3g}; Newton decrement "
+                f"{self.face_newton_decrement:.3g}; {definite}; scaled eigenvalues {lam.min():.3g} .. "
+                f"{lam.max():.3g}; condition number {self.condition_number:.3g}; in full: max|gradient| "
+                f"{self.gradient_max:.3g}, Newton decrement {self.newton_decrement:.3g} (the gradient at a "
+                "bound need not vanish)"
+            )
+        else:
+            head = (
+                f"max|gradient| {self.gradient_max:.3g}; Newton decrement {self.newton_decrement:.3g}; "
+                f"{fixed}{definite}; scaled eigenvalues {lam.min():.3g} .. {lam.max():.3g}; "
+                f"condition number {self.condition_number:.3g}"
+            )
         if not self.problems:
             return head + "\nNo problems found."
         body = "\n".join(str(p) for p in self.problems)
@@ -533,14 +556,21 @@ def _bic_text(res: "FitResult") -> str:
 
 def _random_lines(model) -> list[str]:
     """What was integrated out, one line per random effect, and how."""
+    from ._laplace import level_names, short_names
+
     s = model.laplace.structure
     out = []
     for b in s.blocks:
+        levels, coefficients = level_names(model, b)
+        named = ""
+        if levels is not None:
+            named = f" (levels {short_names(levels)})"
         if b.kind == "normal":
-            what = f"N(0, {b.parameters[0]}^2), {b.n_levels} groups of data[{b.groups!r}]"
+            what = f"N(0, {b.parameters[0]}^2), {b.n_levels} groups of data[{b.groups!r}]{named}"
         elif b.kind == "mvnormal":
             cov = f"sd = {b.parameters[0]}" + (f", corr = {b.parameters[1]}" if len(b.parameters) > 1 else ", uncorrelated")
-            what = f"{b.q}-variate normal ({cov}), {b.n_levels} groups of data[{b.groups!r}]"
+            coef = f" of {', '.join(coefficients)}" if coefficients is not None else ""
+            what = f"{b.q}-variate normal{coef} ({cov}), {b.n_levels} groups of data[{b.groups!r}]{named}"
         else:
             what = f"latent block of shape {b.shape} with its own log density"
         out.append(f"Random effect {b.name}: {what}")

@@ -494,7 +494,8 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
         ax: matplotlib Axes (default: a new figure); a ``q``-variate effect needs ``q`` of
             them (a sequence) or draws a new figure with one panel per coefficient.
         alpha: intervals at level ``1 - alpha``.
-        levels: names of the groups in code order (default ``0..G-1``).
+        levels: names of the groups in code order (default: the estimate's ``levels``, the
+            zoo's level names, else ``0..G-1``).
         sort: order the groups by their mode.
 
     Returns:
@@ -531,7 +532,12 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
         mode, se, se_c = mode[:, None], se[:, None], se_c[:, None]
     G, q = mode.shape[0], int(np.prod(mode.shape[1:]))
     mode, se, se_c = (a.reshape(G, q) for a in (mode, se, se_c))
+    if levels is None:
+        levels = getattr(est, "levels", None)
     names = [str(v) for v in (levels if levels is not None else range(G))]
+    coefficients = getattr(est, "coefficients", None)
+    if coefficients is None or len(coefficients) != q:
+        coefficients = [str(c) for c in range(q)]
     if len(names) != G:
         raise ValueError(f"levels has {len(names)} names, the random effect {est.name!r} has {G} groups")
     z = _norm_ppf(1.0 - alpha / 2.0)
@@ -561,7 +567,7 @@ def random_effects(res: Any, name: Optional[str] = None, ax: Any = None, *, alph
                    label="conditional on the estimates")
         if G <= 60:
             a.set_yticks(pos, [names[i] for i in order], fontsize=7)
-        a.set_xlabel(f"{est.name}" + (f"[:, {c}]" if q > 1 else "") + " (scale of the linear predictor)")
+        a.set_xlabel(f"{est.name}" + (f"[:, {coefficients[c]}]" if q > 1 else "") + " (scale of the linear predictor)")
         a.set_ylabel("group" + (" (sorted by mode)" if sort else ""))
         a.set_title(f"{est.name}: conditional modes, {1 - alpha:.0%} intervals", fontsize=10)
     panels[0].legend(fontsize=7)

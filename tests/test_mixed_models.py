@@ -217,8 +217,17 @@ def test_mixed_linear_random_slope_matches_statsmodels_mixedlm():
     B = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.12], [0.12, 0.16]], g)
     y = Xs @ [2.0, 0.5] + np.sum(Xs * B[codes], axis=1) + 0.8 * rng.standard_normal(g * n)
 
-    res = ah.fit(ah.models.mixed_linear(Xs, y, codes, Z=Xs))
+    # pandas Z and subject labels: the coefficient and level names reach res.random
+    pd = pytest.importorskip("pandas")
+    subjects = pd.Categorical.from_codes(codes, categories=[f"s{k:02d}" for k in range(g)])
+    res = ah.fit(ah.models.mixed_linear(Xs, y, subjects, Z=pd.DataFrame(Xs, columns=["Intercept", "x"])))
     assert res.converged
+    r = res.random["b"]
+    assert r.levels == tuple(f"s{k:02d}" for k in range(g)) and r.coefficients == ("Intercept", "x")
+    frame = r.to_frame()
+    assert frame.index.names == ["level", "coefficient"] and frame.shape == (2 * g, 7)
+    np.testing.assert_array_equal(frame.loc[("s03", "x"), "mode"], np.asarray(r.mode)[3, 1])
+    assert "2-variate normal of Intercept, x" in res.summary()
     beta, sd, rho, sigma = (np.asarray(res.params[k]) for k in ("beta", "sd", "rho", "sigma"))
     D = np.array([[sd[0] ** 2, rho * sd[0] * sd[1]], [rho * sd[0] * sd[1], sd[1] ** 2]])
 
@@ -306,8 +315,19 @@ def test_mixed_logistic_fits_lme4_cbpp():
     (0.2312, 0.3032, 0.3228, 0.4220: a finite-difference Hessian) are ~1% below these exact ones
     and are not compared."""
     d = laplace_reference.cbpp()
-    res = ah.fit(ah.models.mixed_logistic(d["X"], d["y"], d["herd"], trials=d["n"]))
+    # herds given by text labels (sorted as text: herd1, herd10, ..., herd2, ...: codes in
+    # another order than the integer ones, which leaves every number below unchanged)
+    labels = np.char.add("herd", (np.asarray(d["herd"]) + 1).astype(str))
+    model = ah.models.mixed_logistic(d["X"], d["y"], labels, trials=d["n"])
+    res = ah.fit(model)
     assert res.converged
+    # the level names label the modes, in code order: level k is the herd whose observations
+    # carry code k in the model's data
+    r = res.random["b"]
+    assert r.levels == tuple(sorted(set(labels)))
+    codes = np.asarray(model.data["groups"])
+    assert all(set(labels[codes == k]) == {name} for k, name in enumerate(r.levels))
+    assert "15 groups of data['groups'] (levels herd1, herd10, herd11, ..., herd8, herd9)" in res.summary()
     lme4_fixef = [-1.39854982537216, -0.992335519118859, -1.12867532780426, -1.58030423764517]
     np.testing.assert_allclose(np.asarray(res.params["beta"]), lme4_fixef, rtol=0, atol=1e-4)
     assert float(res.params["sd"]) == pytest.approx(0.642226809144453, abs=1e-4)

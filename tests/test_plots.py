@@ -345,6 +345,11 @@ def test_random_effects_caterpillar(glmm):
     ax2 = ah.plot.random_effects(r, sort=False)
     np.testing.assert_array_equal(ax2.containers[0].lines[0].get_xdata(), np.asarray(r.mode))
     assert not ax2.patches
+    # the estimate's own level names (the zoo's, or model.random_names) are the default labels
+    import dataclasses
+
+    ax3 = ah.plot.random_effects(dataclasses.replace(r, levels=tuple(names)))
+    assert [t.get_text() for t in ax3.get_yticklabels()] == [names[i] for i in order]
     with pytest.raises(ValueError, match=r"no random effect 'u'; the model has \['b'\]"):
         ah.plot.random_effects(glmm, "u")
     with pytest.raises(ValueError, match="levels has 2 names, the random effect 'b' has 6 groups"):
