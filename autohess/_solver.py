@@ -325,6 +325,7 @@ def trust_region_newton(
     rtol: float | None = None,
     max_step: jax.Array | None = None,
     unit: jax.Array | float = 1.0,
+    newton_start: bool = True,
 ) -> SolverResult:
     """Minimise with exact Newton steps inside a trust region, to machine precision.
 
@@ -350,6 +351,9 @@ def trust_region_newton(
             objective scale where it has divided ``fun`` by one (``_fit._objective_scale``:
             ``1e-100 * loglik`` solved as ``loglik``, its tests as ``1e-100 (1 + |loglik|)``
             would be, so the fit neither stops at the start nor crawls).
+        newton_start: at a start where ``H`` is positive definite, try the whole Newton step
+            first (the initial region is widened to hold it); False keeps the default region
+            of ``sqrt(p)`` marginal SDs (``fit``'s Levenberg-Marquardt stage, see there).
 
     Returns:
         ``SolverResult``; ``status`` is a ``Status`` code.
@@ -546,7 +550,8 @@ def trust_region_newton(
         # instead of 6) and one on the zoo's logistic. A poor step is rejected by the ratio
         # test as before (the region then shrinks to a quarter of it); ``max_step`` still
         # caps transformed coordinates.
-        radius = jnp.where(first & pd, jnp.maximum(radius, jnp.linalg.norm(z_newton)), radius)
+        if newton_start:
+            radius = jnp.where(first & pd, jnp.maximum(radius, jnp.linalg.norm(z_newton)), radius)
         fits = pd & (jnp.linalg.norm(z_newton) <= radius)
         z = lax.cond(
             fits,
