@@ -395,7 +395,10 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
             if method == "gauss-newton":
                 # Levenberg-Marquardt steps to reach the basin, then exact Newton to finish: the
                 # Gauss-Newton matrix is not the Hessian, so its own stopping test is not trusted.
-                lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap)
+                # (Its region starts at the default size: a whole first Gauss-Newton step lands
+                # exactly on an exact fit's RSS = 0, where (n/2) log RSS is -inf.)
+                lm = trust_region_newton(_gauss_newton_fn(model, data), u0, maxiter=maxiter, rtol=rtol, max_step=cap,
+                                         newton_start=False)
                 u0, iterations = lm.x, lm.iterations
             fun, aux0 = _value_grad_hess_fn(f, mode), None
             if model.laplace is not None and not model.laplace.structure.block_diagonal:

@@ -253,7 +253,8 @@ def test_transformed_steps_are_capped():
     free = trust_region_newton(fun, u0, maxiter=2)
     capped = trust_region_newton(fun, u0, maxiter=2, max_step=cap)
     steps = int(capped.iterations)  # accepted steps after the start's evaluation (all accepted here)
-    assert steps >= 1 and int(free.iterations) == steps
+    # (the free solve takes the whole Newton step at once since issue #16: fewer iterations)
+    assert steps >= 1 and int(free.iterations) <= steps
     assert float(free.x[0]) > 10 * steps * MAX_TRANSFORMED_STEP  # what the region alone allows
     assert 0.0 < float(capped.x[0]) <= steps * MAX_TRANSFORMED_STEP * (1 + 1e-12)
 

@@ -298,6 +298,30 @@ def test_solver_is_vmappable():
         np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(solve(A[i], b[i])), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("p, distance", [(2, 1e3), (12, 50.0)])
+def test_first_trial_is_the_whole_newton_step(p, distance):
+    """Issue #16: at a positive-definite start the first trial is the whole Newton step, not one
+    cut to the default region (sqrt(p) marginal SDs) that then grows 3x per iteration. On a
+    quadratic whose optimum c lies ``distance`` marginal SDs away (closed form: c), Newton
+    needs one step; with the cut region the solve took 7 (p = 2) and 4 (p = 12) iterations.
+    The solver's own stopping test may need one more pass (the XTOL test at c)."""
+    rng = np.random.default_rng(p)
+    B = rng.standard_normal((p, p))
+    A = jnp.asarray(B @ B.T + p * np.eye(p))
+    u = rng.standard_normal(p)
+    c = jnp.asarray(distance * u / np.linalg.norm(u) / np.sqrt(np.diag(np.asarray(A))))
+
+    def fun(x):
+        r = x - c
+        return 0.5 * r @ A @ r, A @ r, A
+
+    res = jax.jit(lambda x0: trust_region_newton(fun, x0))(jnp.zeros(p))
+    assert int(res.status) == Status.CONVERGED
+    assert int(res.iterations) <= 2  # 1 Newton step + the pass that sees it is resolved
+    # the optimum to rounding: one solve with a matrix of condition < 1e3 (1e-12 relative)
+    np.testing.assert_allclose(np.asarray(res.x), np.asarray(c), rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(c))))
+
+
 def test_fit_bad_input(rng):
     X, y, model, _, _ = _data("logistic", rng)
     with pytest.raises(ValueError, match="cov_type must be one of"):
