@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
-import json
 import os
 import statistics
 import sys
@@ -97,17 +96,14 @@ if str(HERE) not in sys.path:
 
 # Shared with the other benchmarks (none of these touch JAX at import time).
 from bench_fit import GARCH_LABELS, garch_loglike_np  # noqa: E402
+from _harness import busy_fraction, machine_info, print_markdown_table, print_run_header, write_json  # noqa: E402
 from bench_hessian import (  # noqa: E402
     N_GARCH,
     N_LOGISTIC,
     P_LOGISTIC,
-    busy_fraction,
     garch_data,
     logistic_data,
     logistic_negloglik_np,
-    machine_info,
-    print_markdown_table,
-    print_run_header,
 )
 
 RESULTS_FILE = HERE / "results" / "batch.json"
@@ -594,7 +590,7 @@ def main(argv=None) -> int:
         "total_s": total_s,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json(args.output, result, default=float)
     print(f"wrote {args.output}")
     return 0
 

@@ -58,7 +58,6 @@ See benchmarks/README.md for how to run and read these numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -71,23 +70,19 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-# Shared with the Hessian benchmark (none of these touch JAX at import time).
+# Shared with the other benchmarks (none of these touch JAX at import time).
+from _harness import Interleaved, busy_fraction, machine_info, print_markdown_table, print_run_header, write_json  # noqa: E402
 from bench_hessian import (  # noqa: E402
-    print_markdown_table,
-    print_run_header,
     N_GARCH,
     N_LOGISTIC,
     P_LOGISTIC,
     SEED,
-    Interleaved,
-    busy_fraction,
     garch_data,
     garch_negloglik_np,
     garch_point,
     logistic_closed_form,
     logistic_data,
     logistic_negloglik_np,
-    machine_info,
 )
 
 RESULTS_FILE = HERE / "results" / "fd.json"
@@ -403,7 +398,7 @@ def main(argv=None) -> int:
         "total_s": total_s,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(f"wrote {args.output}")
     return 0
 

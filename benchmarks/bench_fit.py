@@ -87,8 +87,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -100,17 +98,18 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-# Shared with the Hessian benchmark (none of these touch JAX at import time).
-from bench_hessian import (  # noqa: E402
-    print_markdown_table,
-    print_run_header,
-    N_GARCH,
+# Shared with the other benchmarks (none of these touch JAX at import time).
+from _harness import (  # noqa: E402
     Interleaved,
     busy_fraction,
-    garch_data,
-    garch_negloglik_np,
+    first_call_runs,
     machine_info,
+    median_and_min,
+    print_markdown_table,
+    print_run_header,
+    write_json,
 )
+from bench_hessian import N_GARCH, garch_data, garch_negloglik_np  # noqa: E402
 
 RESULTS_FILE = HERE / "results" / "fit.json"
 
@@ -265,23 +264,11 @@ def first_call(which: str) -> dict:
 
 
 def first_call_in_subprocess(which: str, repeats: int) -> dict:
-    runs = []
-    for _ in range(repeats):
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--first-call", which],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"--first-call {which} failed:\n{proc.stderr}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    runs = first_call_runs(__file__, which, repeats)
     out = {"workload": which, "repeats": repeats, "converged": all(r["converged"] for r in runs),
            "iterations": runs[0]["iterations"]}
-    for key in ("import_s", "construct_s", "first_call_s", "second_call_s", "poor_start_after_first_s"):
-        if key in runs[0]:
-            vals = [r[key] for r in runs]
-            out[key] = statistics.median(vals)
-            out[key[:-2] + "_min_s"] = min(vals)
-    return out
+    keys = ("import_s", "construct_s", "first_call_s", "second_call_s", "poor_start_after_first_s")
+    return {**out, **median_and_min(runs, keys)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -596,7 +583,7 @@ def main(argv=None) -> int:
         "total_s": total_s,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(f"wrote {args.output}")
     return 0
 

@@ -47,14 +47,9 @@ See benchmarks/README.md for how to run and read these numbers.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
 import gzip
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,6 +57,17 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _harness import (  # noqa: E402  (shared by the benchmark scripts)
+    Interleaved,
+    busy_fraction,
+    first_call_runs,
+    machine_info,
+    median_and_min,
+    print_markdown_table,
+    print_run_header,
+    write_json,
+)
 DATA_FILE = HERE / "data" / "dem2gbp.csv.gz"
 RESULTS_FILE = HERE / "results" / "hessian.json"
 
@@ -143,45 +149,6 @@ def garch_negloglik_np(theta, y):
 # ------------------------------------------------------------------------------------------
 # Timing helpers
 # ------------------------------------------------------------------------------------------
-class Interleaved:
-    """Per-call wall times of several callables, measured in interleaved rounds.
-
-    Each callable is warmed up, then every round runs ``reps / rounds`` timed calls of each in
-    turn, so a burst of outside load lands on all methods alike instead of on one; the
-    garbage collector is off while timing. Results: median and min over all calls, in µs.
-    """
-
-    def __init__(self, rounds: int):
-        self.rounds = rounds
-        self.jobs: dict = {}
-
-    def add(self, key, fn, reps: int, warmup: int = 20) -> None:
-        self.jobs[key] = (fn, max(1, -(-reps // self.rounds)), warmup)
-
-    def run(self) -> dict:
-        for fn, _, warmup in self.jobs.values():
-            for _ in range(warmup):
-                fn()
-        times = {key: [] for key in self.jobs}
-        gc_was_on = gc.isenabled()
-        gc.disable()
-        try:
-            for _ in range(self.rounds):
-                for key, (fn, per_round, _) in self.jobs.items():
-                    out = times[key]
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        fn()
-                        out.append(time.perf_counter() - t0)
-        finally:
-            if gc_was_on:
-                gc.enable()
-        return {
-            key: {"median_us": float(np.median(t) * 1e6), "min_us": float(np.min(t) * 1e6), "reps": len(t)}
-            for key, t in times.items()
-        }
-
-
 def hessian_transform(jax, mode: str):
     """Plain-JAX Hessian of ``f(x, *args)`` in x for one of autohess's mode names."""
     return {
@@ -189,22 +156,6 @@ def hessian_transform(jax, mode: str):
         "rev-rev": lambda f: jax.jacrev(jax.grad(f)),
         "fwd-fwd": lambda f: jax.jacfwd(jax.jacfwd(f)),
     }[mode]
-
-
-def busy_fraction(seconds: float = 1.0):
-    """Share of all CPUs busy during ``seconds`` while this process sleeps (Linux; else None)."""
-    def snapshot():
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = snapshot()
-        time.sleep(seconds)
-        t1, i1 = snapshot()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
 
 
 def rel_error(h, ref) -> float:
@@ -252,21 +203,9 @@ def first_call(which: str) -> dict:
 
 
 def first_call_in_subprocess(which: str, repeats: int) -> dict:
-    runs = []
-    for _ in range(repeats):
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--first-call", which],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"--first-call {which} failed:\n{proc.stderr}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    out = {"workload": which, "mode": runs[0]["mode"], "repeats": repeats}
-    for key in ("import_s", "construct_s", "first_call_s", "second_call_s"):
-        vals = [r[key] for r in runs]
-        out[key] = statistics.median(vals)
-        out[key.replace("_s", "_min_s")] = min(vals)
-    return out
+    runs = first_call_runs(__file__, which, repeats)
+    return {"workload": which, "mode": runs[0]["mode"], "repeats": repeats,
+            **median_and_min(runs, ("import_s", "construct_s", "first_call_s", "second_call_s"))}
 
 
 # ------------------------------------------------------------------------------------------
@@ -431,74 +370,8 @@ def bench_garch(ah, jax, jnp, reps: int, approx_reps: int, rounds: int) -> tuple
 # ------------------------------------------------------------------------------------------
 # Reporting
 # ------------------------------------------------------------------------------------------
-def machine_info(jax) -> dict:
-    import scipy
-    import statsmodels
-
-    import autohess
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    def git(*cmd):
-        try:
-            proc = subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True, check=False)
-        except OSError:
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD") or None
-    changes = git("status", "--porcelain", "--", str(HERE.parent / "autohess"))
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
-        "jax_devices": [str(d) for d in jax.devices()],
-        "jax_enable_x64": jax.config.values.get("jax_enable_x64"),
-        "jax_cpu_enable_async_dispatch": jax.config.values.get("jax_cpu_enable_async_dispatch"),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "statsmodels": statsmodels.__version__,
-        "autohess": autohess.__version__,
-        "git_commit": commit,
-        "autohess_uncommitted_changes": None if changes is None else bool(changes),
-        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-    }
-
-
 def fmt_us(x: float) -> str:
     return f"{x:,.1f}" if x < 1e4 else f"{x:,.0f}"
-
-
-def print_run_header(title: str, info: dict, busy_start, *, versions: str = "", flags: str = "") -> None:
-    """The first lines every benchmark prints: title, machine, versions, commit, CPU load."""
-    print(f"# {title} ({info['date']})")
-    print(f"{info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs, Python {info['python']}, "
-          f"jax {info['jax']}, numpy {info['numpy']}, scipy {info['scipy']}, "
-          f"statsmodels {info['statsmodels']}{versions}, autohess at {(info['git_commit'] or '?')[:10]}"
-          f"{' (+ uncommitted changes)' if info['autohess_uncommitted_changes'] else ''}{flags}")
-    if busy_start is not None:
-        note = " (other work was running: times are noisier)" if busy_start > 0.1 else ""
-        print(f"CPUs busy with other work in the 1 s before the run: {100 * busy_start:.0f}%{note}")
-
-
-def print_markdown_table(header: list, lines: list) -> None:
-    """Print rows of strings as a padded markdown table (shared by the benchmark scripts)."""
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for ln in lines:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
 
 
 def print_table(rows: list) -> None:
@@ -627,7 +500,7 @@ def main(argv=None) -> int:
         "total_s": total_s,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(f"wrote {args.output}")
     return 0
 

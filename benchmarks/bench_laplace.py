@@ -73,7 +73,7 @@ for p in (str(HERE), str(ROOT / "tests"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bench_hessian import Interleaved, busy_fraction, machine_info, print_markdown_table, print_run_header  # noqa: E402
+from _harness import Interleaved, busy_fraction, machine_info, print_markdown_table, print_run_header, write_json  # noqa: E402
 
 RESULTS_FILE = HERE / "results" / "laplace.json"
 MODELS = ("cbpp", "sleepstudy", "nb2", "grouseticks")
@@ -300,7 +300,7 @@ def main() -> None:
           f"{agree['sleepstudy_llf_statsmodels']:.4f}, lme4 {agree['sleepstudy_llf_lme4']}; cbpp llf "
           f"{agree['cbpp_llf_autohess']:.4f} (lme4 {agree['cbpp_llf_lme4']})")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=1, default=str))
+    write_json(args.output, out, indent=1, default=str, newline=False)
 
 
 if __name__ == "__main__":

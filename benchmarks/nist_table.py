@@ -54,7 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import autohess as ah  # noqa: E402
 import nist  # noqa: E402  (tests/nist.py)
-from bench_hessian import machine_info  # noqa: E402
+from _harness import machine_info  # noqa: E402
 
 RESULTS = HERE / "results"
 CAP = 11.0
