@@ -97,7 +97,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bench_hessian import (  # noqa: E402  (none of these touch JAX at import time)
+from _harness import (  # noqa: E402  (shared by the benchmark scripts; none touch JAX at import time)
     Interleaved,
     busy_fraction,
     machine_info,
