@@ -250,7 +250,7 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
             x, value, grad, hess, lower, upper, scores, weights, None, escape,
             cov_types=tuple(cov_types), n_groups=None, df_correction=None, scale=scale,
         )
-        status = _status_on_face(status, diag, grad, hess)  # as in ``fit``
+        status = _status_on_face(status, diag, grad, hess, deps=covs)  # as in ``fit``
         # a member whose likelihood is not finite ends with NaNs; its status must say so
         bad = ~(jnp.isfinite(value) & jnp.all(jnp.isfinite(x)))
         status = jnp.where(bad, Status.NONFINITE, status).astype(jnp.int32)

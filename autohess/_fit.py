@@ -595,7 +595,7 @@ def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weig
 # Public entry points
 # ------------------------------------------------------------------------------------------
 def _status_on_face(status: jax.Array, d: Diagnostics, grad: Optional[jax.Array] = None,
-                    hess: Optional[jax.Array] = None) -> jax.Array:
+                    hess: Optional[jax.Array] = None, deps: Any = ()) -> jax.Array:
     """The solver's status read against the diagnostics (``fit`` and batch members alike):
     CONVERGED with a flat direction is SINGULAR (the solver's Cholesky passed on a pivot at
     rounding level, exact collinearity); SINGULAR where the only finding is parameters at a
@@ -607,27 +607,32 @@ def _status_on_face(status: jax.Array, d: Diagnostics, grad: Optional[jax.Array]
     the unconstrained scale the correlation sits at rounding distance from 1, where no step
     changes the objective measurably, while the other parameters are at their optimum (a
     "not converged" finding beside the boundary one then contradicted it, with the boundary
-    parameter's own outward gradient, legitimately large, quoted as the evidence)."""
+    parameter's own outward gradient, legitimately large, quoted as the evidence). ``deps``:
+    arrays whose factorisations must finish before the face's Cholesky starts (a batch
+    member's covariances: ``_solver.after``; without it 2,000 batched logistic fits deadlocked
+    on the 2-core CPU)."""
     flat = jnp.any(d.bad_directions)
     status = jnp.where((status == Status.CONVERGED) & flat, Status.SINGULAR, status)
     at_bounds_only = jnp.any(d.at_boundary) & ~flat
     status = jnp.where((status == Status.SINGULAR) & at_bounds_only, Status.CONVERGED, status)
     if grad is not None:
         stopped = (status == Status.STALLED) | (status == Status.MAX_ITERATIONS)
-        on_face = face_distance(grad, hess, d.at_boundary | d.no_curvature) <= AT_OPTIMUM_SE
+        held = d.at_boundary | d.no_curvature
+        on_face = face_distance(grad, hess, held, d.eigenvalues, *jax.tree_util.tree_leaves(deps)) <= AT_OPTIMUM_SE
         status = jnp.where(stopped & at_bounds_only & ~jnp.any(d.unbounded) & on_face, Status.CONVERGED, status)
     return status.astype(jnp.int32)
 
 
-def face_distance(grad: jax.Array, hess: jax.Array, held: jax.Array) -> jax.Array:
+def face_distance(grad: jax.Array, hess: jax.Array, held: jax.Array, *deps: jax.Array) -> jax.Array:
     """Length in standard errors of the Newton step with the ``held`` parameters fixed
     (``sqrt(g' H^-1 g)`` on the face, unit-diagonal scaling); ``inf`` where the face's Hessian
-    is not positive definite or not finite (no Newton step to measure)."""
+    is not positive definite or not finite (no Newton step to measure). Its Cholesky runs after
+    ``deps`` (``_solver.after``)."""
     diag = jnp.abs(jnp.diag(hess))
     d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
     face = jnp.where(held[:, None] | held[None, :], jnp.eye(grad.shape[0], dtype=hess.dtype), hess / jnp.outer(d, d))
     g = jnp.where(held, 0.0, grad / d)
-    chol = jnp.linalg.cholesky(face)
+    chol = jnp.linalg.cholesky(after(face, *deps))
     z = jax.scipy.linalg.solve_triangular(chol, g, lower=True)
     dist = jnp.sqrt(jnp.sum(z * z))
     return jnp.where(jnp.isfinite(dist), dist, jnp.inf)

@@ -402,7 +402,7 @@ class Laplace:
         u, res = self.mode(params, data)
         _, K = self.neg_hess(u, params, data)
         logdet, _ = self.factor(K)
-        contrib = _joint_at_mode(self, params, data, u) + 0.5 * self.structure.q * _LOG_2PI - 0.5 * logdet
+        contrib = self.joint(u, params, data) + 0.5 * self.structure.q * _LOG_2PI - 0.5 * logdet
         contrib = jnp.where(res.converged, contrib, jnp.nan)
         return contrib if self.structure.block_diagonal else contrib[0]
 
@@ -699,23 +699,6 @@ def _implicit_jvp(lap, primals, tangents):
     _, K = lap.neg_hess(u, params, data)
     _, solve = lap.factor(K)
     return u, solve(dg)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _joint_at_mode(lap: "Laplace", params: dict, data: Any, u: jax.Array) -> jax.Array:
-    """``j(u_hat(theta), theta)`` given ``u = u_hat(theta)``, differentiated by the envelope
-    theorem: ``d/dtheta j(u_hat, theta) = d_theta j`` at ``u_hat``, because ``d_u j = 0`` there.
-    Plain AD would also form ``d_u j . d2u_hat`` (a second derivative of the mode through the
-    inner solve, multiplied by a zero gradient): the rule's tangent needs ``u_hat``'s first
-    derivative only when differentiated again, which is exact as well: grouseticks' fit + SEs
-    77-104 -> 64-74 ms CPU on the loaded VM (the block-diagonal models: no change measured)."""
-    return lap.joint(u, params, data)
-
-
-@_joint_at_mode.defjvp
-def _joint_at_mode_jvp(lap, primals, tangents):
-    params, data, u = primals
-    return jax.jvp(lambda p: lap.joint(u, p, data), (params,), (tangents[0],))
 
 
 def check_block_diagonal(loglik: Callable, block: Block, params: dict, data: Any, seed: int = 0) -> Optional[str]:
