@@ -562,13 +562,8 @@ def _crossed_factor(K: _Crossed, structure: Structure, shift: Optional[jax.Array
         A = A + shift[0] * jnp.eye(A.shape[-1], dtype=A.dtype)
         C = C + shift[0] * jnp.eye(C.shape[-1], dtype=C.dtype)
     GE, qe, QC = A.shape[0], A.shape[-1], C.shape[0]
-    if qe == 1:
-        a = A[:, 0, 0]
-        ld_a = jnp.where(a > 0, jnp.log(jnp.where(a > 0, a, 1.0)), jnp.nan)
-        a_solve = lambda r: r / a[:, None]  # noqa: E731
-    else:
-        ld_a = spd_logdet(A)
-        a_solve = lambda r: spd_solve(A, r[..., None])[..., 0]  # noqa: E731
+    ld_a = _logdet(A)
+    a_solve = lambda r: _solve(A, r)  # noqa: E731
     if structure.single:
         # one observation per level: B_g is observation i's own m_C entries, so B' A^-1 B is a
         # sum of m_C x m_C blocks b_i' A_g^-1 b_i: O(N q_e m_C^2) (grouseticks: 1.6e3 entries,
@@ -585,7 +580,7 @@ def _crossed_factor(K: _Crossed, structure: Structure, shift: Optional[jax.Array
         # A^-1 B densely (G_e, q_e, Q_C) from one scatter of the observations' entries; B' (A^-1 B)
         # is then a sum over observations of Bv times rows of it: O(N m_C q_e Q_C), not G_e Q_C^2
         dense_b = _coupling_dense(K)
-        AinvB = dense_b / a[:, None, None] if qe == 1 else spd_solve(A, dense_b)
+        AinvB = dense_b / A[:, :1, :1] if qe == 1 else spd_solve(A, dense_b)
         picked = AinvB[rows]  # (N, q_e, Q_C): the eliminated level's row of A^-1 B per observation
         contrib = jnp.einsum("acn,nal->cnl", Bv, picked).reshape(-1, QC)
         S = C - jnp.zeros((QC, QC), C.dtype).at[cols.reshape(-1)].add(contrib)
@@ -634,15 +629,9 @@ def _nested_factor(S: jax.Array, idx_f: np.ndarray, rest: np.ndarray) -> tuple[j
     G, q = idx_f.shape
     D = S[idx_f[:, :, None], idx_f[:, None, :]]  # (G, q, q)
     E = S[idx_f.reshape(-1)][:, rest].reshape(G, q, rest.size)
-    if q == 1:
-        d = D[:, 0, 0]
-        ld_d = jnp.sum(jnp.where(d > 0, jnp.log(jnp.where(d > 0, d, 1.0)), jnp.nan))
-        d_solve = lambda r: r / d[:, None]  # noqa: E731
-        DinvE = E / d[:, None, None]
-    else:
-        ld_d = jnp.sum(spd_logdet(D))
-        d_solve = lambda r: spd_solve(D, r[..., None])[..., 0]  # noqa: E731
-        DinvE = spd_solve(D, E)
+    ld_d = jnp.sum(_logdet(D))
+    d_solve = lambda r: _solve(D, r)  # noqa: E731
+    DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
     if rest.size == 0:
         return ld_d, lambda b: d_solve(b[idx_f]).reshape(-1)[np.argsort(idx_f.reshape(-1))]
     S2 = S[rest][:, rest] - jnp.einsum("gak,gal->kl", E, DinvE)
