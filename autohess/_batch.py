@@ -367,16 +367,16 @@ def run_members(
 
     def build(resume: bool):
         def staged_member(b, s, state):
-            if not compact:
-                return member(b, s), None
-            with staged(STAGE_ITERATIONS if resume else FIRST_STAGE_ITERATIONS, state) as stage:
+            limit = (STAGE_ITERATIONS if resume else FIRST_STAGE_ITERATIONS) if compact else None
+            with staged(limit, state, axis_name=_AXIS) as stage:
                 out = member(b, s)
-            return out, stage.final  # None where ``member`` runs no solver (one-parameter profile)
+            # no state where ``member`` runs no solver (one-parameter profile) or no stages
+            return out, stage.final if compact else None
 
         def run(b, s, state):
             # the full-chunk program counts as before; resumed stages under their own name
             model.trace_counts[f"{label} compacted" if resume else label] += 1
-            return jax.vmap(staged_member, in_axes=(0, None, 0))(b, s, state)
+            return jax.vmap(staged_member, in_axes=(0, None, 0), axis_name=_AXIS)(b, s, state)
 
         return jax.jit(run)
 
@@ -411,6 +411,9 @@ FIRST_STAGE_ITERATIONS = 8
 #: a stage's fixed costs (a host round trip, the member's set-up and results computed again)
 #: stay small against its iterations, short enough that a straggler holds few others up
 STAGE_ITERATIONS = 8
+#: the ``vmap`` axis of members, named so the solver can ask whether any member needs its
+#: trust-region subproblem (``_solver.Stage``)
+_AXIS = "members"
 #: smallest chunk whose unfinished members are compacted (smaller ones run in one program)
 COMPACT_MIN_BATCH = 64
 #: smallest compacted batch: below it a smaller program saves less than its compilation costs

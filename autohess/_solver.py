@@ -169,10 +169,19 @@ class Stage:
     still ``RUNNING`` there is resumed by passing ``final`` (gathered) to the next stage, with
     the same inputs, so its iterations are the total over stages and its result is that of one
     uninterrupted loop (``_batch.run_members``: compaction of unfinished members).
+    ``iterations=None``: no stage limit (the loop runs until every member stops).
+
+    ``axis_name``: the ``vmap`` axis the solve is batched over, if any. A ``lax.cond`` on a
+    per-member predicate becomes a select under ``vmap`` and runs both branches for every
+    member; the trust-region subproblem (an eigendecomposition and 48 bisection steps) is then
+    paid in every iteration although near the optimum every Newton step fits its region. With
+    the axis named, the loop asks (``psum`` over the batch) whether any running member needs the
+    subproblem and runs it only in iterations where one does: each member's step is the same.
     """
 
-    def __init__(self, iterations: int, state: Any = None):
-        self.iterations, self.state = int(iterations), state
+    def __init__(self, iterations: Any, state: Any = None, axis_name: Any = None):
+        self.iterations = None if iterations is None else int(iterations)
+        self.state, self.axis_name = state, axis_name
         self.final: Any = None
         self.used = False
 
@@ -182,11 +191,11 @@ _STAGES: list = []
 
 
 @contextlib.contextmanager
-def staged(iterations: int, state: Any = None):
+def staged(iterations: Any, state: Any = None, axis_name: Any = None):
     """While tracing inside this context, the first ``trust_region_newton`` call (only that one:
     a solver called later, or inside ``fun``, runs as usual) starts from ``state`` when given and
     stops after ``iterations`` loop passes; yields the ``Stage`` whose ``final`` it sets."""
-    stage = Stage(iterations, state)
+    stage = Stage(iterations, state, axis_name)
     _STAGES.append(stage)
     try:
         yield stage
@@ -451,7 +460,8 @@ def trust_region_newton(
 
     if stage is not None and stage.state is not None:
         state = stage.state  # resumed where the previous stage stopped (aux included)
-    limit = None if stage is None else state.iterations + stage.iterations
+    limit = None if stage is None or stage.iterations is None else state.iterations + stage.iterations
+    axis_name = None if stage is None else stage.axis_name
 
     def cond(s):
         if limit is None:
@@ -593,11 +603,19 @@ def trust_region_newton(
         # needed. Under ``vmap`` the ``cond`` becomes a select and both branches run.
         z_newton = D * newton
         fits = pd & (jnp.linalg.norm(z_newton) <= radius)
-        z = lax.cond(
-            fits,
-            lambda: z_newton,
-            lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
-        )
+        if axis_name is None:
+            z = lax.cond(
+                fits,
+                lambda: z_newton,
+                lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
+            )
+        else:  # batched: the subproblem only in iterations where some running member needs it (``Stage``)
+            need = lax.psum((cond(s) & ~fits).astype(jnp.int32), axis_name) > 0
+            z = lax.cond(
+                need,
+                lambda: jnp.where(fits, z_newton, _subproblem(gz, after(Hz, dec, pd), radius)),
+                lambda: z_newton,
+            )
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
         if cap is not None:
             over = jnp.max(jnp.abs(z / D) / cap)

@@ -427,6 +427,72 @@ def bench_garch(ah, jax, jnp, B, repeats, n_scipy, timeout_s) -> tuple[list, dic
 
 
 # ------------------------------------------------------------------------------------------
+# Compaction side by side (issue 16 part 3): batch per member vs one fit, interleaved
+# ------------------------------------------------------------------------------------------
+def side_by_side(ah, jax, B_log, B_garch, rounds, timeout_s) -> dict:
+    """Per-member time of a bootstrap with and without compaction against one warm ``ah.fit``
+    + bse, measured in rounds that alternate the three (machine load drifts between rounds on
+    a shared machine: the ratios within one round are what is compared). "Without" sets
+    ``autohess._batch.COMPACT_MIN_BATCH`` above B: the whole chunk runs in one program until its
+    slowest member stops, as before compaction."""
+    from autohess import BootstrapWarning
+    from autohess import _batch
+
+    out = {}
+    X, y, _ = logistic_data()
+    work = [("logistic", ah.models.logistic(X, y), B_log, "nonparametric"),
+            ("garch", ah.models.garch11(garch_data()), B_garch, "parametric")]
+    for name, model, B, kind in work:
+        res = ah.fit(model)
+
+        def single():
+            r = ah.fit(model)
+            jax.block_until_ready((r.params_flat, r.bse_flat))
+
+        def boot(seed, compact):
+            saved = _batch.COMPACT_MIN_BATCH
+            _batch.COMPACT_MIN_BATCH = saved if compact else B + 1
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", BootstrapWarning)
+                    b = ah.bootstrap(res, n=B, key=jax.random.key(seed), kind=kind)
+                    jax.block_until_ready((b.fits.params_flat, b.fits.bse_flat))
+            finally:
+                _batch.COMPACT_MIN_BATCH = saved
+            return b
+
+        for compact in (True, False):  # compile both (and the compacted buckets of seed 0)
+            with watchdog(timeout_s, f"{name} warm-up compact={compact}"):
+                boot(0, compact)
+        single()
+        rows = []
+        for r in range(rounds):
+            t = {}
+            for what, call in (("single", single), ("compact", lambda: boot(r + 1, True)),
+                               ("plain", lambda: boot(r + 1, False))):
+                reps = 20 if what == "single" else 1
+                with watchdog(timeout_s, f"{name} {what} round {r}"):
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        b = call()
+                    t[what] = (time.perf_counter() - t0) / (reps if what == "single" else B)
+                if what == "compact":
+                    t["stages"] = list(_batch.LAST_STAGES["bootstrap"])
+                    t["iterations_max"] = int(np.asarray(b.fits.iterations).max())
+            t["load_1min"] = os.getloadavg()[0]
+            rows.append(t)
+            print(f"{name} round {r}: single {t['single'] * 1e3:.2f} ms, batch per member compacted "
+                  f"{t['compact'] * 1e3:.2f} ms ({t['compact'] / t['single']:.2f}x single), not compacted "
+                  f"{t['plain'] * 1e3:.2f} ms ({t['plain'] / t['single']:.2f}x); stages {t['stages']}; "
+                  f"load {t['load_1min']:.1f}", flush=True)
+        ratio = [t["compact"] / t["single"] for t in rows]
+        plain = [t["plain"] / t["single"] for t in rows]
+        out[name] = {"B": B, "kind": kind, "rounds": rows, "compact_over_single_median": statistics.median(ratio),
+                     "plain_over_single_median": statistics.median(plain)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------
 # Reporting
 # ------------------------------------------------------------------------------------------
 def fmt_s(x) -> str:
@@ -512,9 +578,27 @@ def main(argv=None) -> int:
                         help=f"add {XLA_WORKAROUND} to XLA_FLAGS (see the module docstring)")
     parser.add_argument("--call-timeout", type=float, default=300.0, metavar="S",
                         help="dump stacks and exit if one timed call takes longer (0: no limit)")
+    parser.add_argument("--compaction", type=int, default=0, metavar="ROUNDS",
+                        help="only the compaction comparison (batch per member with and without "
+                             "compaction vs one fit), ROUNDS interleaved rounds; writes "
+                             "results/batch_compaction.json unless --output is given")
     args = parser.parse_args(argv)
 
     restart_with_env(argv, args.blas_threads, args.xla_workaround)
+    if args.compaction:
+        import autohess as ah  # noqa: F811 - float64 before any JAX array
+        import jax
+
+        b_log, b_garch = (args.n_logistic or DEFAULT_B["cpu"][0]), (args.n_garch or DEFAULT_B["cpu"][1])
+        load = os.getloadavg()[0]
+        found = side_by_side(ah, jax, b_log, b_garch, args.compaction, args.call_timeout)
+        info = machine_info(jax)
+        info["load_average_1min_at_start"] = load
+        path = args.output if args.output != RESULTS_FILE else HERE / "results" / "batch_compaction.json"
+        path.write_text(json.dumps({"benchmark": "bench_batch --compaction", "machine": info, **found},
+                                   indent=2, default=float) + "\n")
+        print(f"wrote {path}")
+        return 0
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
