@@ -122,3 +122,46 @@ def test_random_effect_model_is_staged(small_stages):
         single = ah.fit(model, start=jax.tree_util.tree_map(lambda a: a[b], start), warn=False)
         np.testing.assert_allclose(np.asarray(bres.params_flat[b]), np.asarray(single.params_flat), rtol=1e-10)
         assert int(bres.iterations[b]) == int(single.iterations)
+
+
+_SHARDED = r"""
+import json, sys
+import numpy as np
+import autohess as ah, jax
+from autohess import _batch
+assert jax.local_device_count() == 4, jax.devices()
+_batch.COMPACT_MIN_BATCH, _batch.FIRST_STAGE_ITERATIONS, _batch.STAGE_ITERATIONS, _batch.MIN_BUCKET = 4, 6, 2, 2
+rng = np.random.default_rng(3)
+n = 200
+X = np.c_[np.ones(n), rng.normal(size=(n, 2))]
+y = (rng.uniform(size=n) < 1 / (1 + np.exp(-X @ np.array([-0.3, 0.8, -0.5])))).astype(float)
+model = ah.models.logistic(X, y)
+est = np.asarray(ah.fit(model).params_flat)
+starts = est + 0.01 * rng.normal(size=(10, 3))
+starts[[3, 8]] = est + np.array([[6.0, -5.0, 4.0], [-8.0, 6.0, 7.0]])
+out = {}
+for shard in (True, False):
+    bres = ah.fit_batch(model, start={"beta": starts}, shard=shard)
+    out[str(shard)] = [np.asarray(bres.params_flat).tolist(), np.asarray(bres.iterations).tolist(),
+                       [list(s) for s in _batch.LAST_STAGES["fit_batch"]]]
+json.dump(out, sys.stdout)
+"""
+
+
+def test_sharded_stages_equal_one_device():
+    """Compacted batches sharded over 4 (forced host) devices: bucket sizes are multiples of 4
+    and the results equal a one-device run (1e-12, as tests/test_batch.py's sharding test)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    sharded, single = out["True"], out["False"]
+    np.testing.assert_allclose(np.asarray(sharded[0]), np.asarray(single[0]), rtol=1e-12)
+    assert sharded[1] == single[1]
+    assert len(sharded[2]) >= 2 and all(size % 4 == 0 for _, size in sharded[2]), sharded[2]
+    assert sharded[2][1][0] == 2  # the two stragglers went on alone
