@@ -19,6 +19,23 @@ profile likelihood: it runs a per-member function over a leading batch axis in c
 ``batch_size`` members (every chunk padded to the same size, so one compiled program serves
 all of them), shards each chunk's batch axis over all local devices, and reports progress on
 long runs.
+
+Stragglers (``_run_compacted``). A ``vmap``-ed ``while_loop`` runs every member until the
+slowest stops: a GARCH-t bootstrap whose replicates near alpha + beta = 1 take 20 iterations
+against a median of 5 cost 3-4 single fits per member. So a chunk of ``COMPACT_MIN_BATCH`` or
+more members runs the solver in resumable stages (``_solver.staged``: the member function is
+traced with its solver limited to a number of loop passes, starting from a given solver state,
+and the state it ends in is returned beside the outputs). The first stage runs the whole chunk
+for ``FIRST_STAGE_ITERATIONS`` passes; on the host, the members whose status is still
+``RUNNING`` are gathered (their batched inputs and solver states, on the device) into a batch
+of ``bucket_size`` (the next power of 2, at least ``MIN_BUCKET``; padded with copies of one of
+them, whose results are dropped), which runs ``STAGE_ITERATIONS`` more, and so on until none
+is left. A member's outputs are those of the stage in which it stopped, written back to its own
+row, so the member -> input (key) mapping, statuses and iteration counts (the total over
+stages) are those of one uninterrupted loop. Each later stage recomputes a member's set-up
+(e.g. its resampled data) and its results, which is why stages are not shorter. One program
+is compiled per bucket size (cached on the model, counted in ``trace_counts["<label>
+compacted"]``); ``LAST_STAGES[label]`` lists the stages of the last call.
 """
 
 from __future__ import annotations
@@ -44,7 +61,7 @@ from ._fit import (
 from ._model import Model, describe_support_failure
 from ._pandas import host_array
 from ._params import _is_transform, _lists_to_arrays
-from ._solver import Status, trust_region_newton
+from ._solver import Status, staged, trust_region_newton
 from ._validation import _display_name, cast_data, from_pandas, weight_problem
 
 __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_batch_size", "chunk_plan"]
@@ -361,30 +378,114 @@ def run_members(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     chunks, bs = chunk_plan(size, cap, n_dev)
 
-    def build():
-        def run(b, s):
-            model.trace_counts[label] += 1
-            return jax.vmap(member, in_axes=(0, None))(b, s)
+    # small chunks run to the end in one program, as before staging: a straggler holds up few
+    # members there, and the compacted programs' compilations would cost more than they save
+    compact = bs >= COMPACT_MIN_BATCH
+
+    def build(resume: bool):
+        def staged_member(b, s, state):
+            limit = (STAGE_ITERATIONS if resume else FIRST_STAGE_ITERATIONS) if compact else None
+            with staged(limit, state, axis_name=_AXIS) as stage:
+                out = member(b, s)
+            # no state where ``member`` runs no solver (one-parameter profile) or no stages
+            return out, stage.final if compact else None
+
+        def run(b, s, state):
+            # the full-chunk program counts as before; resumed stages under their own name
+            model.trace_counts[f"{label} compacted" if resume else label] += 1
+            return jax.vmap(staged_member, in_axes=(0, None, 0), axis_name=_AXIS)(b, s, state)
 
         return jax.jit(run)
 
-    program = model._jitted((label, key, bs, n_dev), build)
+    first = model._jitted((label, key, bs, n_dev, compact), lambda: build(False))
+    resume = lambda n: model._jitted((label, key, n, n_dev, "resume"), lambda: build(True))  # noqa: E731
+    row = None
     if mesh is not None:
         row = NamedSharding(mesh, PartitionSpec("batch"))
         shared = jax.device_put(shared, NamedSharding(mesh, PartitionSpec()))
     bar = _Progress(label, size, chunks, progress)
     pieces = []
+    stages = LAST_STAGES[label] = []
     for c in range(chunks):
         lo, hi = c * bs, min((c + 1) * bs, size)
         part = jax.tree_util.tree_map(lambda a: _pad(a[lo:hi], bs), batched)
         if mesh is not None:
             part = jax.device_put(part, row)
-        out = program(part, shared)
+        out = _run_compacted(first, resume, part, shared, bs, hi - lo, n_dev, row, stages)
         if chunks == 1 and hi - lo == bs:
             return out
         pieces.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[: hi - lo], out))
         bar.update(hi)
     return jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)), *pieces)
+
+
+#: loop passes of the first stage (the full chunk): the first pass evaluates the start, so 8
+#: passes finish a fit of 7 Newton iterations; typical refits started at or near an estimate
+#: take 4-7 (benchmarks/bench_batch.py: logistic bootstrap median 4, max 5; GARCH-t
+#: parametric bootstrap median 5, 99th percentile 9, max 23)
+FIRST_STAGE_ITERATIONS = 8
+#: loop passes of each later stage (the members still running, compacted): long enough that
+#: a stage's fixed costs (a host round trip, the member's set-up and results computed again)
+#: stay small against its iterations, short enough that a straggler holds few others up
+STAGE_ITERATIONS = 8
+#: the ``vmap`` axis of members, named so the solver can ask whether any member needs its
+#: trust-region subproblem (``_solver.Stage``)
+_AXIS = "members"
+#: smallest chunk whose unfinished members are compacted (smaller ones run in one program)
+COMPACT_MIN_BATCH = 64
+#: smallest compacted batch: below it a smaller program saves less than its compilation costs
+MIN_BUCKET = 8
+#: per ``run_members`` label, the stages of its most recent call: ``(members in the stage,
+#: batch size run)`` per stage (for tests and benchmarks; not part of any result)
+LAST_STAGES: dict = {}
+
+
+def bucket_size(running: int, chunk: int, n_devices: int = 1) -> int:
+    """Batch size for ``running`` unfinished members of a chunk of ``chunk``: the next power of 2
+    (at least ``MIN_BUCKET``, a multiple of ``n_devices``), or the chunk size if that is not
+    larger; a fixed set of sizes, so each compiles once (per model and call key)."""
+    size = max(MIN_BUCKET, 1 << max(running - 1, 0).bit_length())
+    size = int(math.ceil(size / n_devices) * n_devices)
+    return min(size, chunk)
+
+
+@jax.jit
+def _take(tree: Any, idx: jax.Array) -> Any:
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+
+def _run_compacted(first, resume, part, shared, bs, n_real, n_dev, row, stages) -> Any:
+    """One chunk through staged programs: the full chunk for ``FIRST_STAGE_ITERATIONS`` loop
+    passes, then only its members still ``RUNNING``, gathered (with their solver states and
+    inputs) into a batch of ``bucket_size``, padded with copies of one of them whose results
+    are dropped, ``STAGE_ITERATIONS`` passes at a time. Each member's outputs are those of the
+    stage in which it stopped, written back to its own row."""
+    out, state = first(part, shared, None)
+    if state is None:
+        return out
+    status = np.asarray(state.status)[:n_real]
+    where = np.flatnonzero(status == Status.RUNNING)  # chunk rows still running
+    stages.append((n_real, bs))
+    if where.size == 0:
+        return out
+    host = jax.tree_util.tree_map(np.array, out)  # writable copies; rows filled as members stop
+    rows = where  # row of each running member in ``state``
+    while where.size:
+        n = bucket_size(where.size, bs, n_dev)
+        fill = lambda ix: np.concatenate([ix, np.full(n - ix.size, ix[0])]).astype(np.int32)  # noqa: E731
+        sub, sub_state = _take(part, fill(where)), _take(state, fill(rows))
+        if row is not None:
+            sub, sub_state = jax.device_put((sub, sub_state), row)
+        out, state = resume(n)(sub, shared, sub_state)
+        status = np.asarray(state.status)[: where.size]
+        done = status != Status.RUNNING
+        if done.any():
+            picked = jax.tree_util.tree_map(lambda a: np.asarray(a)[: where.size][done], out)
+            jax.tree_util.tree_map(lambda h, v: h.__setitem__(where[done], v), host, picked)
+        stages.append((int(where.size), n))
+        rows = np.flatnonzero(~done)
+        where = where[~done]
+    return jax.tree_util.tree_map(jnp.asarray, host)
 
 
 def _pad(a: Any, size: int) -> Any:

@@ -10,6 +10,7 @@ Status codes are data (an ``int32`` array), not exceptions: ``Status`` says what
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from typing import Any, Callable, NamedTuple
 
@@ -157,6 +158,49 @@ class SolverResult(NamedTuple):
     # taking part (moved by it, or curvature grown ``EDGE_CURVATURE_GROWTH``-fold over the run)
     edge_step: jax.Array
     edge_involved: jax.Array
+
+
+class Stage:
+    """A trace-time request (``staged``) to run the next ``trust_region_newton`` in a stage.
+
+    ``iterations``: loop passes this stage may run (the first pass of a fresh solve evaluates the
+    start); ``state``: the ``_TRState`` a previous stage ended with (``None``: start fresh).
+    After tracing, ``final`` holds the state the stage ended with: a member whose status is
+    still ``RUNNING`` there is resumed by passing ``final`` (gathered) to the next stage, with
+    the same inputs, so its iterations are the total over stages and its result is that of one
+    uninterrupted loop (``_batch.run_members``: compaction of unfinished members).
+    ``iterations=None``: no stage limit (the loop runs until every member stops).
+
+    ``axis_name``: the ``vmap`` axis the solve is batched over, if any. A ``lax.cond`` on a
+    per-member predicate becomes a select under ``vmap`` and runs both branches for every
+    member; the trust-region subproblem (an eigendecomposition and 48 bisection steps) is then
+    paid in every iteration although near the optimum every Newton step fits its region. With
+    the axis named, the loop asks (``psum`` over the batch) whether any running member needs the
+    subproblem and runs it only in iterations where one does: each member's step is the same.
+    """
+
+    def __init__(self, iterations: Any, state: Any = None, axis_name: Any = None):
+        self.iterations = None if iterations is None else int(iterations)
+        self.state, self.axis_name = state, axis_name
+        self.final: Any = None
+        self.used = False
+
+
+# the innermost ``staged`` request (a stack: traces do not nest stages, but are re-entrant)
+_STAGES: list = []
+
+
+@contextlib.contextmanager
+def staged(iterations: Any, state: Any = None, axis_name: Any = None):
+    """While tracing inside this context, the first ``trust_region_newton`` call (only that one:
+    a solver called later, or inside ``fun``, runs as usual) starts from ``state`` when given and
+    stops after ``iterations`` loop passes; yields the ``Stage`` whose ``final`` it sets."""
+    stage = Stage(iterations, state, axis_name)
+    _STAGES.append(stage)
+    try:
+        yield stage
+    finally:
+        _STAGES.pop()
 
 
 class _TRState(NamedTuple):
@@ -387,6 +431,9 @@ def trust_region_newton(
     eps = jnp.finfo(dtype).eps
     floor_tol = 1e4 * eps
     p = x0.shape[0]
+    stage = _STAGES[-1] if _STAGES and not _STAGES[-1].used else None
+    if stage is not None:
+        stage.used = True
 
     def finite(value, grad, hess):
         return jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(hess))
@@ -415,8 +462,15 @@ def trust_region_newton(
     if max_step is not None and np.isfinite(np.asarray(max_step)).any():
         cap = jnp.broadcast_to(jnp.asarray(max_step, dtype), x0.shape)
 
+    if stage is not None and stage.state is not None:
+        state = stage.state  # resumed where the previous stage stopped (aux included)
+    limit = None if stage is None or stage.iterations is None else state.iterations + stage.iterations
+    axis_name = None if stage is None else stage.axis_name
+
     def cond(s):
-        return s.status == Status.RUNNING
+        if limit is None:
+            return s.status == Status.RUNNING
+        return (s.status == Status.RUNNING) & (s.iterations < limit)
 
     def gradient_measure(grad, hess):
         # 0.5 * sum(g_i^2 / |H_ii|): the decrement with a diagonal preconditioner. Unlike
@@ -563,11 +617,19 @@ def trust_region_newton(
         if newton_start:
             radius = jnp.where(first & pd, jnp.maximum(radius, jnp.linalg.norm(z_newton)), radius)
         fits = pd & (jnp.linalg.norm(z_newton) <= radius)
-        z = lax.cond(
-            fits,
-            lambda: z_newton,
-            lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
-        )
+        if axis_name is None:
+            z = lax.cond(
+                fits,
+                lambda: z_newton,
+                lambda: _subproblem(gz, after(Hz, dec, pd), radius),  # eigh after the Cholesky: see ``after``
+            )
+        else:  # batched: the subproblem only in iterations where some running member needs it (``Stage``)
+            need = lax.psum((cond(s) & ~fits).astype(jnp.int32), axis_name) > 0
+            z = lax.cond(
+                need,
+                lambda: jnp.where(fits, z_newton, _subproblem(gz, after(Hz, dec, pd), radius)),
+                lambda: z_newton,
+            )
         z = jnp.where(jnp.all(jnp.isfinite(z)), z, 0.0)
         if cap is not None:
             over = jnp.max(jnp.abs(z / D) / cap)
@@ -608,6 +670,8 @@ def trust_region_newton(
         )
 
     final = lax.while_loop(cond, body, state)
+    if stage is not None:
+        stage.final = final
     unbounded = final.status == Status.UNBOUNDED
     moved = jnp.abs(final.edge_step) > AFFECTED_LOADING * jnp.max(jnp.abs(final.edge_step))
     grown = jnp.abs(jnp.diag(final.hess)) > EDGE_CURVATURE_GROWTH * jnp.maximum(

@@ -73,6 +73,22 @@ autohess 9c03404 (solver that stops at a 1e-12 Newton step and lengthens ridge s
   logistic 300 us per fit (68x), GARCH-t scan 6.6 ms (max 23 iterations), associative
   15.2 ms: within this VM's run-to-run drift of the previous run.
 
+* Compaction of unfinished members (#16 part 3, ``--compaction ROUNDS``: one warm ``ah.fit`` +
+  bse against a bootstrap's time per member with and without compaction, interleaved in
+  rounds; results/batch_compaction.json). 2026-12-01 on the shared 2-core VM at load average
+  13-19 (several engineers' test suites): absolute times are not meaningful, ratios within a
+  round only roughly. GARCH-t parametric B=1000, round 0 (every bucket program compiled by the
+  warm-up): 3.1x a single fit's wall time per member compacted against 5.4x not compacted
+  (CPU time: 2.4x against 5.2x); stages 1000 -> 83 members (bucket 128) -> 4 (8) -> 4 (8) -> 1
+  (8). Round 1 needed a bucket size (64) the warm-up had not compiled, and its compilation
+  (tens of seconds under that load) made it 11.9x: each new bucket size is compiled once per
+  model and process. The target (<= 1x) is NOT met. Logistic nonparametric B=5000 (two
+  chunks of 2500; every member stops within the first stage's 8 iterations, so nothing is
+  compacted): 0.88x / 0.43x a single fit's wall time in rounds 0 / 1 (CPU time 0.63x / 0.44x);
+  the target (<= 0.5x) is met in one round of two: not established on this machine.
+  "Not compacted" still has the other change of that commit (the trust-region subproblem only
+  in iterations where some member needs it).
+
 See benchmarks/README.md for how to run and read these numbers.
 """
 
@@ -204,8 +220,8 @@ def bench_bootstrap(ah, jax, res, workload, method, B, kind, repeats, timeout_s)
     ratio = np.asarray(last.se_flat) / np.asarray(res.bse_flat, dtype=np.float64)
     chunks = default_chunks(res.model, B)
     notes = (f"{kind}; Newton iterations per replicate median {np.median(iters):.0f}, 99th percentile "
-             f"{np.quantile(iters, 0.99):.0f}, max {iters.max()} (the vmap-ed loop runs every member until the "
-             f"slowest stops); {int((~finite_se).sum())} replicate(s) with a NaN standard error (estimate at a "
+             f"{np.quantile(iters, 0.99):.0f}, max {iters.max()} (members still running after "
+             f"8 iterations are compacted into smaller batches); {int((~finite_se).sum())} replicate(s) with a NaN standard error (estimate at a "
              f"bound); bootstrap SE / Wald SE {ratio.min():.2f}-{ratio.max():.2f}"
              + (f"; default chunking: {chunks[0]} x {chunks[1]:,} members ({chunks[0] * chunks[1]:,} computed)"
                 if chunks and chunks[0] > 1 else ""))
@@ -423,6 +439,81 @@ def bench_garch(ah, jax, jnp, B, repeats, n_scipy, timeout_s) -> tuple[list, dic
 
 
 # ------------------------------------------------------------------------------------------
+# Compaction side by side (issue 16 part 3): batch per member vs one fit, interleaved
+# ------------------------------------------------------------------------------------------
+def side_by_side(ah, jax, B_log, B_garch, rounds, timeout_s) -> dict:
+    """Per-member time of a bootstrap with and without compaction against one warm ``ah.fit``
+    + bse, measured in rounds that alternate the three (machine load drifts between rounds on
+    a shared machine: the ratios within one round are what is compared). "Without" sets
+    ``autohess._batch.COMPACT_MIN_BATCH`` above B: the whole chunk runs in one program until its
+    slowest member stops, as before compaction."""
+    from autohess import BootstrapWarning
+    from autohess import _batch
+
+    out = {}
+    X, y, _ = logistic_data()
+    work = [("garch", ah.models.garch11(garch_data()), B_garch, "parametric"),
+            ("logistic", ah.models.logistic(X, y), B_log, "nonparametric")]
+    for name, model, B, kind in work:
+        res = ah.fit(model)
+
+        def single():
+            r = ah.fit(model)
+            jax.block_until_ready((r.params_flat, r.bse_flat))
+
+        def boot(seed, compact):
+            saved = _batch.COMPACT_MIN_BATCH
+            _batch.COMPACT_MIN_BATCH = saved if compact else B + 1
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", BootstrapWarning)
+                    b = ah.bootstrap(res, n=B, key=jax.random.key(seed), kind=kind)
+                    jax.block_until_ready((b.fits.params_flat, b.fits.bse_flat))
+            finally:
+                _batch.COMPACT_MIN_BATCH = saved
+            return b
+
+        for compact in (True, False):  # compile both (and the compacted buckets of seed 0)
+            with watchdog(timeout_s, f"{name} warm-up compact={compact}"):
+                boot(0, compact)
+        single()
+        rows = []
+        for r in range(rounds):
+            t = {}
+            for what, call in (("single", single), ("compact", lambda: boot(r + 1, True)),
+                               ("plain", lambda: boot(r + 1, False))):
+                reps = 20 if what == "single" else 1
+                with watchdog(timeout_s, f"{name} {what} round {r}"):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for _ in range(reps):
+                        b = call()
+                    per = reps if what == "single" else B
+                    t[what] = (time.perf_counter() - t0) / per
+                    # CPU seconds of this process (all its threads): less distorted than wall time
+                    # when other processes compete for the cores (a single fit's many short
+                    # dispatches wait for a core each time; a batch's long kernels do not)
+                    t[what + "_cpu"] = (time.process_time() - c0) / per
+                if what == "compact":
+                    t["stages"] = list(_batch.LAST_STAGES["bootstrap"])
+                    t["iterations_max"] = int(np.asarray(b.fits.iterations).max())
+            t["load_1min"] = os.getloadavg()[0]
+            rows.append(t)
+            print(f"{name} round {r}: single {t['single'] * 1e3:.2f} ms, batch per member compacted "
+                  f"{t['compact'] * 1e3:.2f} ms ({t['compact'] / t['single']:.2f}x single), not compacted "
+                  f"{t['plain'] * 1e3:.2f} ms ({t['plain'] / t['single']:.2f}x); CPU time: single "
+                  f"{t['single_cpu'] * 1e3:.2f} ms, compacted {t['compact_cpu'] / t['single_cpu']:.2f}x, not "
+                  f"compacted {t['plain_cpu'] / t['single_cpu']:.2f}x; stages {t['stages']}; "
+                  f"load {t['load_1min']:.1f}", flush=True)
+        ratio = [t["compact"] / t["single"] for t in rows]
+        plain = [t["plain"] / t["single"] for t in rows]
+        out[name] = {"B": B, "kind": kind, "rounds": rows, "compact_over_single_median": statistics.median(ratio),
+                     "plain_over_single_median": statistics.median(plain),
+                     "compact_over_single_cpu_median": statistics.median(
+                         [t["compact_cpu"] / t["single_cpu"] for t in rows])}
+    return out
+
+
+# ------------------------------------------------------------------------------------------
 # Reporting
 # ------------------------------------------------------------------------------------------
 def fmt_s(x) -> str:
@@ -508,9 +599,27 @@ def main(argv=None) -> int:
                         help=f"add {XLA_WORKAROUND} to XLA_FLAGS (see the module docstring)")
     parser.add_argument("--call-timeout", type=float, default=300.0, metavar="S",
                         help="dump stacks and exit if one timed call takes longer (0: no limit)")
+    parser.add_argument("--compaction", type=int, default=0, metavar="ROUNDS",
+                        help="only the compaction comparison (batch per member with and without "
+                             "compaction vs one fit), ROUNDS interleaved rounds; writes "
+                             "results/batch_compaction.json unless --output is given")
     args = parser.parse_args(argv)
 
     restart_with_env(argv, args.blas_threads, args.xla_workaround)
+    if args.compaction:
+        import autohess as ah  # noqa: F811 - float64 before any JAX array
+        import jax
+
+        b_log, b_garch = (args.n_logistic or DEFAULT_B["cpu"][0]), (args.n_garch or DEFAULT_B["cpu"][1])
+        load = os.getloadavg()[0]
+        found = side_by_side(ah, jax, b_log, b_garch, args.compaction, args.call_timeout)
+        info = machine_info(jax)
+        info["load_average_1min_at_start"] = load
+        path = args.output if args.output != RESULTS_FILE else HERE / "results" / "batch_compaction.json"
+        path.write_text(json.dumps({"benchmark": "bench_batch --compaction", "machine": info, **found},
+                                   indent=2, default=float) + "\n")
+        print(f"wrote {path}")
+        return 0
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
