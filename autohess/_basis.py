@@ -71,10 +71,10 @@ class _Known:
 
     @staticmethod
     def wrap(c):
-        if isinstance(c, jax.core.Tracer):
+        # (the size from the shape: a large closed-over jax array is not copied to the host)
+        if isinstance(c, jax.core.Tracer) or np.prod(np.shape(c), dtype=np.int64) > _MAX_FOLD:
             return _Unknown(c)
-        a = np.asarray(c)
-        return _Known(a) if a.size <= _MAX_FOLD else _Unknown(c)
+        return _Known(np.asarray(c))
 
 
 class _Unknown:
@@ -126,7 +126,7 @@ def _value(x):
 
 def _read(env, v):
     if isinstance(v, jcore.Literal):
-        return _Known(np.asarray(v.val))
+        return _Known(np.asarray(v.val, dtype=v.aval.dtype))  # (a float32 program's literals stay float32)
     return env[v]
 
 
