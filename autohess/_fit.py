@@ -589,6 +589,7 @@ def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
 
 
 def _value_grad_hess_with_basis(f: Callable, mode: str) -> Callable:
+    """``_value_grad_hess_fn`` before ``fold_basis`` (the tangent basis still multiplied in)."""
     if mode in ("fwd-rev", "rev-rev"):
         jac = jax.jacfwd if mode == "fwd-rev" else jax.jacrev
 
