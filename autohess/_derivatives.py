@@ -290,7 +290,7 @@ def _check_separable(model: Model, chunk: int, params: Any) -> None:
 
         leaves, treedef, is_obs = _split_obs(model, model.data)
         part = treedef.unflatten([leaf[lo:hi] if obs else leaf for leaf, obs in zip(leaves, is_obs)])
-        program = model._jitted("contributions", lambda: jax.jit(model.traced_loglik))
+        program = model.contributions_program()
         tol = np.sqrt(np.finfo(model.dtype).eps)
         for where, point in _check_points(model, params):
             full = np.asarray(program(point, model.data))
