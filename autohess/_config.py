@@ -14,7 +14,7 @@
   Laplace marginal's exact Hessian differentiates through the inner solve). autohess points
   ``jax_compilation_cache_dir`` at ``$AUTOHESS_CACHE_DIR`` (default
   ``$XDG_CACHE_HOME/autohess/jax`` or ``~/.cache/autohess/jax``) and caches programs that took
-  >= 0.5 s to compile, so a second process reuses them: lme4's cbpp GLMM first fit + SEs in a
+  >= 0.05 s to compile, so a second process reuses them: lme4's cbpp GLMM first fit + SEs in a
   fresh process 10.4 s (6.8 s CPU) without, 2.5 s (1.7 s CPU) with a warm cache, on the loaded
   2-core VM. JAX's cache is per process, so this applies to every JAX program in it.
   ``AUTOHESS_CACHE=0`` turns it off; a cache directory you set yourself
@@ -34,7 +34,12 @@
   its run time unchanged (LAPACK calls and p x p arithmetic; 0.08 ms at p = 12). Options you
   set in ``XLA_FLAGS`` win; ``AUTOHESS_XLA_DEFAULT=1`` compiles with jaxlib's defaults. Off the
   CPU nothing is passed. On a jaxlib outside the tested versions the options are tried once on
-  a trivial program (XLA refuses an option it does not know) and dropped if refused.
+  a trivial program (XLA refuses an option it does not know) and dropped if refused. Not set
+  through ``XLA_FLAGS``: that would change the user's own programs too, child processes would
+  inherit it, and XLA aborts the process on a flag its version does not know. Passed so far by
+  the fit's programs (solve, escape test, inference, covariance) and the model's
+  ``contributions_program``; batch, bootstrap, Laplace and audit programs still compile with
+  jaxlib's defaults (``jax.jit(..., compiler_options=compiler_options())`` adopts them).
 
 Not changed, but worth knowing for batched work on CPUs: jaxlib's LAPACK kernels split a
 batched factorisation over XLA's intra-op thread pool and block until it is done, so two
