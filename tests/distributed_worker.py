@@ -5,16 +5,24 @@
 runs ``compute()`` (the same calls a one-process run makes, in ``test_distributed.py``'s own
 process, as the reference) and saves every process's results to ``OUT_DIR/process_<id>.npz``.
 SCENARIO ``die``: process 1 kills itself (SIGKILL) once its share is computed, before the
-gather, so the test can check that the others fail with a clear error instead of hanging.
+gather, so the test can check that the others fail with a clear error instead of hanging;
+``hang``: process 1 sleeps there instead (process 0 has ``AUTOHESS_GATHER_TIMEOUT_S``);
+``mismatch``: process 1 asks for one bootstrap replicate more than process 0.
+Besides the results, ``local_members`` is how many members this process ran in its first
+bootstrap stage (its share, not the whole batch).
 """
 
 import os
 import signal
 import sys
+import time
 
 #: jax.distributed's heartbeat: a process that dies before any collective is noticed by the
 #: coordination service within about twice this (default 100 s; the test's timeout is tighter)
 HEARTBEAT_S = 10
+#: how long a process waits at exit for the others to exit too (default 300 s): a process that
+#: gave up on a hung peer (AUTOHESS_GATHER_TIMEOUT_S) would otherwise wait that long there
+SHUTDOWN_S = 10
 
 
 def problems():
@@ -44,7 +52,7 @@ def problems():
     return model, pois, data_batch
 
 
-def compute():
+def compute(progress=None):
     """The calls under test; returns flat ``{name: array}`` of every result compared."""
     import jax
     import numpy as np
@@ -56,7 +64,7 @@ def compute():
     out = {}
     # 160 replicates: a share of 80 (2 processes) or 40 (4) per process; 80 and 160 run in
     # compacted stages (64 members or more), 40 in one program: both paths are compared
-    boot = ah.bootstrap(res, n=160, key=jax.random.key(7))
+    boot = ah.bootstrap(res, n=160, key=jax.random.key(7), progress=progress)
     out["boot_replicates"] = np.asarray(boot.replicates)
     out["boot_status"] = np.asarray(boot.fits.status_code)
     out["boot_iterations"] = np.asarray(boot.fits.iterations)
@@ -86,19 +94,33 @@ def main():
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=n_proc,
-                               process_id=proc_id, heartbeat_timeout_seconds=HEARTBEAT_S)
+                               process_id=proc_id, heartbeat_timeout_seconds=HEARTBEAT_S,
+                               shutdown_timeout_seconds=SHUTDOWN_S)
     import autohess as ah  # noqa: F401
     from autohess import _distributed
 
     assert jax.process_count() == n_proc and jax.process_index() == proc_id
-    if scenario == "die" and proc_id == 1:
-        def die(*args, **kwargs):
-            os.kill(os.getpid(), signal.SIGKILL)
+    if scenario in ("die", "hang") and proc_id == 1:
+        def stop(*args, **kwargs):
+            if scenario == "die":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(3600)
 
-        _distributed._gather = die
+        _distributed._gather = stop
     import numpy as np
 
-    result = compute()
+    if scenario == "mismatch":
+        model = problems()[0]
+        try:
+            ah.bootstrap(ah.fit(model), n=20 + proc_id, key=1)
+        except RuntimeError as e:
+            print(f"process {proc_id}: RuntimeError: {e}", file=sys.stderr, flush=True)
+            sys.exit(3)
+        sys.exit(0)
+    result = compute(progress=True)
+    from autohess._batch import LAST_STAGES
+
+    result["local_members"] = np.array(LAST_STAGES["bootstrap"][0][0])
     np.savez(os.path.join(out_dir, f"process_{proc_id}.npz"), **result)
     print(f"process {proc_id}: done", flush=True)
 

@@ -88,6 +88,8 @@ def reference():
 
 
 def _check_equal(reference: dict, got: dict) -> None:
+    got = dict(got)
+    got.pop("local_members")
     assert set(got) == set(reference)
     for name, ref in reference.items():
         if ref.dtype.kind in "fc":
@@ -103,7 +105,13 @@ def _run_and_compare(n_proc: int, tmp_path, reference) -> None:
         assert rc == 0, f"process {i} exited with {rc}:\n{stderr[-3000:]}"
     for i in range(n_proc):
         with np.load(tmp_path / f"process_{i}.npz") as f:
-            _check_equal(reference, dict(f))
+            got = dict(f)
+        # the work was split: each process ran its own 160 / n_proc replicates, not all 160
+        assert int(got["local_members"]) == 160 // n_proc
+        _check_equal(reference, got)
+    # progress (asked for) is shown once, by process 0, for its share
+    assert f"bootstrap: 160 members over {n_proc} processes; process 0 runs {160 // n_proc}" in results[0][2]
+    assert all("members" not in r[2] for r in results[1:])
 
 
 def test_two_processes_equal_one(tmp_path, reference):
@@ -139,3 +147,26 @@ def test_a_dead_process_fails_the_others_clearly(tmp_path):
     assert "died or was killed" in stderr0 and "Restart the job" in stderr0
     # process 1 died after a share computed in well under this; process 0 noticed at once
     assert seconds0 < DEATH_NOTICED_S + results[1][3], seconds0
+
+
+def test_processes_in_different_calls_raise_instead_of_hanging(tmp_path):
+    """Process 1 asks for 21 bootstrap replicates, process 0 for 20: both raise, naming the
+    sizes, before any work (a gather of unequal shapes would hang or mix results)."""
+    results = _wait(_launch(2, tmp_path, "mismatch"), RUN_TIMEOUT_S)
+    for rc, _, stderr, _ in results:
+        assert rc == 3, stderr[-3000:]
+        assert "bootstrap: the 2 processes are not in the same batched call (sizes per process [20, 21])" in stderr
+
+
+@pytest.mark.slow
+def test_a_hung_process_times_out_with_autohess_gather_timeout(tmp_path, monkeypatch):
+    """Process 1 hangs (alive, never reaches the gather): with AUTOHESS_GATHER_TIMEOUT_S=20,
+    process 0 raises TimeoutError naming the variable within ~20 s of its share, not never."""
+    monkeypatch.setenv("AUTOHESS_GATHER_TIMEOUT_S", "20")
+    procs = _launch(2, tmp_path, "hang")
+    rc0, _, stderr0, _ = _wait(procs[:1], RUN_TIMEOUT_S)[0]
+    procs[1].kill()
+    procs[1].communicate()
+    assert rc0 != 0
+    assert "bootstrap: process 0 of 2 waited 20 s (AUTOHESS_GATHER_TIMEOUT_S)" in stderr0, stderr0[-3000:]
+    assert "hung or died" in stderr0
