@@ -8,8 +8,8 @@ SCENARIO ``die``: process 1 kills itself (SIGKILL) once its share is computed, b
 gather, so the test can check that the others fail with a clear error instead of hanging;
 ``hang``: process 1 sleeps there instead (process 0 has ``AUTOHESS_GATHER_TIMEOUT_S``);
 ``mismatch``: process 1 asks for one bootstrap replicate more than process 0.
-Besides the results, ``local_members`` is how many members this process ran in its first
-bootstrap stage (its share, not the whole batch).
+Besides the results, ``local_members`` is how many members this process ran and gathered in
+the bootstrap (its share, not the whole batch).
 """
 
 import os
@@ -117,10 +117,16 @@ def main():
             print(f"process {proc_id}: RuntimeError: {e}", file=sys.stderr, flush=True)
             sys.exit(3)
         sys.exit(0)
-    result = compute(progress=True)
-    from autohess._batch import LAST_STAGES
+    shares = {}
+    gather = _distributed._gather
 
-    result["local_members"] = np.array(LAST_STAGES["bootstrap"][0][0])
+    def recording(out, per, label):
+        shares.setdefault(label, per)  # rows this process ran in its first call of ``label``
+        return gather(out, per, label)
+
+    _distributed._gather = recording
+    result = compute(progress=True)
+    result["local_members"] = np.array(shares["bootstrap"])
     np.savez(os.path.join(out_dir, f"process_{proc_id}.npz"), **result)
     print(f"process {proc_id}: done", flush=True)
 

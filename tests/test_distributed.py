@@ -80,11 +80,60 @@ def _wait(procs: list, timeout: float) -> list:
 
 @pytest.fixture(scope="module")
 def reference():
-    """The same calls in this one process (``jax.process_count() == 1``: today's path)."""
+    """The same calls in this one process (``jax.process_count() == 1``: today's path, which
+    never enters the multi-process code: it raises here if it does)."""
     sys.path.insert(0, str(HERE))
     import distributed_worker
 
-    return distributed_worker.compute()
+    from autohess import _distributed
+
+    def never(*args, **kwargs):
+        raise AssertionError("one process took the multi-process path")
+
+    saved = _distributed.run_across_processes
+    _distributed.run_across_processes = never
+    try:
+        return distributed_worker.compute()
+    finally:
+        _distributed.run_across_processes = saved
+
+
+@pytest.mark.parametrize("size,n_proc", [(160, 2), (11, 4), (3, 4), (1, 2), (7, 3)])
+def test_process_slices_cover_every_member_once(size, n_proc):
+    """Shares are contiguous, in process order, cover 0..size-1 exactly once, and every process
+    gathers the same ``per`` rows (a share of 0 members when size < processes)."""
+    from autohess._distributed import process_slice
+
+    shares = [process_slice(size, n_proc, i) for i in range(n_proc)]
+    assert len({per for _, _, per in shares}) == 1
+    per = shares[0][2]
+    assert per * n_proc >= size > (per - 1) * n_proc
+    members = [m for lo, hi, _ in shares for m in range(lo, hi)]
+    assert members == list(range(size))
+    for i, (lo, hi, _) in enumerate(shares):
+        assert lo == min(i * per, size)  # row i * per of the gathered array is member lo
+
+
+def test_gather_packs_and_unpacks_every_dtype_bit_for_bit():
+    """The gather sends each output leaf's bytes side by side in one array; in one process the
+    collective is the identity, so the round trip must return every leaf exactly (float64 with
+    NaN and -0.0, int32, bool, a zero-width leaf, a (per, p, p) leaf)."""
+    from autohess import _distributed
+
+    per = 5
+    rng = np.random.default_rng(1)
+    tree = {
+        "x": np.where(rng.uniform(size=(per, 3)) < 0.2, np.nan, rng.normal(size=(per, 3))),
+        "cov": rng.normal(size=(per, 2, 2)),
+        "status": rng.integers(-3, 9, size=per).astype(np.int32),
+        "ok": rng.uniform(size=(per, 4)) < 0.5,
+        "empty": np.zeros((per, 0)),
+        "signed_zero": np.full((per,), -0.0),
+    }
+    back = _distributed._gather(tree, per, "test")
+    for k, v in tree.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
+        assert back[k].tobytes() == v.tobytes(), k
 
 
 def _check_equal(reference: dict, got: dict) -> None:
@@ -128,7 +177,8 @@ def test_two_processes_equal_one(tmp_path, reference):
 @pytest.mark.slow
 def test_four_processes_equal_one(tmp_path, reference):
     """Four processes, shares of 40 bootstrap replicates (one program, no stages) and of 3 data
-    sets (the last share padded): still equal to the one-process run."""
+    sets (the last share padded): still equal to the one-process run. Slow: four processes
+    compile on two cores (~200 s wall on the loaded CI machine)."""
     _run_and_compare(4, tmp_path, reference)
 
 
@@ -170,3 +220,17 @@ def test_a_hung_process_times_out_with_autohess_gather_timeout(tmp_path, monkeyp
     assert rc0 != 0
     assert "bootstrap: process 0 of 2 waited 20 s (AUTOHESS_GATHER_TIMEOUT_S)" in stderr0, stderr0[-3000:]
     assert "hung or died" in stderr0
+
+
+@pytest.mark.parametrize("value,ok", [("", None), ("  ", None), ("12.5", 12.5), ("abc", False), ("0", False), ("-3", False)])
+def test_gather_timeout_variable_is_checked(monkeypatch, value, ok):
+    """AUTOHESS_GATHER_TIMEOUT_S: unset / blank waits as long as needed; a positive number is
+    the limit; anything else raises naming the variable (not a silent default)."""
+    from autohess import _distributed
+
+    monkeypatch.setenv("AUTOHESS_GATHER_TIMEOUT_S", value)
+    if ok is False:
+        with pytest.raises(ValueError, match=f"AUTOHESS_GATHER_TIMEOUT_S={value!r}"):
+            _distributed._timeout()
+    else:
+        assert _distributed._timeout() == ok
