@@ -18,7 +18,8 @@ The driver here (``run_members``) is shared by the bootstrap, the simulation stu
 profile likelihood: it runs a per-member function over a leading batch axis in chunks of
 ``batch_size`` members (every chunk padded to the same size, so one compiled program serves
 all of them), shards each chunk's batch axis over all local devices, and reports progress on
-long runs.
+long runs. With several processes (``jax.distributed``) each process runs a contiguous share
+of the members this way and the outputs are gathered to every process (``_distributed``).
 
 Stragglers (``_run_compacted``). A ``vmap``-ed ``while_loop`` runs every member until the
 slowest stops: a GARCH-t bootstrap whose replicates near alpha + beta = 1 take 20 iterations
@@ -708,7 +709,9 @@ def fit_batch(
         progress: show a progress line on stderr (default: only on a terminal with several
             chunks).
         shard: split each chunk's batch axis over all local devices (``jax.local_devices()``)
-            when there are several.
+            when there are several. With several processes (``jax.distributed``) the members
+            are first split into one contiguous share per process; every process gets all
+            results (README, "Several devices, several hosts").
 
     Returns:
         ``BatchResult``. Never raises for a bad member: see ``status``. A member whose inputs
