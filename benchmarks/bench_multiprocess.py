@@ -16,9 +16,25 @@ and a loaded machine leaves less than 2; read the efficiencies as what the split
 gather cost, not as what separate hosts or GPUs would give. Results are identical to the one-
 process run (``tests/test_distributed.py``).
 
-Last run (2-core VM, load average in the table; XLA CPU, one device per process):
+Run of 2026-12-01 (2-core AMD EPYC VM, 100% busy with other engineers' jobs before the run,
+load average 18-21; warm = median of 3 calls; one CPU device per process):
 
-RESULTS_TABLE
+| scaling | processes | B    | warm s | us / replicate | efficiency | in gathers s | first call s |
+|---------|-----------|------|--------|----------------|------------|--------------|--------------|
+| strong  | 1         | 2048 | 1.535  | 749            | 1.00       | 0            | 7.2          |
+| strong  | 2         | 2048 | 1.170  | 571            | 0.66       | 0.149        | 42.3         |
+| strong  | 4         | 2048 | 1.065  | 520            | 0.36       | 0.118        | 86.2         |
+| weak    | 1         | 512  | 0.368  | 719            | 1.00       | 0            | 5.4          |
+| weak    | 2         | 1024 | 0.668  | 652            | 0.55       | 0.159        | 45.0         |
+| weak    | 4         | 2048 | 1.065  | 520            | 0.35       | 0.118        | 86.2         |
+
+Two processes on two (busy) cores: 1.3x faster for the same B (efficiency 0.66); four on two
+cores cannot do better than two, and do not (0.36). An earlier run at load 16-25 gave 0.57 and
+0.20. Process 0 spends 0.12-0.16 s of a call in its gathers, most of it waiting for the other
+process's share on the oversubscribed cores (a gather of 1024 x ~0.7 kB rows). The first call
+in a multi-process job compiles everything again (42-86 s against 5-7 s for one process, whose
+programs the persistent compilation cache already held; the multi-process programs were not
+found there) and is slowed by the load.
 
 Run: ``python benchmarks/bench_multiprocess.py`` (~5-10 minutes on the loaded 2-core machine;
 ``--quick``: B halved, 2 reps).
