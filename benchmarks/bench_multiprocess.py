@@ -31,7 +31,7 @@ load average 18-21; warm = median of 3 calls; one CPU device per process):
 Two processes on two (busy) cores: 1.3x faster for the same B (efficiency 0.66); four on two
 cores cannot do better than two, and do not (0.36). An earlier run at load 16-25 gave 0.57 and
 0.20. Process 0 spends 0.12-0.16 s of a call in its gathers, most of it waiting for the other
-process's share on the oversubscribed cores (a gather of 1024 x ~0.7 kB rows). The first call
+process's share on the oversubscribed cores. The first call
 in a multi-process job compiles everything again (42-86 s against 5-7 s for one process, whose
 programs the persistent compilation cache already held; the multi-process programs were not
 found there) and is slowed by the load.
