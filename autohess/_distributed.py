@@ -26,6 +26,11 @@ process. Why this and not one global array sharded over a global mesh:
   results arrive bit for bit and cost one collective (and one compiled program per byte
   width), not one per leaf of the diagnostics pytree.
 
+Results come back to every process: the bootstrap's summaries, a profile's next grid and the
+simulation table are computed from all members on each process, so every process continues
+with the same state. Gathering to process 0 only (to save other processes' memory) would need
+every caller to handle a partial result on the others; it is not offered.
+
 Data: keys (bootstrap, simulation) are tiny and each process generates its members' data on
 its devices from them; a data batch given on the host (``fit_batch``) is staged on the CPU
 backend (``host_staging``), so a process copies only its own rows to its accelerator.
