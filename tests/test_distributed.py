@@ -191,8 +191,10 @@ def test_a_dead_process_fails_the_others_clearly(tmp_path):
     rc1 = results[1][0]
     assert rc1 == -signal.SIGKILL
     rc0, _, stderr0, seconds0 = results[0]
+    # it raised (the worker prints the RuntimeError and exits with 3; jax.distributed's shutdown
+    # may then abort the process instead, its peer being gone): not a clean exit either way
     assert rc0 != 0, "process 0 finished although its peer died"
-    assert not (tmp_path / "process_0.npz").exists()
+    assert "process 0: RuntimeError: " in stderr0, stderr0[-3000:]
     # process 0 fails at its first gather after the death: gloo's connection to the dead peer is
     # closed, and the error autohess raises names the call, the likely cause and what to do
     assert "bootstrap: process 0 of 2 could not gather the results of the other processes" in stderr0, stderr0[-3000:]
