@@ -18,7 +18,8 @@ The driver here (``run_members``) is shared by the bootstrap, the simulation stu
 profile likelihood: it runs a per-member function over a leading batch axis in chunks of
 ``batch_size`` members (every chunk padded to the same size, so one compiled program serves
 all of them), shards each chunk's batch axis over all local devices, and reports progress on
-long runs.
+long runs. With several processes (``jax.distributed``) each process runs a contiguous share
+of the members this way and the outputs are gathered to every process (``_distributed``).
 
 Stragglers (``_run_compacted``). A ``vmap``-ed ``while_loop`` runs every member until the
 slowest stops: a GARCH-t bootstrap whose replicates near alpha + beta = 1 take 20 iterations
@@ -51,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import _distributed
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
 from ._fit import (
@@ -360,6 +362,7 @@ def run_members(
     progress: Optional[bool],
     label: str,
     shard: bool = True,
+    _local: bool = False,
 ) -> Any:
     """Run ``member(batched_i, shared)`` for ``i < size`` as one compiled ``vmap`` per chunk.
 
@@ -370,7 +373,16 @@ def run_members(
     ``batch_size`` at most ``k``, the ``size`` members are split into ``ceil(size / k)`` equal
     chunks (so 5000 members at ``k = 3612`` run as two chunks of 2500, not 3612 + padding). The
     program is cached on the model under ``key``. Returns the stacked outputs, ``size`` long.
+
+    With several processes (``jax.distributed``), each runs a contiguous share of the members
+    this way on its own devices and every process gets all outputs (``_distributed``).
     """
+    if not _local and _distributed.active():
+        def run_local(part, n, show):
+            return run_members(member, part, shared, n, model=model, key=key, batch_size=batch_size,
+                               progress=show, label=label, shard=shard, _local=True)
+
+        return _distributed.run_across_processes(run_local, batched, size, progress=progress, label=label)
     mesh = _mesh() if shard else None
     n_dev = 1 if mesh is None else mesh.devices.size
     cap = default_batch_size(model, batched, size) if batch_size is None else int(batch_size)
@@ -697,7 +709,9 @@ def fit_batch(
         progress: show a progress line on stderr (default: only on a terminal with several
             chunks).
         shard: split each chunk's batch axis over all local devices (``jax.local_devices()``)
-            when there are several.
+            when there are several. With several processes (``jax.distributed``) the members
+            are first split into one contiguous share per process; every process gets all
+            results (README, "Several devices, several hosts").
 
     Returns:
         ``BatchResult``. Never raises for a bad member: see ``status``. A member whose inputs
@@ -718,13 +732,15 @@ def fit_batch(
     sizes = []
     data_batched = data_batch is not None
     if data_batched:
-        data, b = _batch_data(model, data_batch)
+        with _distributed.host_staging():  # several processes: each copies only its own rows
+            data, b = _batch_data(model, data_batch)
         sizes.append(b)
     else:
         data = model.data
     w = None
     if weights is not None:
-        w = jnp.asarray(host_array(weights, "weights")[0], model.dtype)
+        with _distributed.host_staging():
+            w = jnp.asarray(host_array(weights, "weights")[0], model.dtype)
         if not model.per_observation or w.ndim != 2 or w.shape[1] != model.nobs:
             raise ValueError(f"weights has shape {tuple(w.shape)}, expected (B, {model.nobs})")
         sizes.append(w.shape[0])

@@ -344,7 +344,7 @@ def resampling_problem(model: Model, params: Any) -> Optional[str]:
     idx = np.arange(n)
     idx[~kept] = rng.choice(np.flatnonzero(kept), size=int((~kept).sum()))
     moved = _resample_data(model.data, idx, n)
-    program = model._jitted("contributions", lambda: jax.jit(model.traced_loglik))
+    program = model.contributions_program()
     # a separable model repeats the same arithmetic on the same numbers for a kept
     # observation (equal up to a different blocking of reductions inside one contribution):
     # sqrt(eps) relative leaves room for that rounding, and a real dependence (a lag

@@ -20,6 +20,7 @@ from jax.scipy.stats import norm
 
 from ._basis import fold_basis
 from ._covariance import COV_TYPES, covariance, face_pseudo_inverse, restricted_inverse, scaled_eigenvectors
+from ._config import compiler_options
 from ._derivatives import (
     Hessian,
     _check_separable,
@@ -52,9 +53,13 @@ __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "Infer
 METHODS = ("trust-region", "lbfgs", "gauss-newton")
 
 
-@jax.jit
 def _sqrt_diag(cov: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+    if isinstance(cov, jax.core.Tracer):
+        return jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+    # on the host: as a compiled program, p square roots cost 40-100 ms of compilation in every
+    # fresh process (the first ``res.bse``); a negative or NaN variance gives NaN, as jnp.sqrt
+    d = np.diagonal(np.asarray(cov), axis1=-2, axis2=-1)
+    return jax.device_put(np.where(d >= 0, np.sqrt(np.abs(d)), np.nan))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,7 +437,7 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         flags = jnp.stack([status, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)]).astype(jnp.int32)
         return spec.to_natural(u), iterations, status, None, flags, None, scale
 
-    return jax.jit(solve)
+    return jax.jit(solve, compiler_options=compiler_options())
 
 
 def _max_steps(spec) -> np.ndarray:
@@ -460,7 +465,7 @@ def _escape_program(model: Model, at_point: bool = False) -> Callable:
                            jnp.zeros((), bool), jnp.zeros_like(u), jnp.zeros_like(u), jnp.zeros(u.shape, bool))
         return _escape_status(spec, model.dtype, f, res, _solver_unit(scale))
 
-    return jax.jit(run_at_point if at_point else run)
+    return jax.jit(run_at_point if at_point else run, compiler_options=compiler_options())
 
 
 #: solver outcomes after which ``escape_test`` may turn the status into ``UNBOUNDED``; SINGULAR
@@ -648,11 +653,10 @@ def _inference_program(model: Model, what: str) -> Callable:
         scale = _objective_scale(model, x, data, weights)
         return value, grad, hess, (scores_at(x, data) if what == "all" else None), scale
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=compiler_options())
 
 
-@functools.partial(jax.jit, static_argnames=("cov_types", "n_groups", "df_correction"))
-def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction, scale=1.0):
+def _covariance_and_diagnostics_fn(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction, scale=1.0):
     """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``value``:
     the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``;
     ``scale``: the objective's scale (``_objective_scale``; its ``1`` is ``min(1, scale)``)."""
@@ -682,6 +686,19 @@ def _covariance_and_diagnostics(x, value, grad, hess, lower, upper, scores, weig
             h_inv = jnp.where(jnp.any(diag.bad_directions), pinv, restricted_inverse(h, keep))
         covs.append(covariance(h, keep, cov_type, s, weights, groups, n_groups, df_correction, hess_inverse=h_inv))
     return tuple(covs), diag
+
+
+_COV_STATIC = ("cov_types", "n_groups", "df_correction")
+#: as traced inside another program (``_batch``: that program's options apply)
+_covariance_and_diagnostics = jax.jit(_covariance_and_diagnostics_fn, static_argnames=_COV_STATIC)
+
+
+@functools.cache
+def _covariance_program() -> Callable:
+    """``_covariance_and_diagnostics`` as ``fit``/``evaluate`` run it, once per fit: compiled
+    with ``compiler_options(once=True)`` (its compilation was a third of a first logistic fit's
+    on the CPU; built at the first fit, when JAX's backend is known)."""
+    return jax.jit(_covariance_and_diagnostics_fn, static_argnames=_COV_STATIC, compiler_options=compiler_options(once=True))
 
 
 # ------------------------------------------------------------------------------------------
@@ -838,7 +855,7 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
 
         scores = gauss_newton_covariance(model, x)  # passed through to be masked
     lower, upper = model.spec.bounds_arrays(model.dtype)
-    (cov,), diag = _covariance_and_diagnostics(
+    (cov,), diag = _covariance_program()(
         x, value, grad, hess, lower, upper, scores, weights, group_codes, escape,
         cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction, scale=scale,
     )

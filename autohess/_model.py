@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._config import compiler_options
 from ._fingerprint import closure_fingerprint
 from ._params import ParamSpec
 from ._validation import UNTRACEABLE, check_containers, choose_dtype, float32_warning, from_pandas, not_traceable, prepare_data
@@ -212,7 +213,14 @@ class Model:
         """Per-observation log-likelihood contributions (shape ``(N,)``), or the scalar total."""
         params = self.init_params if params is None else params
         self.spec.check_structure(params)
-        return self._jitted("contributions", lambda: jax.jit(self.traced_loglik))(params, self.data)
+        return self.contributions_program()(params, self.data)
+
+    def contributions_program(self) -> Callable:
+        """``(params, data) -> contributions``, compiled once per model (the check at
+        construction, ``loglik``/``contributions``, the separability checks): programs run a
+        few times per model, so built with ``compiler_options(once=True)`` (GARCH-t's 1500-step
+        recursion: 0.23 -> 0.09 s to compile, 0.12 ms to run either way)."""
+        return self._jitted("contributions", lambda: jax.jit(self.traced_loglik, compiler_options=compiler_options(once=True)))
 
     def simulate(self, key: jax.Array, params: Any = None) -> Any:
         """Draw a data set from the model at ``params`` (needs ``simulate=`` at construction)."""

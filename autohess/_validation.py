@@ -233,7 +233,10 @@ def _owned(arr: Any, dtype: np.dtype) -> jax.Array:
     """
     if isinstance(arr, jax.Array):
         return jnp.array(arr, dtype=dtype, copy=True)
-    return jnp.asarray(np.array(arr, dtype=dtype, copy=True))
+    # device_put, not jnp.asarray: jax 0.10's asarray stages the copy through a compiled
+    # program per shape and dtype (two per model, 20-40 ms in a fresh process); a transfer
+    # compiles nothing. The numpy copy is ours alone, so the device may keep its buffer.
+    return jax.device_put(np.array(arr, dtype=dtype, copy=True))
 
 
 def _display_name(what: str, path) -> str:

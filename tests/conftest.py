@@ -39,17 +39,23 @@ import pytest
 # ``with_data`` / bootstrap members build more), and each model compiles its programs again,
 # though most share their shapes and therefore their HLO with a model compiled before. JAX's
 # persistent compilation cache, keyed on the HLO, turns those into loads: a new logistic
-# model's first fit 1.6 s -> 0.12 s on the 2-core CI machine. One fresh directory per test
-# process (xdist workers do not share it), removed at exit, so no run depends on an earlier
-# one. AUTOHESS_TEST_COMPILATION_CACHE=0 turns it off (to time compilations, say).
+# model's first fit 1.6 s -> 0.12 s on the 2-core CI machine. One fresh directory per run,
+# made by the first process (pytest itself; its xdist workers inherit the environment variable
+# and share the directory, so a program one worker compiled is a load for the other) and
+# removed by it at exit, so no run depends on an earlier one. Without file locks (JAX takes
+# them only with a size limit, which needs the ``filelock`` package) a worker may read an entry
+# the other is still writing: JAX then warns and compiles, nothing wrong is loaded (entries are
+# compressed with a checksum). AUTOHESS_TEST_COMPILATION_CACHE=0 turns it off (to time
+# compilations, say).
 if os.environ.get("AUTOHESS_TEST_COMPILATION_CACHE", "1") != "0":
-    _CACHE = tempfile.mkdtemp(prefix="autohess-tests-xla-")
-    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    _CACHE = os.environ.get("AUTOHESS_TEST_CACHE_RUN_DIR")
+    if not _CACHE or not os.path.isdir(_CACHE):
+        _CACHE = os.environ["AUTOHESS_TEST_CACHE_RUN_DIR"] = tempfile.mkdtemp(prefix="autohess-tests-xla-")
+        atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
     jax.config.update("jax_compilation_cache_dir", _CACHE)
     # programs compiling faster than this are not worth a disk write (eager ops: thousands)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
 
 @pytest.fixture
 def getkey():

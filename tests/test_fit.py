@@ -622,7 +622,9 @@ def test_fit_with_jaxlibs_default_xla_emitters_agrees():
     import sys
 
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_cpu_use_fusion_emitters" not in f)
-    env = dict(os.environ, XLA_FLAGS=flags, AUTOHESS_CACHE="0", JAX_PLATFORMS="cpu")
+    # AUTOHESS_XLA_DEFAULT=1: without it autohess compiles its own programs with the older
+    # emitters anyway (``_config.compiler_options``), and both sides would use them
+    env = dict(os.environ, XLA_FLAGS=flags, AUTOHESS_CACHE="0", AUTOHESS_XLA_DEFAULT="1", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _EMITTER_FIT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     p0, se0, llf0 = json.loads(proc.stdout)

@@ -1,0 +1,131 @@
+"""The first fit in a fresh process (issue #16 part 2): which programs it compiles, the XLA
+options they are compiled with, and what a second process reads from the persistent cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autohess import _config, _fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One logistic fit + standard errors in a fresh interpreter; every program JAX compiles (or
+# reads from the persistent cache) on the way, from jax.monitoring, printed as JSON.
+_FIRST_FIT = """
+import json
+import autohess as ah
+import numpy as np
+from jax import monitoring
+
+programs, hit = [], [False]
+def event(name, **_):
+    if name == "/jax/compilation_cache/cache_hits":
+        hit[0] = True
+def duration(name, seconds, fun_name=None, **_):
+    if name.endswith("backend_compile_duration"):
+        programs.append({"name": fun_name, "seconds": seconds, "hit": hit[0]})
+        hit[0] = False
+monitoring.register_event_listener(event)
+monitoring.register_event_duration_secs_listener(duration)
+
+rng = np.random.default_rng(3)
+X = np.column_stack([np.ones(300), rng.standard_normal((300, 3))])
+y = (rng.random(300) < 1 / (1 + np.exp(-X @ np.array([-0.3, 0.5, 0.0, -0.4])))).astype(float)
+res = ah.fit(ah.models.logistic(X, y))
+bse = np.asarray(res.bse_flat)
+second = len(programs)
+ah.fit(res.model)
+print(json.dumps({"programs": programs, "after_second_fit": len(programs) - second,
+                  "bse_finite": bool(np.all(np.isfinite(bse)))}))
+"""
+
+
+def _first_fit(cache_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTOHESS_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(AUTOHESS_CACHE_DIR=str(cache_dir), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _FIRST_FIT], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_path):
+    """A first logistic fit + ``bse`` in a fresh process compiles at most three programs: the
+    log-likelihood check at construction, the solve, covariance + diagnostics (before: six, with
+    two data copies staged through ``jnp.asarray`` and a program for ``sqrt(diag(cov))``), none
+    of them twice; a second fit compiles nothing. A second process with the same cache directory
+    reads every program whose compilation took at least the cache threshold (the solve: ~1 s)."""
+    cold = _first_fit(tmp_path)
+    names = [p["name"] for p in cold["programs"]]
+    assert len(names) <= 3, names
+    assert len(set(names)) == len(names), names
+    assert not any(p["hit"] for p in cold["programs"])
+    assert cold["after_second_fit"] == 0 and cold["bse_finite"]
+    assert "jit(solve)" in names
+
+    warm = _first_fit(tmp_path)
+    assert [p["name"] for p in warm["programs"]] == names
+    for before, after in zip(cold["programs"], warm["programs"]):
+        if before["seconds"] >= _config.CACHE_MIN_COMPILE_S:
+            assert after["hit"], (before, after)
+
+
+@pytest.fixture
+def fresh_options(monkeypatch):
+    """``compiler_options`` recomputed under the environment a test sets (they are cached)."""
+    for var in ("AUTOHESS_XLA_DEFAULT", "XLA_FLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    _config._options.cache_clear()
+    _config._accepted.cache_clear()
+    yield monkeypatch
+    _config._options.cache_clear()
+    _config._accepted.cache_clear()
+
+
+def test_compiler_options_follow_the_environment(fresh_options):
+    """On CPU: the older emitters for every program, LLVM level 0 for programs run once; an
+    option the user set in XLA_FLAGS is left to them; AUTOHESS_XLA_DEFAULT=1 passes nothing."""
+    assert jax.default_backend() == "cpu"
+    assert _config.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
+    assert _config.compiler_options(once=True) == {"xla_cpu_use_fusion_emitters": False,
+                                                   "xla_backend_optimization_level": 0}
+    _config._options.cache_clear()
+    fresh_options.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert _config.compiler_options() is None
+    assert _config.compiler_options(once=True) == {"xla_backend_optimization_level": 0}
+    _config._options.cache_clear()
+    fresh_options.setenv("AUTOHESS_XLA_DEFAULT", "1")
+    assert _config.compiler_options() is None and _config.compiler_options(once=True) is None
+
+
+def test_untested_jaxlib_probes_the_options_first(fresh_options):
+    """Outside the tested jaxlib versions an option XLA does not know is found on a trivial
+    program and dropped (it would fail every fit); a known one is kept."""
+    fresh_options.setattr(_config, "_TESTED_JAXLIB", ())
+    assert _config._accepted((("xla_cpu_use_fusion_emitters", False),))
+    assert not _config._accepted((("xla_autohess_no_such_option", False),))
+
+
+def test_bse_on_the_host_equals_the_compiled_square_root():
+    """``bse`` is computed on the host now: the same numbers as ``jnp.sqrt(jnp.diagonal(cov))``
+    (reference: the compiled expression; equal to the last bit, both are one IEEE square root),
+    NaN for a negative or NaN variance, batched covariances included, and the traced path under
+    ``jit`` unchanged."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 4, 4))
+    cov = A @ np.swapaxes(A, -1, -2)
+    cov[1, 2, 2] = -1.0
+    cov[2, 0, 0] = np.nan
+    expected = np.asarray(jnp.sqrt(jnp.diagonal(jnp.asarray(cov), axis1=-2, axis2=-1)))
+    for c, e in ((cov, expected), (cov[0], expected[0])):
+        got = _fit._sqrt_diag(jnp.asarray(c))
+        assert isinstance(got, jax.Array) and got.dtype == jnp.float64
+        np.testing.assert_array_equal(np.asarray(got), e)
+    assert np.isnan(expected[1, 2]) and np.isnan(expected[2, 0])
+    np.testing.assert_array_equal(np.asarray(jax.jit(_fit._sqrt_diag)(jnp.asarray(cov))), expected)
