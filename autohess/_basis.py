@@ -29,14 +29,80 @@ from jax.extend import core as jcore
 
 __all__ = ["fold_basis"]
 
-#: primitives whose outputs are computed at trace time when all their inputs are known
-#: constants: what building and slicing the basis uses (cheap, shape-only or elementwise)
-_FOLDABLE = frozenset({
-    "iota", "eq", "ne", "convert_element_type", "split", "slice", "reshape", "squeeze",
-    "expand_dims", "broadcast_in_dim", "transpose", "concatenate", "select_n", "add", "sub",
-    "mul", "neg", "pad", "rev", "copy", "copy_p", "add_any", "and", "or", "not", "lt", "gt",
-    "le", "ge",
-})
+def _iota(dtype, shape, dimension, **_):
+    axis = [1] * len(shape)
+    axis[dimension] = shape[dimension]
+    return np.broadcast_to(np.arange(shape[dimension]).reshape(axis), shape).astype(dtype)
+
+
+def _broadcast_in_dim(x, shape, broadcast_dimensions, **_):
+    full = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        full[d] = x.shape[i]
+    return np.broadcast_to(x.reshape(full), shape)
+
+
+def _pad(x, value, padding_config, **_):
+    if any(interior for _, _, interior in padding_config):
+        return None
+    # negative padding crops (the transpose of a slice in reverse mode is a pad; of a pad, a crop)
+    x = x[tuple(slice(max(-int(lo), 0), n - max(-int(hi), 0)) for (lo, hi, _), n in zip(padding_config, x.shape))]
+    return np.pad(x, [(max(int(lo), 0), max(int(hi), 0)) for lo, hi, _ in padding_config], constant_values=value)
+
+
+def _select_n(which, *cases):
+    return np.where(which, cases[1], cases[0]) if which.dtype == bool and len(cases) == 2 else np.choose(which, cases)
+
+
+#: numpy versions of the primitives that build and slice the basis, run at trace time when all
+#: their inputs are known constants. In numpy, not ``jax.ensure_compile_time_eval``: each eager
+#: JAX op compiles a small program of its own the first time it runs in a process, a cost on
+#: every first fit (issue #16 part 2); anything missing here is simply not folded
+_FOLD = {
+    "iota": lambda **p: _iota(**p),
+    "eq": lambda a, b, **_: a == b, "ne": lambda a, b, **_: a != b, "lt": lambda a, b, **_: a < b,
+    "gt": lambda a, b, **_: a > b, "le": lambda a, b, **_: a <= b, "ge": lambda a, b, **_: a >= b,
+    "and": lambda a, b, **_: a & b, "or": lambda a, b, **_: a | b, "not": lambda a, **_: ~a,
+    "add": lambda a, b, **_: a + b, "add_any": lambda a, b, **_: a + b, "sub": lambda a, b, **_: a - b,
+    "mul": lambda a, b, **_: a * b, "neg": lambda a, **_: -a,
+    "convert_element_type": lambda a, new_dtype, **_: a.astype(new_dtype),
+    "split": lambda a, sizes, axis, **_: np.split(a, np.cumsum(sizes)[:-1], axis=axis),
+    "slice": lambda a, start_indices, limit_indices, strides, **_: a[tuple(
+        slice(i, j, None if strides is None else k) for i, j, k in zip(start_indices, limit_indices, strides or start_indices))],
+    "reshape": lambda a, new_sizes, dimensions=None, **_: None if dimensions else a.reshape(new_sizes),
+    "squeeze": lambda a, dimensions, **_: np.squeeze(a, axis=tuple(dimensions)),
+    "expand_dims": lambda a, dimensions, **_: np.expand_dims(a, tuple(dimensions)),
+    "broadcast_in_dim": lambda a, **p: _broadcast_in_dim(a, **p),
+    "transpose": lambda a, permutation, **_: np.transpose(a, permutation),
+    "concatenate": lambda *xs, dimension, **_: np.concatenate(xs, axis=dimension),
+    "select_n": lambda which, *cases, **_: _select_n(which, *cases),
+    "pad": lambda a, v, **p: _pad(a, v, **p),
+    "rev": lambda a, dimensions, **_: np.flip(a, axis=tuple(dimensions)),
+    "copy": lambda a, **_: a, "copy_p": lambda a, **_: a,
+    "reduce_sum": lambda a, axes, **_: np.sum(a, axis=tuple(axes)),
+}
+
+
+def _fold(eqn, ins):
+    """The outputs of ``eqn`` computed in numpy from known inputs, or None (not foldable, too
+    large, or not what the jaxpr says: then it is bound as traced)."""
+    fn = _FOLD.get(eqn.primitive.name)
+    if fn is None or any(np.prod(o.aval.shape, dtype=np.int64) > _MAX_FOLD for o in eqn.outvars):
+        return None
+    try:
+        res = fn(*[i.val for i in ins], **eqn.params)
+    except (TypeError, ValueError):
+        return None
+    if res is None:
+        return None
+    res = list(res) if eqn.primitive.multiple_results else [res]
+    outs = []
+    for r, v in zip(res, eqn.outvars):
+        r = np.asarray(r)
+        if r.shape != tuple(v.aval.shape):
+            return None
+        outs.append(_Known(r.astype(v.aval.dtype)))
+    return outs
 
 #: largest constant (elements) folded at trace time: the basis of 1,000 parameters is 10^6;
 #: beyond that a constant is left to XLA
@@ -152,13 +218,8 @@ def _eval(jaxpr, consts, args):
         elif name == "slice" and isinstance(ins[0], _Concat) and eqn.params["strides"] in (None, (1,) * len(eqn.params["start_indices"])):
             piece = ins[0].slice(eqn.params["start_indices"], eqn.params["limit_indices"])
             outs = None if piece is None else [piece]
-        if outs is None and name in _FOLDABLE and all(isinstance(i, _Known) for i in ins) and all(
-            np.prod(o.aval.shape, dtype=np.int64) <= _MAX_FOLD for o in eqn.outvars
-        ):
-            with jax.ensure_compile_time_eval():
-                res = eqn.primitive.bind(*[i.val for i in ins], **eqn.params)
-            res = res if eqn.primitive.multiple_results else [res]
-            outs = [_Known(np.asarray(r)) for r in res]
+        if outs is None and ins and all(isinstance(i, _Known) for i in ins) or (outs is None and name == "iota"):
+            outs = _fold(eqn, ins)
         if outs is None:
             bind_params = eqn.primitive.get_bind_params(eqn.params)
             with eqn.ctx.manager:
