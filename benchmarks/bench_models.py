@@ -35,50 +35,60 @@ The peers' model objects are built once outside the timing, as autohess's are: t
 fit + SEs against fit + SEs. numpy/scipy run with one OpenBLAS thread (see bench_fit.py's
 BLAS_NOTE; ``--blas-threads``).
 
-Headline numbers (2-core AMD EPYC VM shared with five other sessions; load average 16-20 on 2
-cores during the committed run, 2026-12-01, so absolute times are inflated several-fold and even
-interleaved medians swing: the table also gives the ratio of the minima, the floor without
-scheduler noise; see results/models.json):
+Timing: process CPU time per call (``Interleaved(clock=time.process_time)``), run with one
+OpenBLAS thread and one XLA thread (``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1"``): the machine is shared with five other sessions and wall
+times swing several-fold; medians are still noisy (CPU caches are shared), minima are the floor.
 
-* MNLogit (36 parameters): ratio 0.81 by medians, 1.35 by minima (issue: 2.2 before); autohess
-  now needs 6 iterations instead of 9 (see below), statsmodels 7. Estimates and SEs agree to
-  1e-14.
-* Tobit: 2.7 by medians, 6.9 by minima (issue: 1.4 on an idle machine): FAIL. The numpy loop
-  needs 5 iterations in a concave parameterisation from OLS; autohess 10 from beta = 0,
-  sigma = 1, each with the Hessian of jax's ``log_ndtr`` (below).
-* Zoo: logistic 0.99 / 0.85 (target 1/3: FAIL), Poisson 0.97 / 0.91, NB2 0.27 / 0.58 (PASS),
-  OLS by ML 21 / 4.8 (FAIL: statsmodels' OLS is one least-squares solve; autohess iterates 10
-  times on (beta, log sigma)).
-* Exact Hessian of the README's logistic model / numpy closed form: 3.3 / 2.7 (target 1.5:
-  FAIL); ``check=False`` 2.5 by minima, the zoo's model 2.9.
+Headline numbers (2-core AMD EPYC VM, 2026-12-01 16:04, load average 15-20 on 2 cores, see
+results/models.json; ratio = ours / peer by medians, by minima in brackets):
 
-Where the warm time goes (timers around the compiled programs and the host code, and
-``trust_region_newton(newton_start=False/True)`` timed interleaved in one process):
+* MNLogit (36 parameters): 1.34 (1.39): FAIL (0.81 / 1.35 in the wall-time run before).
+* Tobit: 6.2 (6.6): FAIL. autohess needs 10 iterations from beta = 0, sigma = 1 against the numpy
+  loop's 5 from OLS in a concave parameterisation, each with the Hessian of jax's ``log_ndtr``
+  (~1.5 ms: every branch of its piecewise form for all 6366 observations; below).
+* Zoo: logistic 1.10 (0.81) against a target of 1/3: FAIL; Poisson 1.26 (0.86): FAIL; NB2 0.85
+  (0.71): PASS; OLS by ML 5.8 (4.9): FAIL (statsmodels' OLS is one least-squares solve; autohess
+  iterates 10 times on (beta, log sigma) from beta = 0, sigma = 1).
+* Exact Hessian of the README's logistic model / numpy closed form: 2.50 (2.61) against 1.5:
+  FAIL (3.3 / 2.7 before); ``check=False`` 2.32, the zoo's model 2.95.
 
-* The compiled solve is most of a fit: ~60% for the logistic model, ~all of it for MNLogit and
-  Tobit. Per pass of the loop: one exact Hessian (logistic ~40 us, MNLogit 0.8-2 ms, Tobit
-  1-4 ms) plus ~20 us of the solver's own work (Cholesky, two triangular solves, the region
-  logic; an eigendecomposition, ~20 us at p = 12 and ~100 us at p = 36, only on passes whose
-  Newton step leaves the region). At p = 36 the linear algebra is small beside the Hessian.
-* The lever was the number of passes. The region started at sqrt(p) marginal SDs and grew 3x
-  per pass, while a regression's Newton step from beta = 0 is its t-statistics long: at a
-  positive-definite start the solver now tries the whole Newton step first (the ratio test
-  rejects it where it fails). Same process, interleaved: MNLogit 9 -> 6 iterations, solve 0.55x
-  the time; logistic 7 -> 6, 0.79x; Poisson, NB2, Tobit and OLS unchanged (their first steps
-  are rejected or capped, or the start is indefinite); estimates equal to 1e-14.
-* Tobit: jax's ``log_ndtr`` evaluates every branch of its piecewise form, and the user's
-  ``jnp.where`` both sides, for all 6366 observations: ~250 us per evaluation against
-  microseconds for scipy's; its Hessian in rev-rev measured 1.5-3x faster than the default
-  fwd-rev (noisy). From sigma = 1 the first steps are capped/cut: 10 iterations.
-* OLS by ML: at beta = 0, sigma = 1 the Hessian in (beta, log sigma) is indefinite once the
-  regression explains more than half of y'y, so the first steps are trust-region steps.
-* Outside the solve (logistic): diagnostics + covariance program ~70 us (eigh, Cholesky,
-  inverse); the closure fingerprint 5 us (README model) to 23 us (zoo) per call; ~4
-  device-to-host reads at ~6 us each; parameter checks ~5 us.
-* ``ah.hessian``: the compiled program ~75 us against ~36 us for the closed form, in numpy or in
-  JAX (``jax.jit`` of ``X' diag(w) X``: 35 us): automatic differentiation pushes the p basis
-  tangents through ``X @ beta`` (a second 1500 x 12 x 12 product the closed form does not
-  have); the finiteness check (value + flag + one host read) ~8 us, host code ~20 us.
+This branch against main, the same workloads in one process (main's package imported under
+another name), interleaved, CPU time, medians (minima): zoo logistic fit + SEs 0.60x (0.74x) the
+time, Poisson 0.66x (0.77x), OLS by ML 0.82x (0.93x), Tobit 0.94x (1.04x), ``ah.hessian`` of
+the README's model 0.77x (0.82x); estimates and SEs equal (logistic, Poisson, Hessian: bit for
+bit; OLS by ML, Tobit: 4e-16 relative).
+
+Where the warm time goes (logistic N = 1500, p = 12; timers around each compiled program and the
+host code; minima on the loaded machine):
+
+* Before: ``ah.fit`` + SEs ~800 us = the solve program ~430-600 us (6 passes) + the covariance
+  and diagnostics program 66 us + ~100 us of host code in ``_infer`` (of which 30 us was
+  ``jax.device_put(-np.asarray(value))`` for ``llf``) + the closure fingerprint (21 us for the
+  zoo's functions, 7 us for the README's) + 7 device-to-host reads of ~3 us (status, ok,
+  resolved, value, flagged, then status and flagged again in the report's pre-check).
+* Per pass of the solve: one value + gradient + Hessian, 61 us by fwd-rev or rev-rev (150 us
+  fwd-fwd), plus ~20-30 us of the solver's own work: Cholesky and two triangular solves ~15 us
+  as a program of their own; the trust-region subproblem (eigh + 48 bisection steps) ~25 us,
+  only in passes whose Newton step leaves the region.
+* The Hessian: ``jacfwd``/``jacrev`` push the identity basis through ``X @ beta``, and XLA keeps
+  that ``dot(X, I)`` (18 us alone at 1500 x 12; at N = 10^6, p = 50 a second full N x p x p
+  product beside ``X' W X``). ``_basis.fold_basis`` now folds products by 0/1 selection
+  constants into gathers at trace time: the value + gradient + Hessian program 70 -> 53 us, and
+  every mode's program has the closed form's single ``X' (W X)``. The fit's solver takes its
+  derivatives on the natural scale and maps them to the unconstrained one by the chain rule, so
+  a ``Positive`` sigma beside ``beta`` keeps the fold. What is left against numpy: XLA's
+  ``X' M`` product at 1500 x 12 takes 26 us against OpenBLAS's 16 us, the value + finiteness
+  flag, and ~20 us of ``ah.hessian``'s host code (parameter checks, fingerprint, one read).
+* Host round trips now: one read of a packed (status, ok, resolved) array after the solve,
+  ``llf`` negated inside the solve program, one read of ``flagged``; the report is skipped when
+  the fit converged with nothing flagged. ``res.bse`` is one small program (~6 us).
+* Not done (the targets above that fail): one program from start to SEs (the covariance and
+  diagnostics program is shared across models and batches; merging it into the per-model solve
+  would compile it again per model, against part 2's first-call target); a better start for the
+  zoo's normal linear model (least squares: 1-2 iterations instead of 10); Tobit's
+  ``log_ndtr`` (a user's model: a cheaper ``log_ndtr``, or choosing rev-rev, 1.5-3x faster
+  there, per model).
 """
 
 from __future__ import annotations
@@ -96,6 +106,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
+# the checkout this script is in, before an installed (editable) autohess elsewhere
+sys.path.insert(0, str(HERE.parent))
 
 from _harness import (  # noqa: E402  (shared by the benchmark scripts; none touch JAX at import time)
     Interleaved,
@@ -331,7 +343,7 @@ def hessian_workload(ah, jnp, reps, rounds):
         return X.T @ (X * (prob * (1.0 - prob))[:, None])
 
     ref = closed_form()
-    timer = Interleaved(rounds)
+    timer = Interleaved(rounds, clock=time.process_time)
     methods = {
         "ah.hessian user Model": lambda: ah.hessian(model, params).matrix.block_until_ready(),
         "ah.hessian user Model check=False": lambda: ah.hessian(model, params, check=False).matrix.block_until_ready(),
@@ -364,6 +376,7 @@ def main(argv=None) -> int:
     s = ({"fit_reps": 40, "peer_reps": 20, "hess_reps": 400, "rounds": 4} if args.quick
          else {"fit_reps": 300, "peer_reps": 150, "hess_reps": 3000, "rounds": 10})
 
+    s["clock"] = "time.process_time: CPU time of this process (one BLAS thread; run with one XLA thread too)"
     import autohess as ah  # before any JAX array: float64 + synchronous CPU dispatch
     import jax
     import jax.numpy as jnp
@@ -371,7 +384,7 @@ def main(argv=None) -> int:
     workloads = [mnlogit_workload(ah, jnp), tobit_workload(ah, jnp), *zoo_workloads(ah)]
     rows = []
     for name, _model, ours, peer_label, peer, d, notes, res in workloads:
-        timer = Interleaved(s["rounds"])
+        timer = Interleaved(s["rounds"], clock=time.process_time)
         timer.add("ours", ours, s["fit_reps"], warmup=5)
         timer.add("peer", peer, s["peer_reps"], warmup=3)
         t = timer.run()

@@ -129,3 +129,105 @@ def test_unconstrained_scale_chain_rule(rng):
     assert Hu.labels == ("beta[0]", "beta[1]", "log(sigma)")
     assert float(Hu.matrix[2, 2]) == pytest.approx(float(s**2 * Hn[2, 2] + s * g[2]), rel=EXACT)
     np.testing.assert_allclose(np.asarray(Hu.matrix[:2, 2]), s * np.asarray(Hn[:2, 2]), rtol=EXACT)
+
+
+def _products_with_n_rows(closed_jaxpr, n):
+    """``dot_general`` equations (nested jaxprs included) whose output has ``n`` rows and more
+    than one column: the ``N x p`` products of a regression's Hessian program."""
+    import jax.extend.core as jcore
+
+    count = 0
+    for eqn in closed_jaxpr.jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            shape = eqn.outvars[0].aval.shape
+            count += int(n in shape and len(shape) == 2 and min(shape) > 1)
+        for param in eqn.params.values():
+            if isinstance(param, jcore.ClosedJaxpr):
+                count += _products_with_n_rows(param, n)
+    return count
+
+
+@pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev", "fwd-fwd"])
+def test_basis_products_folded(mode, rng):
+    """Issue #16: jacfwd/jacrev push the identity basis through ``X @ beta``, an N x p x p
+    product XLA keeps (it does not see the constant is the identity), so a regression's Hessian
+    cost two such products where the closed form X'WX has one. ``fold_basis`` turns products by
+    a 0/1 selection constant into gathers: the program keeps only the X'(W X) product, and the
+    matrix is unchanged to rounding (EXACT: XLA may order the remaining sums differently). Several parameter
+    leaves (a zero column in each block of the basis), a nested jit and a Positive transform on
+    the unconstrained scale are covered."""
+    import jax
+
+    from autohess._derivatives import _hessian_of, _hessian_with_basis
+
+    n = 400
+    X = np.c_[np.ones(n), rng.normal(size=(n, 3))]
+    y = X @ np.array([0.5, -1.0, 0.3, 0.0]) + rng.normal(size=n)
+
+    @jax.jit  # a user's own jit: its jaxpr is nested, and the basis is passed into it
+    def mean(beta, X):
+        return X[:, :2] @ beta[:2] + X[:, 2:] @ beta[2:]
+
+    def loglik(params, data):
+        z = (data["y"] - mean(params["beta"], data["X"]) - params["shift"]) / params["sigma"]
+        return -jnp.log(params["sigma"]) - 0.5 * z * z
+
+    model = ah.Model(loglik, {"X": X, "y": y},
+                     {"beta": jnp.zeros(4), "shift": jnp.zeros(()), "sigma": ah.Positive(1.3)}, hessian_mode=mode)
+    point = {"beta": jnp.array([0.4, -0.9, 0.2, 0.1]), "shift": jnp.asarray(0.05), "sigma": jnp.asarray(1.1)}
+    for scale in ("natural", "unconstrained"):
+        H = ah.hessian(model, point, scale=scale, mode=mode).matrix
+        from autohess._derivatives import _objective, _start
+
+        f = lambda t: _objective(model, scale)(t, model.data, None)  # noqa: E731
+        theta = _start(model, point, scale)
+        plain = jax.jit(lambda t: _hessian_with_basis(f, mode, True)(t)[0])(theta)
+        plain = 0.5 * (plain + plain.T)
+        assert rel_err(H, plain) < EXACT
+        folded = jax.make_jaxpr(lambda t: _hessian_of(f, mode)(t))(theta)
+        unfolded = jax.make_jaxpr(lambda t: _hessian_with_basis(f, mode, True)(t))(theta)
+        if scale == "natural" or mode == "fwd-rev":
+            # (reverse modes on the unconstrained scale see the basis through pads and sums
+            # of the transforms' adjoints and keep it: fit maps natural-scale derivatives
+            # instead, see test_fit_derivatives_fold_with_transformed_parameters)
+            assert _products_with_n_rows(unfolded, n) > _products_with_n_rows(folded, n)
+            assert _products_with_n_rows(folded, n) == 0  # left: X' (W X), p x p, not N x p
+    # the closed form at the natural scale (as test_normal_linear_closed_form, the shift a
+    # fifth column of ones)
+    Xs = np.c_[X, np.ones(n)]
+    b = np.r_[np.asarray(point["beta"]), 0.05]
+    s = 1.1
+    r = y - Xs @ b
+    closed = np.zeros((6, 6))
+    closed[:5, :5] = Xs.T @ Xs / s**2
+    closed[:5, 5] = closed[5, :5] = 2 * Xs.T @ r / s**3
+    closed[5, 5] = -n / s**2 + 3 * np.sum(r**2) / s**4
+    assert rel_err(ah.hessian(model, point).matrix, closed) < CLOSED_FORM
+
+
+@pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])
+def test_fit_derivatives_fold_with_transformed_parameters(mode, rng):
+    """The solver's derivatives on the unconstrained scale are the natural-scale ones mapped by
+    the chain rule (``_fit._unconstrained_value_grad_hess``), so a regression with a
+    ``Positive`` scale has no N x p product by the basis either (issue #16; the direct
+    unconstrained program kept one), and the value, gradient and Hessian equal the direct
+    ones to rounding (EXACT)."""
+    import jax
+
+    from autohess._fit import _unconstrained, _unconstrained_value_grad_hess, _value_grad_hess_with_basis
+
+    n = 300
+    X = np.c_[np.ones(n), rng.normal(size=(n, 2))]
+    y = X @ np.array([1.0, -0.5, 0.25]) + 0.8 * rng.normal(size=n)
+    model = ah.models.linear(X, y)
+    model = ah.Model(model._loglik, model.data, {"beta": jnp.zeros(3), "sigma": ah.Positive(1.0)}, hessian_mode=mode)
+    w = jnp.asarray(rng.uniform(0.5, 2.0, size=n))
+    u = jnp.array([0.9, -0.4, 0.3, np.log(0.7)])
+    for weights, scale in ((None, None), (w, jnp.asarray(3.0))):
+        mapped = _unconstrained_value_grad_hess(model, model.data, weights, scale, mode)
+        direct = _value_grad_hess_with_basis(_unconstrained(model, model.data, weights, scale), mode)
+        got, want = jax.jit(mapped)(u), jax.jit(direct)(u)
+        for a, b in zip(got, want):
+            assert rel_err(a, b) < EXACT
+        assert _products_with_n_rows(jax.make_jaxpr(mapped)(u), n) == 0
+        assert _products_with_n_rows(jax.make_jaxpr(direct)(u), n) > 0
