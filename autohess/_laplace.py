@@ -108,6 +108,12 @@ class Structure:
     #: observation-level effect, checked on the model's data): its Schur complement update is
     #: one ``m_C x m_C`` block per observation (``_crossed_factor``)
     single: bool = False
+    #: single form: every ordered pair ``(i, j)`` of observations on one level of the second
+    #: factor (``_second_factor``), two tuples, from the model's data, where there are fewer
+    #: than the dense coupling has entries: ``E' D^-1 E`` is then summed pair by pair
+    #: (``_single_schur``; grouseticks: 1,791 pairs instead of a 118 x 63 x 63 product). Data
+    #: given later whose pairs differ get a NaN log det, never a wrong one.
+    pairs: Optional[tuple] = None
 
     @property
     def groups(self) -> Optional[str]:
@@ -147,7 +153,31 @@ def make_structure(blocks: tuple, block_diagonal: bool, crossed: bool = False, d
     if crossed and data is not None:
         be = blocks[eliminated]
         single = bool(np.bincount(np.asarray(data[be.groups]).reshape(-1), minlength=be.n_levels).max(initial=0) <= 1)
-    return Structure(blocks, False, 1, total, tuple(offsets), crossed, eliminated, single)
+    structure = Structure(blocks, False, 1, total, tuple(offsets), crossed, eliminated, single)
+    if single:
+        structure = dataclasses.replace(structure, pairs=_same_level_pairs(structure, data))
+    return structure
+
+
+def _same_level_pairs(s: Structure, data: Any) -> Optional[tuple]:
+    """``(i, j)`` of every ordered pair of observations on one level of the single form's
+    second factor, or ``None`` where the dense coupling is as small (see ``Structure.pairs``)."""
+    lay = _second_factor(s)
+    G, q = lay.idx_f.shape
+    others = [k for k in range(len(s.blocks)) if k != s.eliminated]
+    bf = s.blocks[others[lay.which]]
+    codes = np.asarray(data[bf.groups]).reshape(-1)
+    counts = np.bincount(codes, minlength=G)
+    if lay.rest.size == 0 or int(np.sum(counts.astype(np.int64) ** 2)) >= G * q * lay.rest.size:
+        return None
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    pi, pj = [], []
+    for g in range(G):
+        members = order[starts[g] : starts[g + 1]]
+        pi.append(np.repeat(members, members.size))
+        pj.append(np.tile(members, members.size))
+    return tuple(np.concatenate(pi).tolist()), tuple(np.concatenate(pj).tolist())
 
 
 def dense_size(structure: Structure) -> int:
@@ -677,7 +707,7 @@ def _crossed_parts(K: _Crossed, structure: Structure, shift: Optional[jax.Array]
         s_obs = jnp.moveaxis(Cv, -1, 0) - jnp.einsum("nac,nad->ncd", Bt, W)  # (N, m_C, m_C)
         counts = jax.ops.segment_sum(jnp.ones(rows.shape, A.dtype), rows, num_segments=GE)
         ld_a = jnp.where(jnp.max(counts) <= 1, ld_a, jnp.nan)
-        ld_s, s_solve, s_inverse = _single_schur(s_obs, cols, Cl, _second_factor(structure))
+        ld_s, s_solve, s_inverse = _single_schur(s_obs, cols, Cl, _second_factor(structure), structure.pairs)
     else:
         # A^-1 B densely (G_e, q_e, Q_C) from one scatter of the observations' entries; B' (A^-1 B)
         # is then a sum over observations of Bv times rows of it: O(N m_C q_e Q_C), not G_e Q_C^2
@@ -706,7 +736,8 @@ def _crossed_parts(K: _Crossed, structure: Structure, shift: Optional[jax.Array]
     return _CrossedParts(logdet.reshape(1), solve, s_inverse, W)
 
 
-def _single_schur(s_obs: jax.Array, cols: jax.Array, Cl: tuple, lay: _Layout) -> tuple[jax.Array, Callable, Callable]:
+def _single_schur(s_obs: jax.Array, cols: jax.Array, Cl: tuple, lay: _Layout,
+                  pairs: Optional[tuple] = None) -> tuple[jax.Array, Callable, Callable]:
     """``(log det S, solve, inverse)`` of the Schur complement left by an observation-level
     factor, from its per-observation blocks ``s_obs`` ``(N, m_C, m_C)`` at ``cols`` and the
     other factors' own blocks ``Cl``, without forming ``S``.
@@ -737,23 +768,46 @@ def _single_schur(s_obs: jax.Array, cols: jax.Array, Cl: tuple, lay: _Layout) ->
 
         return ld_d, lambda b: d_solve(b[lay.idx_f]).reshape(-1)[order], inverse_only_f
     pos_r = jnp.asarray(lay.in_rest)[cols[lay.cr]].T  # (N, m_R) each observation's places in rest
-    E = jnp.zeros((G, q, QR), s_obs.dtype).at[
-        level[:, None, None], jnp.arange(q)[None, :, None], pos_r[:, None, :]].add(s_obs[:, lay.cf][:, :, lay.cr])
+    e_obs = s_obs[:, lay.cf][:, :, lay.cr]  # (N, q_f, m_R): each observation's entries of E
+
+    def dense_E():
+        return jnp.zeros((G, q, QR), s_obs.dtype).at[
+            level[:, None, None], jnp.arange(q)[None, :, None], pos_r[:, None, :]].add(e_obs)
+
     F = jnp.zeros((QR, QR), s_obs.dtype).at[pos_r[:, :, None], pos_r[:, None, :]].add(s_obs[:, lay.cr][:, :, lay.cr])
     for j, idx in lay.own_rest:
         F = F.at[idx[:, :, None], idx[:, None, :]].add(Cl[j])
-    DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
-    S2 = F - jnp.einsum("gak,gal->kl", E, DinvE)
+    if pairs is None:
+        E = dense_E()
+        DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
+        S2 = F - jnp.einsum("gak,gal->kl", E, DinvE)
+        e_t_y = lambda y: jnp.einsum("gak,ga->k", E, y)  # noqa: E731
+        dinv_e_x = lambda x: jnp.einsum("gak,k->ga", DinvE, x)  # noqa: E731
+    else:
+        # E' D^-1 E = sum over levels g of sum over observations i, j on g of e_i' D_g^-1 e_j:
+        # one m_R x m_R block per pair, no dense G_f x Q_R coupling and no G_f Q_R^2 product
+        pi, pj = (np.asarray(p, dtype=np.int32) for p in pairs)
+        dinv_obs = e_obs / D[level][:, :1, :1] if q == 1 else spd_solve(D[level], e_obs)  # (N, q_f, m_R)
+        blocks = jnp.einsum("pak,pal->pkl", e_obs[pi], dinv_obs[pj])
+        S2 = F - jnp.zeros((QR, QR), s_obs.dtype).at[pos_r[pi][:, :, None], pos_r[pj][:, None, :]].add(blocks)
+        counts = jax.ops.segment_sum(jnp.ones(level.shape, s_obs.dtype), level, num_segments=G)
+        complete = jnp.all(level[pi] == level[pj]) & (jnp.sum(counts * counts) == pi.size)
+        ld_d = jnp.where(complete, ld_d, jnp.nan)
+        e_t_y = lambda y: jnp.zeros(QR, y.dtype).at[pos_r].add(jnp.einsum("nak,na->nk", e_obs, y[level]))  # noqa: E731
+        dinv_e_x = lambda x: jax.ops.segment_sum(  # noqa: E731
+            jnp.einsum("nak,nk->na", dinv_obs, x[pos_r]), level, num_segments=G)
     back = np.argsort(np.concatenate([lay.idx_f.reshape(-1), lay.rest]))
 
     def solve(b):
         y = d_solve(b[lay.idx_f])
-        xr = spd_solve(S2, (b[lay.rest] - jnp.einsum("gak,ga->k", E, y))[:, None])[:, 0]
-        xf = y - jnp.einsum("gak,k->ga", DinvE, xr)
+        xr = spd_solve(S2, (b[lay.rest] - e_t_y(y))[:, None])[:, 0]
+        xf = y - dinv_e_x(xr)
         return jnp.concatenate([xf.reshape(-1), xr])[back]
 
     def inverse():
         # [[D, E], [E', F]]^-1 = [[D^-1 + Z S2^-1 Z', -Z S2^-1], [-S2^-1 Z', S2^-1]], Z = D^-1 E
+        E = dense_E()
+        DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
         s2_inv = spd_solve(S2, jnp.eye(QR, dtype=S2.dtype))
         T = jnp.einsum("gak,kl->gal", DinvE, s2_inv).reshape(G * q, QR)
         Z = DinvE.reshape(G * q, QR)

@@ -193,40 +193,64 @@ def test_crossed_single_form_has_no_dense_schur_complement(rng):
     assert not [sh for sh in ses if sh.count(s.size) >= 2], "Q x Q in the random-effect SEs"
 
 
-def test_crossed_two_factors_factorisation_equals_dense(rng):
-    """Two factors, the observation-level one eliminated: the second factor is then all of
-    the Schur complement (no dense rest). Log det, solve and diag of the inverse vs numpy on
-    the dense -H_uu (rounding level: 1e-10)."""
-    N = 24
-    b = rng.integers(0, 5, N)
+def _observation_level_model(rng, N, levels):
+    """Poisson GLMM with an observation-level intercept and one intercept factor per entry of
+    ``levels`` (the number of levels of each), crossed at random."""
     x = rng.normal(size=N)
-    data = {"y": rng.poisson(np.exp(0.2 + 0.4 * x)).astype(float), "x": x, "b": b, "obs": np.arange(N)}
+    data = {"y": rng.poisson(np.exp(0.2 + 0.4 * x)).astype(float), "x": x, "obs": np.arange(N)}
+    names = [f"f{k}" for k in range(len(levels))]
+    for name, G in zip(names, levels):
+        data[name] = rng.permutation(np.arange(N) % G)
 
     def loglik(p, d):
-        eta = p["beta"][0] + p["beta"][1] * d["x"] + p["ub"][d["b"]] + p["uo"][d["obs"]]
+        eta = p["beta"][0] + p["beta"][1] * d["x"] + p["uo"][d["obs"]]
+        for name in names:
+            eta = eta + p["u" + name][d[name]]
         return d["y"] * eta - jnp.exp(eta)
 
-    model = ah.Model(loglik, data, params={"beta": jnp.array([0.1, 0.3]), "sb": ah.Positive(0.6), "so": ah.Positive(0.4)},
-                     random={"ub": ah.Normal(sd="sb", groups="b"), "uo": ah.Normal(sd="so", groups="obs")})
-    lap, s = model.laplace, model.laplace.structure
-    assert s.crossed and s.single and s.blocks[s.eliminated].name == "uo"
-    u = jnp.asarray(0.3 * rng.normal(size=(1, s.q)))
-    r = jnp.asarray(rng.normal(size=(1, s.q, 2)))
+    params = {"beta": jnp.array([0.1, 0.3]), "so": ah.Positive(0.4), **{"s" + n: ah.Positive(0.6) for n in names}}
+    random = {"uo": ah.Normal(sd="so", groups="obs"), **{"u" + n: ah.Normal(sd="s" + n, groups=n) for n in names}}
+    return ah.Model(loglik, data, params=params, random=random)
+
+
+def _factor_pieces(model, u, r, data=None):
+    lap = model.laplace
+    data = model.data if data is None else data
 
     def pieces(p, d):
-        g, K = lap.neg_hess(u, p, d)
+        _, K = lap.neg_hess(u, p, d)
         logdet, solve = lap.factor(K)
         _, H = lap.grad_hess(u, p, d)
-        return logdet, jax.vmap(solve, in_axes=-1, out_axes=-1)(r), -H[0]
+        return logdet, jax.vmap(solve, in_axes=-1, out_axes=-1)(r), -H[0], lap.conditional_moments(p, d)[1]
 
-    logdet, x_solved, dense = jax.jit(pieces)(model.init_params, model.data)
+    return jax.jit(pieces)(model.init_params, data)
+
+
+@pytest.mark.parametrize("levels", [(5,), (20, 8)], ids=["two-factors", "pairs"])
+def test_crossed_single_form_factorisation_equals_dense(levels, rng):
+    """The observation-level factor eliminated first, then the second factor: with two factors
+    that is all of the Schur complement (no dense rest); with three, levels of 2 observations
+    make ``E' D^-1 E`` summed over pairs of observations (``Structure.pairs``) cheaper than the
+    dense coupling. Log det, solve and diag of the inverse vs numpy on the dense -H_uu."""
+    model = _observation_level_model(rng, 40, levels)
+    s = model.laplace.structure
+    assert s.crossed and s.single and s.blocks[s.eliminated].name == "uo"
+    assert (s.pairs is not None) == (len(levels) > 1)
+    u = jnp.asarray(0.3 * rng.normal(size=(1, s.q)))
+    r = jnp.asarray(rng.normal(size=(1, s.q, 2)))
+    logdet, x_solved, dense, var = _factor_pieces(model, u, r)
     dense = np.asarray(dense)
-    # Reference: numpy's slogdet and inverse of the same matrix assembled densely
+    # Reference: numpy's slogdet, solve and inverse of the same matrix assembled densely
+    # (rounding level: 1e-10)
     assert rel_err(logdet[0], np.linalg.slogdet(dense)[1]) < 1e-10
     assert rel_err(x_solved[0], np.linalg.solve(dense, np.asarray(r[0]))) < 1e-10
-    var = jax.jit(lambda p, d: lap.conditional_moments(p, d)[1])(model.init_params, model.data)
-    _, C, _ = jax.jit(lap.conditional)(model.init_params, model.data)
+    _, C, _ = jax.jit(model.laplace.conditional)(model.init_params, model.data)
     assert rel_err(var[0], np.diag(np.asarray(C[0]))) < 1e-10
+    if s.pairs is not None:
+        # data given later whose observations pair up differently on the second factor (a
+        # batch member, say): NaN, never a log det from the wrong pairs
+        moved = {**model.data, "f0": np.r_[model.data["f0"][1:], model.data["f0"][:1]]}
+        assert np.isnan(_factor_pieces(model, u, r, moved)[0]).all()
 
 
 def test_single_observation_form_refuses_shared_levels(rng):
