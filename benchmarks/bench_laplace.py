@@ -46,7 +46,9 @@ quiet-VM run at 5977df6 is in git history):
   evaluation 11.4 -> 2.9 ms, the random-effect SE program 8.0 -> 3.2 ms CPU. Targets 10 / 10 /
   10 / 30 ms: cbpp and sleepstudy PASS (median), NB2 FAIL in this loaded run (6.8 ms on the
   quiet VM), grouseticks FAIL in wall time here (multi-threaded XLA on oversubscribed CPUs),
-  PASS by its CPU time (27 ms), to be confirmed on a quiet VM.
+  PASS by its CPU time (27 ms), to be confirmed on a quiet VM. A ``--quick --skip-first-call``
+  run right after with single-threaded XLA (flags above; 16:42 UTC, still 100% busy):
+  grouseticks 54.0 (44.7) ms wall beside MixedLM 80.5 (65.5) ms, i.e. ~2x its quiet time.
 * first call, cold (no persistent cache), wall (CPU): cbpp 39.7 (12.0) s, sleepstudy 95.7
   (18.9) s, NB2 68.7 (20.1) s, grouseticks 107.9 (32.9) s; quiet VM at 5977df6: 5.1 (7.2), 8.1
   (11.4), 9.5 (13.6), 11.6 (17.7) s. Target 5 s: FAIL for all four (mostly XLA compiling the
