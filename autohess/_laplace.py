@@ -108,6 +108,12 @@ class Structure:
     #: observation-level effect, checked on the model's data): its Schur complement update is
     #: one ``m_C x m_C`` block per observation (``_crossed_factor``)
     single: bool = False
+    #: single form: every ordered pair ``(i, j)`` of observations on one level of the second
+    #: factor (``_second_factor``), two tuples, from the model's data, where there are fewer
+    #: than the dense coupling has entries: ``E' D^-1 E`` is then summed pair by pair
+    #: (``_single_schur``; grouseticks: 1,791 pairs instead of a 118 x 63 x 63 product). Data
+    #: given later whose pairs differ get a NaN log det, never a wrong one.
+    pairs: Optional[tuple] = None
 
     @property
     def groups(self) -> Optional[str]:
@@ -147,7 +153,31 @@ def make_structure(blocks: tuple, block_diagonal: bool, crossed: bool = False, d
     if crossed and data is not None:
         be = blocks[eliminated]
         single = bool(np.bincount(np.asarray(data[be.groups]).reshape(-1), minlength=be.n_levels).max(initial=0) <= 1)
-    return Structure(blocks, False, 1, total, tuple(offsets), crossed, eliminated, single)
+    structure = Structure(blocks, False, 1, total, tuple(offsets), crossed, eliminated, single)
+    if single:
+        structure = dataclasses.replace(structure, pairs=_same_level_pairs(structure, data))
+    return structure
+
+
+def _same_level_pairs(s: Structure, data: Any) -> Optional[tuple]:
+    """``(i, j)`` of every ordered pair of observations on one level of the single form's
+    second factor, or ``None`` where the dense coupling is as small (see ``Structure.pairs``)."""
+    lay = _second_factor(s)
+    G, q = lay.idx_f.shape
+    others = [k for k in range(len(s.blocks)) if k != s.eliminated]
+    bf = s.blocks[others[lay.which]]
+    codes = np.asarray(data[bf.groups]).reshape(-1)
+    counts = np.bincount(codes, minlength=G)
+    if lay.rest.size == 0 or int(np.sum(counts.astype(np.int64) ** 2)) >= G * q * lay.rest.size:
+        return None
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    pi, pj = [], []
+    for g in range(G):
+        members = order[starts[g] : starts[g + 1]]
+        pi.append(np.repeat(members, members.size))
+        pj.append(np.tile(members, members.size))
+    return tuple(np.concatenate(pi).tolist()), tuple(np.concatenate(pj).tolist())
 
 
 def dense_size(structure: Structure) -> int:
@@ -161,18 +191,25 @@ def dense_size(structure: Structure) -> int:
 class _Crossed(NamedTuple):
     """``-H_uu`` of the crossed path: ``A`` ``(G_e, q_e, q_e)`` the diagonal blocks of the
     eliminated factor ``e`` (its levels never share an observation, so that part is
-    block-diagonal), ``C`` ``(Q_C, Q_C)`` the other ``Q_C`` coefficients' (dense), and their
-    coupling ``B`` kept per observation (coordinate form: a dense ``G_e x Q_C`` coupling
-    has ``m_C`` non-zeros per observation, and forming ``B' A^-1 B`` densely cost
-    ``G_e Q_C^2``, 96% of grouseticks' fit): ``Bv`` ``(q_e, m_C, N)`` the values,
-    ``rows`` ``(N,)`` each observation's level of ``e``, ``cols`` ``(m_C, N)`` its positions
-    inside ``C``. Entries of observations sharing a level and a column add up."""
+    block-diagonal), their coupling ``B`` to the other ``Q_C`` coefficients kept per
+    observation (coordinate form: a dense ``G_e x Q_C`` coupling has ``m_C`` non-zeros per
+    observation, and forming ``B' A^-1 B`` densely cost ``G_e Q_C^2``, 96% of grouseticks' fit):
+    ``Bv`` ``(q_e, m_C, N)`` the values, ``rows`` ``(N,)`` each observation's level of ``e``,
+    ``cols`` ``(m_C, N)`` its positions among the other coefficients (``C``'s rows). ``C``, the
+    other coefficients' own block, is kept in the same form: ``Cv`` ``(m_C, m_C, N)`` each
+    observation's second derivatives and ``Cl`` one ``(G_k, q_k, q_k)`` array per other factor
+    (its log density's per-level blocks), never as a dense ``Q_C x Q_C`` matrix: with an
+    observation-level factor eliminated, the dense matrices of the fit are the second factor's
+    coupling ``E`` and the rest's ``S2`` only (grouseticks: 118 x 63 and 63 x 63 instead of
+    181 x 181, and 7 tangents of each in the outer Hessian). Entries of observations sharing
+    a level and a column add up."""
 
     A: jax.Array
     Bv: jax.Array
     rows: jax.Array
     cols: jax.Array
-    C: jax.Array
+    Cv: jax.Array
+    Cl: tuple
 
 
 class Laplace:
@@ -292,7 +329,6 @@ class Laplace:
         for k in others:
             off_c[k] = total
             total += s.blocks[k].size
-        QC = total
         # global position of direction d for each observation; position inside C for others
         codes = {k: jnp.asarray(data[s.blocks[k].groups]) for k in range(len(s.blocks))}
         glob = jnp.stack([s.offsets[k] + codes[k] * s.blocks[k].q + a for (k, a) in dirs])  # (m, N)
@@ -306,9 +342,9 @@ class Laplace:
         A = jax.ops.segment_sum(jnp.moveaxis(second[np.ix_(de, de)], -1, 0), codes[e], num_segments=be.n_levels)
         # coupling: rows (level, a) of the eliminated factor, columns inside C, per observation
         Bv = second[np.ix_(de, dc)]  # (q_e, m_C, N)
-        Csec = second[np.ix_(dc, dc)]
-        C = jnp.zeros((QC, QC), dtype).at[posc[:, None, :], posc[None, :, :]].add(Csec)
+        Cv = second[np.ix_(dc, dc)]  # (m_C, m_C, N)
         # each factor's own log density: per level, forward mode as in the block path
+        Cl = []
         for k, b in enumerate(s.blocks):
             uk = row[s.offsets[k] : s.offsets[k] + b.size].reshape(b.n_levels, b.q)
             gk, Hk = _per_level_derivatives(lambda v, b=b: b.logdensity(v, params), uk)
@@ -316,14 +352,13 @@ class Laplace:
             if k == e:
                 A = A + Hk
             else:
-                idx = off_c[k] + np.arange(b.n_levels)[:, None] * b.q + np.arange(b.q)[None, :]
-                C = C.at[idx[:, :, None], idx[:, None, :]].add(Hk)
-        return g.reshape(1, -1), _Crossed(-A, -Bv, codes[e], posc, -C)
+                Cl.append(-Hk)
+        return g.reshape(1, -1), _Crossed(-A, -Bv, codes[e], posc, -Cv, tuple(Cl))
 
     def _dense_from(self, K: Any) -> jax.Array:
         """``-H_uu`` as a dense ``(1, Q, Q)`` matrix from the crossed representation."""
         s = self.structure
-        A, C = K.A, K.C
+        A, C = K.A, _c_dense(K)
         be = s.blocks[s.eliminated]
         pos_e, pos_c = _crossed_positions(s)
         M = jnp.zeros((s.q, s.q), C.dtype)
@@ -382,9 +417,11 @@ class Laplace:
 
     def mode(self, params: dict, data: Any) -> tuple[jax.Array, InnerResult]:
         """``u_hat(theta)`` with exact derivatives of every order in ``params`` (see module);
-        the inner Newton starts from ``u = 0``, or inside ``warm_started``'s evaluation from
-        the modes it found there."""
-        res = self.inner(params, data, _WARM_START.get())
+        the inner Newton starts from ``u = 0``; inside ``warm_started``'s evaluation the
+        inner maximisation it ran at these parameters is taken as it is."""
+        res = _WARM_START.get()
+        if res is None:
+            res = self.inner(params, data)
         return self._implicit_mode(params, data, jax.lax.stop_gradient(res.u)), res
 
     def _implicit_mode(self, params: dict, data: Any, u_star: jax.Array) -> jax.Array:
@@ -419,6 +456,21 @@ class Laplace:
         _, H = self.grad_hess(u, params, data)
         C = jnp.linalg.inv(-H)
         return u, C, res
+
+    def conditional_moments(self, params: dict, data: Any) -> tuple[jax.Array, jax.Array, Callable, InnerResult]:
+        """``(u_hat, var, solve, inner)``: the modes ``(G, q)``, the conditional variances
+        ``diag((-H_uu)^{-1})`` ``(G, q)`` and ``solve(r) = (-H_uu)^{-1} r`` for ``r``
+        ``(G, q, k)``. On the crossed path from the block elimination, never ``Q`` solves
+        (``conditional``'s full ``C``, grouseticks: 584, 8 ms of its SEs)."""
+        u, res = self.mode(params, data)
+        if self.structure.crossed:
+            _, K = self.neg_hess(u, params, data)
+            parts = _crossed_parts(K, self.structure)
+            var = _crossed_inverse_diagonal(K, self.structure, parts)
+            return u, var, jax.vmap(parts.solve, in_axes=-1, out_axes=-1), res
+        _, H = self.grad_hess(u, params, data)
+        C = jnp.linalg.inv(-H)
+        return u, jnp.diagonal(C, axis1=-2, axis2=-1), lambda r: jnp.einsum("gij,gjk->gik", C, r), res
 
     def sample(self, key: jax.Array, params: dict) -> dict:
         """Random effects drawn from their distributions at ``params``: ``{name: array}``."""
@@ -470,9 +522,10 @@ def _spd_logdet_jvp(primals, tangents):
     return spd_logdet(S), jnp.sum(spd_solve(S, eye) * dS, axis=(-2, -1))
 
 
-# The modes ``warm_started`` found for the point being evaluated, while its value, gradient and
-# Hessian are traced (``None`` otherwise: the inner Newton starts at ``u = 0``). Read only at
-# trace time, so the compiled programs stay pure functions of their inputs.
+# The inner maximisation (``InnerResult``) ``warm_started`` ran at the point being evaluated,
+# while its value, gradient and Hessian are traced (``None`` otherwise: the inner Newton starts
+# at ``u = 0``). Read only at trace time, so the compiled programs stay pure functions of
+# their inputs.
 _WARM_START: contextvars.ContextVar = contextvars.ContextVar("autohess_laplace_warm_start", default=None)
 
 
@@ -483,11 +536,13 @@ def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dt
     ``u_prev`` of the last accepted outer iterate (the issue's warm start).
 
     The modes at ``x`` are found first from ``u_prev`` (falling back to ``u = 0`` where that
-    does not converge); the derivative pass then starts at them and stops after one Newton
-    step. The marginal's value and derivatives do not depend on where the inner solve started
-    (it converges to rounding level either way); only the work does: grouseticks' inner solve
-    takes 20 Newton iterations from 0 and 2-4 from the previous iterate's modes, and its fit
-    + SEs 10% less CPU time (400 -> 360 ms). Used on the crossed and dense paths only: on the
+    does not converge); the derivative pass takes them, and their convergence flags, as its
+    mode (it ran one more Newton step from them, and a factorisation to confirm it: ~10% of
+    grouseticks' fit). The marginal's value and derivatives do not depend on where the inner
+    solve started (it converges to rounding level either way); only the work does:
+    grouseticks' inner solve takes 20 Newton iterations from 0 and 2-4 from the previous
+    iterate's modes, and its fit + SEs 10% less CPU time (400 -> 360 ms). Used on the crossed
+    and dense paths only: on the
     block-diagonal path an inner iteration costs O(N) without any factorisation, and the extra
     warm solve cost more than it saved (cbpp 0.8 -> 1.1-1.8 ms CPU per fit + SEs)."""
     s = lap.structure
@@ -495,13 +550,13 @@ def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dt
     def run(x, u_prev):
         params = jax.lax.stop_gradient(params_of(x))
         warm = lap.inner(params, data, u_prev)
-        u = jax.lax.cond(jnp.all(warm.converged), lambda: warm.u, lambda: lap.inner(params, data).u)
-        token = _WARM_START.set(u)
+        found = jax.lax.cond(jnp.all(warm.converged), lambda: warm, lambda: lap.inner(params, data))
+        token = _WARM_START.set(found)
         try:
             value, grad, hess = fun(x)
         finally:
             _WARM_START.reset(token)
-        return value, grad, hess, u
+        return value, grad, hess, found.u
 
     return run, jnp.zeros((s.n_levels, s.q), dtype)
 
@@ -546,48 +601,124 @@ def _block_factor(K: jax.Array) -> tuple[jax.Array, Callable]:
 def _diag_scale(K: Any) -> jax.Array:
     """Mean absolute diagonal of ``K`` per level ``(G,)``: the unit of the inner damping."""
     if isinstance(K, _Crossed):
-        A, C = K.A, K.C
-        d = jnp.concatenate([jnp.diagonal(A, axis1=-2, axis2=-1).reshape(-1), jnp.diagonal(C)])
+        d = jnp.concatenate([jnp.diagonal(K.A, axis1=-2, axis2=-1).reshape(-1), _c_diagonal(K)])
         return jnp.mean(jnp.abs(d)).reshape(1)
     return jnp.mean(jnp.abs(jnp.diagonal(K, axis1=-2, axis2=-1)), axis=-1)
 
 
+def _c_offsets(K: _Crossed) -> np.ndarray:
+    """Start of each other factor's coefficients among ``C``'s rows, and their total ``Q_C``."""
+    return np.cumsum([0] + [c.shape[0] * c.shape[1] for c in K.Cl])
+
+
+def _c_dense(K: _Crossed) -> jax.Array:
+    """The crossed path's ``C`` (the non-eliminated coefficients' block) as a dense matrix."""
+    starts = _c_offsets(K)
+    C = jnp.zeros((starts[-1],) * 2, K.Cv.dtype).at[K.cols[:, None, :], K.cols[None, :, :]].add(K.Cv)
+    for H, o in zip(K.Cl, starts):
+        idx = o + np.arange(H.shape[0])[:, None] * H.shape[1] + np.arange(H.shape[1])[None, :]
+        C = C.at[idx[:, :, None], idx[:, None, :]].add(H)
+    return C
+
+
+def _c_diagonal(K: _Crossed) -> jax.Array:
+    """The diagonal of ``C`` without forming it."""
+    starts = _c_offsets(K)
+    per_obs = jnp.diagonal(K.Cv, axis1=0, axis2=1).T  # (m_C, N)
+    own = jnp.concatenate([jnp.diagonal(H, axis1=-2, axis2=-1).reshape(-1) for H in K.Cl])
+    return own.at[K.cols.reshape(-1)].add(per_obs.reshape(-1)) if starts[-1] else own
+
+
+class _Layout(NamedTuple):
+    """Where the second factor ``f`` (the largest non-eliminated one) sits: ``idx_f``
+    ``(G_f, q_f)`` its positions among ``C``'s rows, ``rest`` ``(Q_R,)`` the others', ``start``
+    its first position, ``cf``/``cr`` which of an observation's ``m_C`` directions are
+    ``f``'s (in coefficient order) and the rest's, ``in_rest`` ``(Q_C,)`` a ``C`` position's
+    place in ``rest`` (-1 for ``f``'s), ``which`` ``f``'s index in ``_Crossed.Cl``, ``own_rest``
+    each remaining factor's ``(index in Cl, positions in rest (G_k, q_k))``."""
+
+    idx_f: np.ndarray
+    rest: np.ndarray
+    start: int
+    cf: np.ndarray
+    cr: np.ndarray
+    in_rest: np.ndarray
+    which: int
+    own_rest: tuple
+
+
+def _second_factor(s: Structure) -> _Layout:
+    others = [k for k in range(len(s.blocks)) if k != s.eliminated]
+    starts = np.cumsum([0] + [s.blocks[k].size for k in others])
+    i = int(np.argmax([s.blocks[k].size for k in others]))
+    bf = s.blocks[others[i]]
+    idx_f = starts[i] + np.arange(bf.size).reshape(bf.n_levels, bf.q)
+    rest = np.setdiff1d(np.arange(starts[-1]), idx_f.reshape(-1))
+    in_rest = np.full(int(starts[-1]), -1)
+    in_rest[rest] = np.arange(rest.size)
+    directions = [j for j, k in enumerate(others) for _ in range(s.blocks[k].q)]
+    cf = np.array([c for c, j in enumerate(directions) if j == i], dtype=int)
+    cr = np.array([c for c, j in enumerate(directions) if j != i], dtype=int)
+    own_rest = tuple(
+        (j, in_rest[starts[j] + np.arange(s.blocks[k].size).reshape(s.blocks[k].n_levels, s.blocks[k].q)])
+        for j, k in enumerate(others) if j != i
+    )
+    return _Layout(idx_f, rest, int(starts[i]), cf, cr, in_rest, i, own_rest)
+
+
+class _CrossedParts(NamedTuple):
+    """The crossed path's block elimination (``_crossed_parts``): ``logdet`` ``(1,)``,
+    ``solve`` for right-hand sides shaped like ``u``, and ``s_inverse()``, the Schur
+    complement's dense inverse in ``C``'s order (for the conditional variances only)."""
+
+    logdet: jax.Array
+    solve: Callable
+    s_inverse: Callable
+    W: jax.Array  # single form: A_g^-1 b_i per observation (N, q_e, m_C); else A^-1 B (G_e, q_e, Q_C)
+
+
 def _crossed_factor(K: _Crossed, structure: Structure, shift: Optional[jax.Array] = None) -> tuple[jax.Array, Callable]:
-    """``(logdet (1,), solve)`` of the crossed ``-H_uu = [[A, B], [B', C]]`` by eliminating the
-    block-diagonal ``A`` first: ``log det = sum_g log det A_g + log det S`` with the Schur
-    complement ``S = C - B' A^{-1} B`` (``Q_C x Q_C``, the only dense factorisation); a solve is
-    two block solves and one with ``S``. NaN log det where not positive definite."""
-    A, Bv, rows, cols, C = K
+    """``(logdet (1,), solve)`` of the crossed ``-H_uu = [[A, B], [B', C]]`` (``_crossed_parts``)."""
+    parts = _crossed_parts(K, structure, shift)
+    return parts.logdet, parts.solve
+
+
+def _crossed_parts(K: _Crossed, structure: Structure, shift: Optional[jax.Array] = None) -> _CrossedParts:
+    """Block elimination of the crossed ``-H_uu = [[A, B], [B', C]]``, the block-diagonal ``A``
+    first: ``log det = sum_g log det A_g + log det S`` with the Schur complement
+    ``S = C - B' A^{-1} B`` (``Q_C x Q_C``); a solve is two block solves and one with ``S``.
+    With one observation per level of the eliminated factor (``structure.single``), ``S`` is
+    never formed: see ``_single_schur``. NaN log det where not positive definite."""
+    A, Bv, rows, cols, Cv, Cl = K
     if shift is not None:
         A = A + shift[0] * jnp.eye(A.shape[-1], dtype=A.dtype)
-        C = C + shift[0] * jnp.eye(C.shape[-1], dtype=C.dtype)
-    GE, qe, QC = A.shape[0], A.shape[-1], C.shape[0]
+        Cl = tuple(H + shift[0] * jnp.eye(H.shape[-1], dtype=H.dtype) for H in Cl)
+    GE, qe = A.shape[0], A.shape[-1]
+    QC = int(_c_offsets(K)[-1])
     ld_a = _logdet(A)
     a_solve = lambda r: _solve(A, r)  # noqa: E731
     if structure.single:
         # one observation per level: B_g is observation i's own m_C entries, so B' A^-1 B is a
-        # sum of m_C x m_C blocks b_i' A_g^-1 b_i: O(N q_e m_C^2) (grouseticks: 1.6e3 entries,
-        # not the 1.5e5 of the dense rows below). A data set given later (a batch member) with
-        # two observations on one level has no such form: its log det is NaN, never wrong.
+        # sum of m_C x m_C blocks b_i' A_g^-1 b_i: O(N q_e m_C^2). A data set given later (a
+        # batch member) with two observations on one level has no such form: its log det is
+        # NaN, never wrong.
         Bt = jnp.moveaxis(Bv, -1, 0)  # (N, q_e, m_C)
         W = Bt / A[rows, 0, 0][:, None, None] if qe == 1 else spd_solve(A[rows], Bt)
-        blocks = jnp.einsum("nac,nad->ncd", Bt, W)
-        colsT = cols.T  # (N, m_C)
-        S = C - jnp.zeros((QC, QC), C.dtype).at[colsT[:, :, None], colsT[:, None, :]].add(blocks)
-        counts = jax.ops.segment_sum(jnp.ones(rows.shape, C.dtype), rows, num_segments=GE)
+        s_obs = jnp.moveaxis(Cv, -1, 0) - jnp.einsum("nac,nad->ncd", Bt, W)  # (N, m_C, m_C)
+        counts = jax.ops.segment_sum(jnp.ones(rows.shape, A.dtype), rows, num_segments=GE)
         ld_a = jnp.where(jnp.max(counts) <= 1, ld_a, jnp.nan)
+        ld_s, s_solve, s_inverse = _single_schur(s_obs, cols, Cl, _second_factor(structure), structure.pairs)
     else:
         # A^-1 B densely (G_e, q_e, Q_C) from one scatter of the observations' entries; B' (A^-1 B)
         # is then a sum over observations of Bv times rows of it: O(N m_C q_e Q_C), not G_e Q_C^2
         dense_b = _coupling_dense(K)
-        AinvB = dense_b / A[:, :1, :1] if qe == 1 else spd_solve(A, dense_b)
-        picked = AinvB[rows]  # (N, q_e, Q_C): the eliminated level's row of A^-1 B per observation
+        W = dense_b / A[:, :1, :1] if qe == 1 else spd_solve(A, dense_b)
+        picked = W[rows]  # (N, q_e, Q_C): the eliminated level's row of A^-1 B per observation
         contrib = jnp.einsum("acn,nal->cnl", Bv, picked).reshape(-1, QC)
-        S = C - jnp.zeros((QC, QC), C.dtype).at[cols.reshape(-1)].add(contrib)
-    if structure.single:
-        ld_s, s_solve = _nested_factor(S, *_second_factor(structure))
-    else:
-        ld_s, s_solve = spd_logdet(S), lambda b: spd_solve(S, b[:, None])[:, 0]
+        S = _c_dense(K._replace(Cl=Cl)) - jnp.zeros((QC, QC), A.dtype).at[cols.reshape(-1)].add(contrib)
+        ld_s = spd_logdet(S)
+        s_solve = lambda b: spd_solve(S, b[:, None])[:, 0]  # noqa: E731
+        s_inverse = lambda: spd_solve(S, jnp.eye(QC, dtype=S.dtype))  # noqa: E731
     logdet = jnp.sum(ld_a) + ld_s
     pos_e, pos_c = _crossed_positions(structure)
     back = np.argsort(np.concatenate([pos_e, pos_c]))  # (eliminated, rest) -> row order
@@ -602,48 +733,111 @@ def _crossed_factor(K: _Crossed, structure: Structure, shift: Optional[jax.Array
         xa = y - a_solve(bx)
         return jnp.concatenate([xa.reshape(-1), xc])[back].reshape(r.shape)
 
-    return logdet.reshape(1), solve
+    return _CrossedParts(logdet.reshape(1), solve, s_inverse, W)
 
 
-def _second_factor(s: Structure) -> tuple[np.ndarray, np.ndarray]:
-    """Positions inside ``C`` of the second factor to eliminate (the largest of the others),
-    ``(G_f, q_f)``, and of the rest ``(Q_R,)``."""
-    others = [k for k in range(len(s.blocks)) if k != s.eliminated]
-    starts = np.cumsum([0] + [s.blocks[k].size for k in others])
-    i = int(np.argmax([s.blocks[k].size for k in others]))
-    bf = s.blocks[others[i]]
-    idx_f = starts[i] + np.arange(bf.size).reshape(bf.n_levels, bf.q)
-    rest = np.setdiff1d(np.arange(starts[-1]), idx_f.reshape(-1))
-    return idx_f, rest
-
-
-def _nested_factor(S: jax.Array, idx_f: np.ndarray, rest: np.ndarray) -> tuple[jax.Array, Callable]:
-    """``(log det S, solve)`` of the Schur complement left by an observation-level factor.
+def _single_schur(s_obs: jax.Array, cols: jax.Array, Cl: tuple, lay: _Layout,
+                  pairs: Optional[tuple] = None) -> tuple[jax.Array, Callable, Callable]:
+    """``(log det S, solve, inverse)`` of the Schur complement left by an observation-level
+    factor, from its per-observation blocks ``s_obs`` ``(N, m_C, m_C)`` at ``cols`` and the
+    other factors' own blocks ``Cl``, without forming ``S``.
 
     Every observation sees one level of each factor, and after eliminating a factor with one
     observation per level each Schur update still touches one level of each other factor: the
     part of ``S`` of any other factor ``f`` is block-diagonal (``D``, per level). Eliminating
-    it too leaves ``S2 = F - E' D^-1 E`` over the rest ``R``, the only dense factorisation:
-    grouseticks' 181 x 181 becomes 118 blocks and a 63 x 63 (its Hessian in 7 parameters cost
-    ~30 ms through the 181 x 181 Cholesky on the loaded 2-core VM)."""
-    G, q = idx_f.shape
-    D = S[idx_f[:, :, None], idx_f[:, None, :]]  # (G, q, q)
-    E = S[idx_f.reshape(-1)][:, rest].reshape(G, q, rest.size)
+    it too leaves ``S2 = F - E' D^-1 E`` over the rest ``R``, the only dense factorisation;
+    ``D``, the coupling ``E`` ``(G_f, q_f, Q_R)`` and ``F`` are summed from the observations'
+    blocks directly (forming ``S`` densely and gathering them from it made grouseticks' outer
+    Hessian move seven 181 x 181 tangents through every step)."""
+    G, q = lay.idx_f.shape
+    QR = lay.rest.size
+    level = (cols[lay.cf[0]] - lay.start) // q  # (N,) each observation's level of f
+    D = jax.ops.segment_sum(s_obs[:, lay.cf][:, :, lay.cf], level, num_segments=G) + Cl[lay.which]
     ld_d = jnp.sum(_logdet(D))
     d_solve = lambda r: _solve(D, r)  # noqa: E731
-    DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
-    if rest.size == 0:
-        return ld_d, lambda b: d_solve(b[idx_f]).reshape(-1)[np.argsort(idx_f.reshape(-1))]
-    S2 = S[rest][:, rest] - jnp.einsum("gak,gal->kl", E, DinvE)
-    back = np.argsort(np.concatenate([idx_f.reshape(-1), rest]))
+    if QR == 0:
+        order = np.argsort(lay.idx_f.reshape(-1))
+
+        def inverse_only_f():
+            eye = jnp.eye(q, dtype=D.dtype)
+            d_inv = 1.0 / D if q == 1 else spd_solve(D, jnp.broadcast_to(eye, D.shape))
+            full = jnp.zeros((G * q, G * q), D.dtype)
+            idx = np.arange(G * q).reshape(G, q)
+            full = full.at[idx[:, :, None], idx[:, None, :]].set(d_inv)
+            return full[order][:, order]
+
+        return ld_d, lambda b: d_solve(b[lay.idx_f]).reshape(-1)[order], inverse_only_f
+    pos_r = jnp.asarray(lay.in_rest)[cols[lay.cr]].T  # (N, m_R) each observation's places in rest
+    e_obs = s_obs[:, lay.cf][:, :, lay.cr]  # (N, q_f, m_R): each observation's entries of E
+
+    def dense_E():
+        return jnp.zeros((G, q, QR), s_obs.dtype).at[
+            level[:, None, None], jnp.arange(q)[None, :, None], pos_r[:, None, :]].add(e_obs)
+
+    F = jnp.zeros((QR, QR), s_obs.dtype).at[pos_r[:, :, None], pos_r[:, None, :]].add(s_obs[:, lay.cr][:, :, lay.cr])
+    for j, idx in lay.own_rest:
+        F = F.at[idx[:, :, None], idx[:, None, :]].add(Cl[j])
+    if pairs is None:
+        E = dense_E()
+        DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
+        S2 = F - jnp.einsum("gak,gal->kl", E, DinvE)
+        e_t_y = lambda y: jnp.einsum("gak,ga->k", E, y)  # noqa: E731
+        dinv_e_x = lambda x: jnp.einsum("gak,k->ga", DinvE, x)  # noqa: E731
+    else:
+        # E' D^-1 E = sum over levels g of sum over observations i, j on g of e_i' D_g^-1 e_j:
+        # one m_R x m_R block per pair, no dense G_f x Q_R coupling and no G_f Q_R^2 product
+        pi, pj = (np.asarray(p, dtype=np.int32) for p in pairs)
+        dinv_obs = e_obs / D[level][:, :1, :1] if q == 1 else spd_solve(D[level], e_obs)  # (N, q_f, m_R)
+        blocks = jnp.einsum("pak,pal->pkl", e_obs[pi], dinv_obs[pj])
+        S2 = F - jnp.zeros((QR, QR), s_obs.dtype).at[pos_r[pi][:, :, None], pos_r[pj][:, None, :]].add(blocks)
+        counts = jax.ops.segment_sum(jnp.ones(level.shape, s_obs.dtype), level, num_segments=G)
+        complete = jnp.all(level[pi] == level[pj]) & (jnp.sum(counts * counts) == pi.size)
+        ld_d = jnp.where(complete, ld_d, jnp.nan)
+        e_t_y = lambda y: jnp.zeros(QR, y.dtype).at[pos_r].add(jnp.einsum("nak,na->nk", e_obs, y[level]))  # noqa: E731
+        dinv_e_x = lambda x: jax.ops.segment_sum(  # noqa: E731
+            jnp.einsum("nak,nk->na", dinv_obs, x[pos_r]), level, num_segments=G)
+    back = np.argsort(np.concatenate([lay.idx_f.reshape(-1), lay.rest]))
 
     def solve(b):
-        y = d_solve(b[idx_f])
-        xr = spd_solve(S2, (b[rest] - jnp.einsum("gak,ga->k", E, y))[:, None])[:, 0]
-        xf = y - jnp.einsum("gak,k->ga", DinvE, xr)
+        y = d_solve(b[lay.idx_f])
+        xr = spd_solve(S2, (b[lay.rest] - e_t_y(y))[:, None])[:, 0]
+        xf = y - dinv_e_x(xr)
         return jnp.concatenate([xf.reshape(-1), xr])[back]
 
-    return ld_d + spd_logdet(S2), solve
+    def inverse():
+        # [[D, E], [E', F]]^-1 = [[D^-1 + Z S2^-1 Z', -Z S2^-1], [-S2^-1 Z', S2^-1]], Z = D^-1 E
+        E = dense_E()
+        DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
+        s2_inv = spd_solve(S2, jnp.eye(QR, dtype=S2.dtype))
+        T = jnp.einsum("gak,kl->gal", DinvE, s2_inv).reshape(G * q, QR)
+        Z = DinvE.reshape(G * q, QR)
+        d_inv = 1.0 / D if q == 1 else spd_solve(D, jnp.broadcast_to(jnp.eye(q, dtype=D.dtype), D.shape))
+        idx = np.arange(G * q).reshape(G, q)
+        ff = (Z @ T.T).at[idx[:, :, None], idx[:, None, :]].add(d_inv)
+        full = jnp.concatenate([jnp.concatenate([ff, -T], axis=1), jnp.concatenate([-T.T, s2_inv], axis=1)], axis=0)
+        return full[back][:, back]
+
+    return ld_d + spd_logdet(S2), solve, inverse
+
+
+def _crossed_inverse_diagonal(K: _Crossed, structure: Structure, parts: _CrossedParts) -> jax.Array:
+    """``diag((-H_uu)^-1)`` ``(1, Q)`` of the crossed path from its elimination: the other
+    coefficients' part is ``diag(S^-1)``; the eliminated factor's is
+    ``diag(A^-1) + diag(W S^-1 W')`` with ``W = A^-1 B`` (a few entries per observation), so
+    no ``Q`` right-hand sides are solved (grouseticks: 584 solves were 8 ms of its SEs)."""
+    A, GE, qe = K.A, K.A.shape[0], K.A.shape[-1]
+    s_inv = parts.s_inverse()
+    a_inv = 1.0 / A[..., 0] if qe == 1 else jnp.diagonal(
+        spd_solve(A, jnp.broadcast_to(jnp.eye(qe, dtype=A.dtype), A.shape)), axis1=-2, axis2=-1)  # (G_e, q_e)
+    if structure.single:
+        colsT = K.cols.T  # (N, m_C)
+        extra = jnp.einsum("nac,ncd,nad->na", parts.W, s_inv[colsT[:, :, None], colsT[:, None, :]], parts.W)
+        diag_e = a_inv + jax.ops.segment_sum(extra, K.rows, num_segments=GE)
+    else:
+        diag_e = a_inv + jnp.einsum("gac,cd,gad->ga", parts.W, s_inv, parts.W)
+    pos_e, pos_c = _crossed_positions(structure)
+    back = np.argsort(np.concatenate([pos_e, pos_c]))
+    return jnp.concatenate([diag_e.reshape(-1), jnp.diagonal(s_inv)])[back].reshape(1, -1)
 
 
 def _coupling_dense(K: _Crossed) -> jax.Array:
@@ -652,7 +846,7 @@ def _coupling_dense(K: _Crossed) -> jax.Array:
     rows = jnp.broadcast_to(K.rows[None, None, :], K.Bv.shape)
     arow = jnp.broadcast_to(jnp.arange(qe)[:, None, None], K.Bv.shape)
     cols = jnp.broadcast_to(K.cols[None, :, :], K.Bv.shape)
-    return jnp.zeros((K.A.shape[0], qe, K.C.shape[0]), K.Bv.dtype).at[rows, arow, cols].add(K.Bv)
+    return jnp.zeros((K.A.shape[0], qe, int(_c_offsets(K)[-1])), K.Bv.dtype).at[rows, arow, cols].add(K.Bv)
 
 
 def _crossed_positions(s: Structure) -> tuple[np.ndarray, np.ndarray]:
@@ -860,18 +1054,17 @@ def conditional_program(model: Any) -> Callable:
     lap, spec = model.laplace, model.spec
 
     def run(params_flat, cov, data):
-        u, C, inner = lap.conditional(spec.unflatten(params_flat), data)
+        u, var_c, solve, inner = lap.conditional_moments(spec.unflatten(params_flat), data)
         # J = (-H_uu)^{-1} d_theta g_u at the mode: the implicit function theorem, as the mode's
-        # own derivative rule (``_implicit_jvp``) applies it, from the C computed above. Taking
-        # ``jacfwd`` of ``lap.mode`` instead traced a second inner Newton loop and a second
-        # factorisation into this program (cbpp: 1.6 s CPU to compile, 2/3 of it those)
+        # own derivative rule (``_implicit_jvp``) applies it, with the factorisation above.
+        # Taking ``jacfwd`` of ``lap.mode`` instead traced a second inner Newton loop and a
+        # second factorisation into this program (cbpp: 1.6 s CPU to compile, 2/3 of it those)
         u0 = jax.lax.stop_gradient(u)
         dg = jax.jacfwd(lambda t: lap.grad_u(u0, spec.unflatten(t), data))(params_flat)  # (G, q, p)
-        J = jnp.einsum("gij,gjk->gik", C, dg)
+        J = solve(dg)
         var_p = jnp.einsum("gik,kl,gil->gi", J, _nan_as_zero(cov), J)
         touched = jnp.einsum("gik,kl,gil->gi", jnp.abs(J), jnp.isnan(cov).astype(cov.dtype), jnp.abs(J)) > 0
         var_p = jnp.where(touched, jnp.nan, var_p)
-        var_c = jnp.diagonal(C, axis1=-2, axis2=-1)
         # square roots and the split by random effect here, not op by op after the call
         # (three programs fewer to compile)
         s = lap.structure

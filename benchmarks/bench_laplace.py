@@ -32,22 +32,31 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
-Headline numbers (results/laplace.json, 2026-12-01 at 5977df6, the same 2-core AMD EPYC VM
-3% busy before the run; an earlier run at d85490d with the CPUs 100% busy is in git history):
+Headline numbers (results/laplace.json, 2026-12-01 16:32-16:42 UTC at 62ee0e2, the 2-core AMD
+EPYC VM 100% busy with five other engineers' work before the run, load average 9.2 before and
+5.7 after: every wall time below is inflated, several-fold for the multi-threaded programs; the
+quiet-VM run at 5977df6 is in git history):
 
-* warm fit + all SEs, median (min): cbpp 1.95 (1.27) ms, sleepstudy 2.23 (1.50) ms, NB2 6.82
-  (5.14) ms, grouseticks 927 (855) ms; statsmodels MixedLM (ML, with .bse) 38.75 (37.93) ms,
-  i.e. autohess 17x faster on the LMM. Targets 10 / 10 / 10 / 30 ms: cbpp, sleepstudy and NB2
-  PASS, grouseticks FAIL by ~30x (its dense Schur complement ``S = C - B' A^-1 B`` is formed
-  with a dense ``403 x 181`` ``B`` whose rows have 2 non-zeros; a sparse product is the next
-  step).
-* first call, cold (no persistent cache), wall (CPU): cbpp 5.1 (7.2) s, sleepstudy 8.1 (11.4)
-  s, NB2 9.5 (13.6) s, grouseticks 11.6 (17.7) s; model construction 1.0-1.4 s on top (it
-  checks the start by the joint density at random effects 0, no longer by compiling the
-  marginal). With the persistent cache filled by a previous process: cbpp 1.9 (2.2) s,
-  sleepstudy 2.7 (3.0) s. Target 5 s: met only with the cache (cbpp cold is at 5.1 s).
-* 1,000 parametric-bootstrap refits of cbpp: 1.01 s warm (target 2 s: PASS), 999 converged
-  (one UNBOUNDED replicate, reported by the bootstrap warning).
+* warm fit + all SEs, wall median (min): cbpp 6.32 (1.63) ms, sleepstudy 7.87 (2.43) ms, NB2
+  23.06 (7.79) ms, grouseticks 670 (527) ms; statsmodels MixedLM (ML, with .bse) 197 (117) ms
+  (38.75 ms on the quiet VM, i.e. this run is ~3-5x slowed). Process CPU time with
+  single-threaded BLAS/XLA (``OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+  intra_op_parallelism_threads=1"``, same load), grouseticks fit + ``bse`` + random-effect SEs:
+  median 27 ms (min 22 ms), down from 100 (92) ms at cf1d17f; its outer Hessian per
+  evaluation 11.4 -> 2.9 ms, the random-effect SE program 8.0 -> 3.2 ms CPU. Targets 10 / 10 /
+  10 / 30 ms: cbpp and sleepstudy PASS (median), NB2 FAIL in this loaded run (6.8 ms on the
+  quiet VM), grouseticks FAIL in wall time here (multi-threaded XLA on oversubscribed CPUs),
+  PASS by its CPU time (27 ms), to be confirmed on a quiet VM. A ``--quick --skip-first-call``
+  run right after with single-threaded XLA (flags above; 16:42 UTC, still 100% busy):
+  grouseticks 54.0 (44.7) ms wall beside MixedLM 80.5 (65.5) ms, i.e. ~2x its quiet time.
+* first call, cold (no persistent cache), wall (CPU): cbpp 39.7 (12.0) s, sleepstudy 95.7
+  (18.9) s, NB2 68.7 (20.1) s, grouseticks 107.9 (32.9) s; quiet VM at 5977df6: 5.1 (7.2), 8.1
+  (11.4), 9.5 (13.6), 11.6 (17.7) s. Target 5 s: FAIL for all four (mostly XLA compiling the
+  solve program with the Laplace marginal's Hessian; the compile options of the first-call
+  work, XLA's older CPU emitters, are not applied to these programs yet). With the cache
+  filled by a previous process: cbpp 2.9 (2.1) s, sleepstudy 6.6 (3.3) s.
+* 1,000 parametric-bootstrap refits of cbpp: 15.7 s warm (first 48 s) in this run; 1.01 s on
+  the quiet VM (target 2 s: FAIL here under load, PASS quiet; no bootstrap code changed).
 * agreement: sleepstudy llf autohess -875.9697 = statsmodels -875.9697 (lme4 prints -875.97);
   cbpp llf -92.0263 (lme4 -92.0267).
 

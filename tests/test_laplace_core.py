@@ -150,6 +150,107 @@ def test_crossed_path_equals_dense_path(rng):
             assert rel_err(a, b) < 1e-10, eliminate
         u1, C1, _ = crossed.conditional(model.init_params, model.data)
         assert rel_err(u1, u2) < 1e-10 and rel_err(C1, C2) < 1e-10, eliminate
+        # the random-effect SEs' pieces from the elimination (no Q solves): diag(C), C r
+        r = jnp.asarray(rng.normal(size=(1, s.q, 3)))
+        var, Cr = jax.jit(lambda p, d: (lambda m: (m[1], m[2](r)))(crossed.conditional_moments(p, d)))(
+            model.init_params, model.data)
+        assert rel_err(var, jnp.diagonal(C2, axis1=-2, axis2=-1)) < 1e-10, eliminate
+        assert rel_err(Cr, jnp.einsum("gij,gjk->gik", C2, r)) < 1e-10, eliminate
+
+
+def _shapes(jaxpr) -> list:
+    """Shapes of every value a jaxpr (and the jaxprs inside it) computes."""
+    from jax.extend.core import jaxprs_in_params
+
+    out = []
+    for eqn in jaxpr.eqns:
+        out += [tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for sub in jaxprs_in_params(eqn.params):
+            out += _shapes(sub)
+    return out
+
+
+def test_crossed_single_form_has_no_dense_schur_complement(rng):
+    """With an observation-level factor eliminated, the outer Hessian never forms the other
+    factors' dense Q_C x Q_C block (only the second factor's coupling E and the rest's S2),
+    and the random-effect SEs never solve Q right-hand sides (no Q x Q array). Both were the
+    bulk of grouseticks' fit + SEs. Traced only (no compilation)."""
+    from autohess._laplace import _second_factor, conditional_program
+
+    model = _crossed_poisson(rng, N=30)
+    s = model.laplace.structure
+    lay = _second_factor(s)
+    QC = s.size - s.blocks[s.eliminated].size
+    assert s.single and lay.rest.size not in (0, QC)
+    f = _marginal_fn(model.laplace, model)
+    hess = _shapes(jax.make_jaxpr(jax.hessian(f))(_point(model)).jaxpr)
+    assert not [sh for sh in hess if sh.count(QC) >= 2], "dense Q_C x Q_C in the outer Hessian"
+    assert any(sh[-2:] == (lay.rest.size, lay.rest.size) for sh in hess)  # S2 is there
+    x = _point(model)
+    cov = jnp.eye(x.size)
+    program = conditional_program(model).__wrapped__
+    ses = _shapes(jax.make_jaxpr(program)(x, cov, model.data).jaxpr)
+    assert not [sh for sh in ses if sh.count(s.size) >= 2], "Q x Q in the random-effect SEs"
+
+
+def _observation_level_model(rng, N, levels):
+    """Poisson GLMM with an observation-level intercept and one intercept factor per entry of
+    ``levels`` (the number of levels of each), crossed at random."""
+    x = rng.normal(size=N)
+    data = {"y": rng.poisson(np.exp(0.2 + 0.4 * x)).astype(float), "x": x, "obs": np.arange(N)}
+    names = [f"f{k}" for k in range(len(levels))]
+    for name, G in zip(names, levels):
+        data[name] = rng.permutation(np.arange(N) % G)
+
+    def loglik(p, d):
+        eta = p["beta"][0] + p["beta"][1] * d["x"] + p["uo"][d["obs"]]
+        for name in names:
+            eta = eta + p["u" + name][d[name]]
+        return d["y"] * eta - jnp.exp(eta)
+
+    params = {"beta": jnp.array([0.1, 0.3]), "so": ah.Positive(0.4), **{"s" + n: ah.Positive(0.6) for n in names}}
+    random = {"uo": ah.Normal(sd="so", groups="obs"), **{"u" + n: ah.Normal(sd="s" + n, groups=n) for n in names}}
+    return ah.Model(loglik, data, params=params, random=random)
+
+
+def _factor_pieces(model, u, r, data=None):
+    lap = model.laplace
+    data = model.data if data is None else data
+
+    def pieces(p, d):
+        _, K = lap.neg_hess(u, p, d)
+        logdet, solve = lap.factor(K)
+        _, H = lap.grad_hess(u, p, d)
+        return logdet, jax.vmap(solve, in_axes=-1, out_axes=-1)(r), -H[0], lap.conditional_moments(p, d)[1]
+
+    return jax.jit(pieces)(model.init_params, data)
+
+
+@pytest.mark.parametrize("levels", [(5,), (20, 8)], ids=["two-factors", "pairs"])
+def test_crossed_single_form_factorisation_equals_dense(levels, rng):
+    """The observation-level factor eliminated first, then the second factor: with two factors
+    that is all of the Schur complement (no dense rest); with three, levels of 2 observations
+    make ``E' D^-1 E`` summed over pairs of observations (``Structure.pairs``) cheaper than the
+    dense coupling. Log det, solve and diag of the inverse vs numpy on the dense -H_uu."""
+    model = _observation_level_model(rng, 40, levels)
+    s = model.laplace.structure
+    assert s.crossed and s.single and s.blocks[s.eliminated].name == "uo"
+    assert (s.pairs is not None) == (len(levels) > 1)
+    u = jnp.asarray(0.3 * rng.normal(size=(1, s.q)))
+    r = jnp.asarray(rng.normal(size=(1, s.q, 2)))
+    logdet, x_solved, dense, var = _factor_pieces(model, u, r)
+    dense = np.asarray(dense)
+    # Reference: numpy's slogdet, solve and inverse of the same matrix assembled densely
+    # (rounding level: 1e-10)
+    assert rel_err(logdet[0], np.linalg.slogdet(dense)[1]) < 1e-10
+    assert rel_err(x_solved[0], np.linalg.solve(dense, np.asarray(r[0]))) < 1e-10
+    _, C, _ = jax.jit(model.laplace.conditional)(model.init_params, model.data)
+    assert rel_err(var[0], np.diag(np.asarray(C[0]))) < 1e-10
+    if s.pairs is not None:
+        # data given later whose observations pair up differently on the second factor (a
+        # batch member, say): NaN, never a log det from the wrong pairs
+        moved = {**model.data, "f0": np.r_[model.data["f0"][1:], model.data["f0"][:1]]}
+        assert np.isnan(_factor_pieces(model, u, r, moved)[0]).all()
 
 
 def test_single_observation_form_refuses_shared_levels(rng):
