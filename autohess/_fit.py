@@ -534,9 +534,13 @@ def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale:
     ``chunk``: the natural-scale derivatives summed over blocks of ``chunk`` observations in a
     compiled loop (``fit(chunk_size=...)``), so the ``N x p`` intermediates are ``chunk x p``."""
     spec = model.spec
+    if chunk is None and model.laplace is not None:
+        # no fold: the marginal meets the parameters through the inner solve, not a product by
+        # the data, and re-evaluating its jaxpr doubled the trace of the solve (cbpp 3.1 s)
+        return _value_grad_hess_with_basis(_unconstrained(model, data, weights, scale), mode)
     if chunk is None:
         direct = _value_grad_hess_fn(_unconstrained(model, data, weights, scale), mode)
-        if spec.all_real or model.laplace is not None:
+        if spec.all_real:
             return direct
     if weights is not None:
         weights = weights / _weight_unit(weights)

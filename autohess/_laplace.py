@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._config import compiler_options
 from ._random import Block
 
 __all__ = ["Structure", "Laplace", "InnerResult", "MAX_DENSE", "INNER_MAXITER"]
@@ -1072,7 +1073,7 @@ def conditional_program(model: Any) -> Callable:
                 for b in s.blocks}
         return s.split(u), s.split(jnp.sqrt(var_c)), s.split(jnp.sqrt(var_c + var_p)), conv
 
-    return model._jitted("random_effects", lambda: jax.jit(run))
+    return model._jitted("random_effects", lambda: jax.jit(run, compiler_options=compiler_options()))
 
 
 def random_effects(model: Any, params_flat: jax.Array, cov: jax.Array) -> dict:
@@ -1130,7 +1131,7 @@ def delta_random(model: Any, params_flat: jax.Array, cov: jax.Array, fn: Callabl
         Gu = jax.jacfwd(lambda v: flatten(fn(params, s.split(v))))(u)  # (m, G, q)
         return A, jnp.einsum("mgi,gij,ngj->mn", Gu, C, Gu)
 
-    return jax.jit(run)(params_flat)
+    return jax.jit(run, compiler_options=compiler_options(once=True))(params_flat)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1149,7 +1150,7 @@ def joint_at_zero(model: Any) -> Callable:
     effects 0, where the inner maximisation starts."""
     lap, s = model.laplace, model.laplace.structure
     return model._jitted("joint0", lambda: jax.jit(
-        lambda p, d: lap.joint(jnp.zeros((s.n_levels, s.q), model.dtype), p, d)))
+        lambda p, d: lap.joint(jnp.zeros((s.n_levels, s.q), model.dtype), p, d), compiler_options=compiler_options(once=True)))
 
 
 def inner_failures(model: Any, params: Any) -> list[tuple[str, str]]:
@@ -1160,7 +1161,7 @@ def inner_failures(model: Any, params: Any) -> list[tuple[str, str]]:
     lap = model.laplace
     s = lap.structure
     names = ", ".join(repr(b.name) for b in s.blocks)
-    res = model._jitted("inner", lambda: jax.jit(lap.inner))(params, model.data)
+    res = model._jitted("inner", lambda: jax.jit(lap.inner, compiler_options=compiler_options(once=True)))(params, model.data)
     j0 = np.asarray(joint_at_zero(model)(params, model.data))
     out = []
     start_bad = ~np.isfinite(j0)
