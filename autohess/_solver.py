@@ -169,7 +169,10 @@ class Stage:
     still ``RUNNING`` there is resumed by passing ``final`` (gathered) to the next stage, with
     the same inputs, so its iterations are the total over stages and its result is that of one
     uninterrupted loop (``_batch.run_members``: compaction of unfinished members).
-    ``iterations=None``: no stage limit (the loop runs until every member stops).
+    ``iterations=None``: no stage limit (the loop runs until every member stops);
+    ``iterations=0`` with a ``state`` in which the member stopped: no loop at all, the solver
+    returns that state's result (a results-only program: the stages before it need not
+    compute what follows the solve, see ``_batch._run_compacted``).
 
     ``axis_name``: the ``vmap`` axis the solve is batched over, if any. A ``lax.cond`` on a
     per-member predicate becomes a select under ``vmap`` and runs both branches for every
@@ -669,7 +672,12 @@ def trust_region_newton(
             None if aux0 is None else jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), a1, s.aux),
         )
 
-    final = lax.while_loop(cond, body, state)
+    if stage is not None and stage.iterations == 0 and stage.state is not None:
+        # a results-only stage (``Stage``): the state comes from a stage in which the member
+        # stopped, so the loop would run no pass; without it the program holds no loop body
+        final = state
+    else:
+        final = lax.while_loop(cond, body, state)
     if stage is not None:
         stage.final = final
     unbounded = final.status == Status.UNBOUNDED
