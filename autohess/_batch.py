@@ -385,11 +385,12 @@ def run_members(
     def build(kind: str):
         def staged_member(b, s, state):
             limit = _STAGE_PASSES[kind]() if compact else None
-            with staged(limit, state, axis_name=_AXIS) as stage:
+            # a compacted stage is the solver only: what ``member`` computes after the solve
+            # (Hessian, covariances, diagnostics) is not traced; "results" computes it once
+            out = None
+            with staged(limit, state, axis_name=_AXIS, solve_only=kind == "resume") as stage:
                 out = member(b, s)
             if kind == "resume":
-                # the solver state only: XLA drops the member's post-solve work (Hessian,
-                # covariances, diagnostics) from this program, "results" computes it once
                 return None, stage.final
             # no state where ``member`` runs no solver (one-parameter profile) or no stages
             return out, stage.final if compact else None

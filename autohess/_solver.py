@@ -180,13 +180,22 @@ class Stage:
     paid in every iteration although near the optimum every Newton step fits its region. With
     the axis named, the loop asks (``psum`` over the batch) whether any running member needs the
     subproblem and runs it only in iterations where one does: each member's step is the same.
+
+    ``solve_only``: the solver raises ``StageEnd`` once ``final`` is set, so nothing the
+    caller computes from the solve (Hessian, covariances, diagnostics) is traced: a stage whose
+    members mostly keep running needs only their states (``staged`` catches it).
     """
 
-    def __init__(self, iterations: Any, state: Any = None, axis_name: Any = None):
+    def __init__(self, iterations: Any, state: Any = None, axis_name: Any = None, solve_only: bool = False):
         self.iterations = None if iterations is None else int(iterations)
-        self.state, self.axis_name = state, axis_name
+        self.state, self.axis_name, self.solve_only = state, axis_name, bool(solve_only)
         self.final: Any = None
         self.used = False
+
+
+class StageEnd(BaseException):
+    """Raised by ``trust_region_newton`` at trace time to end a ``solve_only`` stage (a
+    ``BaseException``: a member's own ``except Exception`` must not swallow it)."""
 
 
 # the innermost ``staged`` request (a stack: traces do not nest stages, but are re-entrant)
@@ -194,14 +203,19 @@ _STAGES: list = []
 
 
 @contextlib.contextmanager
-def staged(iterations: Any, state: Any = None, axis_name: Any = None):
+def staged(iterations: Any, state: Any = None, axis_name: Any = None, solve_only: bool = False):
     """While tracing inside this context, the first ``trust_region_newton`` call (only that one:
     a solver called later, or inside ``fun``, runs as usual) starts from ``state`` when given and
-    stops after ``iterations`` loop passes; yields the ``Stage`` whose ``final`` it sets."""
-    stage = Stage(iterations, state, axis_name)
+    stops after ``iterations`` loop passes; yields the ``Stage`` whose ``final`` it sets. With
+    ``solve_only`` the code after that call is not traced (the context ends there, see
+    ``Stage``); the solver must then be called in the context's own trace (not inside a
+    transformation of it), as ``final`` is read there."""
+    stage = Stage(iterations, state, axis_name, solve_only)
     _STAGES.append(stage)
     try:
         yield stage
+    except StageEnd:
+        pass
     finally:
         _STAGES.pop()
 
@@ -680,6 +694,8 @@ def trust_region_newton(
         final = lax.while_loop(cond, body, state)
     if stage is not None:
         stage.final = final
+        if stage.solve_only:
+            raise StageEnd
     unbounded = final.status == Status.UNBOUNDED
     moved = jnp.abs(final.edge_step) > AFFECTED_LOADING * jnp.max(jnp.abs(final.edge_step))
     grown = jnp.abs(jnp.diag(final.hess)) > EDGE_CURVATURE_GROWTH * jnp.maximum(
