@@ -30,12 +30,18 @@ for ``FIRST_STAGE_ITERATIONS`` passes; on the host, the members whose status is 
 ``RUNNING`` are gathered (their batched inputs and solver states, on the device) into a batch
 of ``bucket_size`` (the next power of 2, at least ``MIN_BUCKET``; padded with copies of one of
 them, whose results are dropped), which runs ``STAGE_ITERATIONS`` more, and so on until none
-is left. A member's outputs are those of the stage in which it stopped, written back to its own
-row, so the member -> input (key) mapping, statuses and iteration counts (the total over
-stages) are those of one uninterrupted loop. Each later stage recomputes a member's set-up
-(e.g. its resampled data) and its results, which is why stages are not shorter. One program
-is compiled per bucket size (cached on the model, counted in ``trace_counts["<label>
-compacted"]``); ``LAST_STAGES[label]`` lists the stages of the last call.
+is left. These later stages are the solver only (``staged(..., solve_only=True)``: the member
+function's trace ends at its solve, so its Hessian, covariances and diagnostics are neither
+traced nor run there); each recomputes the member's set-up (its resampled or simulated data),
+which is why that set-up must be cheap (``_sampling``). Once none is running, the members
+that stopped after the first stage are gathered once more, with their final solver states,
+into a "results" program (the solver with 0 passes: ``Stage``) that computes their outputs,
+written back to their own rows; the first stage's outputs serve every other member. So the
+member -> input (key) mapping, statuses and iteration counts (the total over stages) are those
+of one uninterrupted loop, and each member's post-solve work runs at most twice (once wasted
+in the first stage for the members still running there). One program is compiled per bucket
+size and kind (cached on the model, counted in ``trace_counts["<label> compacted"]``);
+``LAST_STAGES[label]`` lists the solver stages of the last call.
 """
 
 from __future__ import annotations
@@ -430,8 +436,8 @@ def run_members(
 #: parametric bootstrap median 5, 99th percentile 9, max 23)
 FIRST_STAGE_ITERATIONS = 8
 #: loop passes of each later stage (the members still running, compacted): long enough that
-#: a stage's fixed costs (a host round trip, the member's set-up and results computed again)
-#: stay small against its iterations, short enough that a straggler holds few others up
+#: a stage's fixed costs (a host round trip, the member's set-up computed again) stay
+#: small against its iterations, short enough that a straggler holds few others up
 STAGE_ITERATIONS = 8
 #: the ``vmap`` axis of members, named so the solver can ask whether any member needs its
 #: trust-region subproblem (``_solver.Stage``)

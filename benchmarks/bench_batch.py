@@ -473,9 +473,14 @@ def side_by_side(ah, jax, B_log, B_garch, rounds, timeout_s) -> dict:
                 _batch.COMPACT_MIN_BATCH = saved
             return b
 
-        for compact in (True, False):  # compile both (and the compacted buckets of seed 0)
-            with watchdog(timeout_s, f"{name} warm-up compact={compact}"):
-                boot(0, compact)
+        # compile both; the compacted programs (one per bucket size, solver-only stages and
+        # the late members' results) for every seed timed below: a bucket size first met in a
+        # timed call put its compilation (tens of seconds on the loaded VM) into that round
+        for seed in range(rounds + 1):
+            with watchdog(timeout_s, f"{name} warm-up compact, seed {seed}"):
+                boot(seed, True)
+        with watchdog(timeout_s, f"{name} warm-up not compacted"):
+            boot(0, False)
         single()
         rows = []
         for r in range(rounds):
