@@ -98,6 +98,7 @@ import argparse
 import contextlib
 import faulthandler
 import os
+import json
 import statistics
 import sys
 import time
