@@ -31,12 +31,18 @@ for ``FIRST_STAGE_ITERATIONS`` passes; on the host, the members whose status is 
 ``RUNNING`` are gathered (their batched inputs and solver states, on the device) into a batch
 of ``bucket_size`` (the next power of 2, at least ``MIN_BUCKET``; padded with copies of one of
 them, whose results are dropped), which runs ``STAGE_ITERATIONS`` more, and so on until none
-is left. A member's outputs are those of the stage in which it stopped, written back to its own
-row, so the member -> input (key) mapping, statuses and iteration counts (the total over
-stages) are those of one uninterrupted loop. Each later stage recomputes a member's set-up
-(e.g. its resampled data) and its results, which is why stages are not shorter. One program
-is compiled per bucket size (cached on the model, counted in ``trace_counts["<label>
-compacted"]``); ``LAST_STAGES[label]`` lists the stages of the last call.
+is left. These later stages are the solver only (``staged(..., solve_only=True)``: the member
+function's trace ends at its solve, so its Hessian, covariances and diagnostics are neither
+traced nor run there); each recomputes the member's set-up (its resampled or simulated data),
+which is why that set-up must be cheap (``_sampling``). Once none is running, the members
+that stopped after the first stage are gathered once more, with their final solver states,
+into a "results" program (the solver with 0 passes: ``Stage``) that computes their outputs,
+written back to their own rows; the first stage's outputs serve every other member. So the
+member -> input (key) mapping, statuses and iteration counts (the total over stages) are those
+of one uninterrupted loop, and each member's post-solve work runs at most twice (once wasted
+in the first stage for the members still running there). One program is compiled per bucket
+size and kind (cached on the model, counted in ``trace_counts["<label> compacted"]``);
+``LAST_STAGES[label]`` lists the solver stages of the last call.
 """
 
 from __future__ import annotations
@@ -394,23 +400,28 @@ def run_members(
     # members there, and the compacted programs' compilations would cost more than they save
     compact = bs >= COMPACT_MIN_BATCH
 
-    def build(resume: bool):
+    def build(kind: str):
         def staged_member(b, s, state):
-            limit = (STAGE_ITERATIONS if resume else FIRST_STAGE_ITERATIONS) if compact else None
-            with staged(limit, state, axis_name=_AXIS) as stage:
+            limit = _STAGE_PASSES[kind]() if compact else None
+            # a compacted stage is the solver only: what ``member`` computes after the solve
+            # (Hessian, covariances, diagnostics) is not traced; "results" computes it once
+            out = None
+            with staged(limit, state, axis_name=_AXIS, solve_only=kind == "resume") as stage:
                 out = member(b, s)
+            if kind == "resume":
+                return None, stage.final
             # no state where ``member`` runs no solver (one-parameter profile) or no stages
             return out, stage.final if compact else None
 
         def run(b, s, state):
-            # the full-chunk program counts as before; resumed stages under their own name
-            model.trace_counts[f"{label} compacted" if resume else label] += 1
+            # the full-chunk program counts as before; later stages under their own name
+            model.trace_counts[label if kind == "first" else f"{label} compacted"] += 1
             return jax.vmap(staged_member, in_axes=(0, None, 0), axis_name=_AXIS)(b, s, state)
 
         return jax.jit(run)
 
-    first = model._jitted((label, key, bs, n_dev, compact), lambda: build(False))
-    resume = lambda n: model._jitted((label, key, n, n_dev, "resume"), lambda: build(True))  # noqa: E731
+    first = model._jitted((label, key, bs, n_dev, compact), lambda: build("first"))
+    resume = lambda n, kind="resume": model._jitted((label, key, n, n_dev, kind), lambda: build(kind))  # noqa: E731
     row = None
     if mesh is not None:
         row = NamedSharding(mesh, PartitionSpec("batch"))
@@ -437,12 +448,17 @@ def run_members(
 #: parametric bootstrap median 5, 99th percentile 9, max 23)
 FIRST_STAGE_ITERATIONS = 8
 #: loop passes of each later stage (the members still running, compacted): long enough that
-#: a stage's fixed costs (a host round trip, the member's set-up and results computed again)
-#: stay small against its iterations, short enough that a straggler holds few others up
+#: a stage's fixed costs (a host round trip, the member's set-up computed again) stay
+#: small against its iterations, short enough that a straggler holds few others up
 STAGE_ITERATIONS = 8
 #: the ``vmap`` axis of members, named so the solver can ask whether any member needs its
 #: trust-region subproblem (``_solver.Stage``)
 _AXIS = "members"
+#: loop passes per kind of staged program (read when a program is built, so tests may lower
+#: the thresholds): the full chunk, a compacted stage, the results of members that stopped late
+_STAGE_PASSES = {
+    "first": lambda: FIRST_STAGE_ITERATIONS, "resume": lambda: STAGE_ITERATIONS, "results": lambda: 0,
+}
 #: smallest chunk whose unfinished members are compacted (smaller ones run in one program)
 COMPACT_MIN_BATCH = 64
 #: smallest compacted batch: below it a smaller program saves less than its compilation costs
@@ -468,10 +484,12 @@ def _take(tree: Any, idx: jax.Array) -> Any:
 
 def _run_compacted(first, resume, part, shared, bs, n_real, n_dev, row, stages) -> Any:
     """One chunk through staged programs: the full chunk for ``FIRST_STAGE_ITERATIONS`` loop
-    passes, then only its members still ``RUNNING``, gathered (with their solver states and
-    inputs) into a batch of ``bucket_size``, padded with copies of one of them whose results
-    are dropped, ``STAGE_ITERATIONS`` passes at a time. Each member's outputs are those of the
-    stage in which it stopped, written back to its own row."""
+    passes (with every member's results), then only its members still ``RUNNING``, gathered
+    (with their solver states and inputs) into a batch of ``bucket_size``, padded with copies
+    of one of them, ``STAGE_ITERATIONS`` passes at a time; these stages return solver states
+    only. The members that stopped after the first stage then get their results from one
+    ``"results"`` program (no solver loop: ``Stage`` with 0 passes) run on their final
+    states, gathered into one bucket, and written back to their own rows."""
     out, state = first(part, shared, None)
     if state is None:
         return out
@@ -480,24 +498,40 @@ def _run_compacted(first, resume, part, shared, bs, n_real, n_dev, row, stages) 
     stages.append((n_real, bs))
     if where.size == 0:
         return out
-    host = jax.tree_util.tree_map(np.array, out)  # writable copies; rows filled as members stop
+    late = where  # chunk rows whose results the first stage did not have
+    finals = state  # every chunk row's latest solver state (a row is final once it stopped)
     rows = where  # row of each running member in ``state``
     while where.size:
         n = bucket_size(where.size, bs, n_dev)
-        fill = lambda ix: np.concatenate([ix, np.full(n - ix.size, ix[0])]).astype(np.int32)  # noqa: E731
-        sub, sub_state = _take(part, fill(where)), _take(state, fill(rows))
+        sub, sub_state = _take(part, _fill(where, n)), _take(state, _fill(rows, n))
         if row is not None:
             sub, sub_state = jax.device_put((sub, sub_state), row)
-        out, state = resume(n)(sub, shared, sub_state)
-        status = np.asarray(state.status)[: where.size]
-        done = status != Status.RUNNING
-        if done.any():
-            picked = jax.tree_util.tree_map(lambda a: np.asarray(a)[: where.size][done], out)
-            jax.tree_util.tree_map(lambda h, v: h.__setitem__(where[done], v), host, picked)
+        _, state = resume(n)(sub, shared, sub_state)
+        # written back to the chunk's rows (the padding copies go to row ``bs``: dropped)
+        finals = _put(finals, _fill(where, n, bs), state)
+        done = np.asarray(state.status)[: where.size] != Status.RUNNING
         stages.append((int(where.size), n))
         rows = np.flatnonzero(~done)
         where = where[~done]
+    n = bucket_size(late.size, bs, n_dev)
+    sub, sub_state = _take(part, _fill(late, n)), _take(finals, _fill(late, n))
+    if row is not None:
+        sub, sub_state = jax.device_put((sub, sub_state), row)
+    picked, _ = resume(n, "results")(sub, shared, sub_state)
+    host = jax.tree_util.tree_map(np.array, out)  # writable copies
+    jax.tree_util.tree_map(lambda h, v: h.__setitem__(late, np.asarray(v)[: late.size]), host, picked)
     return jax.tree_util.tree_map(jnp.asarray, host)
+
+
+def _fill(ix: np.ndarray, n: int, pad: Optional[int] = None) -> np.ndarray:
+    """``ix`` padded to ``n`` entries with ``pad`` (default: its first entry, a copy of a real
+    member, so the padded rows compute something finite)."""
+    return np.concatenate([ix, np.full(n - ix.size, ix[0] if pad is None else pad)]).astype(np.int32)
+
+
+@jax.jit
+def _put(tree: Any, idx: jax.Array, sub: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a, v: a.at[idx].set(v, mode="drop"), tree, sub)
 
 
 def _pad(a: Any, size: int) -> Any:

@@ -169,7 +169,10 @@ class Stage:
     still ``RUNNING`` there is resumed by passing ``final`` (gathered) to the next stage, with
     the same inputs, so its iterations are the total over stages and its result is that of one
     uninterrupted loop (``_batch.run_members``: compaction of unfinished members).
-    ``iterations=None``: no stage limit (the loop runs until every member stops).
+    ``iterations=None``: no stage limit (the loop runs until every member stops);
+    ``iterations=0`` with a ``state`` in which the member stopped: no loop at all, the solver
+    returns that state's result (a results-only program: the stages before it need not
+    compute what follows the solve, see ``_batch._run_compacted``).
 
     ``axis_name``: the ``vmap`` axis the solve is batched over, if any. A ``lax.cond`` on a
     per-member predicate becomes a select under ``vmap`` and runs both branches for every
@@ -177,13 +180,22 @@ class Stage:
     paid in every iteration although near the optimum every Newton step fits its region. With
     the axis named, the loop asks (``psum`` over the batch) whether any running member needs the
     subproblem and runs it only in iterations where one does: each member's step is the same.
+
+    ``solve_only``: the solver raises ``StageEnd`` once ``final`` is set, so nothing the
+    caller computes from the solve (Hessian, covariances, diagnostics) is traced: a stage whose
+    members mostly keep running needs only their states (``staged`` catches it).
     """
 
-    def __init__(self, iterations: Any, state: Any = None, axis_name: Any = None):
+    def __init__(self, iterations: Any, state: Any = None, axis_name: Any = None, solve_only: bool = False):
         self.iterations = None if iterations is None else int(iterations)
-        self.state, self.axis_name = state, axis_name
+        self.state, self.axis_name, self.solve_only = state, axis_name, bool(solve_only)
         self.final: Any = None
         self.used = False
+
+
+class StageEnd(BaseException):
+    """Raised by ``trust_region_newton`` at trace time to end a ``solve_only`` stage (a
+    ``BaseException``: a member's own ``except Exception`` must not swallow it)."""
 
 
 # the innermost ``staged`` request (a stack: traces do not nest stages, but are re-entrant)
@@ -191,14 +203,19 @@ _STAGES: list = []
 
 
 @contextlib.contextmanager
-def staged(iterations: Any, state: Any = None, axis_name: Any = None):
+def staged(iterations: Any, state: Any = None, axis_name: Any = None, solve_only: bool = False):
     """While tracing inside this context, the first ``trust_region_newton`` call (only that one:
     a solver called later, or inside ``fun``, runs as usual) starts from ``state`` when given and
-    stops after ``iterations`` loop passes; yields the ``Stage`` whose ``final`` it sets."""
-    stage = Stage(iterations, state, axis_name)
+    stops after ``iterations`` loop passes; yields the ``Stage`` whose ``final`` it sets. With
+    ``solve_only`` the code after that call is not traced (the context ends there, see
+    ``Stage``); the solver must then be called in the context's own trace (not inside a
+    transformation of it), as ``final`` is read there."""
+    stage = Stage(iterations, state, axis_name, solve_only)
     _STAGES.append(stage)
     try:
         yield stage
+    except StageEnd:
+        pass
     finally:
         _STAGES.pop()
 
@@ -669,9 +686,16 @@ def trust_region_newton(
             None if aux0 is None else jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), a1, s.aux),
         )
 
-    final = lax.while_loop(cond, body, state)
+    if stage is not None and stage.iterations == 0 and stage.state is not None:
+        # a results-only stage (``Stage``): the state comes from a stage in which the member
+        # stopped, so the loop would run no pass; without it the program holds no loop body
+        final = state
+    else:
+        final = lax.while_loop(cond, body, state)
     if stage is not None:
         stage.final = final
+        if stage.solve_only:
+            raise StageEnd
     unbounded = final.status == Status.UNBOUNDED
     moved = jnp.abs(final.edge_step) > AFFECTED_LOADING * jnp.max(jnp.abs(final.edge_step))
     grown = jnp.abs(jnp.diag(final.hess)) > EDGE_CURVATURE_GROWTH * jnp.maximum(

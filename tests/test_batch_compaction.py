@@ -41,8 +41,16 @@ def _assert_members_equal_single_fits(model, bres, starts, maxiter, members):
         assert int(bres.status_code[b]) == int(single.status_code), b
 
 
-def test_stragglers_equal_single_fits_and_the_batch_shrinks(small_stages):
+def test_stragglers_equal_single_fits_and_the_batch_shrinks(small_stages, monkeypatch):
     model = _logistic()
+    # what a member computes after its solve is traced in the full chunk's program and in one
+    # "results" program per bucket size of the late members, never in a compacted stage
+    # (before, every stage traced and ran it: most of a stage's time went on results that
+    # were thrown away for the members still running)
+    post_solve = []
+    covariances = _batch._covariance_and_diagnostics
+    monkeypatch.setattr(_batch, "_covariance_and_diagnostics",
+                        lambda *a, **k: post_solve.append(1) or covariances(*a, **k))
     estimate = np.asarray(ah.fit(model).params_flat)
     rng = np.random.default_rng(0)
     # 12 members: 9 start near the estimate (few iterations), 3 stragglers start far out (the
@@ -56,6 +64,8 @@ def test_stragglers_equal_single_fits_and_the_batch_shrinks(small_stages):
     assert stages[0] == (12, 12) and len(stages) >= 3, stages
     assert all(n <= 4 and size <= 4 for n, size in stages[1:]), stages
     assert model.trace_counts["fit_batch"] == 1 and model.trace_counts["fit_batch compacted"] >= 1
+    assert len({size for _, size in stages[1:]}) >= 2, stages  # >= 2 compacted programs...
+    assert len(post_solve) == 2, stages  # ...but the post-solve work traced twice: first + results
     its = np.asarray(bres.iterations)
     assert its[[2, 7, 11]].min() > 6 and np.delete(its, [2, 5, 7, 11]).max() <= 5, its  # stragglers are stragglers
     assert bres.status_code[5] == Status.NONFINITE and bres.input_problems[5] is not None
