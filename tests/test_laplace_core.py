@@ -64,7 +64,15 @@ def _marginal_fn(lap, model):
 
 def _value_grad_hess(lap, model, x):
     f = _marginal_fn(lap, model)
-    return jax.jit(lambda t: (f(t), jax.grad(f)(t), jax.hessian(f)(t)))(x)
+
+    def grad_with_value(t):
+        v, g = jax.value_and_grad(f)(t)
+        return g, (v, g)
+
+    # one forward-over-reverse pass (what jax.hessian does), value and gradient as its aux: the
+    # marginal (an inner Newton loop and a factorisation) is traced and compiled once, not three times
+    H, (v, g) = jax.jit(jax.jacfwd(grad_with_value, has_aux=True))(x)
+    return v, g, H
 
 
 def _point(model):
@@ -139,7 +147,7 @@ def test_crossed_path_equals_dense_path(rng):
     dense = _dense_twin(model)
     x = _point(model)
     reference = _value_grad_hess(dense, model, x)
-    u2, C2, _ = dense.conditional(model.init_params, model.data)
+    u2, C2, _ = jax.jit(dense.conditional)(model.init_params, model.data)  # one program, not op by op
     # uo by per-observation Schur blocks and by dense rows of A^-1 B; ua (q_e = 2) by rows
     for eliminate, single in (("uo", True), ("uo", False), ("ua", False)):
         k = [b.name for b in s.blocks].index(eliminate)
@@ -148,12 +156,17 @@ def test_crossed_path_equals_dense_path(rng):
         # per-observation Hessians and a Schur complement: rounding-level differences only.
         for a, b in zip(_value_grad_hess(crossed, model, x), reference):
             assert rel_err(a, b) < 1e-10, eliminate
-        u1, C1, _ = crossed.conditional(model.init_params, model.data)
-        assert rel_err(u1, u2) < 1e-10 and rel_err(C1, C2) < 1e-10, eliminate
-        # the random-effect SEs' pieces from the elimination (no Q solves): diag(C), C r
+        # the random-effect SEs' pieces from the elimination (no Q solves): diag(C), C r; one
+        # program with the full C (its inner loop compiled once for both)
         r = jnp.asarray(rng.normal(size=(1, s.q, 3)))
-        var, Cr = jax.jit(lambda p, d: (lambda m: (m[1], m[2](r)))(crossed.conditional_moments(p, d)))(
-            model.init_params, model.data)
+
+        def both(p, d, crossed=crossed):
+            u, C, _ = crossed.conditional(p, d)
+            _, var, solve, _ = crossed.conditional_moments(p, d)
+            return u, C, var, solve(r)
+
+        u1, C1, var, Cr = jax.jit(both)(model.init_params, model.data)
+        assert rel_err(u1, u2) < 1e-10 and rel_err(C1, C2) < 1e-10, eliminate
         assert rel_err(var, jnp.diagonal(C2, axis1=-2, axis2=-1)) < 1e-10, eliminate
         assert rel_err(Cr, jnp.einsum("gij,gjk->gik", C2, r)) < 1e-10, eliminate
 
