@@ -18,6 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+#: the repository this copy of the benchmarks sits in. ``python benchmarks/x.py`` puts
+#: ``benchmarks/`` first on ``sys.path``, not the repository, so ``import autohess`` found an
+#: installed (editable) autohess elsewhere, not this checkout's: put the checkout right after it
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))
+
 import numpy as np
 
 HERE = Path(__file__).resolve().parent

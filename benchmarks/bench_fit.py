@@ -119,15 +119,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-# this checkout's autohess (``python benchmarks/bench_fit.py`` puts benchmarks/ first on the
-# path, not the repository, so an installed autohess was imported instead); the first-call
-# subprocesses get it through PYTHONPATH
-ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(1, str(ROOT))
 
-# Shared with the other benchmarks (none of these touch JAX at import time).
+# Shared with the other benchmarks (none of these touch JAX at import time). _harness puts this
+# checkout's autohess on sys.path (ROOT); the first-call subprocesses get it through PYTHONPATH
 from _harness import (  # noqa: E402
+    ROOT,
     Interleaved,
     busy_fraction,
     first_call_runs,

@@ -75,9 +75,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-# the checkout this script is in, before an installed (editable) autohess elsewhere
-sys.path.insert(0, str(HERE.parent))
-from _harness import (  # noqa: E402  (shared by the benchmark scripts)
+from _harness import (  # noqa: E402  (shared by the benchmark scripts; puts this checkout on sys.path)
     Interleaved,
     busy_fraction,
     first_call_runs,

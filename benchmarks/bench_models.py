@@ -106,10 +106,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-# the checkout this script is in, before an installed (editable) autohess elsewhere
-sys.path.insert(0, str(HERE.parent))
 
-from _harness import (  # noqa: E402  (shared by the benchmark scripts; none touch JAX at import time)
+from _harness import (  # noqa: E402  (shared by the benchmark scripts; none touch JAX at import time; puts this checkout on sys.path)
     Interleaved,
     busy_fraction,
     machine_info,
