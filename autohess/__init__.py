@@ -16,6 +16,7 @@ from ._bootstrap import BootstrapComparison as BootstrapComparison  # noqa: E402
 from ._bootstrap import BootstrapResult as BootstrapResult  # noqa: E402
 from ._bootstrap import BootstrapWarning as BootstrapWarning  # noqa: E402
 from ._bootstrap import bootstrap as bootstrap  # noqa: E402
+from ._distributed import NotGathered as NotGathered  # noqa: E402
 from ._recurrence import linear_recurrence as linear_recurrence  # noqa: E402
 from ._profile import ProfileResult as ProfileResult  # noqa: E402
 from ._profile import profile as profile  # noqa: E402
@@ -76,6 +77,7 @@ __all__ = [
     "BootstrapResult",
     "BootstrapWarning",
     "bootstrap",
+    "NotGathered",
     "ProfileResult",
     "profile",
     "linear_recurrence",

@@ -368,6 +368,7 @@ def run_members(
     progress: Optional[bool],
     label: str,
     shard: bool = True,
+    gather: str = "all",
     _local: bool = False,
 ) -> Any:
     """Run ``member(batched_i, shared)`` for ``i < size`` as one compiled ``vmap`` per chunk.
@@ -381,14 +382,16 @@ def run_members(
     program is cached on the model under ``key``. Returns the stacked outputs, ``size`` long.
 
     With several processes (``jax.distributed``), each runs a contiguous share of the members
-    this way on its own devices and every process gets all outputs (``_distributed``).
+    this way on its own devices and every process gets all outputs (``_distributed``), or, with
+    ``gather="process0"``, process 0 gets them and the others ``None``.
     """
     if not _local and _distributed.active():
         def run_local(part, n, show):
             return run_members(member, part, shared, n, model=model, key=key, batch_size=batch_size,
                                progress=show, label=label, shard=shard, _local=True)
 
-        return _distributed.run_across_processes(run_local, batched, size, progress=progress, label=label)
+        return _distributed.run_across_processes(run_local, batched, size, progress=progress, label=label,
+                                                 gather=gather)
     mesh = _mesh() if shard else None
     n_dev = 1 if mesh is None else mesh.devices.size
     cap = default_batch_size(model, batched, size) if batch_size is None else int(batch_size)
@@ -725,6 +728,7 @@ def fit_batch(
     batch_size: Optional[int] = None,
     progress: Optional[bool] = None,
     shard: bool = True,
+    gather: str = "all",
 ) -> BatchResult:
     """Fit ``model`` to many data sets, weight vectors or starts at once (one compiled ``vmap``).
 
@@ -746,6 +750,9 @@ def fit_batch(
             when there are several. With several processes (``jax.distributed``) the members
             are first split into one contiguous share per process; every process gets all
             results (README, "Several devices, several hosts").
+        gather: with several processes, ``"all"`` (every process gets every member's results)
+            or ``"process0"`` (only process 0 does; the others return an ``ah.NotGathered`` and
+            never hold more than one piece of the results, for memory). One process: the same.
 
     Returns:
         ``BatchResult``. Never raises for a bad member: see ``status``. A member whose inputs
@@ -761,6 +768,7 @@ def fit_batch(
     """
     if not isinstance(model, Model):
         raise TypeError(f"fit_batch needs an ah.Model, got {type(model).__name__}")
+    gather = _distributed.check_gather(gather)
     cov_types = check_cov_types(model, cov_type)
     maxiter = check_maxiter(maxiter)
     sizes = []
@@ -808,8 +816,10 @@ def fit_batch(
     shared = {k: v for k, v, f in zip(inputs, inputs.values(), flags) if not f}
     out = run_members(
         member, batched, shared, sizes[0], model=model, key=(cov_types, maxiter, flags),
-        batch_size=batch_size, progress=progress, label="fit_batch", shard=shard,
+        batch_size=batch_size, progress=progress, label="fit_batch", shard=shard, gather=gather,
     )
+    if out is None:  # gather="process0", and this is another process
+        return _distributed.NotGathered("fit_batch", jax.process_index(), jax.process_count())
     result = result_from_outputs(model, cov_types, out)
     return dataclasses.replace(
         result, input_code=jnp.asarray(codes), input_messages=messages, weights=w, data=data if data_batched else None

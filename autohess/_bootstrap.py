@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import norm
 
+from ._distributed import NotGathered, check_gather
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
 from ._fit import FitResult, _inference_program, evaluate
 from ._model import Model
@@ -740,6 +741,7 @@ def bootstrap(
     batch_size: Optional[int] = None,
     progress: Optional[bool] = None,
     shard: bool = True,
+    gather: str = "all",
 ) -> BootstrapResult:
     """Bootstrap a fit: ``n`` refits, each with its exact Hessian and standard errors.
 
@@ -758,7 +760,8 @@ def bootstrap(
         cov_type: covariance of each replicate (default: ``res.cov_type`` when batchable,
             else ``"hessian"``); used by the studentized interval.
         maxiter: iteration limit per refit. Each refit starts at ``res``'s estimate.
-        batch_size, progress, shard: as for ``fit_batch``.
+        batch_size, progress, shard, gather: as for ``fit_batch`` (``gather="process0"``: with
+            several processes, the result on process 0 and an ``ah.NotGathered`` elsewhere).
 
     Returns:
         ``BootstrapResult``: ``se``, ``conf_int(method=...)``, ``compare()``, ``fits``.
@@ -771,6 +774,7 @@ def bootstrap(
     if not isinstance(res, FitResult):
         raise TypeError(f"bootstrap needs a FitResult from ah.fit, got {type(res).__name__}")
     model = res.model
+    gather = check_gather(gather)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     maxiter = check_maxiter(maxiter)
@@ -870,8 +874,10 @@ def bootstrap(
         shared["block_length"] = jnp.asarray(block_length, jnp.int32)
     out = run_members(
         member, raw, shared, int(n), model=model, key=("bootstrap", kind, cov_types, maxiter, total),
-        batch_size=batch_size, progress=progress, label="bootstrap", shard=shard,
+        batch_size=batch_size, progress=progress, label="bootstrap", shard=shard, gather=gather,
     )
+    if out is None:  # gather="process0", and this is another process
+        return NotGathered("bootstrap", jax.process_index(), jax.process_count())
     fits = result_from_outputs(model, cov_types, out)
 
     def replicate(k):

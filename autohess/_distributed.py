@@ -26,10 +26,15 @@ process. Why this and not one global array sharded over a global mesh:
   results arrive bit for bit and cost one collective (and one compiled program per byte
   width), not one per leaf of the diagnostics pytree.
 
-Results come back to every process: the bootstrap's summaries, a profile's next grid and the
-simulation table are computed from all members on each process, so every process continues
-with the same state. Gathering to process 0 only (to save other processes' memory) would need
-every caller to handle a partial result on the others; it is not offered.
+Results come back to every process by default: the bootstrap's summaries, a profile's next
+grid and the simulation table are computed from all members on each process, so every process
+continues with the same state. ``gather="process0"`` (``fit_batch``, ``bootstrap``,
+``simulation_study``) keeps them on process 0 only, for memory: the others return a
+``NotGathered`` whose every attribute raises, naming the option. The bytes still travel through
+the same collective (one all-gather is the only collective the CPU and GPU backends share), but
+in pieces of at most ``PIECE_BYTES`` per process that the other processes drop at once, so
+their peak memory is one piece, not ``B`` members' results. A profile always gathers to every
+process: its next grid needs every member, and a grid is small.
 
 Data: keys (bootstrap, simulation) are tiny and each process generates its members' data on
 its devices from them; a data batch given on the host (``fit_batch``) is staged on the CPU
@@ -50,6 +55,7 @@ slow share is not a dead one).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -61,10 +67,58 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["active", "host_staging", "process_slice", "run_across_processes"]
+__all__ = ["GATHER", "NotGathered", "active", "check_gather", "host_staging", "process_slice",
+           "run_across_processes"]
 
 #: environment variable: seconds a process waits at a gather before it gives up on its peers
 TIMEOUT_ENV = "AUTOHESS_GATHER_TIMEOUT_S"
+#: where a batched call's results go with several processes: every process, or process 0 only
+GATHER = ("all", "process0")
+#: bytes per process in one gather collective: results are gathered piece by piece, so a
+#: process that drops them (``gather="process0"``) holds at most one piece of everyone's at a time
+PIECE_BYTES = 32 << 20
+
+
+def check_gather(gather: Any) -> str:
+    """``gather`` checked: ``"all"`` or ``"process0"``."""
+    if not isinstance(gather, str) or gather not in GATHER:
+        raise ValueError(
+            f"gather={gather!r}: give 'all' (every process gets every member's results; the default) "
+            "or 'process0' (only process 0 gets them and the other processes get an ah.NotGathered, "
+            "which saves their memory); with one process both are the same"
+        )
+    return gather
+
+
+@dataclasses.dataclass(frozen=True)
+class NotGathered:
+    """What ``fit_batch``, ``bootstrap`` and ``simulation_study`` return on every process but 0
+    when called with ``gather="process0"`` under ``jax.distributed``: the results were gathered
+    to process 0 only. It is falsy, and reading any result attribute raises ``AttributeError``
+    saying where the results are.
+
+    Attributes:
+        call: the batched call (``"bootstrap"``, ...).
+        process_index: this process.
+        process_count: the number of processes.
+    """
+
+    call: str
+    process_index: int
+    process_count: int
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe for dunders: the usual answer
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{self.call}(..., gather='process0') gathered its results to process 0 only; this is "
+            f"process {self.process_index} of {self.process_count}, which holds none (no .{name}). "
+            f"Read them on process 0 (`if jax.process_index() == 0:`), or call {self.call} with "
+            "gather='all' to get them on every process"
+        )
 
 
 def active() -> bool:
@@ -92,9 +146,10 @@ def process_slice(size: int, n_processes: int, index: int) -> tuple[int, int, in
 
 def run_across_processes(
     run_local: Callable[[Any, int, Optional[bool]], Any], batched: Any, size: int, *,
-    progress: Optional[bool], label: str,
+    progress: Optional[bool], label: str, gather: str = "all",
 ) -> Any:
-    """Members ``0..size-1`` split over processes; every process gets all ``size`` outputs.
+    """Members ``0..size-1`` split over processes; every process gets all ``size`` outputs
+    (``gather="all"``), or process 0 gets them and the others ``None`` (``"process0"``).
 
     ``run_local(part, n, progress)`` runs ``n`` members (``part``'s leaves have a leading axis
     of ``n``) on this process's devices and returns their outputs with that leading axis.
@@ -114,7 +169,9 @@ def run_across_processes(
     elif show is not False and (show or sys.stderr.isatty()):
         sys.stderr.write(f"{label}: {size} members over {n_proc} processes; process 0 runs {hi - lo}\n")
     out = run_local(part, per, show)
-    gathered = _gather(out, per, label)
+    gathered = _gather(out, per, label, keep=gather == "all" or me == 0)
+    if gathered is None:
+        return None
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a[:size]), gathered)
 
 
@@ -134,14 +191,24 @@ def _check_same_call(label: str, size: int) -> None:
         )
 
 
-def _gather(out: Any, per: int, label: str) -> Any:
-    """Every process's ``(per, ...)`` outputs, concatenated in process order, on every process:
-    one collective of the leaves' bytes, unpacked bit for bit."""
+def _gather(out: Any, per: int, label: str, keep: bool = True) -> Any:
+    """Every process's ``(per, ...)`` outputs, concatenated in process order, on every process
+    that ``keep``s them (``None`` on the others): collectives of the leaves' bytes, in pieces of
+    at most ``PIECE_BYTES`` rows' worth per process, unpacked bit for bit."""
     leaves, treedef = jax.tree_util.tree_flatten(out)
     hosts = [np.ascontiguousarray(np.asarray(a)) for a in leaves]
     blocks = [h.reshape(per, -1).view(np.uint8) if h.size else np.zeros((per, 0), np.uint8) for h in hosts]
     packed = np.concatenate(blocks, axis=1) if blocks else np.zeros((per, 0), np.uint8)
-    every = _allgather(packed, label)
+    # every process has the same ``per`` and row width (the header check), so the same pieces
+    rows = max(1, PIECE_BYTES // max(1, packed.shape[1]))
+    pieces = []
+    for lo in range(0, per, rows):
+        got = _allgather(packed[lo:lo + rows], label)  # (processes * rows here, width)
+        if keep:
+            pieces.append(got.reshape(-1, min(rows, per - lo), packed.shape[1]))
+    if not keep:
+        return None
+    every = np.concatenate(pieces, axis=1).reshape(-1, packed.shape[1])
     total = every.shape[0]
     unpacked, at = [], 0
     for h, b in zip(hosts, blocks):

@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import jax
 import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
 from ._bootstrap import check_simulate, key_data, no_spread_message, simulated
 from ._derivatives import _model_params
+from ._distributed import NotGathered, check_gather
 from ._model import Model
 
 __all__ = ["SimulationStudy", "StudyTable", "simulation_study"]
@@ -162,6 +164,7 @@ def simulation_study(
     batch_size: Optional[int] = None,
     progress: Optional[bool] = None,
     shard: bool = True,
+    gather: str = "all",
 ) -> SimulationStudy:
     """Simulate ``n`` data sets at ``true_params``, refit each, and check the inference.
 
@@ -176,7 +179,8 @@ def simulation_study(
             ``"opg"``, ``"robust"``); all are computed from the same refits.
         alpha: Wald intervals at level ``1 - alpha``.
         start: starting values of every refit (default: ``true_params``).
-        maxiter, batch_size, progress, shard: as for ``fit_batch``.
+        maxiter, batch_size, progress, shard, gather: as for ``fit_batch`` (``gather="process0"``:
+            with several processes, the study on process 0 and an ``ah.NotGathered`` elsewhere).
 
     Returns:
         ``SimulationStudy``; ``table()`` gives bias, empirical SD, mean SE and coverage with
@@ -190,6 +194,7 @@ def simulation_study(
         raise TypeError(f"simulation_study needs an ah.Model, got {type(model).__name__}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    gather = check_gather(gather)
     cov_types = check_cov_types(model, cov_type)
     maxiter = check_maxiter(maxiter)
     truth = model.init_params if true_params is None else _model_params(model, true_params, "true_params")
@@ -205,8 +210,10 @@ def simulation_study(
     out = run_members(
         member, raw, {"truth": truth, "start": init, "data": model.data}, int(n), model=model,
         key=("simulation", cov_types, maxiter), batch_size=batch_size, progress=progress,
-        label="simulation_study", shard=shard,
+        label="simulation_study", shard=shard, gather=gather,
     )
+    if out is None:  # gather="process0", and this is another process
+        return NotGathered("simulation_study", jax.process_index(), jax.process_count())
     fits = result_from_outputs(model, cov_types, out)
     message = no_spread_message(np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)], "simulation_study")
     if message is not None:

@@ -87,6 +87,48 @@ def compute(progress=None):
     return out
 
 
+def process0_calls(piece_bytes=4096):
+    """The bootstrap and fit_batch of ``compute()`` again with ``gather="process0"``, results
+    gathered in pieces of ``piece_bytes`` per process: process 0 keeps them (``p0_*`` arrays to
+    compare with the reference), the others record what they got (``ah.NotGathered``, its
+    message) and the most bytes one collective handed them (``p0_held_bytes``)."""
+    import jax
+    import numpy as np
+
+    import autohess as ah
+    from autohess import _distributed
+
+    model, pois, data_batch = problems()
+    res = ah.fit(model)
+    held = []
+    real, saved = _distributed._allgather, _distributed.PIECE_BYTES
+
+    def holding(host, label):
+        got = real(host, label)
+        held.append(got.nbytes)
+        return got
+
+    _distributed._allgather, _distributed.PIECE_BYTES = holding, piece_bytes
+    try:
+        boot = ah.bootstrap(res, n=160, key=jax.random.key(7), gather="process0")
+        bres = ah.fit_batch(pois, data_batch, cov_type=("hessian", "robust"), gather="process0")
+    finally:
+        _distributed._allgather, _distributed.PIECE_BYTES = real, saved
+    out = {"p0_held_bytes": np.array(max(held)), "p0_collectives": np.array(len(held))}
+    if jax.process_index() == 0:
+        out["p0_boot_replicates"] = np.asarray(boot.replicates)
+        out["p0_boot_se"] = np.asarray(boot.se_flat)
+        out["p0_batch_params"] = np.asarray(bres.params_flat)
+        out["p0_batch_status"] = np.asarray(bres.status_code)
+    else:
+        out["p0_types"] = np.array([type(boot).__name__, type(bres).__name__])
+        try:
+            boot.se
+        except AttributeError as e:
+            out["p0_message"] = np.array(str(e))
+    return out
+
+
 def main():
     port, n_proc, proc_id, out_dir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     scenario = sys.argv[5] if len(sys.argv) > 5 else ""
@@ -122,13 +164,14 @@ def main():
     shares = {}
     gather = _distributed._gather
 
-    def recording(out, per, label):
+    def recording(out, per, label, keep=True):
         shares.setdefault(label, per)  # rows this process ran in its first call of ``label``
-        return gather(out, per, label)
+        return gather(out, per, label, keep)
 
     _distributed._gather = recording
     result = compute(progress=True)
     result["local_members"] = np.array(shares["bootstrap"])
+    result.update(process0_calls())
     np.savez(os.path.join(out_dir, f"process_{proc_id}.npz"), **result)
     print(f"process {proc_id}: done", flush=True)
 

@@ -138,6 +138,60 @@ def test_gather_packs_and_unpacks_every_dtype_bit_for_bit():
         assert back[k].tobytes() == v.tobytes(), k
 
 
+def test_gather_in_pieces_is_the_same_and_a_dropping_process_keeps_nothing(monkeypatch):
+    """Results travel in pieces of at most PIECE_BYTES per process (so a process that drops them,
+    gather='process0', holds one piece at a time): pieces of 1, 2 and 3 rows of 7 reassemble
+    bit for bit, one collective per piece; with keep=False nothing comes back."""
+    from autohess import _distributed
+
+    per = 7
+    rng = np.random.default_rng(2)
+    tree = {"x": rng.normal(size=(per, 3)), "code": rng.integers(0, 9, size=per).astype(np.int32)}
+    width = 3 * 8 + 4
+    calls = []
+    real = _distributed._allgather
+
+    def counting(host, label):
+        calls.append(host.shape)
+        return real(host, label)
+
+    monkeypatch.setattr(_distributed, "_allgather", counting)
+    for rows in (1, 2, 3):
+        calls.clear()
+        monkeypatch.setattr(_distributed, "PIECE_BYTES", rows * width)
+        back = _distributed._gather(tree, per, "test")
+        assert [c[0] for c in calls] == [min(rows, per - lo) for lo in range(0, per, rows)]
+        for k, v in tree.items():
+            assert back[k].tobytes() == v.tobytes(), (rows, k)
+        assert _distributed._gather(tree, per, "test", keep=False) is None
+
+
+def test_gather_option_is_checked_and_not_gathered_says_where_the_results_are():
+    """gather= takes 'all' or 'process0' (anything else raises naming both); with one process
+    'process0' is 'all' (process 0 is everyone). On the other processes the result is a falsy
+    NotGathered whose attributes raise, naming the call, the process and what to do."""
+    import jax
+    import autohess as ah
+    from distributed_worker import problems
+
+    model = problems()[0]
+    res = ah.fit(model)
+    for bad in ("process_0", "first", None, 0):
+        with pytest.raises(ValueError, match="give 'all'.*or 'process0'"):
+            ah.bootstrap(res, n=4, key=1, gather=bad)
+        with pytest.raises(ValueError, match="gather="):
+            ah.simulation_study(model, n=4, key=1, gather=bad)
+    one = ah.bootstrap(res, n=4, key=jax.random.key(3), gather="process0")
+    assert isinstance(one, ah.BootstrapResult)
+    np.testing.assert_array_equal(one.replicates, ah.bootstrap(res, n=4, key=jax.random.key(3)).replicates)
+    nothing = ah.NotGathered("bootstrap", 1, 4)
+    assert not nothing
+    with pytest.raises(AttributeError, match=r"bootstrap\(\.\.\., gather='process0'\).*process 1 of 4.*no \.se.*"
+                                             r"jax.process_index\(\) == 0.*gather='all'"):
+        nothing.se
+    assert not hasattr(nothing, "replicates")
+
+
 def _check_equal(reference: dict, got: dict) -> None:
     got = dict(got)
     got.pop("local_members")
@@ -150,6 +204,23 @@ def _check_equal(reference: dict, got: dict) -> None:
             np.testing.assert_array_equal(got[name], ref, err_msg=name)
 
 
+def _check_process0_only(i: int, n_proc: int, reference: dict, got: dict) -> None:
+    """gather='process0' (``distributed_worker.process0_calls``, pieces of 4096 bytes per
+    process): process 0 has the one-process results (1e-12, as above); every other process has
+    an ah.NotGathered that says where the results are, and no collective handed it more than
+    one piece from each process (bounded memory), over several pieces."""
+    p0 = {k: got.pop(k) for k in list(got) if k.startswith("p0_")}
+    assert int(p0["p0_held_bytes"]) <= n_proc * 4096
+    assert int(p0["p0_collectives"]) > 4  # headers + several pieces per call
+    if i == 0:
+        for name, ref in [("p0_boot_replicates", "boot_replicates"), ("p0_boot_se", "boot_se"),
+                          ("p0_batch_params", "batch_params"), ("p0_batch_status", "batch_status")]:
+            np.testing.assert_allclose(p0[name], reference[ref], rtol=EXACT, atol=0, equal_nan=True, err_msg=name)
+    else:
+        assert p0["p0_types"].tolist() == ["NotGathered", "NotGathered"]
+        assert f"process {i} of {n_proc}, which holds none (no .se)" in str(p0["p0_message"])
+
+
 def _run_and_compare(n_proc: int, tmp_path, reference) -> None:
     results = _wait(_launch(n_proc, tmp_path), RUN_TIMEOUT_S)
     for i, (rc, stdout, stderr, _) in enumerate(results):
@@ -159,6 +230,7 @@ def _run_and_compare(n_proc: int, tmp_path, reference) -> None:
             got = dict(f)
         # the work was split: each process ran its own 160 / n_proc replicates, not all 160
         assert int(got["local_members"]) == 160 // n_proc
+        _check_process0_only(i, n_proc, reference, got)
         _check_equal(reference, got)
     # progress (asked for) is shown once, by process 0, for its share
     assert f"bootstrap: 160 members over {n_proc} processes; process 0 runs {160 // n_proc}" in results[0][2]
