@@ -27,6 +27,7 @@ from ._fingerprint import closure_fingerprint
 from ._model import HESSIAN_MODES, Model
 from ._pandas import host_array
 from ._params import Labels, element_labels, path_name
+from ._resampling import _check_points
 from ._validation import choose_dtype, float32_warning, weight_problem
 
 __all__ = ["Hessian", "hessian", "gradient", "scores", "hvp", "chunked_memory_bytes"]
@@ -260,7 +261,7 @@ def _check_separable(model: Model, chunk: int, params: Any) -> None:
     """Refuse chunking for models whose contributions are not observation-wise separable.
 
     Tested at the point the Hessian is asked for and at a point a step away from it
-    (``_bootstrap._check_points``): a model's dependence can vanish at particular values (an
+    (``_resampling._check_points``): a model's dependence can vanish at particular values (an
     AR(1) at phi = 0 is separable there, and 9% off at phi = 0.5 when chunked), and the
     initial values of a user's model are often such a value. The verdict is cached per model
     and chunk once both points pass, so repeated calls add no work."""
@@ -288,8 +289,6 @@ def _check_separable(model: Model, chunk: int, params: Any) -> None:
     lo = min(chunk, n // 2)
     hi = min(lo + chunk, n)
     if hi - lo >= 1 and lo > 0:
-        from ._bootstrap import _check_points  # lazy: _bootstrap imports the fit, which imports us
-
         if not all(_concrete(leaf) for leaf in jax.tree_util.tree_leaves(params)):
             # under jit/vmap nothing can be evaluated on the host, so the check cannot run here
             raise ValueError(

@@ -24,7 +24,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
-from ._bootstrap import check_simulate, key_data, no_spread_message, simulated
+from ._resampling import check_simulate, key_data, no_spread_message, simulated
 from ._derivatives import _model_params
 from ._distributed import NotGathered, check_gather
 from ._model import Model

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import autohess as ah
-from autohess._bootstrap import _block_resample, _multinomial_weights, key_data, simulated
+from autohess._resampling import _block_resample, _multinomial_weights, key_data, simulated
 from helpers import dem2gbp
 
 
@@ -256,9 +256,8 @@ def test_bca_is_nan_where_the_fit_has_no_standard_error():
 # ------------------------------------------------------------------------------------------
 # Issue 13.3: resampling must respect the model's structure
 # ------------------------------------------------------------------------------------------
-from autohess._bootstrap import (  # noqa: E402
-    pw_bandwidth, pw_block_lengths, pw_circular_block_length, resampling_problem,
-)
+from autohess._block_length import pw_bandwidth, pw_block_lengths, pw_circular_block_length  # noqa: E402
+from autohess._resampling import resampling_problem  # noqa: E402
 
 
 def _ar1_series(n, phi, seed, burn=300):
@@ -418,7 +417,7 @@ def test_block_length_formula_matches_arch():
     rule used here. Given the bandwidth, the block lengths must agree to rounding (1e-10):
     for each series some M in 1..m_max reproduces arch's number."""
     arch = pytest.importorskip("arch.bootstrap")
-    from autohess._bootstrap import _autocovariances
+    from autohess._block_length import _autocovariances
 
     for n, phi, seed in [(123, 0.87, 0), (500, 0.5, 1), (2000, 0.2, 2), (10000, 0.95, 3)]:
         y = _ar1_series(n, phi, seed)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import autohess as ah
-from autohess._bootstrap import _weighted_multinomial_weights, key_data
+from autohess._resampling import _weighted_multinomial_weights, key_data
 
 
 # ------------------------------------------------------------------------------------------
