@@ -289,7 +289,11 @@ def negative_binomial(
 # -- normal linear regression ----------------------------------------------------------------
 def linear_loglik(params, data):
     """``log N(y | X @ beta, sigma**2)`` per observation."""
-    z = (data["y"] - data["X"] @ params["beta"]) / params["sigma"]
+    # residuals times 1/sigma, not divided by sigma: the division's derivatives in sigma are
+    # per observation, the reciprocal's one scalar, and the compiled value + gradient + Hessian
+    # (N = 1500, p = 13, reverse-over-reverse) measured 107 us instead of 188 us; the same
+    # range as before (no r^2 that could overflow), values equal to rounding
+    z = (data["y"] - data["X"] @ params["beta"]) * (1.0 / params["sigma"])
     return -0.5 * jnp.log(2.0 * jnp.pi) - jnp.log(params["sigma"]) - 0.5 * z * z
 
 
