@@ -963,7 +963,8 @@ def fit(
             blocks of ``chunk_size`` observations in a compiled loop, so the solver's
             temporary memory is ``k * chunk_size * p * 8`` bytes instead of ``k * N * p * 8``;
             estimates and SEs equal the unchunked ones to rounding. Scores (``cov_type``
-            other than ``"hessian"``) are still ``N x p``.
+            other than ``"hessian"``) are still ``N x p``. Starts from ``start`` or the
+            initial values, not the model's data start (its ``N x p`` products).
 
     Returns:
         ``FitResult``.
