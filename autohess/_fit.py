@@ -416,6 +416,7 @@ def _data_start(model: Model, data: Any, fallback: jax.Array) -> jax.Array:
     variance of 0: its log is -inf on the solver's scale)."""
     spec = model.spec
     params, ok = model.start_fn(data)
+    spec.check_structure(params, "model.start_fn's parameters")  # names the missing or unknown ones
     flat = spec.flatten(params, model.dtype)
     ok = jnp.asarray(ok) & jnp.all(jnp.isfinite(flat)) & jnp.all(jnp.isfinite(spec.to_unconstrained(flat)))
     return jnp.where(ok, flat, fallback)

@@ -162,3 +162,16 @@ def test_zoo_data_start_declines_collinear_exact_and_user_starts(rng):
     assert ah.models.poisson(X, np.ones(n), beta=np.zeros(3)).start_fn is None
     model = ah.models.linear(X, y)
     assert model.with_data({"X": X, "y": y + 1.0}).start_fn is model.start_fn
+
+
+def test_start_fn_of_the_wrong_structure_is_named(rng):
+    """A ``start_fn`` of one's own that returns other parameters than the model's is refused at
+    trace time, naming the missing parameter or the wrong shape (bad-input catalogue)."""
+    X = _design(rng, 40, 2)
+    model = ah.models.linear(X, X @ np.array([1.0, 2.0]) + rng.normal(size=40))
+    model.start_fn = lambda data: ({"beta": jnp.zeros(2)}, True)
+    with pytest.raises(ValueError, match=r"start_fn.*missing parameter\(s\) \['sigma'\]"):
+        ah.fit(model)
+    model.start_fn = lambda data: ({"beta": jnp.zeros(3), "sigma": 1.0}, True)
+    with pytest.raises(ValueError, match=r"start_fn.*'beta' has shape \(3,\), the model declares \(2,\)"):
+        ah.fit(model)
