@@ -175,3 +175,16 @@ def test_start_fn_of_the_wrong_structure_is_named(rng):
     model.start_fn = lambda data: ({"beta": jnp.zeros(3), "sigma": 1.0}, True)
     with pytest.raises(ValueError, match=r"start_fn.*'beta' has shape \(3,\), the model declares \(2,\)"):
         ah.fit(model)
+
+
+def test_start_fn_point_with_non_finite_likelihood_falls_back_to_initial_values(rng):
+    """A data start inside the domain whose log-likelihood is not finite (sigma = 1e-300: every
+    z^2 overflows) does not fail the fit: it is solved again from the initial values, and equals
+    that fit (reference: ``ah.fit`` from ``init_params`` given explicitly; the same program
+    path, so to rounding)."""
+    X = _design(rng, 40, 2)
+    model = ah.models.linear(X, X @ np.array([1.0, 2.0]) + rng.normal(size=40))
+    model.start_fn = lambda data: ({"beta": jnp.zeros(2), "sigma": jnp.asarray(1e-300)}, True)
+    res, ref = ah.fit(model), ah.fit(model, model.init_params)
+    assert res.converged and int(res.iterations) == int(ref.iterations)
+    np.testing.assert_allclose(res.params_flat, ref.params_flat, rtol=1e-12)
