@@ -101,9 +101,11 @@ go through YNNPACK), MNLogit's 701-716 instead of 764-799 us, logistic and Poiss
 and the Tobit mixed (fwd-rev 890 vs 943, rev-rev 1046 vs 917 us); minima under load ~10.
 
 Not done: MNLogit (a fold of one-hot class tangents into gathers, as ``fold_basis`` does for
-``X @ I``); the Tobit (its indefinite start: a larger first region where the start's Hessian is
-indefinite, or faster region growth at rho ~ 1; a cheaper ``log_ndtr`` is the user's); the
-user-written Hessian's ~57 us program + ~17 us of host code against 37 us.
+``X @ I``); the Tobit (a cheaper ``log_ndtr`` is the user's; tried and not kept: a first region
+as long as the scaled gradient where the start's Hessian is indefinite cut the Tobit's 10
+iterations to 8 but took GARCH-t from two poor starts 17 -> 23 and 14 -> 18; growing the
+region 10x instead of 3x at rho > 0.75 left the Tobit at 10 and slowed the same GARCH fits);
+the user-written Hessian's ~57 us program + ~17 us of host code against 37 us.
 """
 
 from __future__ import annotations
