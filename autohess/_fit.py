@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import weakref
 from typing import Any, Callable, Optional
 
 import jax
@@ -53,9 +54,25 @@ __all__ = ["FitResult", "fit", "evaluate", "delta_method", "DeltaResult", "Infer
 METHODS = ("trust-region", "lbfgs", "gauss-newton")
 
 
+#: ``id(cov) -> (weakref to cov, sqrt of its diagonal)`` for the covariances ``fit`` and
+#: ``evaluate`` computed, the square roots taken in the same compiled program: ``res.bse`` then
+#: costs no ``device_put`` (~30-45 us, a twentieth of a warm logistic fit). An entry leaves
+#: with its array, and a covariance made any other way (``dataclasses.replace``, a batch
+#: member) is not in it, so what is found is always the diagonal of that very array.
+_SE_OF: dict = {}
+
+
+def _remember_se(cov: jax.Array, se: jax.Array) -> None:
+    key = id(cov)
+    _SE_OF[key] = (weakref.ref(cov, lambda _: _SE_OF.pop(key, None)), se)
+
+
 def _sqrt_diag(cov: jax.Array) -> jax.Array:
     if isinstance(cov, jax.core.Tracer):
         return jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+    known = _SE_OF.get(id(cov))
+    if known is not None and known[0]() is cov:
+        return known[1]
     # on the host: as a compiled program, p square roots cost 40-100 ms of compilation in every
     # fresh process (the first ``res.bse``); a negative or NaN variance gives NaN, as jnp.sqrt
     d = np.diagonal(np.asarray(cov), axis1=-2, axis2=-1)
@@ -393,9 +410,24 @@ def _unscale(unit: Any, value, grad, hess, scale: Any = None):
     return value * unit, grad * unit, hess * unit
 
 
-def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float], chunk: Optional[int] = None) -> Callable:
+def _data_start(model: Model, data: Any, fallback: jax.Array) -> jax.Array:
+    """The flat natural-scale start ``model.start_fn(data)`` gives, or ``fallback`` where it
+    declines (``ok`` False) or its point is not finite or outside the parameters' domain (a
+    variance of 0: its log is -inf on the solver's scale)."""
+    spec = model.spec
+    params, ok = model.start_fn(data)
+    spec.check_structure(params, "model.start_fn's parameters")  # names the missing or unknown ones
+    flat = spec.flatten(params, model.dtype)
+    ok = jnp.asarray(ok) & jnp.all(jnp.isfinite(flat)) & jnp.all(jnp.isfinite(spec.to_unconstrained(flat)))
+    return jnp.where(ok, flat, fallback)
+
+
+def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float], chunk: Optional[int] = None,
+                   data_start: bool = False) -> Callable:
     """One compiled program: start (natural) -> unconstrained solve -> natural-scale results.
-    ``chunk``: the solver's derivatives accumulated over blocks of that many observations."""
+    ``chunk``: the solver's derivatives accumulated over blocks of that many observations.
+    ``data_start``: start from ``model.start_fn(data)`` where it gives a point (``_data_start``;
+    the ``params`` passed in are the fallback)."""
     spec = model.spec
     mode = model.hessian_mode
     cap = _max_steps(spec)
@@ -403,6 +435,8 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
     def solve(params, data, weights):
         model.trace_counts["fit"] += 1
         flat0 = spec.flatten(params, model.dtype)
+        if data_start:
+            flat0 = _data_start(model, data, flat0)
         u0 = spec.to_unconstrained(flat0)
         scale = _objective_scale(model, flat0, data, weights)
         unit = _solver_unit(scale)
@@ -697,12 +731,20 @@ _COV_STATIC = ("cov_types", "n_groups", "df_correction")
 _covariance_and_diagnostics = jax.jit(_covariance_and_diagnostics_fn, static_argnames=_COV_STATIC)
 
 
+def _covariance_diagnostics_and_se_fn(*args, **kwargs):
+    """``_covariance_and_diagnostics_fn`` and the square root of the first covariance's diagonal
+    (the standard errors: ``_remember_se``)."""
+    covs, diag = _covariance_and_diagnostics_fn(*args, **kwargs)
+    return covs, diag, jnp.sqrt(jnp.diagonal(covs[0]))
+
+
 @functools.cache
 def _covariance_program() -> Callable:
-    """``_covariance_and_diagnostics`` as ``fit``/``evaluate`` run it, once per fit: compiled
-    with ``compiler_options(once=True)`` (its compilation was a third of a first logistic fit's
-    on the CPU; built at the first fit, when JAX's backend is known)."""
-    return jax.jit(_covariance_and_diagnostics_fn, static_argnames=_COV_STATIC, compiler_options=compiler_options(once=True))
+    """``_covariance_and_diagnostics`` as ``fit``/``evaluate`` run it, once per fit, with the
+    standard errors: compiled with ``compiler_options(once=True)`` (its compilation was a third
+    of a first logistic fit's on the CPU; built at the first fit, when JAX's backend is known)."""
+    return jax.jit(_covariance_diagnostics_and_se_fn, static_argnames=_COV_STATIC,
+                   compiler_options=compiler_options(once=True))
 
 
 # ------------------------------------------------------------------------------------------
@@ -859,10 +901,11 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
 
         scores = gauss_newton_covariance(model, x)  # passed through to be masked
     lower, upper = model.spec.bounds_arrays(model.dtype)
-    (cov,), diag = _covariance_program()(
+    (cov,), diag, se = _covariance_program()(
         x, value, grad, hess, lower, upper, scores, weights, group_codes, escape,
         cov_types=(cov_type,), n_groups=n_groups, df_correction=df_correction, scale=scale,
     )
+    _remember_se(cov, se)
     result = FitResult(
         # negated on the host: ``-value`` op by op compiled a program of its own in every fresh process
         params_flat=x, cov=cov, llf=jax.device_put(-np.asarray(value)) if llf is None else llf, gradient=grad,
@@ -893,7 +936,9 @@ def fit(
 
     Args:
         model: an ``ah.Model``.
-        start: starting parameters on the natural scale (default: the model's initial values).
+        start: starting parameters on the natural scale (default: the model's own start from
+            its data where it has one, ``model.start_fn``: the zoo's least-squares starts; else
+            its initial values).
         method: ``"trust-region"`` (default; exact-Hessian Newton steps in a trust region,
             robust to indefinite Hessians), ``"lbfgs"`` (``optax.lbfgs`` on the scale where
             the exact Hessian at the start is the identity; two exact Hessians in all, at the
@@ -919,7 +964,8 @@ def fit(
             blocks of ``chunk_size`` observations in a compiled loop, so the solver's
             temporary memory is ``k * chunk_size * p * 8`` bytes instead of ``k * N * p * 8``;
             estimates and SEs equal the unchunked ones to rounding. Scores (``cov_type``
-            other than ``"hessian"``) are still ``N x p``.
+            other than ``"hessian"``) are still ``N x p``. Starts from ``start`` or the
+            initial values, not the model's data start (its ``N x p`` products).
 
     Returns:
         ``FitResult``.
@@ -955,10 +1001,21 @@ def fit(
             raise ValueError(f"chunk_size applies to method='trust-region', not {method!r}: leave chunk_size at None")
         _check_separable(model, int(chunk_size), params)  # raises for recursive or random-effects models
         chunk = int(min(chunk_size, model.nobs))
-    program = model._jitted(("fit", method, int(maxiter), rtol, chunk),
-                            lambda: _solve_program(model, method, int(maxiter), rtol, chunk))
+    # the model's own data-dependent start (the zoo's least-squares starts), where no start is
+    # given; not with chunks (its N x p products are what chunking avoids) or Gauss-Newton
+    # (least-squares models have none)
+    data_start = start is None and model.start_fn is not None and chunk is None and method != "gauss-newton"
+    program = model._jitted(("fit", method, int(maxiter), rtol, chunk, data_start),
+                            lambda: _solve_program(model, method, int(maxiter), rtol, chunk, data_start))
     x, iterations, status, known, flags, solved, scale = program(params, model.data, w)
     code, ok, resolved = (int(v) for v in np.asarray(flags))  # the one host read of the solve
+    if data_start and code == Status.NONFINITE and int(iterations) == 0:
+        # the data's start is finite but its log-likelihood or derivatives are not (an extreme
+        # design): solve from the model's initial values instead, and judge those below
+        program = model._jitted(("fit", method, int(maxiter), rtol, chunk, False),
+                                lambda: _solve_program(model, method, int(maxiter), rtol, chunk))
+        x, iterations, status, known, flags, solved, scale = program(params, model.data, w)
+        code, ok, resolved = (int(v) for v in np.asarray(flags))
     if known is not None and not ok:
         known = None
     escape = None

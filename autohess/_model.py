@@ -126,6 +126,12 @@ class Model:
         _check_simulate(simulate)
         self.simulate_fn = simulate
         self.support_fn = support
+        #: ``data -> (params, ok)``, a data-dependent starting point that ``fit`` uses when no
+        #: ``start`` is given, computed inside the compiled solve (``ok`` False, or a point
+        #: outside the parameters' domain, keeps ``init_params``). The zoo sets it (least
+        #: squares for the normal linear model, one weighted least-squares step for the GLMs):
+        #: a start near the optimum saves Newton iterations, each a full Hessian.
+        self.start_fn: Optional[Callable[[Any], Any]] = None
         self.hessian_mode = hessian_mode
         self.name = name or getattr(loglik, "__name__", "model")
         self._loglik = loglik
@@ -241,7 +247,7 @@ class Model:
             loglik, support, simulate = self._user_functions
         else:
             loglik, support, simulate = self._loglik, self.support_fn, self.simulate_fn
-        return Model(
+        new = Model(
             loglik,
             data,
             declared,
@@ -254,6 +260,8 @@ class Model:
             names=self.names,
             random=self.random,
         )
+        new.start_fn = self.start_fn  # a function of the data: as valid for the new data
+        return new
 
     # -- traced building blocks ------------------------------------------------------------------
     def traced_loglik(self, params: Any, data: Any) -> jax.Array:

@@ -40,55 +40,72 @@ OpenBLAS thread and one XLA thread (``XLA_FLAGS="--xla_cpu_multi_thread_eigen=fa
 intra_op_parallelism_threads=1"``): the machine is shared with five other sessions and wall
 times swing several-fold; medians are still noisy (CPU caches are shared), minima are the floor.
 
-Headline numbers (2-core AMD EPYC VM, 2026-12-01 16:04, load average 15-20 on 2 cores, see
-results/models.json; ratio = ours / peer by medians, by minima in brackets):
+Headline numbers (2-core AMD EPYC VM, 2026-12-01 19:05, run at 0fb439b, load average 9.5-10.8
+on 2 cores: the process got about half a CPU, see results/models.json; single-threaded as above;
+ratio = ours / peer by medians, by minima in brackets):
 
-* MNLogit (36 parameters): 1.34 (1.39): FAIL (0.81 / 1.35 in the wall-time run before).
-* Tobit: 6.2 (6.6): FAIL. autohess needs 10 iterations from beta = 0, sigma = 1 against the numpy
-  loop's 5 from OLS in a concave parameterisation, each with the Hessian of jax's ``log_ndtr``
-  (~1.5 ms: every branch of its piecewise form for all 6366 observations; below).
-* Zoo: logistic 1.10 (0.81) against a target of 1/3: FAIL; Poisson 1.26 (0.86): FAIL; NB2 0.85
-  (0.71): PASS; OLS by ML 5.8 (4.9): FAIL (statsmodels' OLS is one least-squares solve; autohess
-  iterates 10 times on (beta, log sigma) from beta = 0, sigma = 1).
-* Exact Hessian of the README's logistic model / numpy closed form: 2.50 (2.61) against 1.5:
-  FAIL (3.3 / 2.7 before); ``check=False`` 2.32, the zoo's model 2.95.
+* MNLogit (36 parameters): 1.65 (1.58): FAIL. 6 iterations (7 passes) at ~0.7 ms each for the
+  value + gradient + Hessian (fwd-rev: the folded tangents of ``eta`` are (36, 944, 7) arrays,
+  6/7 of them zeros along the class axis, which XLA multiplies through); the covariance and
+  diagnostics program ~0.4 ms at p = 36; statsmodels: 7 Newton iterations, 4.6 ms.
+* Tobit: 6.9 (6.8): FAIL. 10 iterations from beta = 0, sigma = 1: the Hessian there is
+  indefinite (smallest eigenvalue -1661), so the trust region starts at sqrt(p) marginal SDs
+  (~0.045 per coefficient against a distance of ~0.95) and grows 3x per accepted step: 4
+  iterations only to reach the basin, then 5 Newton steps; each pass ~0.9-1.0 ms (jax's
+  ``log_ndtr``, every branch for all 6366 observations). The numpy loop: 5 iterations from OLS.
+* Zoo: logistic 0.78 (0.74) against a target of 1/3: FAIL; Poisson 0.75 (0.77): PASS; NB2 0.93
+  (0.76): PASS; OLS by ML 2.21 (1.45): FAIL (0 iterations now; 0.44 ms against OLS's 0.31 ms
+  at the minima, the medians on this load swing 2x).
+* Exact Hessian of the README's logistic model / numpy closed form: 2.29 (2.15) against 1.5:
+  FAIL; ``check=False`` 2.20, the zoo's model 2.14 (2.95 before: its fingerprint).
 
-This branch against main, the same workloads in one process (main's package imported under
-another name), interleaved, CPU time, medians (minima): zoo logistic fit + SEs 0.60x (0.74x) the
-time, Poisson 0.66x (0.77x), OLS by ML 0.82x (0.93x), Tobit 0.94x (1.04x), ``ah.hessian`` of
-the README's model 0.77x (0.82x); estimates and SEs equal (logistic, Poisson, Hessian: bit for
-bit; OLS by ML, Tobit: 4e-16 relative).
+This branch against main (c0a5010), the same workloads in one process (main's package imported
+under another name, /tmp script), interleaved, CPU time, load ~10, medians (minima): zoo logistic
+fit + SEs 0.59x (0.74x) the time, Poisson 0.59x (0.66x), NB2 0.92x (0.90x), OLS by ML 0.26x
+(0.20x); estimates within 7e-14 and SEs within 1e-14 relative (of max(|estimate|, SE)):
+logistic 4 iterations instead of 6, Poisson 5 instead of 7, OLS by ML 0 instead of 10.
 
-Where the warm time goes (logistic N = 1500, p = 12; timers around each compiled program and the
-host code; minima on the loaded machine):
+What changed (issue #16 part 1, second round):
 
-* Before: ``ah.fit`` + SEs ~800 us = the solve program ~430-600 us (6 passes) + the covariance
-  and diagnostics program 66 us + ~100 us of host code in ``_infer`` (of which 30 us was
-  ``jax.device_put(-np.asarray(value))`` for ``llf``) + the closure fingerprint (21 us for the
-  zoo's functions, 7 us for the README's) + 7 device-to-host reads of ~3 us (status, ok,
-  resolved, value, flagged, then status and flagged again in the report's pre-check).
-* Per pass of the solve: one value + gradient + Hessian, 61 us by fwd-rev or rev-rev (150 us
-  fwd-fwd), plus ~20-30 us of the solver's own work: Cholesky and two triangular solves ~15 us
-  as a program of their own; the trust-region subproblem (eigh + 48 bisection steps) ~25 us,
-  only in passes whose Newton step leaves the region.
-* The Hessian: ``jacfwd``/``jacrev`` push the identity basis through ``X @ beta``, and XLA keeps
-  that ``dot(X, I)`` (18 us alone at 1500 x 12; at N = 10^6, p = 50 a second full N x p x p
-  product beside ``X' W X``). ``_basis.fold_basis`` now folds products by 0/1 selection
-  constants into gathers at trace time: the value + gradient + Hessian program 70 -> 53 us, and
-  every mode's program has the closed form's single ``X' (W X)``. The fit's solver takes its
-  derivatives on the natural scale and maps them to the unconstrained one by the chain rule, so
-  a ``Positive`` sigma beside ``beta`` keeps the fold. What is left against numpy: XLA's
-  ``X' M`` product at 1500 x 12 takes 26 us against OpenBLAS's 16 us, the value + finiteness
-  flag, and ~20 us of ``ah.hessian``'s host code (parameter checks, fingerprint, one read).
-* Host round trips now: one read of a packed (status, ok, resolved) array after the solve,
-  ``llf`` negated inside the solve program, one read of ``flagged``; the report is skipped when
-  the fit converged with nothing flagged. ``res.bse`` is one small program (~6 us).
-* Not done (the targets above that fail): one program from start to SEs (the covariance and
-  diagnostics program is shared across models and batches; merging it into the per-model solve
-  would compile it again per model, against part 2's first-call target); a better start for the
-  zoo's normal linear model (least squares: 1-2 iterations instead of 10); Tobit's
-  ``log_ndtr`` (a user's model: a cheaper ``log_ndtr``, or choosing rev-rev, 1.5-3x faster
-  there, per model).
+* The zoo starts from its data (``Model.start_fn``, evaluated inside the compiled solve, so no
+  host work and no construction cost): the normal linear model from least squares and
+  ``sigma^2 = RSS / N``, the MLE itself (the solve confirms it in one pass: 10 -> 0
+  iterations); logistic and Poisson from one IRLS step from means near ``y`` (R's ``glm``
+  start: 6 -> 4 and 7 -> 4-5 iterations; the step's ``X' W X`` costs ~50 us, about one pass,
+  against ~80 us of passes saved). Collinear designs, exact fits, chunked fits and a user's
+  ``start=``/``beta=`` keep the initial values. NB2 has none (a Poisson start did not cut its
+  7 iterations).
+* ``linear_loglik`` multiplies the residuals by ``1/sigma`` instead of dividing: one scalar
+  derivative in sigma instead of one per observation; its value + gradient + Hessian program
+  188 -> 107 us (N = 1500, p = 13).
+* ``res.bse`` is the covariance program's own square root (memo by the covariance array), not
+  a ``device_put`` of the host's (30-45 us per fit + SEs); the closure fingerprint records
+  autohess's own module-level functions by name (the zoo's: 22 -> 5 us per fit or Hessian);
+  ``bounds_arrays`` looks its cache up by the dtype object (~5 us).
+
+Where the warm time goes now (logistic N = 1500, p = 12, minima on the loaded machine): fit +
+SEs ~575 us = the solve program ~330 us (the start ~50, 5 passes at ~40 us each inside the loop,
+the objective's scale ~18 (one more log-likelihood evaluation), ~20 outputs ~1 us each) + the
+covariance and diagnostics program ~66 us (eigh, Cholesky, LU and three triangular solves on
+12 x 12; compiled at LLVM level 0) + ~150 us of host code (two host reads of ~15 us: the solve's
+flags, then ``flagged``; the fingerprint; argument checks; the result). A pass costs ~44 us
+against numpy's closed form ~31 us: XLA's ``X' (W X)`` ~24 us against OpenBLAS's ~22 us, the
+rest is elementwise work and per-op overhead. The 1/3 target needs ~300 us: merging the two
+programs (one dispatch and one read fewer, ~40 us) was left out for part 2's first-call
+target, as before.
+
+Measured, not changed (``_config.compiler_options`` is another engineer's scope): with XLA's
+YNNPACK fusions off (``xla_cpu_experimental_ynn_fusion_type=""``) the normal linear model's
+value + gradient + Hessian program ran in 108-132 us instead of 174-189 (its 13 x 1500 reductions
+go through YNNPACK), MNLogit's 701-716 instead of 764-799 us, logistic and Poisson unchanged
+and the Tobit mixed (fwd-rev 890 vs 943, rev-rev 1046 vs 917 us); minima under load ~10.
+
+Not done: MNLogit (a fold of one-hot class tangents into gathers, as ``fold_basis`` does for
+``X @ I``); the Tobit (a cheaper ``log_ndtr`` is the user's; tried and not kept: a first region
+as long as the scaled gradient where the start's Hessian is indefinite cut the Tobit's 10
+iterations to 8 but took GARCH-t from two poor starts 17 -> 23 and 14 -> 18; growing the
+region 10x instead of 3x at rho > 0.75 left the Tobit at 10 and slowed the same GARCH fits);
+the user-written Hessian's ~57 us program + ~17 us of host code against 37 us.
 """
 
 from __future__ import annotations

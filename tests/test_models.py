@@ -97,3 +97,94 @@ def test_garch_simulate_unconditional_variance(getkey):
     # variance of 20000 draws has a relative SD of roughly 5%, so allow 25%.
     assert abs(np.var(y) - 1.0) < 0.25
     assert abs(np.mean(y) - 0.1) < 0.05
+
+
+# -- the zoo's data starts (Model.start_fn): issue #16 part 1 --------------------------------
+def _start_cases(rng):
+    n = 200
+    X = _design(rng, n, 4)
+    b = np.array([0.3, 0.5, -0.4, 0.2])
+    return {
+        "logistic": ah.models.logistic(X, (rng.uniform(size=n) < 1 / (1 + np.exp(-X @ b))).astype(float)),
+        # counts around e^1: from beta = 0 the Newton solve needs 7 iterations, 4 from the start
+        "poisson": ah.models.poisson(X, rng.poisson(np.exp(X @ b + 0.7)), offset=0.1 * rng.normal(size=n)),
+        "linear": ah.models.linear(X, X @ b + 0.7 * rng.normal(size=n)),
+    }
+
+
+@pytest.mark.parametrize("name", ["logistic", "poisson", "linear"])
+def test_zoo_data_start_same_optimum_fewer_iterations(rng, name):
+    """The zoo's start (least squares; one IRLS step for the GLMs) reaches the optimum the zero
+    start reaches (the reference: the same fit from ``init_params``, given explicitly, which
+    switches the data start off), in fewer Newton iterations; the linear model's start is the
+    closed-form MLE (numpy least squares, sigma^2 = RSS / N), so it converges at once."""
+    model = _start_cases(rng)[name]
+    assert model.start_fn is not None
+    ours, zero = ah.fit(model), ah.fit(model, model.init_params)
+    assert ours.converged and zero.converged
+    # both stop at the rounding floor of the same optimum: Newton steps of ~1e-12 relative
+    # (XTOL) leave the estimates within a few 1e-12 of each other; 1e-10 relative (of the
+    # SEs' scale for coefficients near 0) is the issue's bound for an unchanged result
+    scale = np.maximum(np.abs(np.asarray(zero.params_flat)), np.asarray(zero.bse_flat))
+    assert np.max(np.abs(np.asarray(ours.params_flat - zero.params_flat)) / scale) < 1e-10
+    np.testing.assert_allclose(ours.bse_flat, zero.bse_flat, rtol=1e-9)  # SEs: 1e-10 of H, conditioned
+    assert int(ours.iterations) < int(zero.iterations), (int(ours.iterations), int(zero.iterations))
+    if name == "linear":
+        X, y = np.asarray(model.data["X"]), np.asarray(model.data["y"])
+        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+        sigma = np.sqrt(np.mean((y - X @ beta) ** 2))
+        assert int(ours.iterations) == 0
+        # closed form vs Cholesky least squares inside the program: ~cond(X) eps
+        np.testing.assert_allclose(ours.params_flat, np.r_[beta, sigma], rtol=1e-12)
+
+
+def test_zoo_data_start_declines_collinear_exact_and_user_starts(rng):
+    """Where its least-squares start is not well defined the zoo keeps the initial values, so
+    fits are those of before: a design with a duplicated column (a flat valley: the point on
+    it depends on the start), a linear model that fits exactly (no finite maximum; sigma = 0
+    is outside the domain); a start the user gave (``beta=``, ``sigma=``) is kept, and
+    ``with_data`` keeps the start function (it reads the new data)."""
+    from autohess._fit import _data_start
+
+    n = 60
+    X = _design(rng, n, 3)
+    Xc = np.c_[X, X[:, 1]]
+    y = X @ np.array([0.5, 1.0, -1.0]) + rng.normal(size=n)
+    cases = [(ah.models.linear(Xc, y), False), (ah.models.linear(X, X @ np.array([0.5, 1.0, -1.0])), False),
+             (ah.models.logistic(Xc, (y > 0).astype(float)), False), (ah.models.linear(X, y), True)]
+    for model, used in cases:
+        fallback = jnp.full(model.n_params, 0.25)
+        start = np.asarray(jax.jit(lambda d, m=model: _data_start(m, d, fallback))(model.data))
+        assert np.array_equal(start, fallback) != used, (model.name, start)
+    assert ah.models.linear(X, y, sigma=2.0).start_fn is None
+    assert ah.models.linear(X, y, beta=np.zeros(3)).start_fn is None
+    assert ah.models.logistic(X, (y > 0).astype(float), beta=np.zeros(3)).start_fn is None
+    assert ah.models.poisson(X, np.ones(n), beta=np.zeros(3)).start_fn is None
+    model = ah.models.linear(X, y)
+    assert model.with_data({"X": X, "y": y + 1.0}).start_fn is model.start_fn
+
+
+def test_start_fn_of_the_wrong_structure_is_named(rng):
+    """A ``start_fn`` of one's own that returns other parameters than the model's is refused at
+    trace time, naming the missing parameter or the wrong shape (bad-input catalogue)."""
+    X = _design(rng, 40, 2)
+    model = ah.models.linear(X, X @ np.array([1.0, 2.0]) + rng.normal(size=40))
+    model.start_fn = lambda data: ({"beta": jnp.zeros(2)}, True)
+    with pytest.raises(ValueError, match=r"start_fn.*missing parameter\(s\) \['sigma'\]"):
+        ah.fit(model)
+    model.start_fn = lambda data: ({"beta": jnp.zeros(3), "sigma": 1.0}, True)
+    with pytest.raises(ValueError, match=r"start_fn.*'beta' has shape \(3,\), the model declares \(2,\)"):
+        ah.fit(model)
+
+
+def test_start_fn_point_with_non_finite_likelihood_falls_back_to_initial_values(rng):
+    """A data start inside the domain whose log-likelihood is not finite (sigma = 1e-300: every
+    z^2 overflows) does not fail the fit: it is solved again from the initial values, and equals
+    that fit (reference: ``ah.fit`` from ``init_params`` given explicitly; the same program
+    path, so to rounding)."""
+    X = _design(rng, 40, 2)
+    model = ah.models.linear(X, X @ np.array([1.0, 2.0]) + rng.normal(size=40))
+    model.start_fn = lambda data: ({"beta": jnp.zeros(2), "sigma": jnp.asarray(1e-300)}, True)
+    res, ref = ah.fit(model), ah.fit(model, model.init_params)
+    assert res.converged and int(res.iterations) == int(ref.iterations)
+    np.testing.assert_allclose(res.params_flat, ref.params_flat, rtol=1e-12)

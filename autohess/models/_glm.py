@@ -59,6 +59,48 @@ def _offset(offset: Optional[Any], n: int, model: str) -> np.ndarray:
     return vector(offset, n, model, "offset", "one per observation")
 
 
+# -- starts (``Model.start_fn``, evaluated inside the compiled solve) ------------------------
+def _weighted_least_squares(X, w, z):
+    """``(b, ok)``: ``b = (X' W X)^-1 X' W z`` by Cholesky of the unit-diagonal scaled normal
+    matrix; ``ok`` False where that matrix is singular or nearly so (smallest pivot share below
+    ``sqrt(eps)``: collinear columns), so that such designs keep the zero start (a point on a
+    flat valley depends on the start; from zero it is the one fits gave before)."""
+    Xw = X * w[:, None]
+    A, r = Xw.T @ X, Xw.T @ z
+    d = jnp.sqrt(jnp.diag(A))
+    d = jnp.where(d > 0, d, 1.0)
+    L = jnp.linalg.cholesky(A / jnp.outer(d, d))
+    ok = jnp.all(jnp.isfinite(L)) & (jnp.min(jnp.diag(L)) ** 2 > jnp.sqrt(jnp.finfo(X.dtype).eps))
+    L = jnp.where(ok, L, jnp.eye(A.shape[0], dtype=A.dtype))
+    b = jax.scipy.linalg.cho_solve((L, True), r / d) / d
+    return b, ok
+
+
+def _glm_start(data, mu, eta, deta_dmu):
+    """One iteratively reweighted least-squares step from fitted means ``mu`` near the data (the
+    classical GLM start, as R's ``glm`` ``mustart``), canonical link: working response
+    ``z = eta(mu) - offset + (y - mu) deta/dmu``, weights ``dmu/deta`` (= the variance). It is
+    the Fisher-scoring step from a point whose linear predictor already follows ``y``, so the
+    Newton solve starts near the optimum: 4 iterations instead of 5-6 (logistic), 5 instead of
+    7 (Poisson) on the bench_models data, each saving one Hessian."""
+    z = eta - data["offset"] + (data["y"] - mu) * deta_dmu
+    return _weighted_least_squares(data["X"], 1.0 / deta_dmu, z)
+
+
+def _logistic_start(data):
+    mu = (data["y"] + 0.5) / 2.0  # 1/4 or 3/4: the logit is finite
+    beta, ok = _glm_start(data, mu, jnp.log(mu / (1.0 - mu)), 1.0 / (mu * (1.0 - mu)))
+    return {"beta": beta}, ok
+
+
+def _poisson_start(data):
+    mu = data["y"] + 0.1  # positive for a count of 0
+    beta, ok = _glm_start(data, mu, jnp.log(mu), 1.0 / mu)
+    # a start whose means overflow (an extreme design) is no start
+    ok = ok & jnp.all(jnp.isfinite(jnp.exp(_eta({"beta": beta}, data))))
+    return {"beta": beta}, ok
+
+
 # -- support hooks (``Model(support=)``): the constructors' checks, in jax.numpy, so that
 # ``fit_batch`` can apply them to every member of a data batch --------------------------------
 def _binary_support(data):
@@ -117,10 +159,13 @@ def logistic(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any
     X, y = design(X, y, "logistic")
     support(y, (y == 0) | (y == 1), "logistic", "y", "0 or 1")
     data = {"X": X, "y": y, "offset": _offset(offset, len(y), "logistic")}
-    return with_support(Model(
+    model = Model(
         logistic_loglik, data, {"beta": coef(beta, X.shape[1], "logistic")},
         simulate=_logistic_simulate, name="logistic", hessian_mode=_GLM_MODE, names=names,
-    ), _binary_support)
+    )
+    if beta is None:  # a start of the user's own is kept
+        model.start_fn = _logistic_start
+    return with_support(model, _binary_support)
 
 
 # -- Poisson -------------------------------------------------------------------------------------
@@ -159,10 +204,13 @@ def poisson(X: Any, y: Any, *, beta: Optional[Any] = None, offset: Optional[Any]
         # log(y!) does not depend on the parameters: computed once here, not in every call.
         "log_y_factorial": np.asarray(gammaln(np.asarray(y, np.float64) + 1.0)),
     }
-    return with_support(Model(
+    model = Model(
         poisson_loglik, data, {"beta": coef(beta, X.shape[1], "poisson")},
         simulate=_poisson_simulate, name="poisson", hessian_mode=_GLM_MODE, names=names,
-    ), _poisson_support)
+    )
+    if beta is None:  # a start of the user's own is kept
+        model.start_fn = _poisson_start
+    return with_support(model, _poisson_support)
 
 
 # -- negative binomial (NB2) -----------------------------------------------------------------
@@ -241,7 +289,11 @@ def negative_binomial(
 # -- normal linear regression ----------------------------------------------------------------
 def linear_loglik(params, data):
     """``log N(y | X @ beta, sigma**2)`` per observation."""
-    z = (data["y"] - data["X"] @ params["beta"]) / params["sigma"]
+    # residuals times 1/sigma, not divided by sigma: the division's derivatives in sigma are
+    # per observation, the reciprocal's one scalar, and the compiled value + gradient + Hessian
+    # (N = 1500, p = 13, reverse-over-reverse) measured 107 us instead of 188 us; the same
+    # range as before (no r^2 that could overflow), values equal to rounding
+    z = (data["y"] - data["X"] @ params["beta"]) * (1.0 / params["sigma"])
     return -0.5 * jnp.log(2.0 * jnp.pi) - jnp.log(params["sigma"]) - 0.5 * z * z
 
 
@@ -250,15 +302,32 @@ def _linear_simulate(key, params, data):
     return {**data, "y": mean + params["sigma"] * jax.random.normal(key, mean.shape, mean.dtype)}
 
 
-def linear(X: Any, y: Any, *, beta: Optional[Any] = None, sigma: float = 1.0) -> Model:
+def _linear_start(data):
+    """The maximum-likelihood estimate itself, where the design has full rank: least squares
+    and ``sigma = sqrt(RSS / N)``; the solve then only confirms it (one Hessian instead of ten
+    from ``beta = 0, sigma = 1``). An exact fit (``sigma`` 0 to rounding, no finite maximum)
+    keeps the initial values, as before."""
+    X, y = data["X"], data["y"]
+    beta, ok = _weighted_least_squares(X, jnp.ones_like(y), y)
+    sigma = jnp.sqrt(jnp.mean((y - X @ beta) ** 2))
+    ok = ok & (sigma > 1e3 * jnp.finfo(y.dtype).eps * jnp.sqrt(jnp.mean(y * y)))
+    return {"beta": beta, "sigma": sigma}, ok
+
+
+def linear(X: Any, y: Any, *, beta: Optional[Any] = None, sigma: Optional[float] = None) -> Model:
     """Normal linear regression with unknown error SD, parameters ``{"beta", "sigma": Positive}``.
 
-    The MLE of ``sigma`` divides by ``N`` (not ``N - p`` as OLS does).
+    The MLE of ``sigma`` divides by ``N`` (not ``N - p`` as OLS does). ``init_params`` are
+    ``beta`` (default 0) and ``sigma`` (default 1); with neither given, ``ah.fit`` starts from
+    the least-squares estimate (``model.start_fn``), where it converges at once.
     """
     names = beta_names(X)
     X, y = design(X, y, "linear")
-    return Model(
+    model = Model(
         linear_loglik, {"X": X, "y": y},
-        {"beta": coef(beta, X.shape[1], "linear"), "sigma": Positive(sigma)},
+        {"beta": coef(beta, X.shape[1], "linear"), "sigma": Positive(1.0 if sigma is None else sigma)},
         simulate=_linear_simulate, name="linear", hessian_mode=_GLM_MODE, names=names,
     )
+    if beta is None and sigma is None:  # a start of the user's own is kept
+        model.start_fn = _linear_start
+    return model
