@@ -84,6 +84,39 @@ scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-25, CPUs idle 
   and lowers the solve and covariance programs again (JAX's cache is keyed on the lowered
   program: ~0.25 s CPU), imports scipy.linalg (jaxlib's LAPACK kernels take their routines
   from it: 0.15-0.2 s CPU) and reads three executables (0.05-0.15 s).
+* First calls at ba90245 (results/fit_first_calls.json), interleaved with c0a5010 (before) on the
+  VM shared by 4 engineers (load average 10-11 on 2 cores: wall times 2-4x the CPU times, so CPU
+  seconds, median of 3 processes, two rounds each, before -> after). ``import autohess`` 0.72-0.90
+  -> 0.58-0.71 (optax now imported by the first L-BFGS fit only); logistic first fit + bse cold
+  1.77 / 1.72 -> 1.41 / 1.54, warm 0.52 / 0.56 -> 0.45 / 0.48; GARCH-t cold 3.12 / 3.19 ->
+  3.31 / 3.51, warm 0.79 / 0.92 -> 0.83 / 0.84 (unchanged within the noise; the covariance
+  program no longer traces ``custom_linear_solve``: ~15 ms). Targets, wall median of the after
+  run: logistic cold 3.34 s (<= 1: FAIL), GARCH-t cold 7.10 s (<= 1.5: FAIL), warm 0.90 / 1.65 s
+  (<= 0.3: FAIL; in CPU seconds 0.48 / 0.84, FAIL too). Model construction (0.05-0.12 s CPU)
+  depends on whether the filling process compiled the construction check in more than the
+  cache threshold (0.04-0.11 s measured): below it, every process compiles it again.
+  Where a warm first fit's CPU goes (fresh process, cache filled, step by step with
+  ``jit.trace/lower/compile``; logistic / GARCH-t, s): solve trace 0.12-0.15 / 0.21-0.24,
+  ``scipy.linalg`` import at the first LAPACK lowering 0.15-0.17 / 0.15-0.16 (of which
+  ``numpy.f2py``, pulled in by scipy's vendored array-API layer touching every numpy attribute,
+  ~0.05; jaxlib takes its LAPACK routines from scipy's Cython capsules, so no process avoids
+  it), solve lowering 0.07 / 0.10-0.11, solve executable read 0.055 / 0.14-0.16, covariance
+  program trace + lowering + read + Python 0.12-0.14 / 0.12-0.14; run < 0.01. Reaching 0.3 s
+  would need tracing and lowering skipped; not done, because no safe key was found that skips
+  them: JAX's cache is keyed on the lowered module; a key from the user's log-likelihood jaxpr
+  misses custom derivative rules (the zoo's own logistic uses a ``custom_jvp`` softplus whose
+  rule is a Python function the jaxpr only names); ``jax.export`` serialisation needs
+  ``flatbuffers`` (not a dependency), and calling a pickled ``Exported`` lowers its module
+  again (measured no cheaper than lowering the trace: 0.17 vs 0.155 s wall); jaxlib's
+  ``serialize_executable`` skips lowering but re-serialises executables read from JAX's cache
+  without their kernels (a later run fails "Function ... not found"), and a deserialised
+  program run before jaxlib's LAPACK initialisation killed the process. Cold: the solve's XLA
+  compilation is 0.8-1.0 s CPU (logistic) and 2.0-2.3 s (GARCH-t) of it, ~60% LLVM: level 0
+  compiles it 2.6x faster but runs the fit 2.7x slower (logistic 1.14 vs 0.42 ms), level 1
+  saves 10-20% and changes results at rounding (not taken), ``xla_llvm_disable_expensive_passes``
+  nothing; the trust-region subproblem branch (``lax.cond``, eigh + bisection) is 0.1-0.2 s of
+  it; not folding the large tangent-basis constants (GARCH-t's program text 767 -> 168 kB)
+  changed neither compile nor warm times.
 * Before this session's solver changes (stop once the Newton step is below 1e-12 relative,
   Newton step from the Cholesky factor without an eigendecomposition when it fits the region,
   cheaper result path): 0.67 ms / 9 iterations (logistic, 25x) and 2.0 ms / 12 iterations
