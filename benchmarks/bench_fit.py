@@ -301,32 +301,35 @@ class CompileLog:
     now on, via ``jax.monitoring``: one entry per program with its phase (construct / fit)."""
 
     def __init__(self, jax):
+        import threading
+
         from jax import monitoring
 
-        self.phase, self.programs, self._hit, self._read_s = "import", [], False, 0.0
+        # per thread: ``ah.fit`` compiles its covariance program on a second thread while the
+        # solve compiles, and each thread's events belong to its own program
+        self.phase, self.programs, self._state, self._ident = "import", [], {}, threading.get_ident
         monitoring.register_event_listener(self._event)
         monitoring.register_event_duration_secs_listener(self._duration)
 
     def _event(self, name, **_):
         if name == "/jax/compilation_cache/cache_hits":
-            self._hit = True
+            self._state.setdefault(self._ident(), {})["hit"] = True
 
     def _duration(self, name, seconds, fun_name=None, **_):
         kind = name.rsplit("/", 1)[-1]
+        state = self._state.setdefault(self._ident(), {})
         if kind == "cache_retrieval_time_sec":
-            self._read_s = seconds
-        elif kind == "jaxpr_trace_duration":
-            self._trace = (fun_name, seconds)
+            state["read_s"] = seconds
         elif kind == "jaxpr_to_mlir_module_duration":
-            self._lower = seconds
+            state["lower_s"] = seconds
         elif kind == "backend_compile_duration":
             # XLA compilation, or reading the program from the persistent cache
+            hit = state.pop("hit", False)
             self.programs.append({
                 "phase": self.phase, "program": (fun_name or "?").removeprefix("jit(").removesuffix(")"),
-                "lower_s": getattr(self, "_lower", None), "compile_s": seconds, "cache_hit": self._hit,
-                "cache_read_s": self._read_s if self._hit else None,
+                "lower_s": state.pop("lower_s", None), "compile_s": seconds, "cache_hit": hit,
+                "cache_read_s": state.pop("read_s", None) if hit else None,
             })
-            self._hit, self._read_s = False, 0.0
 
 
 def first_call(which: str) -> dict:
