@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 __all__ = ["COV_TYPES", "meat", "opg_null_directions", "opg_unidentified", "restricted_inverse", "scaled_eigenvectors", "face_pseudo_inverse", "covariance"]
 
@@ -85,8 +86,16 @@ def restricted_inverse(matrix: jax.Array, keep: jax.Array) -> jax.Array:
     """
     p = matrix.shape[0]
     both = keep[:, None] & keep[None, :]
-    block = jnp.where(both, matrix, jnp.eye(p, dtype=matrix.dtype))
-    inv = jnp.linalg.inv(block)
+    eye = jnp.eye(p, dtype=matrix.dtype)
+    block = jnp.where(both, matrix, eye)
+    # ``jnp.linalg.inv`` without its wrapping: it solves against the identity through
+    # ``custom_linear_solve`` vmapped over the columns (for derivatives, which nothing here
+    # takes), whose tracing and lowering cost ~15 ms in every fresh process's first fit. The
+    # same LU factorisation and triangular solves, the same numbers to the last bit
+    # (tests/test_first_call.py compares them).
+    lu, _, perm = lax.linalg.lu(block)
+    inv = lax.linalg.triangular_solve(lu, eye[perm], left_side=True, lower=True, unit_diagonal=True)
+    inv = lax.linalg.triangular_solve(lu, inv, left_side=True, lower=False)
     inv = 0.5 * (inv + inv.T)
     good = keep & (jnp.diag(inv) > 0) & jnp.isfinite(jnp.diag(inv))
     return jnp.where(good[:, None] & good[None, :], inv, jnp.nan)

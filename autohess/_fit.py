@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
+import threading
 import weakref
 from typing import Any, Callable, Optional
 
@@ -747,6 +749,49 @@ def _covariance_program() -> Callable:
                    compiler_options=compiler_options(once=True))
 
 
+#: covariance-program signatures compiled ahead in this process (``_compile_covariance_ahead``)
+_AHEAD: set = set()
+
+
+def _compile_covariance_ahead(model: Model, weights: Any, cov_type: str, df_correction: Any) -> Optional[threading.Thread]:
+    """Compile, on another thread, the covariance-and-diagnostics program a trust-region fit
+    will call after its solve, while this thread traces and compiles the solve: the two XLA
+    compilations (logistic: ~0.2 s and ~0.9 s of CPU) then overlap on a second core. Returns
+    the thread (join it before the call) or None where nothing is compiled ahead: one CPU
+    only, a signature already compiled ahead in this process, or a ``cov_type`` whose scores
+    the solve does not give. The signature is the one ``_infer`` passes after a solve that
+    ended quadratically (no escape test); after one that did not, the program is compiled
+    then as before, and the compilation ahead only cost CPU. JAX shares what ``lower().compile()``
+    built with later calls of the same ``jit`` (its trace, lowering and executable caches), so
+    nothing is compiled twice; a failure here is left to the call itself to meet."""
+    if cov_type != "hessian":
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    p, dtype = len(model.labels), np.dtype(model.dtype)
+    key = (p, dtype.name, None if weights is None else (weights.shape, weights.dtype.name), df_correction)
+    if cpus < 2 or key in _AHEAD:
+        return None
+    _AHEAD.add(key)
+    program = _covariance_program()  # built here: both threads must use the same jit
+    lower, upper = model.spec.bounds_arrays(model.dtype)
+    vec, scalar = jax.ShapeDtypeStruct((p,), dtype), jax.ShapeDtypeStruct((), dtype)
+
+    def run():
+        try:
+            program.lower(vec, scalar, vec, jax.ShapeDtypeStruct((p, p), dtype), lower, upper, None, weights, None,
+                          None, cov_types=(cov_type,), n_groups=None, df_correction=df_correction,
+                          scale=scalar).compile()
+        except Exception:  # noqa: BLE001 (the fit's own call compiles it and reports any error)
+            pass
+
+    thread = threading.Thread(target=run, name="autohess-compile-covariance")
+    thread.start()
+    return thread
+
+
 # ------------------------------------------------------------------------------------------
 # Public entry points
 # ------------------------------------------------------------------------------------------
@@ -1007,6 +1052,7 @@ def fit(
     data_start = start is None and model.start_fn is not None and chunk is None and method != "gauss-newton"
     program = model._jitted(("fit", method, int(maxiter), rtol, chunk, data_start),
                             lambda: _solve_program(model, method, int(maxiter), rtol, chunk, data_start))
+    ahead = _compile_covariance_ahead(model, w, cov_type, df_correction) if method == "trust-region" else None
     x, iterations, status, known, flags, solved, scale = program(params, model.data, w)
     code, ok, resolved = (int(v) for v in np.asarray(flags))  # the one host read of the solve
     if data_start and code == Status.NONFINITE and int(iterations) == 0:
@@ -1036,6 +1082,8 @@ def fit(
         _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
     if code != Status.CONVERGED and hasattr(model, "residual_fn"):
         _refuse_exact_fit(model, params, x)
+    if ahead is not None:
+        ahead.join()  # (compiling the same program here too would only duplicate the work)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape,
                     scale)
     common = code == Status.CONVERGED and not bool(result.diagnostics_data.flagged)

@@ -17,7 +17,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 __all__ = [
@@ -753,6 +752,10 @@ def lbfgs(
     dtype = x0.dtype
     gtol = jnp.sqrt(jnp.finfo(dtype).eps) if gtol is None else gtol
     P = jnp.eye(x0.shape[0], dtype=dtype) if precondition is None else precondition
+    # imported here, not with autohess: optax and what it pulls in (absl, its contrib
+    # optimisers) cost ~0.1 s of CPU in every fresh process, and only L-BFGS fits use it
+    import optax
+
     opt = optax.lbfgs(memory_size=memory_size)
 
     def value_and_grad_z(z):

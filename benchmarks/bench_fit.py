@@ -84,6 +84,51 @@ scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-25, CPUs idle 
   and lowers the solve and covariance programs again (JAX's cache is keyed on the lowered
   program: ~0.25 s CPU), imports scipy.linalg (jaxlib's LAPACK kernels take their routines
   from it: 0.15-0.2 s CPU) and reads three executables (0.05-0.15 s).
+* First calls (issue #16 part 2) at 36720dd (results/fit_first_calls.json), interleaved with
+  its base c0a5010 (two rounds each) on the VM shared by 4 engineers, load average 7-12 on 2
+  cores: wall times 1.5-4x the CPU times and +-0.2 s CPU between rounds, so none of the changes
+  below is resolved by these runs (CPU s, median of 3 processes, base -> this): logistic cold
+  2.02 / 1.76 -> 1.91 / 1.83, warm 0.65 / 0.72 -> 0.71 / 0.62; GARCH-t cold 3.65 / 3.43 ->
+  4.04 / 3.56, warm 0.85 / 0.93 -> 0.88 / 0.93; ``import autohess`` 0.74-0.93 -> 0.58-0.85.
+  Targets (wall, median, this commit's second round): logistic cold 3.75 s (<= 1: FAIL),
+  GARCH-t cold 5.43 s (<= 1.5: FAIL), warm 0.79 / 1.84 s (<= 0.3: FAIL; 0.62 / 0.93 s CPU).
+  What changed: (1) while the solve traces and compiles, the covariance-and-diagnostics
+  program is compiled on a second thread (``_fit._compile_covariance_ahead``). A timeline of one
+  cold fit under that load: logistic, covariance program ready after 2.1 s, solve compiled
+  after 4.0 s, fit done at 4.06 s; GARCH-t 2.5 s / 8.4 s / 8.4 s: the covariance program's
+  trace, lowering and compilation (0.3-0.4 s of CPU cold, ~0.12 s warm) no longer add to the
+  wall time where a second core is free; on this VM the other sessions hold it. (2) optax is
+  imported by the first L-BFGS fit (its import is 0.06 s CPU; ``import autohess`` measured
+  ~0.1 s CPU less, but a full garbage collection of ~0.06 s that used to run inside the import
+  now runs during model construction, so import + construction is 0.78-0.87 -> 0.74-0.94 s CPU,
+  within noise). (3) the covariance program inverts by LU and triangular solves instead of
+  ``jnp.linalg.inv`` (no ``custom_linear_solve`` to trace and lower: ~15 ms CPU, bit-identical).
+  Where a warm first fit's CPU goes (fresh process, cache filled, step by step with
+  ``jit.trace/lower/compile``; logistic / GARCH-t, s): solve trace 0.12-0.15 / 0.21-0.24;
+  ``scipy.linalg`` import at the first LAPACK lowering 0.15-0.17 / 0.15-0.16 (jaxlib takes
+  its LAPACK routines from scipy's Cython capsules, so no process avoids it; ~0.05 of it is
+  ``numpy.f2py``, which scipy's vendored array-API layer imports by touching every numpy
+  attribute); solve lowering 0.07 / 0.10-0.11; solve executable read 0.055 / 0.14-0.16;
+  covariance program trace + lowering + read + Python 0.12-0.14; the run itself < 0.01;
+  garbage collection 0.03-0.05 of it. Model construction (0.05-0.15 s CPU, outside these
+  numbers) compiles the construction check again in every process when the filling process
+  compiled it in less than the cache threshold (0.04-0.3 s measured, load-dependent).
+  Reaching 0.3 s needs tracing and lowering skipped; not done, because no key was found that
+  skips them safely: JAX's cache is keyed on the lowered module; a key from the user's
+  log-likelihood jaxpr misses custom derivative rules (the zoo's own logistic uses a
+  ``custom_jvp`` softplus whose rule is a Python function the jaxpr only names); ``jax.export``
+  serialisation needs ``flatbuffers`` (not a dependency), and calling a pickled ``Exported``
+  lowers its module again (0.17 s vs 0.155 s for lowering the trace, logistic solve, wall);
+  jaxlib's ``serialize_executable`` skips lowering but re-serialises an executable read from
+  JAX's cache without its kernels (a later run fails "Function ... not found"), and a
+  deserialised program run before jaxlib's LAPACK initialisation killed the process. Cold: the
+  solve's XLA compilation is 0.8-1.0 s CPU (logistic) and 2.0-2.3 s (GARCH-t), ~60% in LLVM:
+  level 0 compiles it 2.6x faster but runs the fit 2.7x slower (logistic 1.14 vs 0.42 ms),
+  level 1 saves 10-20% and changes results at rounding (not taken),
+  ``xla_llvm_disable_expensive_passes`` and ``xla_cpu_parallel_codegen_split_count=1`` nothing
+  measurable; the trust-region subproblem branch (``lax.cond``: eigh + bisection) is 0.1-0.2 s
+  of it; not folding the large tangent-basis constants (GARCH-t's program text 767 -> 168 kB)
+  changed neither compile nor warm times.
 * Before this session's solver changes (stop once the Newton step is below 1e-12 relative,
   Newton step from the Cholesky factor without an eigendecomposition when it fits the region,
   cheaper result path): 0.67 ms / 9 iterations (logistic, 25x) and 2.0 ms / 12 iterations
@@ -268,32 +313,35 @@ class CompileLog:
     now on, via ``jax.monitoring``: one entry per program with its phase (construct / fit)."""
 
     def __init__(self, jax):
+        import threading
+
         from jax import monitoring
 
-        self.phase, self.programs, self._hit, self._read_s = "import", [], False, 0.0
+        # per thread: ``ah.fit`` compiles its covariance program on a second thread while the
+        # solve compiles, and each thread's events belong to its own program
+        self.phase, self.programs, self._state, self._ident = "import", [], {}, threading.get_ident
         monitoring.register_event_listener(self._event)
         monitoring.register_event_duration_secs_listener(self._duration)
 
     def _event(self, name, **_):
         if name == "/jax/compilation_cache/cache_hits":
-            self._hit = True
+            self._state.setdefault(self._ident(), {})["hit"] = True
 
     def _duration(self, name, seconds, fun_name=None, **_):
         kind = name.rsplit("/", 1)[-1]
+        state = self._state.setdefault(self._ident(), {})
         if kind == "cache_retrieval_time_sec":
-            self._read_s = seconds
-        elif kind == "jaxpr_trace_duration":
-            self._trace = (fun_name, seconds)
+            state["read_s"] = seconds
         elif kind == "jaxpr_to_mlir_module_duration":
-            self._lower = seconds
+            state["lower_s"] = seconds
         elif kind == "backend_compile_duration":
             # XLA compilation, or reading the program from the persistent cache
+            hit = state.pop("hit", False)
             self.programs.append({
                 "phase": self.phase, "program": (fun_name or "?").removeprefix("jit(").removesuffix(")"),
-                "lower_s": getattr(self, "_lower", None), "compile_s": seconds, "cache_hit": self._hit,
-                "cache_read_s": self._read_s if self._hit else None,
+                "lower_s": state.pop("lower_s", None), "compile_s": seconds, "cache_hit": hit,
+                "cache_read_s": state.pop("read_s", None) if hit else None,
             })
-            self._hit, self._read_s = False, 0.0
 
 
 def first_call(which: str) -> dict:
