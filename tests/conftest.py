@@ -57,6 +57,21 @@ if os.environ.get("AUTOHESS_TEST_COMPILATION_CACHE", "1") != "0":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+# Batched calls stage their chunks of 64 members or more (``_batch.COMPACT_MIN_BATCH``): the
+# first stage, then buckets of the members still running, each its own compiled program. Those
+# programs are most of what a bootstrap or simulation test of a few hundred members compiles
+# (two such tests: 93 -> 38 s of CPU without staging), yet staging changes no member's result
+# (tests/test_batch_compaction.py: stragglers, keys and order, random effects, sharding, the
+# iteration limit, all equal to single fits and to the unstaged batch). So tests run their
+# batches unstaged unless marked ``compaction`` (test_batch_compaction.py, test_distributed.py).
+@pytest.fixture(autouse=True)
+def _staging_only_where_tested(request, monkeypatch):
+    if request.node.get_closest_marker("compaction") is None:
+        from autohess import _batch
+
+        monkeypatch.setattr(_batch, "COMPACT_MIN_BATCH", 1 << 30)
+
+
 @pytest.fixture
 def getkey():
     """A fresh JAX PRNG key per call, deterministic per test."""

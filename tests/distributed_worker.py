@@ -4,7 +4,7 @@
 ``jax.distributed`` job on localhost (gloo CPU collectives, the devices XLA_FLAGS forces),
 runs ``compute()`` (the same calls a one-process run makes, in ``test_distributed.py``'s own
 process, as the reference) and saves every process's results to ``OUT_DIR/process_<id>.npz``.
-SCENARIO ``die``: process 1 kills itself (SIGKILL) once its share is computed, before the
+SCENARIO ``batches``: only the bootstrap and ``fit_batch`` of ``compute()``; ``die``: process 1 kills itself (SIGKILL) once its share is computed, before the
 gather, so the test can check that the others fail with a clear error instead of hanging;
 ``hang``: process 1 sleeps there instead (process 0 has ``AUTOHESS_GATHER_TIMEOUT_S``);
 ``mismatch``: process 1 asks for one bootstrap replicate more than process 0.
@@ -52,8 +52,10 @@ def problems():
     return model, pois, data_batch
 
 
-def compute(progress=None):
-    """The calls under test; returns flat ``{name: array}`` of every result compared."""
+def compute(progress=None, batches_only=False):
+    """The calls under test; returns flat ``{name: array}`` of every result compared.
+    ``batches_only``: the bootstrap and ``fit_batch`` only (their shares and padding), not the
+    simulation study and the profile (their programs: most of a process's compilation)."""
     import jax
     import numpy as np
 
@@ -76,6 +78,8 @@ def compute(progress=None):
     out["batch_status"] = np.asarray(bres.status_code)
     out["batch_input_code"] = np.asarray(bres.input_code)
     out["batch_messages"] = np.array(bres.status)
+    if batches_only:
+        return out
     study = ah.simulation_study(model, {"beta": np.array([-0.2, 0.9, -0.5])}, n=12, key=3)
     out["study_params"] = np.asarray(study.fits.params_flat)
     out["study_bse"] = np.asarray(study.fits.bse_flat)
@@ -151,7 +155,7 @@ def main():
         _distributed._gather = stop
     import numpy as np
 
-    if scenario:
+    if scenario and scenario != "batches":
         # the failure scenarios need one small batched call (20 members: one program, few
         # compilations), not compute()'s
         model = problems()[0]
@@ -169,7 +173,7 @@ def main():
         return gather(out, per, label, keep)
 
     _distributed._gather = recording
-    result = compute(progress=True)
+    result = compute(progress=True, batches_only=scenario == "batches")
     result["local_members"] = np.array(shares["bootstrap"])
     result.update(process0_calls())
     np.savez(os.path.join(out_dir, f"process_{proc_id}.npz"), **result)

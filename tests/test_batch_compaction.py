@@ -14,6 +14,8 @@ import autohess as ah
 from autohess import _batch
 from autohess._solver import Status
 
+pytestmark = pytest.mark.compaction  # staged as users' batches are (tests/conftest.py)
+
 
 @pytest.fixture
 def small_stages(monkeypatch):
