@@ -78,7 +78,7 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     assert not cold["optax_at_import"] and not cold["optax_after_fit"]
     assert "jit(solve)" in names
     # compiled ahead, on its own thread, while the solve compiles (a machine with >= 2 CPUs)
-    cov = [p for p in cold["programs"] if p["name"] == "jit(_covariance_and_diagnostics_fn)"]
+    cov = [p for p in cold["programs"] if p["name"] == "jit(_covariance_diagnostics_and_se_fn)"]
     assert len(cov) == 1
     if len(os.sched_getaffinity(0)) > 1:
         assert cov[0]["thread"] == "autohess-compile-covariance"
