@@ -37,10 +37,10 @@ from ._audit import audit_scipy as audit_scipy  # noqa: E402
 from ._audit import step_sweep as step_sweep  # noqa: E402
 from ._finite_diff import FDHessian as FDHessian  # noqa: E402
 from ._finite_diff import fd_hessian as fd_hessian  # noqa: E402
-from ._fit import DeltaResult as DeltaResult  # noqa: E402
+from ._delta import DeltaResult as DeltaResult  # noqa: E402
 from ._fit import FitResult as FitResult  # noqa: E402
 from ._report import InferenceWarning as InferenceWarning  # noqa: E402
-from ._fit import delta_method as delta_method  # noqa: E402
+from ._delta import delta_method as delta_method  # noqa: E402
 from ._fit import evaluate as evaluate  # noqa: E402
 from ._fit import fit as fit  # noqa: E402
 from ._hypothesis_tests import LRTestResult as LRTestResult  # noqa: E402

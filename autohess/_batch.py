@@ -61,10 +61,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _distributed
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
-from ._fit import (
-    FitResult, _covariance_and_diagnostics, _escape_status, _natural_derivatives, _status_on_face, _unconstrained,
-    _max_steps, _objective_scale, _solver_unit, _unscale, _weight_unit,
-    _value_grad_hess_fn,
+from ._fit import FitResult, _escape_status, _max_steps, _status_on_face
+from ._inference import _covariance_and_diagnostics
+from ._problem import (
+    _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unscale, _value_grad_hess_fn, _weight_unit,
 )
 from ._model import Model, describe_support_failure
 from ._pandas import host_array

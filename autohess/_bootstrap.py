@@ -53,10 +53,9 @@ from ._resampling import (
     no_spread_message, resampling_problem, simulated,
 )
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
-from ._fit import FitResult, _inference_program, evaluate
-from ._model import Model
+from ._fit import FitResult, evaluate
+from ._inference import _inference_program
 from ._solver import Status
-from ._validation import _display_name
 
 __all__ = ["BootstrapWarning", "BootstrapResult", "BootstrapComparison", "bootstrap", "KINDS", "INTERVALS"]
 

@@ -172,7 +172,7 @@ def compute_diagnostics(
     (``-inf``/``inf`` where unbounded); ``escape`` from ``escape_info`` where the solver
     measured it; ``value`` the objective (negative log-likelihood) there, which sets the
     rounding level of the curvatures, ``unit`` the objective's unit (the mean frequency weight
-    times ``min(1, objective scale)``, ``_fit._objective_scale``: ``unit + |value|`` instead of
+    times ``min(1, objective scale)``, ``_problem._objective_scale``: ``unit + |value|`` instead of
     ``1 + |value|``, so that weights ``c w`` and ``w``, and a log-likelihood times ``c``, are
     judged alike; with every weight 1e-100, or ``1e-100 * loglik``, each curvature read as
     rounding and every parameter as one the log-likelihood "does not depend on")."""

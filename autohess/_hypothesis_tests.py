@@ -23,7 +23,8 @@ import numpy as np
 from jax.scipy.special import betainc, gammaincc
 from jax.scipy.stats import norm
 
-from ._fit import FitResult, delta_method
+from ._delta import delta_method
+from ._fit import FitResult
 from ._model import Model
 from ._pandas import require_pandas
 from ._report import InferenceWarning, format_table

@@ -29,7 +29,8 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._batch import check_maxiter, run_members
-from ._fit import FitResult, _max_steps, _objective_scale, _solver_unit, _value_grad_hess_fn, _weight_unit
+from ._fit import FitResult, _max_steps
+from ._problem import _objective_scale, _solver_unit, _value_grad_hess_fn, _weight_unit
 from ._report import InferenceWarning
 from ._solver import Status, trust_region_newton
 
@@ -150,7 +151,7 @@ def _member(model, j: int, maxiter: int):
         def full(free):
             return jnp.concatenate([free[:j], u_j[None], free[j:]])
 
-        # solved as ``fit`` solves (``_fit._objective_scale``): weights divided by their mean, the
+        # solved as ``fit`` solves (``_problem._objective_scale``): weights divided by their mean, the
         # objective by its scale; the refits' tests were not scale-free (weights 1e-100: every
         # refit stopped at its start, a profile of the start's nuisance values)
         def f(free):

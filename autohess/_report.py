@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ._diagnostics import FLAT_CONDITION, ILL_CONDITION
+from ._inference import _inference_program
 from ._laplace import describe_parameter, inner_failures
 from ._solver import ESCAPE_RATIO, Status
 
@@ -490,7 +491,6 @@ def _opg_problems(res: "FitResult") -> list:
     import jax.numpy as jnp
 
     from ._covariance import meat, opg_null_directions
-    from ._fit import _inference_program
 
     model = res.model
     program = model._jitted(("inference", "scores"), lambda: _inference_program(model, "scores"))

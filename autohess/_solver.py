@@ -415,7 +415,7 @@ def trust_region_newton(
             each inner maximisation starts from the previous outer iterate's (``_laplace``).
         unit: the ``1`` of every ``1 + |value|`` below (the objective's resolution where it is
             near 0), in ``fun``'s units: 1 for a log-likelihood on its own scale; the caller's
-            objective scale where it has divided ``fun`` by one (``_fit._objective_scale``:
+            objective scale where it has divided ``fun`` by one (``_problem._objective_scale``:
             ``1e-100 * loglik`` solved as ``loglik``, its tests as ``1e-100 (1 + |loglik|)``
             would be, so the fit neither stops at the start nor crawls).
         newton_start: at a start where ``H`` is positive definite, try the whole Newton step

@@ -93,7 +93,7 @@ scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-25, CPUs idle 
   Targets (wall, median, this commit's second round): logistic cold 3.75 s (<= 1: FAIL),
   GARCH-t cold 5.43 s (<= 1.5: FAIL), warm 0.79 / 1.84 s (<= 0.3: FAIL; 0.62 / 0.93 s CPU).
   What changed: (1) while the solve traces and compiles, the covariance-and-diagnostics
-  program is compiled on a second thread (``_fit._compile_covariance_ahead``). A timeline of one
+  program is compiled on a second thread (``_inference._compile_covariance_ahead``). A timeline of one
   cold fit under that load: logistic, covariance program ready after 2.1 s, solve compiled
   after 4.0 s, fit done at 4.06 s; GARCH-t 2.5 s / 8.4 s / 8.4 s: the covariance program's
   trace, lowering and compilation (0.3-0.4 s of CPU cold, ~0.12 s warm) no longer add to the

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import autohess as ah
-from autohess._fit import _unconstrained
+from autohess._problem import _unconstrained
 from autohess._solver import lbfgs
 
 

@@ -208,13 +208,13 @@ def test_basis_products_folded(mode, rng):
 @pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])
 def test_fit_derivatives_fold_with_transformed_parameters(mode, rng):
     """The solver's derivatives on the unconstrained scale are the natural-scale ones mapped by
-    the chain rule (``_fit._unconstrained_value_grad_hess``), so a regression with a
+    the chain rule (``_problem._unconstrained_value_grad_hess``), so a regression with a
     ``Positive`` scale has no N x p product by the basis either (issue #16; the direct
     unconstrained program kept one), and the value, gradient and Hessian equal the direct
     ones to rounding (EXACT)."""
     import jax
 
-    from autohess._fit import _unconstrained, _unconstrained_value_grad_hess, _value_grad_hess_with_basis
+    from autohess._problem import _unconstrained, _unconstrained_value_grad_hess, _value_grad_hess_with_basis
 
     n = 300
     X = np.c_[np.ones(n), rng.normal(size=(n, 2))]

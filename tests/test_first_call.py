@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autohess import _config, _fit
+from autohess import _config, _fit, _inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,7 +200,7 @@ def test_restricted_inverse_equals_jnp_linalg_inv_and_traces_no_linear_solve():
     p = 4
     x, h = jnp.zeros(p), jnp.eye(p)
     lo, hi = jnp.full(p, -jnp.inf), jnp.full(p, jnp.inf)
-    traced = _fit._covariance_program().trace(x, jnp.zeros(()), x, h, lo, hi, None, None, None, None,
+    traced = _inference._covariance_program().trace(x, jnp.zeros(()), x, h, lo, hi, None, None, None, None,
                                               cov_types=("hessian",), n_groups=None, df_correction=None,
                                               scale=jnp.ones(()))
     assert "custom_linear_solve" not in primitives(traced.jaxpr.jaxpr, set())

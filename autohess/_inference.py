@@ -1,0 +1,143 @@
+"""The programs that run after a solve: value, gradient, Hessian and scores at the estimate
+(``_inference_program``, where the solver did not leave them), and the covariance and
+diagnostics program (one covariance per ``cov_type`` after the diagnostics' factorisations),
+compiled once per fit, possibly ahead on a second thread while the solve compiles.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._covariance import covariance, face_pseudo_inverse, restricted_inverse
+from ._config import compiler_options
+from ._diagnostics import AFFECTED_LOADING, compute_diagnostics
+from ._model import Model
+from ._problem import _objective_scale, _value_grad_hess_fn, _weight_unit
+from ._solver import after
+
+
+
+def _inference_program(model: Model, what: str) -> Callable:
+    """``what="all"``: value, gradient, Hessian and scores; ``"hessian"``: no scores;
+    ``"scores"``: per-observation scores only (the rest came from the solver)."""
+    spec = model.spec
+    mode = model.hessian_mode
+
+    def scores_at(x, data):
+        contrib = lambda t: model._loglik(spec.unflatten(t), data)  # noqa: E731
+        return jax.jacfwd(contrib)(x)
+
+    def run(x, data, weights):
+        model.trace_counts["inference"] += 1
+        if what == "scores":
+            return scores_at(x, data)
+        f = lambda t: model.negloglik_flat(t, data, weights)  # noqa: E731
+        value, grad, hess = _value_grad_hess_fn(f, mode)(x)
+        # the objective's scale where no solve measured it (``evaluate``): at these parameters
+        scale = _objective_scale(model, x, data, weights)
+        return value, grad, hess, (scores_at(x, data) if what == "all" else None), scale
+
+    return jax.jit(run, compiler_options=compiler_options())
+
+
+def _covariance_and_diagnostics_fn(x, value, grad, hess, lower, upper, scores, weights, groups, escape, cov_types, n_groups, df_correction, scale=1.0):
+    """Diagnostics once, then one covariance per name in ``cov_types`` (a tuple). ``value``:
+    the negative log-likelihood at ``x``; ``escape``: an ``Escape`` from the solve, or ``None``;
+    ``scale``: the objective's scale (``_objective_scale``; its ``1`` is ``min(1, scale)``)."""
+    unit = (1.0 if weights is None else _weight_unit(weights)) * jnp.minimum(1.0, scale)
+    diag = compute_diagnostics(grad, hess, x, lower, upper, escape, value, unit)
+    # the scale of the diagnostics' unit-diagonal Hessian (1 for a parameter without curvature
+    # of its own: its rounding-level sqrt(H_ii) once made rounding-level terms of the flat
+    # direction load on every parameter, and every standard error was NaN)
+    scale = jnp.where(diag.no_curvature, 1.0, jnp.sqrt(jnp.abs(jnp.diag(hess))))
+    loadings = jnp.abs(diag.eigenvectors) * scale[:, None]
+    loadings = loadings / jnp.maximum(jnp.linalg.norm(loadings, axis=0, keepdims=True), jnp.finfo(x.dtype).tiny)
+    affected = jnp.any((loadings > AFFECTED_LOADING) & diag.bad_directions[None, :], axis=1)
+    keep = ~affected & ~diag.at_boundary & ~diag.nonpositive_diagonal & ~diag.no_curvature & ~diag.unbounded
+    # with flat or negative directions: the pseudo-inverse without them (unconditional
+    # variances of the estimable parameters); otherwise the plain inverse of the kept block
+    # (conditional on parameters at a bound)
+    pinv = face_pseudo_inverse(hess, keep, diag.eigenvalues, diag.eigenvectors, diag.bad_directions)
+    h_inv = None
+    covs = []
+    for cov_type in cov_types:
+        # each inverse only after the diagnostics' factorisations and the previous inverse
+        # (see ``_solver.after``)
+        deps = (diag.newton_decrement, diag.positive_definite, diag.eigenvalues, *covs)
+        h = after(hess, *deps)
+        s = after(scores, *deps) if cov_type != "hessian" else None  # OPG inverts the meat, not h
+        if h_inv is None and cov_type not in ("opg", "gauss-newton"):
+            h_inv = jnp.where(jnp.any(diag.bad_directions), pinv, restricted_inverse(h, keep))
+        covs.append(covariance(h, keep, cov_type, s, weights, groups, n_groups, df_correction, hess_inverse=h_inv))
+    return tuple(covs), diag
+
+
+_COV_STATIC = ("cov_types", "n_groups", "df_correction")
+#: as traced inside another program (``_batch``: that program's options apply)
+_covariance_and_diagnostics = jax.jit(_covariance_and_diagnostics_fn, static_argnames=_COV_STATIC)
+
+
+def _covariance_diagnostics_and_se_fn(*args, **kwargs):
+    """``_covariance_and_diagnostics_fn`` and the square root of the first covariance's diagonal
+    (the standard errors: ``_remember_se``)."""
+    covs, diag = _covariance_and_diagnostics_fn(*args, **kwargs)
+    return covs, diag, jnp.sqrt(jnp.diagonal(covs[0]))
+
+
+@functools.cache
+def _covariance_program() -> Callable:
+    """``_covariance_and_diagnostics`` as ``fit``/``evaluate`` run it, once per fit, with the
+    standard errors: compiled with ``compiler_options(once=True)`` (its compilation was a third
+    of a first logistic fit's on the CPU; built at the first fit, when JAX's backend is known)."""
+    return jax.jit(_covariance_diagnostics_and_se_fn, static_argnames=_COV_STATIC,
+                   compiler_options=compiler_options(once=True))
+
+
+#: covariance-program signatures compiled ahead in this process (``_compile_covariance_ahead``)
+_AHEAD: set = set()
+
+
+def _compile_covariance_ahead(model: Model, weights: Any, cov_type: str, df_correction: Any) -> Optional[threading.Thread]:
+    """Compile, on another thread, the covariance-and-diagnostics program a trust-region fit
+    will call after its solve, while this thread traces and compiles the solve: the two XLA
+    compilations (logistic: ~0.2 s and ~0.9 s of CPU) then overlap on a second core. Returns
+    the thread (join it before the call) or None where nothing is compiled ahead: one CPU
+    only, a signature already compiled ahead in this process, or a ``cov_type`` whose scores
+    the solve does not give. The signature is the one ``_infer`` passes after a solve that
+    ended quadratically (no escape test); after one that did not, the program is compiled
+    then as before, and the compilation ahead only cost CPU. JAX shares what ``lower().compile()``
+    built with later calls of the same ``jit`` (its trace, lowering and executable caches), so
+    nothing is compiled twice; a failure here is left to the call itself to meet."""
+    if cov_type != "hessian":
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    p, dtype = len(model.labels), np.dtype(model.dtype)
+    key = (p, dtype.name, None if weights is None else (weights.shape, weights.dtype.name), df_correction)
+    if cpus < 2 or key in _AHEAD:
+        return None
+    _AHEAD.add(key)
+    program = _covariance_program()  # built here: both threads must use the same jit
+    lower, upper = model.spec.bounds_arrays(model.dtype)
+    vec, scalar = jax.ShapeDtypeStruct((p,), dtype), jax.ShapeDtypeStruct((), dtype)
+
+    def run():
+        try:
+            program.lower(vec, scalar, vec, jax.ShapeDtypeStruct((p, p), dtype), lower, upper, None, weights, None,
+                          None, cov_types=(cov_type,), n_groups=None, df_correction=df_correction,
+                          scale=scalar).compile()
+        except Exception:  # noqa: BLE001 (the fit's own call compiles it and reports any error)
+            pass
+
+    thread = threading.Thread(target=run, name="autohess-compile-covariance")
+    thread.start()
+    return thread

@@ -1,0 +1,227 @@
+"""The objective as the solver sees it: a model's negative log-likelihood on the unconstrained
+scale, divided by the mean frequency weight and by the objective's own scale, and its exact
+value, gradient and Hessian (taken on the natural scale and mapped by the chain rule, whole or
+in chunks of observations), with the way back to the objective's own units.
+
+Shared by ``fit``, the batch members, ``evaluate`` and the profile, so that every solve sees
+the same problem.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ._basis import fold_basis
+from ._derivatives import _objective, _split_obs, _symmetrize
+from ._model import Model
+
+
+
+def _weight_unit(weights: Any) -> Any:
+    """The mean frequency weight (1 without weights): the unit the solver divides out.
+
+    The solver's tests compare gains with ``1 + |objective|`` (the ``1`` for an objective near
+    0), which is not scale-free: with every weight 1e-100 the whole objective is ~1e-98, every
+    predicted gain looked like rounding, and the fit stopped at its start as CONVERGED (7 SE
+    from the optimum). Solving with weights divided by their mean makes weights ``c w`` and
+    ``w`` the same problem for the solver, and leaves unweighted fits unchanged."""
+    if weights is None:
+        return None
+    return jnp.mean(weights)
+
+
+#: mean |log-likelihood contribution| per unit weight, at the start, inside which the
+#: objective is taken to be a log-likelihood on its own scale (a "1" of it is one unit of
+#: log-likelihood): a logistic model gives 0.69 at its default start (beta = 0), a tiny or
+#: separated data set the same; poor starts (a Poisson coefficient of 50: 5e21) are harmless
+#: above it, see ``_objective_scale``. Inside the band nothing is rescaled, so ordinary fits
+#: are bit-for-bit unchanged.
+SCALE_BAND = (1e-3, 1e3)
+
+
+def _objective_scale(model: Model, flat: jax.Array, data: Any, weights: Any) -> jax.Array:
+    """The objective's own scale ``U``, measured at natural-scale parameters ``flat``: the mean
+    ``|contribution|`` per unit weight where that lies outside ``SCALE_BAND``, else 1.
+
+    The solver's and the diagnostics' tests compare gains and curvatures with ``1 + |f|``,
+    the ``1`` standing for the objective's resolution where ``f`` is near 0 (a perfect fit,
+    a tiny data set). That ``1`` is a log-likelihood unit: a user's ``1e-100 * loglik`` has
+    every gain below it, so the fit stopped at its start and every parameter was called flat;
+    ``1e100 * loglik`` made the trust region (sized in units of sqrt(f)) 1e-50 wide at the start
+    and the solve crawled (37 iterations instead of 6). Dividing by ``U`` makes both the
+    unscaled problem. The tests' ``1`` then becomes ``min(1, U)`` in the caller's units
+    (``_solver_unit``): for ``U < 1`` the rescaled objective's own unit; for ``U > 1`` the
+    plain ``1`` as before, so a start whose contributions are huge only because it is poor
+    (Poisson at a coefficient of 50: 5e21, 1 at the optimum) does not loosen the tests at the
+    optimum; its trust region starts in the rescaled geometry (wider), which the region's
+    ratio test adapts within a few steps. Measured at the start, not along the solve: a
+    separated logistic's objective tends to 0 and must keep its unit. A total log-likelihood
+    (``per_observation=False``) keeps ``U = 1``.
+    """
+    contrib = jnp.abs(model._loglik(model.spec.unflatten(flat), data))
+    if contrib.ndim == 0:
+        # a total log-likelihood (per_observation=False, e.g. least squares' -(n/2) log RSS):
+        # no contributions to take a typical size from, and the total grows with N and can
+        # cross 0 at any start; solved on its own scale as before
+        return jnp.ones((), contrib.dtype)
+    if weights is None:
+        m = jnp.mean(contrib)
+    else:
+        m = jnp.sum(weights * contrib) / jnp.sum(weights)
+    lo, hi = SCALE_BAND
+    rescale = jnp.isfinite(m) & (m > 0) & ((m < lo) | (m > hi))
+    return jnp.where(rescale, m, jnp.ones_like(m))
+
+
+def _solver_unit(scale: Any) -> Any:
+    """The solver's ``unit`` (``trust_region_newton``) for an objective divided by ``scale``:
+    ``min(1, 1/scale)`` of the rescaled objective, i.e. ``min(scale, 1)`` of the objective's
+    own units (see ``_objective_scale``)."""
+    return jnp.minimum(1.0, 1.0 / scale)
+
+
+def _unconstrained(model: Model, data: Any, weights: Any, scale: Any = None) -> Callable:
+    """``u -> negative log-likelihood`` on the unconstrained scale for these data and weights,
+    divided by the mean weight (``_weight_unit``) and by ``scale`` (``_objective_scale``):
+    multiply the solver's value, gradient and Hessian by both to get the objective's own."""
+    if weights is not None:
+        weights = weights / _weight_unit(weights)
+    f = functools.partial(_objective(model, "unconstrained"), data=data, w=weights)
+    if scale is None:
+        return f
+    return lambda u: f(u) / scale
+
+
+def _unscale(unit: Any, value, grad, hess, scale: Any = None):
+    """The solver's (mean-weight- and ``scale``-normalised) value, gradient and Hessian in the
+    objective's units."""
+    if scale is not None:
+        unit = scale if unit is None else unit * scale
+    if unit is None:
+        return value, grad, hess
+    return value * unit, grad * unit, hess * unit
+
+
+def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale: Any, mode: str,
+                                   chunk: Optional[int] = None) -> Callable:
+    """``u -> (f, grad f, Hessian)`` of ``_unconstrained(model, data, weights, scale)``, the
+    derivatives taken on the natural scale and mapped by the chain rule (the transforms act
+    elementwise: ``g_u = J g_x``, ``H_u = J H_x J + diag(K g_x)``, ``J = T'(u)``,
+    ``K = T''(u)``).
+
+    Why not differentiate on the unconstrained scale directly: there the tangent basis
+    reaches the data through ``to_natural``'s concatenation of the transformed leaves, and
+    ``fold_basis`` no longer sees that a ``Real`` leaf's block is a slice of the identity (the
+    ``X @ I`` product stays: ~2x the closed form's arithmetic for a regression with a
+    ``Positive`` scale, e.g. the normal linear model or a Tobit). On the natural scale every
+    leaf's block folds; the map back costs ``O(p^2)``. Models whose parameters are all
+    ``Real`` differentiate directly (the two are the same function).
+
+    ``chunk``: the natural-scale derivatives summed over blocks of ``chunk`` observations in a
+    compiled loop (``fit(chunk_size=...)``), so the ``N x p`` intermediates are ``chunk x p``."""
+    spec = model.spec
+    if chunk is None and model.laplace is not None:
+        # no fold: the marginal meets the parameters through the inner solve, not a product by
+        # the data, and re-evaluating its jaxpr doubled the trace of the solve (cbpp 3.1 s)
+        return _value_grad_hess_with_basis(_unconstrained(model, data, weights, scale), mode)
+    if chunk is None:
+        direct = _value_grad_hess_fn(_unconstrained(model, data, weights, scale), mode)
+        if spec.all_real:
+            return direct
+    if weights is not None:
+        weights = weights / _weight_unit(weights)
+    if chunk is None:
+        natural = functools.partial(model.negloglik_flat, data=data, weights=weights)
+        on_natural = _value_grad_hess_fn(natural if scale is None else (lambda x: natural(x) / scale), mode)
+    else:
+        on_natural = _chunked_value_grad_hess(model, data, weights, scale, mode, chunk)
+        if spec.all_real:
+            return on_natural
+
+    def fun(u):
+        ones = jnp.ones_like(u)
+        x, jac = jax.jvp(spec.to_natural, (u,), (ones,))
+        curv = jax.jvp(lambda t: jax.jvp(spec.to_natural, (t,), (ones,))[1], (u,), (ones,))[1]
+        value, grad, hess = on_natural(x)
+        return value, jac * grad, _symmetrize(jac[:, None] * hess * jac[None, :] + jnp.diag(curv * grad))
+
+    return fun
+
+
+def _chunked_value_grad_hess(model: Model, data: Any, weights: Any, scale: Any, mode: str, chunk: int) -> Callable:
+    """``x -> (f, grad f, Hessian)`` of the natural-scale negative log-likelihood (divided by
+    ``scale``; ``weights`` already divided by their mean) as sums over blocks of ``chunk``
+    observations: a ``fori_loop`` of ``dynamic_slice``s reads each block in place, as
+    ``ah.hessian(chunk_size=...)`` does."""
+    n_full, rem = divmod(model.nobs, chunk)
+    leaves, treedef, is_obs = _split_obs(model, data)
+
+    def block(x, start, size):
+        part = treedef.unflatten([
+            jax.lax.dynamic_slice_in_dim(leaf, start, size) if obs else leaf for leaf, obs in zip(leaves, is_obs)
+        ])
+        w = None if weights is None else jax.lax.dynamic_slice_in_dim(weights, start, size)
+        f = functools.partial(model.negloglik_flat, data=part, weights=w)
+        return _value_grad_hess_fn(f if scale is None else (lambda t: f(t) / scale), mode)(x)
+
+    def fun(x):
+        p = x.shape[0]
+        add = lambda acc, start, size: jax.tree_util.tree_map(jnp.add, acc, block(x, start, size))  # noqa: E731
+        total = (jnp.zeros((), x.dtype), jnp.zeros((p,), x.dtype), jnp.zeros((p, p), x.dtype))
+        if n_full:
+            total = jax.lax.fori_loop(0, n_full, lambda i, acc: add(acc, i * chunk, chunk), total)
+        if rem:
+            total = add(total, n_full * chunk, rem)
+        return total
+
+    return fun
+
+
+def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
+    """``u -> (f, grad f, Hessian)`` from one compiled derivative pass, without the products
+    by the tangent basis (``fold_basis``: one ``N x p x p`` product fewer for a regression)."""
+    return fold_basis(_value_grad_hess_with_basis(f, mode))
+
+
+def _value_grad_hess_with_basis(f: Callable, mode: str) -> Callable:
+    """``_value_grad_hess_fn`` before ``fold_basis`` (the tangent basis still multiplied in)."""
+    if mode in ("fwd-rev", "rev-rev"):
+        jac = jax.jacfwd if mode == "fwd-rev" else jax.jacrev
+
+        def grad_with_aux(t):
+            value, grad = jax.value_and_grad(f)(t)
+            return grad, (value, grad)
+
+        def fun(u):
+            h, (value, grad) = jac(grad_with_aux, has_aux=True)(u)
+            return value, grad, _symmetrize(h)
+
+        return fun
+
+    def fun(u):
+        value, grad = jax.value_and_grad(f)(u)
+        return value, grad, _symmetrize(jax.jacfwd(jax.jacfwd(f))(u))
+
+    return fun
+
+
+def _natural_derivatives(spec, u, value, grad_u, hess_u):
+    """Natural-scale value, gradient and Hessian from the solver's unconstrained ones.
+
+    The transforms act elementwise, ``x_i = T_i(u_i)``, so with ``J = T'(u)`` and
+    ``K = T''(u)``: ``g_u = J g_x`` and ``H_u = J H_x J + diag(K g_x)``. Inverting this costs
+    nothing to compile, unlike a second Hessian program. ``ok`` is False where ``J``
+    underflows (a parameter pushed to ``exp(-745)``); the caller then differentiates directly
+    on the natural scale.
+    """
+    ones = jnp.ones_like(u)
+    x, jac = jax.jvp(spec.to_natural, (u,), (ones,))
+    curv = jax.jvp(lambda t: jax.jvp(spec.to_natural, (t,), (ones,))[1], (u,), (ones,))[1]
+    grad = grad_u / jac
+    hess = (hess_u - jnp.diag(curv * grad)) / jnp.outer(jac, jac)
+    ok = jnp.all(jnp.abs(jac) > 0) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
+    return x, value, grad, _symmetrize(hess), ok
