@@ -202,7 +202,7 @@ def test_crossed_single_form_has_no_dense_schur_complement(rng):
     x = _point(model)
     cov = jnp.eye(x.size)
     program = conditional_program(model).__wrapped__
-    ses = _shapes(jax.make_jaxpr(program)(x, cov, model.data).jaxpr)
+    ses = _shapes(jax.make_jaxpr(program)(x, cov, model.data, jnp.zeros((s.n_levels, s.q))).jaxpr)
     assert not [sh for sh in ses if sh.count(s.size) >= 2], "Q x Q in the random-effect SEs"
 
 
