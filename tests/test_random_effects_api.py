@@ -104,7 +104,8 @@ def test_random_effects_program_has_one_inner_loop(fitted):
     model, res = fitted
     program = conditional_program(model).__wrapped__
     s = model.laplace.structure
-    jaxpr = jax.make_jaxpr(program)(res.params_flat, res.cov, model.data, jnp.zeros((s.n_levels, s.q)))
+    # .trace: the program is compiled with options, which make_jaxpr's nested jit refuses
+    jaxpr = program.trace(res.params_flat, res.cov, model.data, jnp.zeros((s.n_levels, s.q))).jaxpr
 
     def loops(jpr):
         n = 0
