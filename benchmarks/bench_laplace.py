@@ -32,31 +32,39 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
-Headline numbers (results/laplace.json, 2026-12-01 16:32-16:42 UTC at 62ee0e2, the 2-core AMD
-EPYC VM 100% busy with five other engineers' work before the run, load average 9.2 before and
-5.7 after: every wall time below is inflated, several-fold for the multi-threaded programs; the
-quiet-VM run at 5977df6 is in git history):
+Headline numbers (results/laplace.json, 2026-12-01 19:21-19:25 UTC at 44e060b, the 2-core AMD
+EPYC VM shared with other engineers: 66% busy in the second before the run, load average 2.4
+before and 2.8 after; earlier runs are in git history):
 
-* warm fit + all SEs, wall median (min): cbpp 6.32 (1.63) ms, sleepstudy 7.87 (2.43) ms, NB2
-  23.06 (7.79) ms, grouseticks 670 (527) ms; statsmodels MixedLM (ML, with .bse) 197 (117) ms
-  (38.75 ms on the quiet VM, i.e. this run is ~3-5x slowed). Process CPU time with
-  single-threaded BLAS/XLA (``OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1"``, same load), grouseticks fit + ``bse`` + random-effect SEs:
-  median 27 ms (min 22 ms), down from 100 (92) ms at cf1d17f; its outer Hessian per
-  evaluation 11.4 -> 2.9 ms, the random-effect SE program 8.0 -> 3.2 ms CPU. Targets 10 / 10 /
-  10 / 30 ms: cbpp and sleepstudy PASS (median), NB2 FAIL in this loaded run (6.8 ms on the
-  quiet VM), grouseticks FAIL in wall time here (multi-threaded XLA on oversubscribed CPUs),
-  PASS by its CPU time (27 ms), to be confirmed on a quiet VM. A ``--quick --skip-first-call``
-  run right after with single-threaded XLA (flags above; 16:42 UTC, still 100% busy):
-  grouseticks 54.0 (44.7) ms wall beside MixedLM 80.5 (65.5) ms, i.e. ~2x its quiet time.
-* first call, cold (no persistent cache), wall (CPU): cbpp 39.7 (12.0) s, sleepstudy 95.7
-  (18.9) s, NB2 68.7 (20.1) s, grouseticks 107.9 (32.9) s; quiet VM at 5977df6: 5.1 (7.2), 8.1
-  (11.4), 9.5 (13.6), 11.6 (17.7) s. Target 5 s: FAIL for all four (mostly XLA compiling the
-  solve program with the Laplace marginal's Hessian; the compile options of the first-call
-  work, XLA's older CPU emitters, are not applied to these programs yet). With the cache
-  filled by a previous process: cbpp 2.9 (2.1) s, sleepstudy 6.6 (3.3) s.
-* 1,000 parametric-bootstrap refits of cbpp: 15.7 s warm (first 48 s) in this run; 1.01 s on
-  the quiet VM (target 2 s: FAIL here under load, PASS quiet; no bootstrap code changed).
+* warm fit + all SEs, wall median (min): cbpp 2.59 (1.96) ms, sleepstudy 2.35 (1.78) ms, NB2
+  9.26 (8.04) ms, grouseticks 30.72 (23.47) ms; statsmodels MixedLM (ML, with .bse) 42.2 (38.1)
+  ms. Targets 10 / 10 / 10 / 30 ms: cbpp, sleepstudy and NB2 PASS, grouseticks FAIL by its
+  median (30.7 ms), PASS by its min. The same calls in process CPU time (multi-threaded XLA,
+  JAX's default): medians 4.6 / 6.0 / 21.2 / 49.4 ms, mins 1.8 / 2.1 / 14.6 / 42.1 ms: XLA's
+  thread pool spends about as much CPU again as the work itself on these small programs, which
+  on a shared 2-core machine slows both them and their neighbours. ``--one-thread`` (XLA and
+  BLAS pools off) right after, ``--quick``, 100% busy: grouseticks 43.2 ms wall at 0.61x
+  MixedLM's 70.5 ms (0.73x multi-threaded above), NB2 18.8 ms at 0.27x (0.22x): not settled by
+  these loaded runs; autohess does not pin threads (XLA reads its thread flags when JAX
+  starts, before autohess is imported). Single-threaded A/B of this work (CPU time,
+  interleaved): grouseticks SE program 3.0 -> 0.74 ms (the fit's modes kept, its inner solve
+  starts there), fit + SEs 28.5 -> 25.5 ms; the inner loop's parameter-only terms hoisted
+  (NB2's gammaln): 3-7% less on cbpp, NB2 and grouseticks.
+* first call, cold (no persistent cache), wall (CPU): cbpp 6.0 (5.9) s, sleepstudy 11.9 (11.5)
+  s, NB2 8.6 (10.5) s, grouseticks 13.5 (18.1) s. Target 5 s: FAIL for all four. What remains
+  is the solve program (cbpp: ~1.5 s tracing, most of it re-tracing the user's loglik under
+  nested jvp/vmap of the Laplace Hessian, 1,115 nested-jit cache misses; ~3.5 s XLA compile
+  of a ~600 kB StableHLO program, 900 kB for NB2 whose gammaln's derivatives expand to
+  digamma/polygamma series). LLVM level 1 cut its compile by only 10-15% and level 0 halved
+  its speed, so it keeps level 2; the random-effect SE program (run once per fit) is now
+  compiled at level 0 (grouseticks 3.0 -> 1.2 s CPU); construction no longer traces the
+  marginal (0.6 -> 0.4 s CPU, cbpp). With the cache filled by a previous process: cbpp 2.1 s,
+  sleepstudy 3.1 s.
+* 1,000 parametric-bootstrap refits of cbpp: 34.7 s warm (first 48.2 s). Target 2 s: FAIL.
+  Not from this work: main at c0a5010 takes 18 s for 200 refits warm on the same VM (1.01 s
+  for 1,000 on the quiet VM at 5977df6); the warm call compiles nothing that costs (5 small
+  programs, 1.8 s of 11.4 s for 300 refits), so the batched programs themselves run slower
+  since the batch/compaction merges; to be bisected.
 * agreement: sleepstudy llf autohess -875.9697 = statsmodels -875.9697 (lme4 prints -875.97);
   cbpp llf -92.0263 (lme4 -92.0267).
 
