@@ -32,26 +32,33 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
-Headline numbers (results/laplace.json, 2026-12-01 19:21-19:25 UTC at 44e060b, the 2-core AMD
-EPYC VM shared with other engineers: 66% busy in the second before the run, load average 2.4
-before and 2.8 after; earlier runs are in git history):
+Headline numbers: two runs on the 2-core AMD EPYC VM shared with other engineers. Run A at
+44e060b (19:21-19:25 UTC; 66% busy in the second before, load average 2.4 before, 2.8 after);
+run B, results/laplace.json, at 2e335c6 (single fits unchanged from A; batches of
+random-effects models no longer compacted) (19:38-19:41 UTC; 100% busy, load 4.1 before, 7.4
+after). Earlier runs are in git history.
 
-* warm fit + all SEs, wall median (min): cbpp 2.59 (1.96) ms, sleepstudy 2.35 (1.78) ms, NB2
-  9.26 (8.04) ms, grouseticks 30.72 (23.47) ms; statsmodels MixedLM (ML, with .bse) 42.2 (38.1)
-  ms. Targets 10 / 10 / 10 / 30 ms: cbpp, sleepstudy and NB2 PASS, grouseticks FAIL by its
-  median (30.7 ms), PASS by its min. The same calls in process CPU time (multi-threaded XLA,
-  JAX's default): medians 4.6 / 6.0 / 21.2 / 49.4 ms, mins 1.8 / 2.1 / 14.6 / 42.1 ms: XLA's
-  thread pool spends about as much CPU again as the work itself on these small programs, which
-  on a shared 2-core machine slows both them and their neighbours. ``--one-thread`` (XLA and
-  BLAS pools off) right after, ``--quick``, 100% busy: grouseticks 43.2 ms wall at 0.61x
-  MixedLM's 70.5 ms (0.73x multi-threaded above), NB2 18.8 ms at 0.27x (0.22x): not settled by
-  these loaded runs; autohess does not pin threads (XLA reads its thread flags when JAX
-  starts, before autohess is imported). Single-threaded A/B of this work (CPU time,
-  interleaved): grouseticks SE program 3.0 -> 0.74 ms (the fit's modes kept, its inner solve
-  starts there), fit + SEs 28.5 -> 25.5 ms; the inner loop's parameter-only terms hoisted
-  (NB2's gammaln): 3-7% less on cbpp, NB2 and grouseticks.
-* first call, cold (no persistent cache), wall (CPU): cbpp 6.0 (5.9) s, sleepstudy 11.9 (11.5)
-  s, NB2 8.6 (10.5) s, grouseticks 13.5 (18.1) s. Target 5 s: FAIL for all four. What remains
+* warm fit + all SEs, wall median (min), run A: cbpp 2.59 (1.96) ms, sleepstudy 2.35 (1.78)
+  ms, NB2 9.26 (8.04) ms, grouseticks 30.72 (23.47) ms; statsmodels MixedLM (ML, with .bse)
+  42.2 (38.1) ms. Targets 10 / 10 / 10 / 30 ms: cbpp, sleepstudy and NB2 PASS, grouseticks
+  FAIL by its median (30.7 ms), PASS by its min. Run B, fully loaded: 4.19 / 4.11 / 16.34 /
+  476.5 ms (MixedLM 68.7 ms): only cbpp and sleepstudy PASS there; grouseticks collapses
+  under oversubscription (CPU time 379 ms too, i.e. XLA's worker threads spinning), as in the
+  16:32 run (670 ms). Process CPU time of the same calls in run A (multi-threaded XLA, JAX's
+  default): medians 4.6 / 6.0 / 21.2 / 49.4 ms, mins 1.8 / 2.1 / 14.6 / 42.1 ms, i.e. XLA's
+  thread pool spends about as much CPU again as the work on these small programs.
+  ``--one-thread`` (XLA and BLAS pools off, set before JAX starts) right after run A,
+  ``--quick``, 100% busy: grouseticks 43.2 ms wall, 0.61x MixedLM's 70.5 ms in that run (0.73x
+  multi-threaded in run A), NB2 18.8 ms, 0.27x (0.22x). Not settled by these loaded runs;
+  autohess cannot pin XLA's threads itself (XLA reads its thread flags when JAX starts, before
+  autohess is imported; passing ``xla_cpu_multi_thread_eigen=False`` per program changed
+  nothing measurable). Single-threaded A/B of this work (CPU time, interleaved): grouseticks'
+  SE program 3.0 -> 0.74 ms (the fit's modes kept, its inner solve starts there), fit + SEs
+  28.5 -> 25.5 ms; the inner loop's parameter-only terms hoisted (NB2's gammaln): 3-7% less on
+  cbpp, NB2 and grouseticks.
+* first call, cold (no persistent cache), wall (CPU), run A: cbpp 6.0 (5.9) s, sleepstudy
+  11.9 (11.5) s, NB2 8.6 (10.5) s, grouseticks 13.5 (18.1) s (run B: 6.8 (5.9), 8.8 (8.7), 11.0
+  (10.2), 24.2 (22.5) s). Target 5 s: FAIL for all four. What remains
   is the solve program (cbpp: ~1.5 s tracing, most of it re-tracing the user's loglik under
   nested jvp/vmap of the Laplace Hessian, 1,115 nested-jit cache misses; ~3.5 s XLA compile
   of a ~600 kB StableHLO program, 900 kB for NB2 whose gammaln's derivatives expand to
@@ -59,12 +66,12 @@ before and 2.8 after; earlier runs are in git history):
   its speed, so it keeps level 2; the random-effect SE program (run once per fit) is now
   compiled at level 0 (grouseticks 3.0 -> 1.2 s CPU); construction no longer traces the
   marginal (0.6 -> 0.4 s CPU, cbpp). With the cache filled by a previous process: cbpp 2.1 s,
-  sleepstudy 3.1 s.
-* 1,000 parametric-bootstrap refits of cbpp: 34.7 s warm (first 48.2 s). Target 2 s: FAIL.
-  Not from this work: main at c0a5010 takes 18 s for 200 refits warm on the same VM (1.01 s
-  for 1,000 on the quiet VM at 5977df6); the warm call compiles nothing that costs (5 small
-  programs, 1.8 s of 11.4 s for 300 refits), so the batched programs themselves run slower
-  since the batch/compaction merges; to be bisected.
+  sleepstudy 3.1 s (run B: 2.3, 2.7 s).
+* 1,000 parametric-bootstrap refits of cbpp: run B 2.89 s warm (first 29.4 s) on the fully
+  loaded VM; target 2 s: FAIL there (1.01 s on the quiet VM at 5977df6). Run A, before random-
+  effects batches stopped compacting: 34.7 s (first 48.2 s): since cf1d17f every new bucket size
+  of stragglers compiled a Laplace program of its own, in warm calls too (200 refits warm:
+  0.63 s at 1d81011, 22.8 s at cf1d17f, 0.52 s with compaction off).
 * agreement: sleepstudy llf autohess -875.9697 = statsmodels -875.9697 (lme4 prints -875.97);
   cbpp llf -92.0263 (lme4 -92.0267).
 
