@@ -93,6 +93,10 @@ class FitResult:
     method: str
     weights: Optional[jax.Array] = None  # the frequency weights of the fit, if any
     status_note: str = ""  # a batch member refused before fitting: why (see BatchResult.member)
+    #: random-effects fits on the crossed and dense paths: the conditional modes ``(G, q)`` at
+    #: ``params_flat`` as the solve found them, where ``random`` starts its inner solve
+    #: (``None``: from 0)
+    random_modes: Optional[jax.Array] = None
 
     # -- statsmodels-style views --------------------------------------------------------------
     @property
@@ -113,7 +117,7 @@ class FitResult:
             raise AttributeError(f"model {self.model.name!r} has no random effects (declare them with ah.Model(..., random=...))")
         from ._laplace import random_effects
 
-        return random_effects(self.model, self.params_flat, self.cov)
+        return random_effects(self.model, self.params_flat, self.cov, self.random_modes)
 
     @property
     def df_modelwc(self) -> int:
@@ -308,7 +312,8 @@ class FitResult:
 
 jax.tree_util.register_dataclass(
     FitResult,
-    data_fields=["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data", "weights"],
+    data_fields=["params_flat", "cov", "llf", "gradient", "hessian_matrix", "status_code", "iterations", "diagnostics_data", "weights",
+                 "random_modes"],
     meta_fields=["model", "cov_type", "method", "status_note"],
 )
 
@@ -344,7 +349,17 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         if data_start:
             flat0 = _data_start(model, data, flat0)
         u0 = spec.to_unconstrained(flat0)
-        scale = _objective_scale(model, flat0, data, weights)
+        start = None
+        if model.laplace is not None and not model.laplace.structure.block_diagonal and method == "trust-region":
+            from ._laplace import known_inner
+
+            # the inner maximisation at the start, run once: the scale's marginal takes it, and
+            # the first evaluation of the solve starts from its modes (``warm_started``)
+            start = model.laplace.inner(spec.unflatten(flat0), data)
+            with known_inner(start):
+                scale = _objective_scale(model, flat0, data, weights)
+        else:
+            scale = _objective_scale(model, flat0, data, weights)
         unit = _solver_unit(scale)
         f = _unconstrained(model, data, weights, scale)
         if method in ("trust-region", "gauss-newton"):
@@ -362,7 +377,7 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 from ._laplace import warm_started
 
                 fun, aux0 = warm_started(model.laplace, fun, lambda u: spec.unflatten(spec.to_natural(u)), data,
-                                         u0.dtype)
+                                         u0.dtype, start)
             res = trust_region_newton(fun, u0, maxiter=maxiter, rtol=rtol, max_step=cap, unit=unit, aux0=aux0)
             x, value, grad, hess, ok = _natural_derivatives(
                 spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess, scale))
@@ -563,7 +578,7 @@ def _check_df_correction(model: Model, weights: Any, cov_type: str, df_correctio
 
 
 def _infer(model, x, weights, cov_type, groups, df_correction, status, iterations, method, warn, known=None, escape=None,
-           scale=None):
+           scale=None, random_modes=None):
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
     gauss_newton = cov_type == "gauss-newton"
@@ -621,6 +636,7 @@ def _infer(model, x, weights, cov_type, groups, df_correction, status, iteration
         hessian_matrix=hess,
         status_code=status, iterations=iterations,
         diagnostics_data=diag, model=model, cov_type=cov_type, method=method, weights=weights,
+        random_modes=random_modes,
     )
     if warn:
         result._warn()
@@ -749,7 +765,7 @@ def fit(
     if ahead is not None:
         ahead.join()  # (compiling the same program here too would only duplicate the work)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape,
-                    scale)
+                    scale, None if solved is None else solved.aux)
     common = code == Status.CONVERGED and not bool(result.diagnostics_data.flagged)
     if common:
         pass  # the common case: nothing below applies (one host read)

@@ -157,6 +157,9 @@ class SolverResult(NamedTuple):
     # taking part (moved by it, or curvature grown ``EDGE_CURVATURE_GROWTH``-fold over the run)
     edge_step: jax.Array
     edge_involved: jax.Array
+    # ``fun``'s carry at the last accepted point (``aux0``; ``None`` without): a random-effects
+    # fit's conditional modes there, which ``FitResult`` keeps so its SEs start from them
+    aux: Any = None
 
 
 class Stage:
@@ -702,7 +705,7 @@ def trust_region_newton(
     return SolverResult(
         final.x, final.value, final.grad, final.hess, final.iterations, final.status, final.resolved,
         final.ridge_count >= RIDGE_STEPS, final.ridge_step, jnp.where(unbounded, final.edge_step, 0.0),
-        unbounded & (moved | grown),
+        unbounded & (moved | grown), final.aux,
     )
 
 

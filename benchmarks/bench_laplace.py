@@ -32,31 +32,46 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
-Headline numbers (results/laplace.json, 2026-12-01 16:32-16:42 UTC at 62ee0e2, the 2-core AMD
-EPYC VM 100% busy with five other engineers' work before the run, load average 9.2 before and
-5.7 after: every wall time below is inflated, several-fold for the multi-threaded programs; the
-quiet-VM run at 5977df6 is in git history):
+Headline numbers: two runs on the 2-core AMD EPYC VM shared with other engineers. Run A at
+44e060b (19:21-19:25 UTC; 66% busy in the second before, load average 2.4 before, 2.8 after);
+run B, results/laplace.json, at 2e335c6 (single fits unchanged from A; batches of
+random-effects models no longer compacted) (19:38-19:41 UTC; 100% busy, load 4.1 before, 7.4
+after). Earlier runs are in git history.
 
-* warm fit + all SEs, wall median (min): cbpp 6.32 (1.63) ms, sleepstudy 7.87 (2.43) ms, NB2
-  23.06 (7.79) ms, grouseticks 670 (527) ms; statsmodels MixedLM (ML, with .bse) 197 (117) ms
-  (38.75 ms on the quiet VM, i.e. this run is ~3-5x slowed). Process CPU time with
-  single-threaded BLAS/XLA (``OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1"``, same load), grouseticks fit + ``bse`` + random-effect SEs:
-  median 27 ms (min 22 ms), down from 100 (92) ms at cf1d17f; its outer Hessian per
-  evaluation 11.4 -> 2.9 ms, the random-effect SE program 8.0 -> 3.2 ms CPU. Targets 10 / 10 /
-  10 / 30 ms: cbpp and sleepstudy PASS (median), NB2 FAIL in this loaded run (6.8 ms on the
-  quiet VM), grouseticks FAIL in wall time here (multi-threaded XLA on oversubscribed CPUs),
-  PASS by its CPU time (27 ms), to be confirmed on a quiet VM. A ``--quick --skip-first-call``
-  run right after with single-threaded XLA (flags above; 16:42 UTC, still 100% busy):
-  grouseticks 54.0 (44.7) ms wall beside MixedLM 80.5 (65.5) ms, i.e. ~2x its quiet time.
-* first call, cold (no persistent cache), wall (CPU): cbpp 39.7 (12.0) s, sleepstudy 95.7
-  (18.9) s, NB2 68.7 (20.1) s, grouseticks 107.9 (32.9) s; quiet VM at 5977df6: 5.1 (7.2), 8.1
-  (11.4), 9.5 (13.6), 11.6 (17.7) s. Target 5 s: FAIL for all four (mostly XLA compiling the
-  solve program with the Laplace marginal's Hessian; the compile options of the first-call
-  work, XLA's older CPU emitters, are not applied to these programs yet). With the cache
-  filled by a previous process: cbpp 2.9 (2.1) s, sleepstudy 6.6 (3.3) s.
-* 1,000 parametric-bootstrap refits of cbpp: 15.7 s warm (first 48 s) in this run; 1.01 s on
-  the quiet VM (target 2 s: FAIL here under load, PASS quiet; no bootstrap code changed).
+* warm fit + all SEs, wall median (min), run A: cbpp 2.59 (1.96) ms, sleepstudy 2.35 (1.78)
+  ms, NB2 9.26 (8.04) ms, grouseticks 30.72 (23.47) ms; statsmodels MixedLM (ML, with .bse)
+  42.2 (38.1) ms. Targets 10 / 10 / 10 / 30 ms: cbpp, sleepstudy and NB2 PASS, grouseticks
+  FAIL by its median (30.7 ms), PASS by its min. Run B, fully loaded: 4.19 / 4.11 / 16.34 /
+  476.5 ms (MixedLM 68.7 ms): only cbpp and sleepstudy PASS there; grouseticks collapses
+  under oversubscription (CPU time 379 ms too, i.e. XLA's worker threads spinning), as in the
+  16:32 run (670 ms). Process CPU time of the same calls in run A (multi-threaded XLA, JAX's
+  default): medians 4.6 / 6.0 / 21.2 / 49.4 ms, mins 1.8 / 2.1 / 14.6 / 42.1 ms, i.e. XLA's
+  thread pool spends about as much CPU again as the work on these small programs.
+  ``--one-thread`` (XLA and BLAS pools off, set before JAX starts) right after run A,
+  ``--quick``, 100% busy: grouseticks 43.2 ms wall, 0.61x MixedLM's 70.5 ms in that run (0.73x
+  multi-threaded in run A), NB2 18.8 ms, 0.27x (0.22x). Not settled by these loaded runs;
+  autohess cannot pin XLA's threads itself (XLA reads its thread flags when JAX starts, before
+  autohess is imported; passing ``xla_cpu_multi_thread_eigen=False`` per program changed
+  nothing measurable). Single-threaded A/B of this work (CPU time, interleaved): grouseticks'
+  SE program 3.0 -> 0.74 ms (the fit's modes kept, its inner solve starts there), fit + SEs
+  28.5 -> 25.5 ms; the inner loop's parameter-only terms hoisted (NB2's gammaln): 3-7% less on
+  cbpp, NB2 and grouseticks.
+* first call, cold (no persistent cache), wall (CPU), run A: cbpp 6.0 (5.9) s, sleepstudy
+  11.9 (11.5) s, NB2 8.6 (10.5) s, grouseticks 13.5 (18.1) s (run B: 6.8 (5.9), 8.8 (8.7), 11.0
+  (10.2), 24.2 (22.5) s). Target 5 s: FAIL for all four. What remains
+  is the solve program (cbpp: ~1.5 s tracing, most of it re-tracing the user's loglik under
+  nested jvp/vmap of the Laplace Hessian, 1,115 nested-jit cache misses; ~3.5 s XLA compile
+  of a ~600 kB StableHLO program, 900 kB for NB2 whose gammaln's derivatives expand to
+  digamma/polygamma series). LLVM level 1 cut its compile by only 10-15% and level 0 halved
+  its speed, so it keeps level 2; the random-effect SE program (run once per fit) is now
+  compiled at level 0 (grouseticks 3.0 -> 1.2 s CPU); construction no longer traces the
+  marginal (0.6 -> 0.4 s CPU, cbpp). With the cache filled by a previous process: cbpp 2.1 s,
+  sleepstudy 3.1 s (run B: 2.3, 2.7 s).
+* 1,000 parametric-bootstrap refits of cbpp: run B 2.89 s warm (first 29.4 s) on the fully
+  loaded VM; target 2 s: FAIL there (1.01 s on the quiet VM at 5977df6). Run A, before random-
+  effects batches stopped compacting: 34.7 s (first 48.2 s): since cf1d17f every new bucket size
+  of stragglers compiled a Laplace program of its own, in warm calls too (200 refits warm:
+  0.63 s at 1d81011, 22.8 s at cf1d17f, 0.52 s with compaction off).
 * agreement: sleepstudy llf autohess -875.9697 = statsmodels -875.9697 (lme4 prints -875.97);
   cbpp llf -92.0263 (lme4 -92.0267).
 
@@ -86,6 +101,8 @@ from _harness import Interleaved, busy_fraction, machine_info, print_markdown_ta
 
 RESULTS_FILE = HERE / "results" / "laplace.json"
 MODELS = ("cbpp", "sleepstudy", "nb2", "grouseticks")
+#: ``--one-thread``: XLA's and Eigen's thread pools off (what the docstring's CPU times used)
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 TARGETS = {"warm_ms_max": {"cbpp": 10.0, "sleepstudy": 10.0, "nb2": 10.0, "grouseticks": 30.0},
            "first_call_s_max": 5.0, "bootstrap_1000_s_max": 2.0}
 
@@ -232,6 +249,8 @@ def main() -> None:
     ap.add_argument("--output", default=str(RESULTS_FILE))
     ap.add_argument("--first-call", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--skip-first-call", action="store_true")
+    ap.add_argument("--one-thread", action="store_true",
+                    help="XLA and BLAS on one thread (set before JAX starts, here and in the first-call processes)")
     args = ap.parse_args()
     if args.first_call:
         print(json.dumps(first_call(args.first_call)))
@@ -239,6 +258,10 @@ def main() -> None:
 
     busy = busy_fraction()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    if args.one_thread:
+        # jaxlib reads XLA_FLAGS when its CPU client starts: before ``import jax`` below
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD).strip()
+        os.environ.update(env)
     first = {} if args.skip_first_call else run_first_calls(MODELS, env)
 
     import jax
@@ -257,6 +280,12 @@ def main() -> None:
         bench.add(name, lambda m=m: fit_and_ses(ah, m), reps=5 if args.quick else 20, warmup=2)
     bench.add("statsmodels MixedLM", sm_go, reps=5 if args.quick else 20, warmup=2)
     warm = bench.run()
+    # the same calls in this process's CPU time: on a shared machine wall time counts the
+    # other processes' turns on the cores (and multi-threaded XLA waiting for them)
+    bench_cpu = Interleaved(rounds=3 if args.quick else 5, clock=time.process_time)
+    for name, m in models.items():
+        bench_cpu.add(name, lambda m=m: fit_and_ses(ah, m), reps=5 if args.quick else 20, warmup=1)
+    warm_cpu = bench_cpu.run()
 
     boot = None
     if not args.quick:
@@ -282,7 +311,8 @@ def main() -> None:
         "sleepstudy_beta_bse_statsmodels": np.asarray(sm_res.bse_fe).tolist(),
         "cbpp_llf_autohess": float(fits["cbpp"].llf), "cbpp_llf_lme4": R.LME4_CBPP_LAPLACE["llf"],
     }
-    out = {"machine": info, "busy_before": busy, "warm": warm, "first_call": first, "bootstrap": boot,
+    out = {"machine": info, "busy_before": busy, "warm": warm, "warm_cpu": warm_cpu, "one_thread": args.one_thread,
+           "first_call": first, "bootstrap": boot,
            "agreement": agree, "targets": TARGETS,
            "iterations": {n: int(r.iterations) for n, r in fits.items()}}
 
@@ -292,11 +322,14 @@ def main() -> None:
         w = warm[name]
         fc = first.get(name, {})
         tgt = TARGETS["warm_ms_max"].get(name)
-        rows.append([name, f"{w['median_us'] / 1e3:.2f}", f"{w['min_us'] / 1e3:.2f}", f"<= {tgt:g}" if tgt else "",
+        wc = warm_cpu.get(name)
+        rows.append([name, f"{w['median_us'] / 1e3:.2f}", f"{w['min_us'] / 1e3:.2f}",
+                     f"{wc['median_us'] / 1e3:.2f}" if wc else "", f"<= {tgt:g}" if tgt else "",
                      f"{fc['first_call_s']:.1f} ({fc['first_call_cpu_s']:.1f} CPU)" if "first_call_s" in fc else "",
                      f"{fc['construct_s']:.1f}" if "construct_s" in fc else "",
                      str(out["iterations"].get(name, ""))])
-    print_markdown_table(["workload", "warm median ms", "warm min ms", "target ms", "first call s", "construct s",
+    print_markdown_table(["workload", "warm median ms", "warm min ms", "warm CPU median ms", "target ms", "first call s",
+                          "construct s",
                           "iterations"], rows)
     for key, fc in first.items():
         if "(cache" in key and "first_call_s" in fc:

@@ -114,7 +114,7 @@ def test_fit_with_warm_start_equals_fit_without(monkeypatch):
     model = _crossed_model(seed=5)
     res = ah.fit(model, warn=False)
     monkeypatch.setattr(_laplace, "warm_started",
-                        lambda lap, fun, params_of, data, dtype: ((lambda x, a: (*fun(x), a)),
+                        lambda lap, fun, params_of, data, dtype, start=None: ((lambda x, a: (*fun(x), a)),
                                                                   jnp.zeros((lap.structure.n_levels, 1), dtype)))
     cold = ah.fit(model.with_data(model.data), warn=False)
     # both converge to rounding level (the solver's tolerance) at the same optimum; the SEs
@@ -123,3 +123,30 @@ def test_fit_with_warm_start_equals_fit_without(monkeypatch):
     np.testing.assert_allclose(res.params_flat, cold.params_flat, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(res.bse_flat, cold.bse_flat, rtol=1e-7)
     np.testing.assert_allclose(float(res.llf), float(cold.llf), rtol=1e-12)
+
+
+def test_fit_keeps_the_modes_and_its_ses_start_there():
+    """The solve carries the modes of its last accepted point (``SolverResult.aux``) and the
+    fit keeps them (``FitResult.random_modes``): the SE program's inner Newton starts there
+    (one step) instead of at 0. References: the cold inner solve at the estimate, and the SEs
+    from a start at 0 (``random_effects`` without modes)."""
+    from autohess._laplace import random_effects
+
+    model = _crossed_model(seed=7)
+    res = ah.fit(model, warn=False)
+    assert res.converged and res.random_modes is not None
+    lap, s = model.laplace, model.laplace.structure
+    assert res.random_modes.shape == (s.n_levels, s.q)
+    cold = lap.inner(res.params, model.data)
+    # the modes of the same point, reached from another start: the inner solve stops at a
+    # rounding-level Newton decrement, |du| ~ sqrt(eps) * |u| at worst; measured 1e-15
+    np.testing.assert_allclose(res.random_modes, cold.u, rtol=0, atol=1e-8)
+    assert int(lap.inner(res.params, model.data, res.random_modes).iterations) == 1
+    assert int(cold.iterations) > 2
+    warm_ses = res.random
+    cold_ses = random_effects(model, res.params_flat, res.cov)
+    for name in warm_ses:
+        # the same modes (above) and the same factorisation at them: 1e-10 relative
+        for field in ("mode", "se", "se_conditional"):
+            np.testing.assert_allclose(getattr(warm_ses[name], field), getattr(cold_ses[name], field),
+                                       rtol=1e-10, atol=1e-12)

@@ -103,7 +103,9 @@ def test_random_effects_program_has_one_inner_loop(fitted):
 
     model, res = fitted
     program = conditional_program(model).__wrapped__
-    jaxpr = jax.make_jaxpr(program)(res.params_flat, res.cov, model.data)
+    s = model.laplace.structure
+    # .trace: the program is compiled with options, which make_jaxpr's nested jit refuses
+    jaxpr = program.trace(res.params_flat, res.cov, model.data, jnp.zeros((s.n_levels, s.q))).jaxpr
 
     def loops(jpr):
         n = 0
@@ -345,3 +347,21 @@ def test_stall_at_a_bound_reads_on_the_face(status, grad_free, want):
     assert Status(int(got)) == Status[want]
     # without the derivatives (the old call) nothing but SINGULAR is read on the face
     assert Status(int(_status_on_face(jnp.asarray(Status[status]), d))) == Status[status]
+
+
+def test_construction_does_not_trace_the_marginal(monkeypatch):
+    # the marginal's output shape is known from the structure (one contribution per group,
+    # or a total on the crossed/dense paths); tracing it at construction (inner loop,
+    # implicit derivatives) only to read that shape cost 0.1-0.4 s CPU per model
+    from autohess._laplace import Laplace
+
+    traced = []
+    original = Laplace.marginal
+    monkeypatch.setattr(Laplace, "marginal", lambda self, p, d: traced.append(1) or original(self, p, d))
+    model = ah.Model(loglik, _data(), PARAMS, random=RANDOM)
+    assert not traced
+    assert model.nobs == G and model.per_observation
+    two = ah.Model(lambda p, d: loglik(p, d) + 0.0 * p["c"][d["h"]], {**_data(), "h": np.arange(G * PER) % 3},
+                   {**PARAMS, "sc": ah.Positive(1.0)}, random={**RANDOM, "c": ah.Normal(sd="sc", groups="h")})
+    assert not traced
+    assert two.nobs is None and not two.per_observation  # crossed: the marginal is one total
