@@ -112,9 +112,11 @@ def test_bootstrap_stages_keep_keys_and_order(small_stages, monkeypatch):
         assert int(fits.iterations[i]) == int(single.iterations)
 
 
-def test_random_effect_model_is_staged(small_stages):
-    """A Laplace model (the solver's state then carries the model's inner solve through
-    ``fun``): staged members equal single fits."""
+def test_random_effect_model_is_not_staged(small_stages):
+    """A Laplace model runs its chunk to the end in one program even where an ordinary model's
+    would be staged: each bucket size would be a Laplace program of its own (seconds to compile,
+    again whenever a warm call's stragglers fall into a new size; cbpp's 200 warm refits took
+    6-28 s staged, 0.52 s not). Its members, a straggler among them, equal single fits."""
     rng = np.random.default_rng(6)
     G, per = 12, 8
     codes = np.repeat(np.arange(G), per)
@@ -129,7 +131,8 @@ def test_random_effect_model_is_staged(small_stages):
     starts = np.stack([x0, x0 + 0.01, far, x0 + 0.02, x0 - 0.01])
     start = {"beta": starts[:, :2], "sd": starts[:, 2]}
     bres = ah.fit_batch(model, start=start)
-    assert len(_batch.LAST_STAGES["fit_batch"]) >= 2
+    # (an ordinary model's batch of 5 is staged under this fixture: the tests above)
+    assert _batch.LAST_STAGES["fit_batch"] == []
     for b in (0, 2):
         single = ah.fit(model, start=jax.tree_util.tree_map(lambda a: a[b], start), warn=False)
         np.testing.assert_allclose(np.asarray(bres.params_flat[b]), np.asarray(single.params_flat), rtol=1e-10)
