@@ -383,7 +383,8 @@ def run_members(
 
     With several processes (``jax.distributed``), each runs a contiguous share of the members
     this way on its own devices and every process gets all outputs (``_distributed``), or, with
-    ``gather="process0"``, process 0 gets them and the others ``None``.
+    ``gather="process0"``, process 0 gets them and the others an ``_distributed.NotGathered``
+    (returned as it is by the callers).
     """
     if not _local and _distributed.active():
         def run_local(part, n, show):
@@ -824,8 +825,8 @@ def fit_batch(
         member, batched, shared, sizes[0], model=model, key=(cov_types, maxiter, flags),
         batch_size=batch_size, progress=progress, label="fit_batch", shard=shard, gather=gather,
     )
-    if out is None:  # gather="process0", and this is another process
-        return _distributed.NotGathered("fit_batch", jax.process_index(), jax.process_count())
+    if isinstance(out, _distributed.NotGathered):  # gather="process0", and this is another process
+        return out
     result = result_from_outputs(model, cov_types, out)
     return dataclasses.replace(
         result, input_code=jnp.asarray(codes), input_messages=messages, weights=w, data=data if data_batched else None

@@ -544,8 +544,8 @@ def bootstrap(
         member, raw, shared, int(n), model=model, key=("bootstrap", kind, cov_types, maxiter, total),
         batch_size=batch_size, progress=progress, label="bootstrap", shard=shard, gather=gather,
     )
-    if out is None:  # gather="process0", and this is another process
-        return NotGathered("bootstrap", jax.process_index(), jax.process_count())
+    if isinstance(out, NotGathered):  # gather="process0", and this is another process
+        return out
     fits = result_from_outputs(model, cov_types, out)
 
     def replicate(k):

@@ -149,7 +149,7 @@ def run_across_processes(
     progress: Optional[bool], label: str, gather: str = "all",
 ) -> Any:
     """Members ``0..size-1`` split over processes; every process gets all ``size`` outputs
-    (``gather="all"``), or process 0 gets them and the others ``None`` (``"process0"``).
+    (``gather="all"``), or process 0 gets them and the others a ``NotGathered`` (``"process0"``).
 
     ``run_local(part, n, progress)`` runs ``n`` members (``part``'s leaves have a leading axis
     of ``n``) on this process's devices and returns their outputs with that leading axis.
@@ -171,7 +171,7 @@ def run_across_processes(
     out = run_local(part, per, show)
     gathered = _gather(out, per, label, keep=gather == "all" or me == 0)
     if gathered is None:
-        return None
+        return NotGathered(label, me, n_proc)
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a[:size]), gathered)
 
 

@@ -168,7 +168,6 @@ class Model:
             self.nobs = s.n_levels if s.block_diagonal else None
         else:
             self.nobs = self._check_output()
-        if self.laplace is None:
             self.n_observations = self.nobs
         self._check_support()
         self._check_finite_at(self.init_params, "initial parameters")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import jax
 import numpy as np
 from jax.scipy.stats import norm
 
@@ -212,8 +211,8 @@ def simulation_study(
         key=("simulation", cov_types, maxiter), batch_size=batch_size, progress=progress,
         label="simulation_study", shard=shard, gather=gather,
     )
-    if out is None:  # gather="process0", and this is another process
-        return NotGathered("simulation_study", jax.process_index(), jax.process_count())
+    if isinstance(out, NotGathered):  # gather="process0", and this is another process
+        return out
     fits = result_from_outputs(model, cov_types, out)
     message = no_spread_message(np.asarray(fits.params_flat, dtype=np.float64)[np.asarray(fits.usable)], "simulation_study")
     if message is not None:
