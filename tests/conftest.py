@@ -12,15 +12,21 @@ import tempfile
 # model. XLA's CPU "fusion emitters" (jaxlib's default) spend most of that; the older emitters
 # compile the same programs 2.5-4x faster (solve of a logistic model: 1.9 -> 0.8 s) and run them
 # as fast (a 200,000-row logistic fit: 0.14 vs 0.13 s warm), with the same results to rounding.
+# LLVM's optimiser is off too (``xla_backend_optimization_level=0``): tests run each program a
+# few times, so its compile time is not won back (test_bootstrap.py 137 -> 86 s of CPU, the
+# crossed-vs-dense Laplace test 48 -> 32 s); it changes no floating-point semantics (XLA's CPU
+# backend keeps IEEE arithmetic at every level), and test_fit.py checks a fit on jaxlib's
+# defaults (fusion emitters, level 2) in a fresh process against the suite's (1e-10).
 # Set before any backend exists (importing autohess creates none); checked once, in a
 # subprocess, because XLA aborts on a flag it does not know (a later jaxlib may drop it); xdist
-# workers inherit the variable. AUTOHESS_TEST_XLA_DEFAULT=1 runs the suite on jaxlib's defaults.
-_FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
+# workers and the subprocesses tests start inherit the variable. AUTOHESS_TEST_XLA_DEFAULT=1
+# runs the suite on jaxlib's defaults.
+_FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
 
 
 def _use_fast_compile() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("AUTOHESS_TEST_XLA_DEFAULT", "0") != "0" or "xla_cpu_use_fusion_emitters" in flags:
+    if os.environ.get("AUTOHESS_TEST_XLA_DEFAULT", "0") != "0" or any(f.split("=")[0] in flags for f in _FAST_COMPILE.split()):
         return
     env = {**os.environ, "XLA_FLAGS": f"{flags} {_FAST_COMPILE}".strip(), "JAX_PLATFORMS": "cpu"}
     probe = "import jax; jax.devices()"
