@@ -55,6 +55,7 @@ from ._derivatives import hessian as exact_hessian
 from ._derivatives import scores
 from ._diagnostics import AFFECTED_LOADING, FLAT_CONDITION
 from ._finite_diff import FDHessian, fd_hessian
+from ._html import table as html_table
 from ._model import Model
 from ._report import AT_OPTIMUM_SE, curvature_allowance, format_direction, standard_errors_from_optimum
 from ._validation import UNTRACEABLE, not_traceable
@@ -191,9 +192,14 @@ class AuditReport:
         return draw(self, candidates, fig=fig)
 
     def _repr_html_(self) -> str:
-        from ._html import audit_report
-
-        return audit_report(self)
+        """Its heading, one row per candidate, then each verdict."""
+        rows = []
+        for c in self.candidates:
+            min_eig, rtxt = candidate_cells(c)
+            rows.append([c.name, f"{c.rel_frobenius:.2e}", f"{c.max_scaled_error:.2e}", min_eig, rtxt, ", ".join(c.causes)])
+        verdicts = [f"{c.name}: {c.verdict}" for c in self.candidates]
+        return html_table(str(self).split("\n")[0], ["candidate", "rel. Frobenius", "max scaled", "min eig", "SE ratio", "cause"],
+                          rows, verdicts)
 
 
 def candidate_cells(c: "CandidateAudit") -> tuple[str, str]:

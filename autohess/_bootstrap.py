@@ -54,6 +54,8 @@ from ._resampling import (
 )
 from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, result_from_outputs, run_members
 from ._fit import FitResult, evaluate
+from ._format import format_table
+from ._html import table as html_table
 from ._inference import _inference_program
 from ._solver import Status
 
@@ -184,15 +186,11 @@ class BootstrapComparison:
         }
 
     def __str__(self) -> str:
-        from ._report import bootstrap_comparison_table
-
-        return bootstrap_comparison_table(self)
+        title, headers, rows, notes = _comparison_parts(self)
+        return format_table(headers, rows, title) + "".join("\n" + n for n in notes)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-        from ._report import bootstrap_comparison_parts
-
-        return table(*bootstrap_comparison_parts(self))
+        return html_table(*_comparison_parts(self))
 
     def to_frame(self) -> Any:
         """The table as a pandas DataFrame indexed by label: ``estimate``, ``boot SE``, one
@@ -368,15 +366,13 @@ class BootstrapResult:
         bias and percentile interval per parameter (``compare()`` adds the Wald SEs)."""
         import html as _h
 
-        from ._html import table
-
         head = f"<p>{_h.escape(repr(self))}</p>"
         if int(np.sum(self.ok)) < 2:
             return head
         ci = self.conf_int(flat=True)
         rows = [[lab, float(np.asarray(self.estimate)[i]), self.se_flat[i], self.bias_flat[i], ci[i, 0], ci[i, 1]]
                 for i, lab in enumerate(self.labels)]
-        return head + table(None, ["parameter", "estimate", "boot SE", "boot bias", "[0.025", "0.975]"], rows)
+        return head + html_table(None, ["parameter", "estimate", "boot SE", "boot bias", "[0.025", "0.975]"], rows)
 
     def to_frame(self) -> Any:
         """The replicates as a pandas DataFrame: one row per bootstrap member, one column per
@@ -643,3 +639,23 @@ def _disagreement_message(result: BootstrapResult, check: WaldCheck) -> str:
         "simulate does not draw from the distribution the likelihood describes (check it), or "
         "N is too small for Wald intervals (prefer the bootstrap's own intervals or ah.profile)."
     )
+
+
+def _comparison_parts(cmp) -> tuple:
+    """``(title, headers, rows, notes)`` of ``BootstrapComparison`` (its text and HTML)."""
+    kinds = list(cmp.wald_se)
+    headers = ["parameter", "estimate", "boot SE"] + [f"{k} SE" for k in kinds] + [f"boot/{kinds[0]}", "boot bias"]
+    rows = []
+    for i, lab in enumerate(cmp.labels):
+        ratio = cmp.bootstrap_se[i] / cmp.wald_se[kinds[0]][i]
+        rows.append([lab, cmp.estimate[i], cmp.bootstrap_se[i]] + [cmp.wald_se[k][i] for k in kinds] + [ratio, cmp.bias[i]])
+    title = f"{cmp.kind} bootstrap, {cmp.n_ok} converged replicates"
+    if cmp.block_length is not None:
+        title += f", block length {cmp.block_length} ({cmp.block_length_rule})"
+    notes = []
+    if cmp.disagree:
+        notes.append(
+            f"bootstrap and {cmp.disagree_cov_type} Wald disagree (spread or centre) beyond "
+            f"Monte-Carlo error for: {', '.join(cmp.disagree)} (see the BootstrapWarning for what to do)"
+        )
+    return title, headers, rows, notes

@@ -29,7 +29,8 @@ from ._problem import (
     _value_grad_hess_fn, _weight_unit,
 )
 from ._pandas import is_pandas, require_pandas
-from ._report import AT_OPTIMUM_SE, DiagnosticReport, InferenceWarning, summary
+from ._report import AT_OPTIMUM_SE, DiagnosticReport, InferenceWarning
+from ._summary import summary, summary_html
 from ._solver import (
     MAX_TRANSFORMED_STEP,
     SolverResult,
@@ -305,9 +306,7 @@ class FitResult:
 
     def _repr_html_(self) -> str:
         """``summary()`` as HTML tables (notebooks)."""
-        from ._html import fit_summary
-
-        return fit_summary(self)
+        return summary_html(self)
 
 
 jax.tree_util.register_dataclass(

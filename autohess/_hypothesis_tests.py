@@ -27,7 +27,9 @@ from ._delta import delta_method
 from ._fit import FitResult
 from ._model import Model
 from ._pandas import require_pandas
-from ._report import InferenceWarning, format_table
+from ._format import format_table
+from ._html import table as html_table
+from ._report import InferenceWarning
 
 __all__ = [
     "WaldTestResult", "TTestResult", "LRTestResult", "ScoreTestResult",
@@ -234,9 +236,7 @@ class WaldTestResult:
         return format_table(headers, rows, title)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-
-        return table(*self._parts())
+        return html_table(*self._parts())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,9 +285,7 @@ class TTestResult:
         return format_table(headers, rows, title) + "".join("\n" + n for n in notes)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-
-        return table(*self._parts())
+        return html_table(*self._parts())
 
     def to_frame(self, alpha: float = 0.05) -> Any:
         """The table as a pandas DataFrame indexed by restriction: ``coef``, ``std err``, ``z``,
@@ -341,9 +339,7 @@ class LRTestResult:
         return format_table(headers, rows, title) + "".join("\n" + n for n in notes)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-
-        return table(*self._parts())
+        return html_table(*self._parts())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,9 +368,7 @@ class ScoreTestResult:
         return format_table(headers, rows, title)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-
-        return table(*self._parts())
+        return html_table(*self._parts())
 
 
 # ------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._config import compiler_options
+from ._format import format_table
 from ._random import Block
 
 __all__ = ["Structure", "Laplace", "InnerResult", "MAX_DENSE", "INNER_MAXITER"]
@@ -1052,8 +1053,6 @@ class RandomEffectEstimate:
 
     def __str__(self) -> str:
         """The modes and their standard errors, one row per group (at most 30 shown)."""
-        from ._report import format_table
-
         mode, se, sec = (np.asarray(a, dtype=np.float64) for a in (self.mode, self.se, self.se_conditional))
         shape = mode.shape
         G = shape[0] if mode.ndim >= 1 else 1

@@ -30,6 +30,8 @@ from jax.scipy.stats import norm
 
 from ._batch import check_maxiter, run_members
 from ._fit import FitResult, _max_steps
+from ._format import fmt, format_table
+from ._html import table as html_table
 from ._problem import _objective_scale, _solver_unit, _value_grad_hess_fn, _weight_unit
 from ._report import InferenceWarning
 from ._solver import Status, trust_region_newton
@@ -96,9 +98,8 @@ class ProfileResult:
         }
 
     def __str__(self) -> str:
-        from ._report import profile_table
-
-        return profile_table(self)
+        title, headers, rows, notes = _profile_parts(self)
+        return format_table(headers, rows, title) + "".join("\n" + n for n in notes)
 
     def plot(self, ax=None):
         """LR curve, cut-off, Wald quadratic, interval ends: ``ah.plot.profile`` (needs matplotlib)."""
@@ -107,10 +108,7 @@ class ProfileResult:
         return draw(self, ax)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-        from ._report import profile_parts
-
-        return table(*profile_parts(self))
+        return html_table(*_profile_parts(self))
 
     def to_frame(self) -> Any:
         """The profile as a pandas DataFrame, one row per value evaluated (sorted): the
@@ -414,3 +412,25 @@ def _to_u(spec, x_hat: np.ndarray, j: int, v: float) -> float:
 def _to_x(spec, u_hat: np.ndarray, j: int, u: float) -> float:
     uu = jnp.asarray(u_hat).at[j].set(u)
     return float(np.asarray(spec.to_natural(uu))[j])
+
+
+def _profile_parts(prof) -> tuple:
+    """``(title, headers, rows, notes)`` of ``ProfileResult`` (its text and HTML)."""
+    level = 1.0 - prof.alpha
+    lo, hi = prof.interval
+    rows = [
+        ["profile likelihood", lo, hi, hi - prof.estimate, prof.estimate - lo],
+        ["Wald", prof.wald[0], prof.wald[1], prof.wald[1] - prof.estimate, prof.estimate - prof.wald[0]],
+    ]
+    headers = ["interval", "lower", "upper", "upper - est", "est - lower"]
+    title = f"{prof.name} = {fmt(prof.estimate).strip()}: {level:.3g} intervals"
+    notes = [why for why in prof.end_notes if why]
+    if not prof.valid:
+        notes.append(
+            f"NOT VALID: the fit is not at the maximum (a constrained refit found a log-likelihood "
+            f"{prof.higher_found:.3g} above the fit's, or the fit did not converge): refit and profile again"
+        )
+    failed = int(np.sum(prof.status_code != Status.CONVERGED))
+    if failed:
+        notes.append(f"{failed} of {prof.status_code.size} constrained refits did not converge and were left out")
+    return title, headers, rows, notes

@@ -26,6 +26,8 @@ from ._batch import BatchResult, check_cov_types, check_maxiter, member_fit, res
 from ._resampling import check_simulate, key_data, no_spread_message, simulated
 from ._derivatives import _model_params
 from ._distributed import NotGathered, check_gather
+from ._format import format_table
+from ._html import table as html_table
 from ._model import Model
 
 __all__ = ["SimulationStudy", "StudyTable", "simulation_study"]
@@ -55,15 +57,11 @@ class StudyTable:
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)} | {"labels": list(self.labels)}
 
     def __str__(self) -> str:
-        from ._report import study_table
-
-        return study_table(self)
+        title, headers, rows, notes = _study_parts(self)
+        return format_table(headers, rows, title) + "".join("\n" + n for n in notes)
 
     def _repr_html_(self) -> str:
-        from ._html import table
-        from ._report import study_parts
-
-        return table(*study_parts(self))
+        return html_table(*_study_parts(self))
 
     def to_frame(self) -> Any:
         """The table as a pandas DataFrame indexed by label: ``true``, ``mean``, ``bias``,
@@ -219,3 +217,21 @@ def simulation_study(
         raise ValueError(message)
     truth_flat = np.asarray(model.spec.flatten(truth, model.dtype), dtype=np.float64)
     return SimulationStudy(truth=truth_flat, fits=fits, alpha=float(alpha))
+
+
+def _study_parts(t) -> tuple:
+    """``(title, headers, rows, notes)`` of ``StudyTable`` (its text and HTML)."""
+    kinds = list(t.coverage)
+    headers = ["parameter", "true", "mean", "bias", "(mcse)", "emp SD", "(mcse)"]
+    for k in kinds:
+        headers += [f"SE {k}", f"cover {k}", "(mcse)"]
+    rows = []
+    for i, lab in enumerate(t.labels):
+        row = [lab, t.truth[i], t.mean[i], t.bias[i], t.bias_mcse[i], t.emp_sd[i], t.emp_sd_mcse[i]]
+        for k in kinds:
+            row += [t.mean_se[k][i], t.coverage[k][i], t.coverage_mcse[k][i]]
+        rows.append(row)
+    title = (
+        f"simulation study: {t.n_ok} of {t.n} fits converged; Wald coverage at nominal {t.level:.3g}"
+    )
+    return title, headers, rows, []

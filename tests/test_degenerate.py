@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import autohess as ah
-from autohess._report import _fmt
+from autohess._format import fmt as _fmt
 from autohess._solver import MAX_TRANSFORMED_STEP, Status, trust_region_newton
 
 from helpers import DATA
