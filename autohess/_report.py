@@ -13,7 +13,7 @@ import numpy as np
 
 from ._diagnostics import FLAT_CONDITION, ILL_CONDITION
 from ._inference import _inference_program
-from ._laplace import describe_parameter, inner_failures
+from ._laplace_results import describe_parameter, inner_failures
 from ._solver import ESCAPE_RATIO, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -556,7 +556,7 @@ def _bic_text(res: "FitResult") -> str:
 
 def _random_lines(model) -> list[str]:
     """What was integrated out, one line per random effect, and how."""
-    from ._laplace import level_names, short_names
+    from ._laplace_results import level_names, short_names
 
     s = model.laplace.structure
     out = []
