@@ -105,7 +105,7 @@ def _takes_two(fn: Callable) -> bool:
 
 def _delta_method_random(result: FitResult, fn: Callable) -> "DeltaResult":
     """``delta_method`` for ``fn(params, random)`` of a random-effects fit (see there)."""
-    from ._laplace import delta_random
+    from ._laplace_results import delta_random
 
     spec = result.model.spec
     modes = {name: est.mode for name, est in result.random.items()}

@@ -116,7 +116,7 @@ class FitResult:
         TMB's ``sdreport``) and ``se_conditional`` (given the parameters), shaped like it."""
         if self.model.laplace is None:
             raise AttributeError(f"model {self.model.name!r} has no random effects (declare them with ah.Model(..., random=...))")
-        from ._laplace import random_effects
+        from ._laplace_results import random_effects
 
         return random_effects(self.model, self.params_flat, self.cov, self.random_modes)
 

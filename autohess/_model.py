@@ -319,7 +319,8 @@ class Model:
                    support: Optional[Callable]) -> None:
         """Make the model's log-likelihood the Laplace marginal over ``random`` (see
         ``_laplace``); the user's ``loglik`` becomes the conditional one it integrates."""
-        from ._laplace import MAX_DENSE, Laplace, check_block_diagonal, check_crossed, dense_size, make_structure
+        from ._laplace import MAX_DENSE, Laplace, check_block_diagonal, check_crossed
+        from ._laplace_structure import dense_size, make_structure
         from ._random import resolve_random
 
         blocks = resolve_random(random, params, self._data)
@@ -435,7 +436,7 @@ class Model:
             # the joint density at random effects 0, not the marginal: compiling the whole
             # Laplace marginal here cost 2-11 s per model (the fit compiles its own program);
             # an inner maximisation that fails later is named by the fit's diagnostics
-            from ._laplace import inner_failures, joint_at_zero
+            from ._laplace_results import inner_failures, joint_at_zero
 
             if np.all(np.isfinite(np.asarray(joint_at_zero(self)(params, self.data)))):
                 return

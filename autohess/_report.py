@@ -15,7 +15,7 @@ import numpy as np
 
 from ._diagnostics import FLAT_CONDITION, ILL_CONDITION
 from ._inference import _inference_program
-from ._laplace import describe_parameter, inner_failures
+from ._laplace_results import describe_parameter, inner_failures
 from ._solver import ESCAPE_RATIO, Status
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._format import fmt
 from ._html import diagnostic_report, paragraphs, table
-from ._laplace import level_names, short_names
+from ._laplace_results import level_names, short_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._fit import FitResult

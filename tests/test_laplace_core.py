@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import autohess as ah
-from autohess._laplace import Laplace, make_structure
+from autohess._laplace import Laplace
+from autohess._laplace_structure import make_structure
 
 from helpers import rel_err
 from laplace_reference import richardson_jacobian
@@ -188,7 +189,8 @@ def test_crossed_single_form_has_no_dense_schur_complement(rng):
     factors' dense Q_C x Q_C block (only the second factor's coupling E and the rest's S2),
     and the random-effect SEs never solve Q right-hand sides (no Q x Q array). Both were the
     bulk of grouseticks' fit + SEs. Traced only (no compilation)."""
-    from autohess._laplace import _second_factor, conditional_program
+    from autohess._laplace_results import conditional_program
+    from autohess._laplace_structure import _second_factor
 
     model = _crossed_poisson(rng, N=30)
     s = model.laplace.structure

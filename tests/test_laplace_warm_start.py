@@ -130,7 +130,7 @@ def test_fit_keeps_the_modes_and_its_ses_start_there():
     fit keeps them (``FitResult.random_modes``): the SE program's inner Newton starts there
     (one step) instead of at 0. References: the cold inner solve at the estimate, and the SEs
     from a start at 0 (``random_effects`` without modes)."""
-    from autohess._laplace import random_effects
+    from autohess._laplace_results import random_effects
 
     model = _crossed_model(seed=7)
     res = ah.fit(model, warn=False)

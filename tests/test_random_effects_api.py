@@ -99,7 +99,7 @@ def test_random_effects_program_has_one_inner_loop(fitted):
     # jacfwd of the mode traced a second inner Newton loop (while_loop) into the program
     from jax.extend.core import jaxprs_in_params
 
-    from autohess._laplace import conditional_program
+    from autohess._laplace_results import conditional_program
 
     model, res = fitted
     program = conditional_program(model).__wrapped__
