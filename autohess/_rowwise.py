@@ -36,6 +36,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from ._basis import _FOLD
+from ._derivatives import _symmetrize
 
 __all__ = ["rowwise_value_grad_hess"]
 
@@ -343,8 +344,7 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
         # blocks[j][jj]: sum_i X_j[i, l] M[i, a, b] X_jj[i, m] as (l a, m b); direct columns last
         rows_ = []
         for j, X_j in enumerate(Xs):
-            row = [jnp.einsum("nl,nab,nm->lamb", X_j, per_row[j][:, :, offsets[jj]:offsets[jj + 1]], X_jj)
-                   .reshape(X_j.shape[1] * widths[j], X_jj.shape[1] * widths[jj]) for jj, X_jj in enumerate(Xs)]
+            row = [_weighted_gram(X_j, per_row[j][:, :, offsets[jj]:offsets[jj + 1]], X_jj) for jj, X_jj in enumerate(Xs)]
             if len(direct):
                 row.append(jnp.einsum("nl,nad->lad", X_j, per_row[j][:, :, n_eta:]).reshape(-1, len(direct)))
             rows_.append(row)
@@ -355,14 +355,25 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
         hz = jnp.block(rows_) if len(rows_) > 1 or len(rows_[0]) > 1 else rows_[0][0]
         gz = jnp.concatenate(grad_z) if len(grad_z) > 1 else grad_z[0]
         if permutation is not None:
-            if np.array_equal(permutation, np.arange(p)):
-                return value, gz, hz
-            return value, gz[permutation], hz[permutation][:, permutation]
-        grad = jnp.zeros((p,), dtype).at[order].add(gz) + jnp.where(jnp.isin(jnp.arange(p), direct), 0.0, g_x)
+            if not np.array_equal(permutation, np.arange(p)):
+                gz, hz = gz[permutation], hz[permutation][:, permutation]
+            return value, gz, _symmetrize(hz)
+        # a coordinate both in a product and used directly (its terms add), or one not used
+        grad = jnp.zeros((p,), dtype).at[order].add(gz)
         hess = jnp.zeros((p, p), dtype).at[order[:, None], order[None, :]].add(hz)
-        return value, grad, hess
+        return value, grad, _symmetrize(hess)
 
     return fun
+
+
+def _weighted_gram(X: jax.Array, M: jax.Array, Y: jax.Array) -> jax.Array:
+    """``sum_i X[i, l] M[i, a, b] Y[i, m]`` as an ``(l a, m b)`` matrix: one matrix product
+    ``X' (M * Y)`` (``X' diag(w) Y`` for one column each), as the closed forms compute it."""
+    n, l = X.shape
+    k, kk, m = M.shape[1], M.shape[2], Y.shape[1]
+    if k == kk == 1:
+        return X.T @ (M[:, 0, 0, None] * Y)
+    return jnp.einsum("nl,nab,nm->lamb", X, M, Y).reshape(l * k, m * kk)
 
 
 def _eval_designs(jaxpr, consts, x, index_eqns, designs, etas, keys):
