@@ -334,13 +334,20 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
             tangent = [jnp.broadcast_to(t[None] if e.ndim == 1 else t[None, :], e.shape) for t, e in zip(pats, etas)]
             return jax.jvp(value_and_grads, (etas, x), (tangent, tx))
 
-        # one forward and reverse sweep; its tangents in one batch (as ``jacfwd`` does)
-        (value, g_eta, g_x), (_, d_eta, d_x) = jax.vmap(push, out_axes=((None, None, None), 0))(
-            [jnp.asarray(pt) for pt in patterns], jnp.asarray(t_x))
+        # one forward and reverse sweep; its tangents in one batch (as ``jacfwd`` does), or the
+        # one tangent of a single-predictor model with no direct parameter (a GLM) unbatched
+        if q == 1:
+            (value, g_eta, g_x), (_, d_eta, d_x) = push([jnp.asarray(pt[0]) for pt in patterns], jnp.asarray(t_x[0]))
+            d_eta, d_x = [d[None] for d in d_eta], d_x[None]
+        else:
+            (value, g_eta, g_x), (_, d_eta, d_x) = jax.vmap(push, out_axes=((None, None, None), 0))(
+                [jnp.asarray(pt) for pt in patterns], jnp.asarray(t_x))
         # per-row second derivatives against each tangent: (n, k_j, q)
         per_row = [jnp.moveaxis(d.reshape(q, n, -1), 0, -1) for d in d_eta]
         Xs = [designs[k] for k in keys]
-        grad_z = [(X.T @ g.reshape(n, -1)).reshape(-1) for X, g in zip(Xs, g_eta)]
+        # (g' X, transposed: as a matrix product; X' g became a loop fusion on XLA's CPU)
+        grad_z = [jax.lax.dot_general(g.reshape(n, -1), X, (((0,), (0,)), ((), ()))).T.reshape(-1)
+                  for X, g in zip(Xs, g_eta)]
         # blocks[j][jj]: sum_i X_j[i, l] M[i, a, b] X_jj[i, m] as (l a, m b); direct columns last
         rows_ = []
         for j, X_j in enumerate(Xs):
@@ -382,5 +389,9 @@ def _eval_designs(jaxpr, consts, x, index_eqns, designs, etas, keys):
     for key in keys:
         eqn, idx, k = index_eqns[key]
         X = designs[key]
-        sel = x[idx]  # (l, k)
+        flat = idx.reshape(-1)
+        if np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+            sel = x[int(flat[0]):int(flat[0]) + flat.size].reshape(idx.shape)  # a slice, not a gather
+        else:
+            sel = x[idx]  # (l, k)
         etas.append(X @ (sel[:, 0] if k is None else sel))
