@@ -40,6 +40,14 @@ from ._derivatives import _symmetrize
 
 __all__ = ["rowwise_value_grad_hess"]
 
+#: a single predictor with every parameter in it (a GLM) and fewer operations than this on its
+#: rows keeps forward-over-reverse: with the basis folded (``fold_basis``) its pass is the
+#: closed form's arithmetic plus ``p`` tangents through a few cheap operations, and XLA laid
+#: the solver's loop out better for it (the zoo's logistic, 9 operations, and Poisson, 5: solves
+#: ~10% slower through the predictor, where ``X' W X`` went to a YNNPACK fusion; the README's
+#: logistic, 12: equal; a probit's ``norm.logcdf``, 90: 0.86x the fit's CPU time)
+FEW_OPS = 20
+
 #: primitives that act elementwise (operands of the output's shape, or scalars)
 _ELEMENTWISE = frozenset("""
 add sub mul div neg exp exp2 log log1p expm1 tanh logistic sqrt rsqrt cbrt pow integer_pow square
@@ -119,9 +127,9 @@ def _keeps_rows(eqn, row_in: list, n: int) -> bool:
     return False
 
 
-def _rows(jaxpr, row_in: list, n: int) -> Optional[list]:
+def _rows(jaxpr, row_in: list, n: int, count: list) -> Optional[list]:
     """Which outputs of ``jaxpr`` are row-wise functions of its row-wise inputs (``row_in``);
-    None if some operation mixes rows."""
+    None if some operation mixes rows. ``count[0]`` counts the operations on rows."""
     row = {v: flag for v, flag in zip(jaxpr.invars, row_in)}
     for eqn in jaxpr.eqns:
         flags = [not isinstance(v, jcore.Literal) and row.get(v, False) for v in eqn.invars]
@@ -134,7 +142,7 @@ def _rows(jaxpr, row_in: list, n: int) -> Optional[list]:
             k = len(sub.invars)
             if k > len(flags):
                 return None
-            out = _rows(sub, flags[len(flags) - k:], n)
+            out = _rows(sub, flags[len(flags) - k:], n, count)
             if out is None or any(flags[: len(flags) - k]):
                 return None
             for v, f in zip(eqn.outvars, out):
@@ -142,6 +150,7 @@ def _rows(jaxpr, row_in: list, n: int) -> Optional[list]:
             continue
         if not _keeps_rows(eqn, flags, n):
             return None
+        count[0] += 1
         for v in eqn.outvars:
             row[v] = True
     return [not isinstance(v, jcore.Literal) and row.get(v, False) for v in jaxpr.outvars]
@@ -152,9 +161,10 @@ class _Structure:
     (their equations, selection indices ``(l, k)`` into ``x``) and the coordinates of ``x``
     used otherwise (``direct``)."""
 
-    def __init__(self, index_eqns: dict, direct: np.ndarray):
+    def __init__(self, index_eqns: dict, direct: np.ndarray, ops: int):
         self.index_eqns = index_eqns  # eqn id -> (eqn, index (l, k) array, k or None for a vector)
         self.direct = direct
+        self.ops = ops  # operations on the rows after the products
 
 
 def _analyse(jaxpr, p: int, n: int) -> Optional[_Structure]:
@@ -199,14 +209,17 @@ def _analyse(jaxpr, p: int, n: int) -> Optional[_Structure]:
         return None
     # the predictors' rows must stay rows down to the contributions
     etas = {eqn.outvars[0] for eqn, _, _ in index_eqns.values()}
-    rowwise = _rows_from(jaxpr, etas, n)
-    if rowwise is None:
+    ops = _rows_from(jaxpr, etas, n)
+    if ops is None:
         return None
-    return _Structure(index_eqns, np.flatnonzero(direct))
+    return _Structure(index_eqns, np.flatnonzero(direct), ops)
 
 
-def _rows_from(jaxpr, etas: set, n: int) -> Optional[bool]:
+def _rows_from(jaxpr, etas: set, n: int) -> Optional[int]:
+    """The number of operations on the predictors' rows down to the contributions (nested
+    calls counted through), or None if one mixes rows."""
     row = {v: True for v in etas}
+    count = [0]
     for eqn in jaxpr.eqns:
         if eqn.outvars and eqn.outvars[0] in etas:
             continue
@@ -218,7 +231,7 @@ def _rows_from(jaxpr, etas: set, n: int) -> Optional[bool]:
             k = len(sub.invars)
             if k > len(flags) or any(flags[: len(flags) - k]):
                 return None
-            out = _rows(sub, flags[len(flags) - k:], n)
+            out = _rows(sub, flags[len(flags) - k:], n, count)
             if out is None:
                 return None
             for v, f in zip(eqn.outvars, out):
@@ -226,10 +239,11 @@ def _rows_from(jaxpr, etas: set, n: int) -> Optional[bool]:
             continue
         if not _keeps_rows(eqn, flags, n):
             return None
+        count[0] += 1
         for v in eqn.outvars:
             row[v] = True
     (out,) = jaxpr.outvars
-    return True if isinstance(out, jcore.Literal) or tuple(out.aval.shape) == (n,) else None
+    return count[0] if isinstance(out, jcore.Literal) or tuple(out.aval.shape) == (n,) else None
 
 
 def _is_index(eqn, sel, dep, n) -> bool:
@@ -293,6 +307,9 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
     q = sum(idx.shape[1] for _, idx, _ in index_eqns.values()) + len(direct)
     if q >= p:
         return None  # no fewer directions than the parameters themselves
+    if q == 1 and structure.ops < FEW_OPS:
+        return None  # forward-over-reverse through ``fold_basis`` is already the closed form's work
+
     consts = closed.consts
     keys = list(index_eqns)
 
@@ -301,7 +318,7 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
         if weights is not None:
             c = weights * c
         total = -jnp.sum(c)
-        return total if scale is None else total / scale
+        return total  # (divided by ``scale`` at the end: see ``fun``)
 
     # the tangents, one per predictor column and per direct coordinate: ones down the column
     # (every row its own direction: row i depends on its own predictors only)
@@ -364,13 +381,23 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
         if permutation is not None:
             if not np.array_equal(permutation, np.arange(p)):
                 gz, hz = gz[permutation], hz[permutation][:, permutation]
-            return value, gz, _symmetrize(hz)
+            return _divide(scale, value, gz, _symmetrize(hz))
         # a coordinate both in a product and used directly (its terms add), or one not used
         grad = jnp.zeros((p,), dtype).at[order].add(gz)
         hess = jnp.zeros((p, p), dtype).at[order[:, None], order[None, :]].add(hz)
-        return value, grad, _symmetrize(hess)
+        return _divide(scale, value, grad, _symmetrize(hess))
 
     return fun
+
+
+def _divide(scale, value, grad, hess):
+    """The objective's scale divided out of the results, not out of every row: as a scalar
+    factor inside the pass, XLA moved it onto the design (loop-invariant, hoisted out of the
+    solver's loop, transposed) and formed ``X' W X`` in a loop fusion instead of a matrix
+    product (the zoo logistic's solve ~10% slower than forward-over-reverse)."""
+    if scale is None:
+        return value, grad, hess
+    return value / scale, grad / scale, hess / scale
 
 
 def _weighted_gram(X: jax.Array, M: jax.Array, Y: jax.Array) -> jax.Array:
@@ -379,7 +406,10 @@ def _weighted_gram(X: jax.Array, M: jax.Array, Y: jax.Array) -> jax.Array:
     n, l = X.shape
     k, kk, m = M.shape[1], M.shape[2], Y.shape[1]
     if k == kk == 1:
-        return X.T @ (M[:, 0, 0, None] * Y)
+        # contracted over the rows as the forward-over-reverse program does; written as
+        # ``X.T @ (w Y)`` XLA fused the transpose into a loop instead of a matrix product
+        # inside the solver's loop (the zoo logistic's solve ~10% slower)
+        return jax.lax.dot_general(M[:, 0, 0, None] * Y, X, (((0,), (0,)), ((), ()))).T
     return jnp.einsum("nl,nab,nm->lamb", X, M, Y).reshape(l * k, m * kk)
 
 
