@@ -55,6 +55,12 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
             return
         if depth <= 0 or id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
             return
+        if _jax_library(obj):
+            # JAX's own module-level functions (``log_ndtr``, a ``custom_jvp`` object; ``gammaln``)
+            # read only JAX's module state; following a Tobit's ``log_ndtr`` into its rule and
+            # globals cost ~0.1 ms per fit (87 parts)
+            parts.append(("jax", obj.__module__, obj.__qualname__))
+            return
         seen.add(id(obj))
         if isinstance(obj, functools.partial):
             visit(obj.func, depth - 1)
@@ -124,6 +130,20 @@ def _own(fn: types.FunctionType) -> bool:
     module = getattr(fn, "__module__", None) or ""
     return (module.startswith("autohess.") and fn.__closure__ is None and not fn.__defaults__
             and not fn.__kwdefaults__ and "<locals>" not in fn.__qualname__)
+
+
+def _jax_library(obj: Any) -> bool:
+    """A function (or JAX function object: ``custom_jvp``, a jitted function) defined at module
+    level in JAX itself, by its ``__module__`` and ``__qualname__``; a user's function wrapped by
+    JAX keeps the user's module and is followed as usual."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)) or "<locals>" in qualname:
+        return False
+    if not (module == "jax" or module.startswith("jax.")):
+        return False
+    if isinstance(obj, types.FunctionType):
+        return obj.__closure__ is None
+    return type(obj).__module__.startswith(("jax.", "jaxlib."))
 
 
 def _global_names(code: types.CodeType) -> list:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from ._basis import fold_basis
 from ._derivatives import _objective, _split_obs, _symmetrize
 from ._model import Model
+from ._rowwise import rowwise_value_grad_hess
 
 
 
@@ -128,13 +129,19 @@ def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale:
         # no fold: the marginal meets the parameters through the inner solve, not a product by
         # the data, and re-evaluating its jaxpr doubled the trace of the solve (cbpp 3.1 s)
         return _value_grad_hess_with_basis(_unconstrained(model, data, weights, scale), mode)
-    if chunk is None:
-        direct = _value_grad_hess_fn(_unconstrained(model, data, weights, scale), mode)
-        if spec.all_real:
-            return direct
+    raw_weights = weights
     if weights is not None:
         weights = weights / _weight_unit(weights)
-    if chunk is None:
+    # through the linear predictors where the log-likelihood is a regression's (``_rowwise``:
+    # one tangent per predictor column instead of one per parameter), else forward-over-reverse
+    rows = None if chunk is not None else _rowwise_fn(model, data, weights, scale)
+    if rows is not None and spec.all_real:
+        return rows
+    if chunk is None and rows is None and spec.all_real:
+        return _value_grad_hess_fn(_unconstrained(model, data, raw_weights, scale), mode)
+    if rows is not None:
+        on_natural = rows
+    elif chunk is None:
         natural = functools.partial(model.negloglik_flat, data=data, weights=weights)
         on_natural = _value_grad_hess_fn(natural if scale is None else (lambda x: natural(x) / scale), mode)
     else:
@@ -150,6 +157,17 @@ def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale:
         return value, jac * grad, _symmetrize(jac[:, None] * hess * jac[None, :] + jnp.diag(curv * grad))
 
     return fun
+
+
+def _rowwise_fn(model: Model, data: Any, weights: Any, scale: Any) -> Optional[Callable]:
+    """``x -> (f, grad f, Hessian)`` of the natural-scale negative log-likelihood (divided by
+    ``scale``; ``weights`` already divided by their mean) through its linear predictors
+    (``rowwise_value_grad_hess``), or None where its structure is not a regression's."""
+    if not model.per_observation or model.nobs is None:
+        return None
+    spec = model.spec
+    return rowwise_value_grad_hess(lambda x: model._loglik(spec.unflatten(x), data), int(spec.size), model.nobs, model.dtype,
+                                   weights, scale)
 
 
 def _chunked_value_grad_hess(model: Model, data: Any, weights: Any, scale: Any, mode: str, chunk: int) -> Callable:

@@ -40,24 +40,67 @@ OpenBLAS thread and one XLA thread (``XLA_FLAGS="--xla_cpu_multi_thread_eigen=fa
 intra_op_parallelism_threads=1"``): the machine is shared with five other sessions and wall
 times swing several-fold; medians are still noisy (CPU caches are shared), minima are the floor.
 
-Headline numbers (2-core AMD EPYC VM, 2026-12-01 19:05, run at 0fb439b, load average 9.5-10.8
-on 2 cores: the process got about half a CPU, see results/models.json; single-threaded as above;
-ratio = ours / peer by medians, by minima in brackets):
+Headline numbers (2-core AMD EPYC VM, 2026-12-01 21:49, run at c29b57b, full run; ``uptime``
+load average 9.5-10.7 on 2 cores before and after: other sessions' tests were running, the
+process got about half a CPU; single-threaded as above; ratio = ours / peer by medians, by
+minima in brackets; results/models.json, the --quick run beside it in models_quick.json):
 
-* MNLogit (36 parameters): 1.65 (1.58): FAIL. 6 iterations (7 passes) at ~0.7 ms each for the
-  value + gradient + Hessian (fwd-rev: the folded tangents of ``eta`` are (36, 944, 7) arrays,
-  6/7 of them zeros along the class axis, which XLA multiplies through); the covariance and
-  diagnostics program ~0.4 ms at p = 36; statsmodels: 7 Newton iterations, 4.6 ms.
-* Tobit: 6.9 (6.8): FAIL. 10 iterations from beta = 0, sigma = 1: the Hessian there is
-  indefinite (smallest eigenvalue -1661), so the trust region starts at sqrt(p) marginal SDs
-  (~0.045 per coefficient against a distance of ~0.95) and grows 3x per accepted step: 4
-  iterations only to reach the basin, then 5 Newton steps; each pass ~0.9-1.0 ms (jax's
-  ``log_ndtr``, every branch for all 6366 observations). The numpy loop: 5 iterations from OLS.
-* Zoo: logistic 0.78 (0.74) against a target of 1/3: FAIL; Poisson 0.75 (0.77): PASS; NB2 0.93
-  (0.76): PASS; OLS by ML 2.21 (1.45): FAIL (0 iterations now; 0.44 ms against OLS's 0.31 ms
-  at the minima, the medians on this load swing 2x).
-* Exact Hessian of the README's logistic model / numpy closed form: 2.29 (2.15) against 1.5:
-  FAIL; ``check=False`` 2.20, the zoo's model 2.14 (2.95 before: its fingerprint).
+* MNLogit (36 parameters): 0.82 (0.64): PASS (1.65-1.82 before). 6 iterations at ~0.25-0.3 ms
+  (the pass through the linear predictors, ``_rowwise``: 6 tangents instead of 36) + ~1.0 ms
+  fixed (a fit started at the optimum: one pass, the covariance and diagnostics program at
+  p = 36, host code); statsmodels 7 Newton iterations, 4.1-4.7 ms.
+* Tobit: 4.06 (4.36): FAIL (6.9-8.2 before). Still 10 iterations from beta = 0, sigma = 1 against
+  numpy's 5 from OLS; each ~0.68 ms (the pass ~0.55 ms, 2 tangents instead of 11, against the
+  closed form written in JAX ~0.44 ms and ~0.85 ms before) + ~1.8 ms fixed.
+* Zoo: logistic 0.89 (0.76) against 1/3: FAIL (unchanged: its 9 operations per row keep
+  forward-over-reverse, see ``_rowwise.FEW_OPS``); Poisson 0.71 (0.78): PASS; NB2 0.81 (0.65):
+  PASS; OLS by ML 1.50 (1.30): FAIL (0.78x its own time before, A/B below).
+* Exact Hessian of the README's logistic model / numpy closed form: 2.27 (2.18) against 1.5:
+  FAIL (unchanged; ``check=False`` 2.05, the zoo's model 2.14).
+
+Where the Tobit's 20 ms went (before; CPU ms, minima on the loaded VM, one XLA thread): 10
+passes of value + gradient + Hessian at 0.85-1.3 ms each (forward-over-reverse: 11 tangents
+through 50 operations per observation after ``X @ beta``: ``log_ndtr`` computes all three of
+its branches (``log(ndtr)``, ``log1p(-ndtr(-x))``, the asymptotic series) for every observation,
+and its ``custom_jvp`` rule evaluates ``log_ndtr`` again inside the derivative; 6.9 Mflop by
+XLA's count against 4.2 now) + ~1.8 ms fixed: the solve program at the optimum 1.07 ms (one pass,
+the objective's scale = one log-likelihood evaluation ~0.22 ms, the trust-region algebra), the
+covariance and diagnostics program and host code ~0.5-0.8 ms, of which the closure fingerprint
+0.08-0.14 ms (it followed ``log_ndtr`` into JAX's rule and globals: 87 parts; now 1). The
+iterations: the start's Hessian is indefinite, so the region starts at sqrt(p) marginal SDs and
+grows 3x per accepted step (the largest coefficient moves 0.019, 0.077, 0.245, 0.71 of its 0.95
+distance, one overshoot), then 5 Newton steps including the one that confirms convergence. No
+host round trips inside the solve (one read of its flags, one of ``flagged``).
+
+Third round (issue #16 part 1, this run; A/B in one process, the fit programs compiled with and
+without ``_rowwise``, interleaved, CPU time, load ~10, medians (minima) over 40 fits + SEs):
+MNLogit 3.95 (3.13) against 7.37 (6.54) ms: 0.54x; Tobit 9.76 (7.87) against 16.56 (15.31) ms:
+0.59x; NB2 0.83x; OLS by ML 0.78x; logistic and Poisson 1.01x and 0.94x (their programs are the
+same). Estimates within 6e-16 and SEs within 2e-13 relative; iteration counts unchanged.
+
+* ``_rowwise.py``: where the log-likelihood meets its parameters only in products of data with
+  a selection of them (``X @ beta``, ``X @ B.T``) and is otherwise row by row, the solver's
+  value, gradient and Hessian come from one forward-over-reverse pass with one tangent per
+  predictor column and per parameter used directly (``ones`` down the rows: row i depends on its
+  own predictors only), then ``X' diag(.) X``; found in the jaxpr (nested ``jit`` and custom
+  rules followed), else the pass as before. Exact: the same chain rule, equal to rounding
+  (tests/test_rowwise.py). Used by ``fit`` (``_problem._unconstrained_value_grad_hess``), not by
+  ``ah.hessian``, batches or the profile.
+* The closure fingerprint records JAX's own module-level functions by name.
+* Tried and not kept: ``X.T @ (w X)`` (XLA formed it in a loop fusion inside the solver's loop)
+  and the objective's scale applied per row (XLA moved it onto the design, hoisted it out of the
+  loop and sent ``X' W X`` to a YNNPACK fusion): the zoo logistic's solve was 10% slower until
+  both were changed, and the single-predictor GLMs still measured ~equal at best, so those with
+  few operations per row keep forward-over-reverse.
+
+Not done (third round): the Tobit's iterations (a user-written model has no data start; the
+solver's handling of an indefinite start is shared with GARCH, where the last round's attempts
+cost iterations); ``ah.hessian`` through the predictors; the fixed costs of the zoo logistic,
+OLS by ML and the user-written Hessian (two programs and two host reads per fit, see below).
+
+Second round, for reference (2026-12-01 19:05, run at 0fb439b, load average 9.5-10.8):
+MNLogit 1.65 (1.58); Tobit 6.9 (6.8); zoo logistic 0.78 (0.74), Poisson 0.75 (0.77), NB2 0.93
+(0.76), OLS by ML 2.21 (1.45); exact Hessian of the README's logistic 2.29 (2.15).
 
 This branch against main (c0a5010), the same workloads in one process (main's package imported
 under another name, /tmp script), interleaved, CPU time, load ~10, medians (minima): zoo logistic
