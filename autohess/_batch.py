@@ -4,8 +4,9 @@ Each member is solved, differentiated and summarised exactly as ``fit`` does for
 (same trust-region loop, same covariance and diagnostics code), so a batch equals a loop of
 single fits. Nothing raises for one bad member: a member whose data or start make the
 likelihood non-finite gets status ``NONFINITE``, one that stops early ``MAX_ITERATIONS``, and
-its neighbours are unaffected (``vmap`` runs every member's loop until the slowest finishes;
-finished members simply stop changing).
+its neighbours are unaffected (on one CPU device the members run one after another; a
+``vmap`` runs every member's loop until the slowest finishes, finished members simply stop
+changing).
 
 Inputs that a single ``fit`` would refuse (non-finite data, data outside the model's
 ``support``, negative or non-finite weights or weights that sum to 0, a start outside a
@@ -20,6 +21,15 @@ profile likelihood: it runs a per-member function over a leading batch axis in c
 all of them), shards each chunk's batch axis over all local devices, and reports progress on
 long runs. With several processes (``jax.distributed``) each process runs a contiguous share
 of the members this way and the outputs are gathered to every process (``_distributed``).
+
+One CPU device (``SEQUENTIAL_ON_CPU``): a chunk's program is a ``lax.map`` of the unbatched
+member, so each member runs its own solver loop, as long as it needs, with the solver's
+``lax.cond``s branching for real and its working set in cache; there is nothing to compact.
+Measured single-threaded (benchmarks/bench_batch.py): a vmapped GARCH-t value/gradient/Hessian
+(a 1500-step scan) cost 1.16 ms CPU per member at 1000 members and 0.58 ms at 16, against
+0.36 ms unbatched (the scan's per-step work on short vectors, and at 1000 members arrays of
+tens of MB that leave the cache); a logistic member's Hessian is as cheap either way. The rest
+of this paragraph is the vmapped layout of accelerators and meshes.
 
 Stragglers (``_run_compacted``). A ``vmap``-ed ``while_loop`` runs every member until the
 slowest stops: a GARCH-t bootstrap whose replicates near alpha + beta = 1 take 20 iterations
