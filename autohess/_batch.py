@@ -88,6 +88,8 @@ __all__ = ["BatchResult", "fit_batch", "run_members", "member_fit", "default_bat
 BATCH_COV_TYPES = ("hessian", "opg", "robust")
 #: host memory a chunk may use on CPU when the caller does not choose ``batch_size``
 CPU_CHUNK_BYTES = 2 * 2**30
+#: working set of the members vmapped together on a 1-device CPU (``cpu_group_size``)
+CPU_GROUP_BYTES = 256 * 2**10
 #: fraction of an accelerator's memory a chunk may use
 DEVICE_CHUNK_FRACTION = 0.5
 
@@ -333,6 +335,19 @@ def default_batch_size(model: Model, batched: Any = None, size: int = 1) -> int:
     return max(1, int(budget // max(per_member, 1)))
 
 
+def cpu_group_size(model: Model, batched: Any = None, size: int = 1) -> int:
+    """Members vmapped together on a 1-device CPU: the largest power of 2 whose working set
+    (``default_batch_size``'s estimate per member) fits ``CPU_GROUP_BYTES``, at least 1 (then
+    the members run unbatched, one after another)."""
+    p = model.n_params
+    n = model.nobs or 1
+    item = np.dtype(model.dtype).itemsize
+    own = sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(batched))
+    per_member = own // max(size, 1) + item * (4 * n * p + 16 * p * p)
+    fits = max(1, CPU_GROUP_BYTES // max(per_member, 1))
+    return 1 << (int(fits).bit_length() - 1)
+
+
 def chunk_plan(size: int, cap: int, n_devices: int = 1) -> tuple[int, int]:
     """``(chunks, members per chunk)`` for ``size`` members, at most ``cap`` per chunk (rounded
     up to a multiple of ``n_devices``): equal chunks, so padding wastes less than one member
@@ -418,11 +433,17 @@ def run_members(
     # Hessian (a 1500-step scan) cost 1.16 ms CPU per member at 1000 members, 0.58 ms at 16,
     # against 0.36 ms unbatched (single-threaded, benchmarks/bench_batch.py docstring). With
     # several devices (a mesh) or an accelerator the chunk is vmapped and compacted as below.
-    sequential = SEQUENTIAL_ON_CPU and mesh is None and jax.local_devices()[0].platform == "cpu"
+    group = bs
+    if SEQUENTIAL_ON_CPU and mesh is None and jax.local_devices()[0].platform == "cpu":
+        group = cpu_group_size(model, batched, size) if GROUP is None else GROUP
+        if group < bs:
+            bs = int(math.ceil(bs / group) * group)  # whole groups (padding: fewer than ``group``)
+    group = min(group, bs)
+    sequential = group == 1
     # small chunks run to the end in one program, as before staging: a straggler holds up few
     # members there, and the compacted programs' compilations would cost more than they save
     # (and a sequential chunk has no stragglers to compact)
-    compact = bs >= COMPACT_MIN_BATCH and not sequential
+    compact = bs >= COMPACT_MIN_BATCH and group == bs
     # nor for random-effects models: each compacted bucket size is a program of its own, and a
     # Laplace member's program (its Hessian differentiates through the inner solve) takes
     # seconds to compile, so a warm call whose stragglers fall into a new bucket size compiled
@@ -449,11 +470,17 @@ def run_members(
             model.trace_counts[label if kind == "first" else f"{label} compacted"] += 1
             if sequential:
                 return lax.map(lambda bt: staged_member(bt[0], s, bt[1]), (b, state))
-            return jax.vmap(staged_member, in_axes=(0, None, 0), axis_name=_AXIS)(b, s, state)
+            batched_member = jax.vmap(staged_member, in_axes=(0, None, 0), axis_name=_AXIS)
+            n = jax.tree_util.tree_leaves(b)[0].shape[0]
+            if group >= n:
+                return batched_member(b, s, state)
+            split = lambda a: a.reshape((n // group, group) + a.shape[1:])  # noqa: E731
+            out = lax.map(lambda bt: batched_member(bt[0], s, bt[1]), jax.tree_util.tree_map(split, (b, state)))
+            return jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:]), out)
 
         return jax.jit(run)
 
-    first = model._jitted((label, key, bs, n_dev, compact, sequential), lambda: build("first"))
+    first = model._jitted((label, key, bs, n_dev, compact, group), lambda: build("first"))
     resume = lambda n, kind="resume": model._jitted((label, key, n, n_dev, kind), lambda: build(kind))  # noqa: E731
     row = None
     if mesh is not None:
@@ -495,6 +522,8 @@ _STAGE_PASSES = {
 #: on a CPU with one device, run a chunk's members one after another in its program (``lax.map``)
 #: rather than ``vmap``-ed (see ``run_members``); tests of the vmapped layout turn it off
 SEQUENTIAL_ON_CPU = True
+#: members per group on the CPU (None: ``cpu_group_size``); for benchmarks
+GROUP = None
 #: smallest chunk whose unfinished members are compacted (smaller ones run in one program)
 COMPACT_MIN_BATCH = 64
 #: smallest compacted batch: below it a smaller program saves less than its compilation costs

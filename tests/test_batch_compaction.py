@@ -186,13 +186,16 @@ def test_sharded_stages_equal_one_device():
     assert sharded[2][1][0] == 2  # the two stragglers went on alone
 
 
-def test_cpu_members_run_one_by_one(small_stages, monkeypatch):
-    """On a 1-device CPU a chunk's members run one after another in one program (each its own
-    solver loop, unbatched): nothing to compact even where staging thresholds are met, and each
-    member, stragglers included, equals its single fit (estimates, SEs, iterations, status;
-    1e-10 as above). Before, the chunk was vmapped and staged (``LAST_STAGES`` non-empty,
-    compacted programs compiled): a vmapped GARCH-t Hessian cost 3x the unbatched one per member."""
+@pytest.mark.parametrize("group", [1, 4])
+def test_cpu_members_run_in_groups(small_stages, monkeypatch, group):
+    """On a 1-device CPU a chunk's members run one group after another in one program (group 1:
+    each member unbatched, its own solver loop; 4: vmapped fours, 9 members padded to 12):
+    nothing to compact even where staging thresholds are met, and each member, stragglers
+    included, equals its single fit (estimates, SEs, iterations, status; 1e-10 as above).
+    Before, the chunk was vmapped whole and staged (``LAST_STAGES`` non-empty, compacted
+    programs compiled): a vmapped GARCH-t Hessian cost 3x the unbatched one per member."""
     monkeypatch.setattr(_batch, "SEQUENTIAL_ON_CPU", True)
+    monkeypatch.setattr(_batch, "GROUP", group)
     model = _logistic(seed=7)
     estimate = np.asarray(ah.fit(model).params_flat)
     rng = np.random.default_rng(1)
@@ -206,3 +209,18 @@ def test_cpu_members_run_one_by_one(small_stages, monkeypatch):
     assert its[[1, 6]].min() > 6 and np.delete(its, [1, 4, 6]).max() <= 5, its  # stragglers are stragglers
     assert bres.status_code[4] == Status.NONFINITE and bres.input_problems[4] is not None
     _assert_members_equal_single_fits(model, bres, starts, 200, [0, 1, 6])
+
+
+def test_cpu_group_size_follows_the_working_set():
+    """Members vmapped together on the CPU: as many as fit ``CPU_GROUP_BYTES`` (256 KiB) by
+    ``default_batch_size``'s per-member estimate ``8 (4 N p + 16 p^2)`` bytes, a power of 2, at
+    least 1. GARCH-t at N = 1500 (p = 5: 243 KB) runs unbatched (vmapped it cost 3x per
+    member); a logistic model at N = 100, p = 3 (10.8 KB) in groups of 16 (unbatched it cost
+    3x the vmapped run: per-operation overheads that a vector amortises)."""
+    rng = np.random.default_rng(0)
+    garch = ah.models.garch11(rng.standard_t(6, size=1500))
+    assert _batch.cpu_group_size(garch) == 1
+    X = np.c_[np.ones(100), rng.normal(size=(100, 2))]
+    tiny = ah.models.logistic(X, (rng.uniform(size=100) < 0.5).astype(float))
+    assert _batch.cpu_group_size(tiny) == 16
+    assert _batch.cpu_group_size(tiny, jax.numpy.zeros((64, 100)), 64) == 16  # + 800 B of weights each
