@@ -125,6 +125,32 @@ autohess 9c03404 (solver that stops at a 1e-12 Newton step and lengthens ridge s
     rounds: 1.83 / 1.91 / 1.63 s with it, 1.83 / 2.05 / 1.89 s without (mean Newton
     iterations 4.00 against 4.07); the 2.6 s -> 5.5 s measured around that change was load.
 
+* CPU members group after group (#16 part 3, concluded; 2026-12-01, autohess 96d3156, the VM at
+  load average 8.6-12: other engineers' test suites). Profile, single-threaded, process CPU
+  time: a vmapped GARCH-t value/gradient/Hessian (fwd-rev through the 1500-step scan) cost
+  1163 us per member at B = 1000, 1144 at 64, 584 at 16, against 363 us unbatched
+  (``fwd-fwd`` 2241 unbatched / 4616 at 1000; ``rev-rev`` 420 / 1350): per member a vmap of the
+  scan does 3x the work of the unbatched program (per-step work on short vectors instead of
+  scalars; at 1000 members arrays of tens of MB leave the cache), so no stage layout or first
+  stage length could bring the vmapped bootstrap down to a single fit. ``lax.map`` over vmapped
+  groups of 8 or 32: 553 / 537 us. On a 1-device CPU a chunk now runs as a ``lax.map`` over
+  groups of ``_batch.cpu_group_size`` members (256 KiB of working set by
+  ``default_batch_size``'s estimate): GARCH-t and the logistic model at N = 1500 run one member
+  at a time, unbatched (own solver loop, real ``cond``s, nothing to compact); a logistic model
+  at N = 100, p = 3 (B = 2000) in groups of 16: unbatched 85-103 us per member, groups of 16
+  36 us, 64 25-28 us, 256 23-25 us, the whole vmap 28-43 us. Side by side (``--compaction 3``,
+  results/batch_compaction_1thread.json, ``OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+  intra_op_parallelism_threads=1"``), per member over one warm ``ah.fit`` + bse, CPU time:
+
+  - GARCH-t parametric B=1000: sequential 0.66x, 0.80x, 1.00x (median 0.80x; wall 0.83x),
+    vmapped compacted 1.39x, 1.69x, 2.15x, vmapped not compacted 3.85-6.91x (single fit
+    3.96-5.81 ms CPU). Target <= 1x: PASS (median; one round of three on the line).
+  - Logistic nonparametric B=5000: sequential 0.33x, 0.24x, 0.31x (median 0.31x; wall 0.29x),
+    vmapped compacted 0.48-0.55x, not compacted 0.48-0.56x (single fit 1.55-2.05 ms CPU).
+    Target <= 0.5x: PASS.
+  - Results: members equal single fits (1e-10) in both layouts (tests/test_batch_compaction.py
+    and the batch, bootstrap, simulation and profile tests, which now run the CPU layout).
+
 See benchmarks/README.md for how to run and read these numbers.
 """
 
