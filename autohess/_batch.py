@@ -438,6 +438,7 @@ def run_members(
         group = cpu_group_size(model, batched, size) if GROUP is None else GROUP
         if group < bs:
             bs = int(math.ceil(bs / group) * group)  # whole groups (padding: fewer than ``group``)
+            chunks = int(math.ceil(size / bs))  # (a longer chunk may leave one fewer)
     group = min(group, bs)
     sequential = group == 1
     # small chunks run to the end in one program, as before staging: a straggler holds up few

@@ -224,3 +224,17 @@ def test_cpu_group_size_follows_the_working_set():
     tiny = ah.models.logistic(X, (rng.uniform(size=100) < 0.5).astype(float))
     assert _batch.cpu_group_size(tiny) == 16
     assert _batch.cpu_group_size(tiny, jax.numpy.zeros((64, 100)), 64) == 16  # + 800 B of weights each
+
+
+def test_cpu_groups_round_chunks_up(monkeypatch):
+    """``batch_size`` 10 with groups of 8: chunks of 16 (whole groups), so 100 members run as 7
+    chunks; before the chunk count was recomputed after the rounding, the 10 chunks planned
+    for chunks of 10 ran on, and the 8th sliced past the end (an empty chunk, which failed).
+    Each member equals its single fit (1e-10, as above)."""
+    monkeypatch.setattr(_batch, "GROUP", 8)
+    model = _logistic(n=60, seed=8)
+    estimate = np.asarray(ah.fit(model).params_flat)
+    starts = estimate + 0.05 * np.random.default_rng(2).normal(size=(100, 3))
+    bres = ah.fit_batch(model, start={"beta": starts}, batch_size=10)
+    assert len(bres) == 100 and bres.converged.all()
+    _assert_members_equal_single_fits(model, bres, starts, 200, [0, 57, 99])
