@@ -186,10 +186,9 @@ def test_sharded_stages_equal_one_device():
     assert sharded[2][1][0] == 2  # the two stragglers went on alone
 
 
-@pytest.mark.parametrize("group", [1, 4])
-def test_cpu_members_run_in_groups(small_stages, monkeypatch, group):
+def test_cpu_members_run_in_groups(small_stages, monkeypatch, group=1):
     """On a 1-device CPU a chunk's members run one group after another in one program (group 1:
-    each member unbatched, its own solver loop; 4: vmapped fours, 9 members padded to 12):
+    each member unbatched, its own solver loop; vmapped groups: the next test):
     nothing to compact even where staging thresholds are met, and each member, stragglers
     included, equals its single fit (estimates, SEs, iterations, status; 1e-10 as above).
     Before, the chunk was vmapped whole and staged (``LAST_STAGES`` non-empty, compacted
