@@ -148,6 +148,11 @@ autohess 9c03404 (solver that stops at a 1e-12 Newton step and lengthens ridge s
   - Logistic nonparametric B=5000: sequential 0.33x, 0.24x, 0.31x (median 0.31x; wall 0.29x),
     vmapped compacted 0.48-0.55x, not compacted 0.48-0.56x (single fit 1.55-2.05 ms CPU).
     Target <= 0.5x: PASS.
+  - Default threads (``--compaction 2``, results/batch_compaction.json, load 4.5-5.8), CPU
+    time: GARCH-t sequential 0.73x, 0.94x (median 0.83x; wall 0.62x, 1.05x), vmapped
+    compacted 1.66x, 2.12x (single fit 4.28-5.19 ms CPU): PASS, with little margin in one
+    round; logistic sequential 0.31x, 0.36x (wall 0.33x, 0.52x), vmapped compacted 0.50x,
+    0.69x (single fit 1.25-1.91 ms CPU): PASS by CPU time (wall on the line in one round).
   - Results: members equal single fits (1e-10) in both layouts (tests/test_batch_compaction.py
     and the batch, bootstrap, simulation and profile tests, which now run the CPU layout).
 
