@@ -88,7 +88,7 @@ _FAST_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 #: for programs that run once per fit or model: LLVM's optimiser is most of their compile time
 _RUN_ONCE = {"xla_backend_optimization_level": 0}
 #: for the random-effects solve (``compiler_options(large=True)``): nearly all of its XLA
-#: compile is LLVM compiling its 200-760 kernels (HLO passes: milliseconds), and LLVM level 1
+#: compile is LLVM compiling its kernels (cbpp 204; HLO passes: milliseconds), and LLVM level 1
 #: compiles it in 9-27% less CPU time than level 2 (cbpp 3.67 -> 2.67 s, sleepstudy 8.4 -> 6.7,
 #: NB2 8.5 -> 7.4, grouseticks 15.9 -> 14.5; loaded VM, one thread) and runs it as fast
 #: (interleaved, 7 rounds: medians within 10% either way, results equal to 1e-14); level 0
