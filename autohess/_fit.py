@@ -391,7 +391,7 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         flags = jnp.stack([status, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)]).astype(jnp.int32)
         return spec.to_natural(u), iterations, status, None, flags, None, scale
 
-    return jax.jit(solve, compiler_options=compiler_options())
+    return jax.jit(solve, compiler_options=compiler_options(large=model.laplace is not None))
 
 
 def _max_steps(spec) -> np.ndarray:

@@ -32,6 +32,35 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
+Latest (branch first15, issue #15's first-call work: the solve compiled at LLVM level 1, one
+copy of the inner Newton step per program, the warm solve and its cold fallback one loop).
+``--quick`` at fd1b075, 22:23-22:25 UTC, 1% busy in the second before but others started during
+it (load average 1.3 before, 3.1 after): first call wall (CPU) cbpp 3.7 (4.7) s PASS,
+sleepstudy 6.9 (8.6) s FAIL, NB2 8.6 (10.6) s FAIL, grouseticks 15.7 (15.7) s FAIL (target 5 s);
+warm fit + SEs median (min) cbpp 5.20 (3.05) ms PASS, sleepstudy 3.44 (2.09) ms PASS, NB2 15.90
+(11.32) ms FAIL, grouseticks 85.8 (59.7) ms FAIL (targets 10/10/10/30; under load NB2 and
+grouseticks are far from the idle VM's 8.65 and 21.3 ms, see run B below). The base commit
+d91e5d1 right after (98% busy, load 1.9 -> 5.8): first calls 6.7 / 10.0 / 13.5 / 21.4 s, warm
+4.21 / 4.29 / 12.64 / 377.9 ms: not comparable runs. Comparable: first call + SEs in fresh
+processes, one XLA thread, process CPU time, base and branch interleaved (two pairs, load 10-13
+and 5): cbpp 6.6 -> 5.5 and 5.8 -> 5.5 s, sleepstudy 10.3 -> 10.0 and 10.0 -> 10.4 s, NB2
+12.2 -> 9.8 and 13.0 -> 10.0 s, grouseticks 24.1 -> 19.7 s. Where a first call goes (cbpp,
+one thread): ~1 s tracing and 0.3 s lowering, then XLA compiling the solve, of which nearly
+all is LLVM compiling its kernels (cbpp: 204 kernels; grouseticks' optimised HLO holds 763
+fusions; every HLO pass together takes milliseconds): compile cost follows kernel count and size. Within cbpp's solve
+program: the solver's own logic ~0.9 s, the marginal's value + gradient + Hessian ~1.3 s, the
+objective's scale at the start (a second inner loop) ~0.45 s. Tried and dropped: masked sums
+instead of ``segment_sum`` (XLA's CPU backend turns every scatter-add into a loop, 27 in cbpp's
+solve and 104 in grouseticks', but replacing them added kernels, 204 -> 231, and no speed),
+``jax.disable_jit`` while tracing (no faster), fusion emitters (slower), LLVM's
+``disable_expensive_passes`` and ``max_isa`` (within noise), other Hessian AD modes
+(rev-rev, fwd-fwd: no smaller). Warm single-threaded A/B of the branch against the base stayed
+within this VM's noise (cbpp, sleepstudy, NB2; +-20% between rounds): no measured gain for
+NB2's warm target, and its margin is not settled. What would reach 5 s: a marginal Hessian
+assembled from per-group/per-observation derivative tensors instead of nested AD through the
+implicit ``custom_jvp`` (fewer, smaller kernels), and the start's scale and inner solve out of
+the level-1 program.
+
 Headline numbers: two runs on the 2-core AMD EPYC VM shared with other engineers. Run A at
 44e060b (19:21-19:25 UTC; 66% busy in the second before, load average 2.4 before, 2.8 after);
 run B, results/laplace.json, at 2e335c6 (single fits unchanged from A; batches of

@@ -111,13 +111,42 @@ def test_compiler_options_follow_the_environment(fresh_options):
     assert _config.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
     assert _config.compiler_options(once=True) == {"xla_cpu_use_fusion_emitters": False,
                                                    "xla_backend_optimization_level": 0}
+    assert _config.compiler_options(large=True) == {"xla_cpu_use_fusion_emitters": False,
+                                                    "xla_backend_optimization_level": 1}
     _config._options.cache_clear()
     fresh_options.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
     assert _config.compiler_options() is None
     assert _config.compiler_options(once=True) == {"xla_backend_optimization_level": 0}
+    assert _config.compiler_options(large=True) == {"xla_backend_optimization_level": 1}
+    _config._options.cache_clear()
+    fresh_options.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    assert _config.compiler_options(large=True) == {"xla_cpu_use_fusion_emitters": False}
     _config._options.cache_clear()
     fresh_options.setenv("AUTOHESS_XLA_DEFAULT", "1")
     assert _config.compiler_options() is None and _config.compiler_options(once=True) is None
+    assert _config.compiler_options(large=True) is None
+
+
+def test_random_effects_solve_is_compiled_at_llvm_level_1(fresh_options):
+    """The random-effects solve (most of a first fit's compile is LLVM on its kernels) asks for
+    ``large=True``; a model without random effects keeps the default level. Built only: the
+    options are recorded where ``_solve_program`` asks for them, nothing is compiled."""
+    import autohess as ah
+
+    asked = []
+    fresh_options.setattr(_fit, "compiler_options", lambda **kw: asked.append(kw) or None)
+    data = {"y": np.array([1.0, 2.0, 0.0, 3.0]), "g": np.array([0, 0, 1, 1])}
+
+    def loglik(p, d):
+        eta = p["a"] + p["b"][d["g"]]
+        return d["y"] * eta - jnp.exp(eta)
+
+    mixed = ah.Model(loglik, data, params={"a": 0.0, "sd": ah.Positive(1.0)},
+                     random={"b": ah.Normal(sd="sd", groups="g")})
+    plain = ah.Model(lambda p, d: d["y"] * p["a"] - jnp.exp(p["a"]), data, params={"a": 0.0})
+    _fit._solve_program(mixed, "trust-region", 10, None)
+    _fit._solve_program(plain, "trust-region", 10, None)
+    assert asked == [{"large": True}, {"large": False}]
 
 
 def test_untested_jaxlib_probes_the_options_first(fresh_options):

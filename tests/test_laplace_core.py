@@ -419,3 +419,24 @@ def test_inner_loop_computes_the_parameter_only_terms_once():
     assert bool(np.all(res.converged))
     grad = lap.grad_u(res.u, model.init_params, model.data)
     assert float(jnp.max(jnp.abs(grad))) < 1e-9 * float(np.sum(y) + G)
+
+
+def test_inner_loop_checks_its_end_point_inside_the_loop(rng):
+    """The inner maximisation's positive-definiteness check at the point reached is the loop's
+    last pass, not a second copy of the Newton step (Hessian assembly and factorisation) after
+    it: nothing but the flags' ``and`` follows the loop in the jaxpr, on the block-diagonal and
+    crossed paths. Results: ``positive_definite`` as the eigenvalues of ``-H_uu`` at the
+    returned modes say (numpy), and the extra pass is not counted as an iteration."""
+    from autohess._laplace import INNER_MAXITER
+
+    for model in (_binomial_glmm(rng), _slope_lmm(rng), _crossed_poisson(rng)):
+        lap, data = model.laplace, model.data
+        jpr = jax.make_jaxpr(lambda p: lap.inner(p, data))(model.init_params).jaxpr
+        last = max(i for i, e in enumerate(jpr.eqns) if e.primitive.name == "while")
+        after = [e.primitive.name for e in jpr.eqns[last + 1:]]
+        assert after == ["and"], after
+        res = jax.jit(lambda p: lap.inner(p, data))(model.init_params)
+        _, H = lap.grad_hess(res.u, model.init_params, data)
+        pd = np.array([np.all(np.linalg.eigvalsh(-np.asarray(h)) > 0) for h in np.asarray(H)])
+        np.testing.assert_array_equal(np.asarray(res.positive_definite), pd)
+        assert bool(np.all(res.converged)) and 1 <= int(res.iterations) < INNER_MAXITER

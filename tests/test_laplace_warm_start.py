@@ -100,14 +100,47 @@ def test_warm_started_evaluation_equals_cold_and_is_cheaper():
     assert int(lap.inner(params_of(x), data, mode).iterations) == 1
     assert int(lap.inner(params_of(x), data).iterations) > 1
     # and the derivative pass takes the modes found there as they are: the program's only
-    # inner loops are the warm solve and its cold fallback (each of value, gradient and
-    # Hessian ran one more Newton loop from them: 5 loops, ~10% of grouseticks' fit)
+    # loops are the inner Newton loop and the loop that runs it from the warm start, then
+    # from 0 where that did not converge (each of value, gradient and Hessian ran one more
+    # Newton loop from them: 5 loops, ~10% of grouseticks' fit; a ``cond`` between the warm
+    # and the cold solve compiled the inner loop twice)
     from jax.extend.core import jaxprs_in_params
 
-    def loops(jpr):
-        return sum((e.primitive.name == "while") + sum(loops(j) for j in jaxprs_in_params(e.params)) for e in jpr.eqns)
+    def loops(jpr, inside=0):
+        """(depth of each while loop) for the loops in ``jpr``."""
+        out = []
+        for e in jpr.eqns:
+            here = e.primitive.name == "while"
+            if here:
+                out.append(inside)
+            for j in jaxprs_in_params(e.params):
+                out += loops(j, inside + here)
+        return out
 
-    assert loops(jax.make_jaxpr(run)(x, u0).jaxpr) == 2
+    assert sorted(loops(jax.make_jaxpr(run)(x, u0).jaxpr)) == [0, 1]
+
+
+def test_warm_start_that_fails_falls_back_to_the_cold_solve():
+    """Modes carried from a point where the inner problem had none (NaN: the joint density is
+    not finite there, so the warm solve fails at once): the evaluation runs the inner Newton
+    again from 0 and equals the cold one (reference: ``fun`` with the inner solve from 0 at the
+    same point; 1e-12, the same arithmetic)."""
+    model = _crossed_model(seed=4)
+    lap, spec, data = model.laplace, model.spec, model.data
+    x = spec.to_unconstrained(spec.flatten(model.init_params, model.dtype))
+    params_of = lambda u: spec.unflatten(spec.to_natural(u))  # noqa: E731
+
+    def fun(u):
+        f = lambda t: -jnp.sum(lap.marginal(params_of(t), data))  # noqa: E731
+        return f(u), jax.grad(f)(u)
+
+    run, u0 = _laplace.warm_started(lap, lambda u: (*fun(u), None), params_of, data, x.dtype)
+    value, grad, _, modes = jax.jit(run)(x, jnp.full_like(u0, jnp.nan))
+    cold_value, cold_grad = jax.jit(fun)(x)
+    assert np.isfinite(float(value))
+    np.testing.assert_allclose(value, cold_value, rtol=1e-12)
+    np.testing.assert_allclose(grad, cold_grad, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(cold_grad))))
+    np.testing.assert_array_equal(modes, jax.jit(lambda p: lap.inner(p, data).u)(params_of(x)))
 
 
 def test_fit_with_warm_start_equals_fit_without(monkeypatch):
