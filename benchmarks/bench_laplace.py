@@ -32,7 +32,17 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
-Latest (branch first15, issue #15's first-call work: the solve compiled at LLVM level 1, one
+Latest, on main after the merges (a7abcb5), idle VM (3% busy before, load 2.3 -> 1.2):
+``--skip-first-call`` (results/laplace_warm_quiet_1.json): warm fit + SEs median (min) cbpp 1.99
+(1.19) ms PASS, sleepstudy 1.88 (1.33) ms PASS, NB2 10.40 (7.16) ms FAIL by its median (the
+target is 10; 8.65 and 11.42 ms in last session's two idle runs: on the line), grouseticks 27.66
+(19.11) ms PASS, MixedLM 40.42 ms; 1,000 cbpp bootstrap refits 1.11 s warm PASS (one UNBOUNDED
+member). ``--quick`` right after (results/laplace_quick_quiet.json): first call cold, wall (CPU)
+cbpp 4.6 (5.7) s PASS, sleepstudy 7.3 (8.9) s FAIL, NB2 7.9 (10.2) s FAIL, grouseticks 11.5
+(14.9) s FAIL (target 5 s; last session's idle run 5.2 / 8.3 / 9.2 / 16.8 s); with a filled
+cache cbpp 2.2 s, sleepstudy 3.1 s.
+
+Before that, on branch first15 (issue #15's first-call work: the solve compiled at LLVM level 1, one
 copy of the inner Newton step per program, the warm solve and its cold fallback one loop).
 ``--quick`` at fd1b075, 22:23-22:25 UTC, 1% busy in the second before but others started during
 it (load average 1.3 before, 3.1 after): first call wall (CPU) cbpp 3.7 (4.7) s PASS,
