@@ -127,11 +127,13 @@ def _keeps_rows(eqn, row_in: list, n: int) -> bool:
     return False
 
 
-def _rows(jaxpr, row_in: list, n: int, count: list) -> Optional[list]:
-    """Which outputs of ``jaxpr`` are row-wise functions of its row-wise inputs (``row_in``);
-    None if some operation mixes rows. ``count[0]`` counts the operations on rows."""
-    row = {v: flag for v, flag in zip(jaxpr.invars, row_in)}
+def _walk(jaxpr, row: dict, n: int, count: list, skip: frozenset = frozenset()) -> bool:
+    """Mark in ``row`` the variables of ``jaxpr`` that are row-wise functions of those already
+    marked (nested calls followed); False if some operation mixes rows. ``count[0]`` counts the
+    operations on rows; equations whose first output is in ``skip`` are passed over."""
     for eqn in jaxpr.eqns:
+        if skip and eqn.outvars and eqn.outvars[0] in skip:
+            continue
         flags = [not isinstance(v, jcore.Literal) and row.get(v, False) for v in eqn.invars]
         if not any(flags):
             continue
@@ -140,19 +142,28 @@ def _rows(jaxpr, row_in: list, n: int, count: list) -> Optional[list]:
             # (a custom_jvp_call's operands are its function's; custom_vjp_call's may lead with
             # residual consts: match from the end)
             k = len(sub.invars)
-            if k > len(flags):
-                return None
+            if k > len(flags) or any(flags[: len(flags) - k]):
+                return False
             out = _rows(sub, flags[len(flags) - k:], n, count)
-            if out is None or any(flags[: len(flags) - k]):
-                return None
+            if out is None:
+                return False
             for v, f in zip(eqn.outvars, out):
                 row[v] = f
             continue
         if not _keeps_rows(eqn, flags, n):
-            return None
+            return False
         count[0] += 1
         for v in eqn.outvars:
             row[v] = True
+    return True
+
+
+def _rows(jaxpr, row_in: list, n: int, count: list) -> Optional[list]:
+    """Which outputs of ``jaxpr`` are row-wise functions of its row-wise inputs (``row_in``);
+    None if some operation mixes rows. ``count[0]`` counts the operations on rows."""
+    row = {v: flag for v, flag in zip(jaxpr.invars, row_in)}
+    if not _walk(jaxpr, row, n, count):
+        return None
     return [not isinstance(v, jcore.Literal) and row.get(v, False) for v in jaxpr.outvars]
 
 
@@ -218,30 +229,9 @@ def _analyse(jaxpr, p: int, n: int) -> Optional[_Structure]:
 def _rows_from(jaxpr, etas: set, n: int) -> Optional[int]:
     """The number of operations on the predictors' rows down to the contributions (nested
     calls counted through), or None if one mixes rows."""
-    row = {v: True for v in etas}
     count = [0]
-    for eqn in jaxpr.eqns:
-        if eqn.outvars and eqn.outvars[0] in etas:
-            continue
-        flags = [not isinstance(v, jcore.Literal) and row.get(v, False) for v in eqn.invars]
-        if not any(flags):
-            continue
-        sub = _sub_jaxpr(eqn)
-        if sub is not None:
-            k = len(sub.invars)
-            if k > len(flags) or any(flags[: len(flags) - k]):
-                return None
-            out = _rows(sub, flags[len(flags) - k:], n, count)
-            if out is None:
-                return None
-            for v, f in zip(eqn.outvars, out):
-                row[v] = f
-            continue
-        if not _keeps_rows(eqn, flags, n):
-            return None
-        count[0] += 1
-        for v in eqn.outvars:
-            row[v] = True
+    if not _walk(jaxpr, {v: True for v in etas}, n, count, skip=frozenset(etas)):
+        return None
     (out,) = jaxpr.outvars
     return count[0] if isinstance(out, jcore.Literal) or tuple(out.aval.shape) == (n,) else None
 
