@@ -23,7 +23,7 @@ from ._derivatives import (
 )
 from ._diagnostics import Diagnostics, Escape, escape_info
 from ._model import Model
-from ._inference import _compile_covariance_ahead, _covariance_program, _inference_program
+from ._inference import _covariance_program, _inference_program
 from ._problem import (
     _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unconstrained_value_grad_hess, _unscale,
     _value_grad_hess_fn, _weight_unit,
@@ -731,7 +731,6 @@ def fit(
     data_start = start is None and model.start_fn is not None and chunk is None and method != "gauss-newton"
     program = model._jitted(("fit", method, int(maxiter), rtol, chunk, data_start),
                             lambda: _solve_program(model, method, int(maxiter), rtol, chunk, data_start))
-    ahead = _compile_covariance_ahead(model, w, cov_type, df_correction) if method == "trust-region" else None
     x, iterations, status, known, flags, solved, scale = program(params, model.data, w)
     code, ok, resolved = (int(v) for v in np.asarray(flags))  # the one host read of the solve
     if data_start and code == Status.NONFINITE and int(iterations) == 0:
@@ -761,8 +760,6 @@ def fit(
         _raise_nonfinite_model(model, params, start_hessian, model.labels, "starting values")
     if code != Status.CONVERGED and hasattr(model, "residual_fn"):
         _refuse_exact_fit(model, params, x)
-    if ahead is not None:
-        ahead.join()  # (compiling the same program here too would only duplicate the work)
     result = _infer(model, x, w, cov_type, groups, df_correction, status, iterations, method, False, known, escape,
                     scale, None if solved is None else solved.aux)
     common = code == Status.CONVERGED and not bool(result.diagnostics_data.flagged)

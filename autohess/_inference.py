@@ -1,14 +1,12 @@
 """The programs that run after a solve: value, gradient, Hessian and scores at the estimate
 (``_inference_program``, where the solver did not leave them), and the covariance and
 diagnostics program (one covariance per ``cov_type`` after the diagnostics' factorisations),
-compiled once per fit, possibly ahead on a second thread while the solve compiles.
+compiled once per signature.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import threading
 from typing import Any, Callable, Optional
 
 import jax
@@ -98,46 +96,3 @@ def _covariance_program() -> Callable:
     of a first logistic fit's on the CPU; built at the first fit, when JAX's backend is known)."""
     return jax.jit(_covariance_diagnostics_and_se_fn, static_argnames=_COV_STATIC,
                    compiler_options=compiler_options(once=True))
-
-
-#: covariance-program signatures compiled ahead in this process (``_compile_covariance_ahead``)
-_AHEAD: set = set()
-
-
-def _compile_covariance_ahead(model: Model, weights: Any, cov_type: str, df_correction: Any) -> Optional[threading.Thread]:
-    """Compile, on another thread, the covariance-and-diagnostics program a trust-region fit
-    will call after its solve, while this thread traces and compiles the solve: the two XLA
-    compilations (logistic: ~0.2 s and ~0.9 s of CPU) then overlap on a second core. Returns
-    the thread (join it before the call) or None where nothing is compiled ahead: one CPU
-    only, a signature already compiled ahead in this process, or a ``cov_type`` whose scores
-    the solve does not give. The signature is the one ``_infer`` passes after a solve that
-    ended quadratically (no escape test); after one that did not, the program is compiled
-    then as before, and the compilation ahead only cost CPU. JAX shares what ``lower().compile()``
-    built with later calls of the same ``jit`` (its trace, lowering and executable caches), so
-    nothing is compiled twice; a failure here is left to the call itself to meet."""
-    if cov_type != "hessian":
-        return None
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    p, dtype = len(model.labels), np.dtype(model.dtype)
-    key = (p, dtype.name, None if weights is None else (weights.shape, weights.dtype.name), df_correction)
-    if cpus < 2 or key in _AHEAD:
-        return None
-    _AHEAD.add(key)
-    program = _covariance_program()  # built here: both threads must use the same jit
-    lower, upper = model.spec.bounds_arrays(model.dtype)
-    vec, scalar = jax.ShapeDtypeStruct((p,), dtype), jax.ShapeDtypeStruct((), dtype)
-
-    def run():
-        try:
-            program.lower(vec, scalar, vec, jax.ShapeDtypeStruct((p, p), dtype), lower, upper, None, weights, None,
-                          None, cov_types=(cov_type,), n_groups=None, df_correction=df_correction,
-                          scale=scalar).compile()
-        except Exception:  # noqa: BLE001 (the fit's own call compiles it and reports any error)
-            pass
-
-    thread = threading.Thread(target=run, name="autohess-compile-covariance")
-    thread.start()
-    return thread

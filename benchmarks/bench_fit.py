@@ -93,7 +93,8 @@ scipy 1.17.1, statsmodels 0.15.0, OPENBLAS_NUM_THREADS=1; 2026-11-25, CPUs idle 
   Targets (wall, median, this commit's second round): logistic cold 3.75 s (<= 1: FAIL),
   GARCH-t cold 5.43 s (<= 1.5: FAIL), warm 0.79 / 1.84 s (<= 0.3: FAIL; 0.62 / 0.93 s CPU).
   What changed: (1) while the solve traces and compiles, the covariance-and-diagnostics
-  program is compiled on a second thread (``_inference._compile_covariance_ahead``). A timeline of one
+  program is compiled on a second thread (``_inference._compile_covariance_ahead``; removed
+  later, see the end of this docstring). A timeline of one
   cold fit under that load: logistic, covariance program ready after 2.1 s, solve compiled
   after 4.0 s, fit done at 4.06 s; GARCH-t 2.5 s / 8.4 s / 8.4 s: the covariance program's
   trace, lowering and compilation (0.3-0.4 s of CPU cold, ~0.12 s warm) no longer add to the
@@ -144,6 +145,15 @@ would need 0.17 ms in all, fewer than 4 Hessians. GARCH-t's exact Hessian throug
 ~1.3 ms against a 0.21 ms budget. Neither target is reachable on this CPU with exact-Hessian
 Newton; the remaining overhead around the solve is ~0.1 ms (covariance and diagnostics
 program, Python).
+
+* The covariance program's compile on a second thread removed (2026-12-01, after a7abcb5; idle
+  VM, load 0.6-1.8, ``--first-calls-only``, three runs with the thread and three without,
+  interleaved in pairs, medians per run in s): logistic cold 1.53 / 1.31 / 1.29 with, 1.37 /
+  1.17 / 1.31 without; GARCH-t cold 2.52 / 2.55 / 2.04 with, 2.16 / 2.18 / 2.31 without;
+  logistic warm 0.73 / 0.54 / 0.58 with, 0.48 / 0.55 / 0.52 without; GARCH-t warm 0.96 /
+  0.87 / 0.86 with, 0.67 / 0.78 / 0.69 without. Warm first calls were slower with the thread
+  in every GARCH pair and two logistic pairs of three (both threads trace, and tracing holds
+  Python's lock), and cold ones no faster. Every target still FAILs.
 
 See benchmarks/README.md for how to run and read these numbers.
 """
@@ -317,8 +327,8 @@ class CompileLog:
 
         from jax import monitoring
 
-        # per thread: ``ah.fit`` compiles its covariance program on a second thread while the
-        # solve compiles, and each thread's events belong to its own program
+        # per thread: each thread's events belong to its own program (a program compiled on
+        # another thread, JAX's or the caller's, is kept apart)
         self.phase, self.programs, self._state, self._ident = "import", [], {}, threading.get_ident
         monitoring.register_event_listener(self._event)
         monitoring.register_event_duration_secs_listener(self._duration)

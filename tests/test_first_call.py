@@ -26,7 +26,7 @@ optax_at_import = "optax" in sys.modules
 import numpy as np
 from jax import monitoring
 
-# per thread: the covariance program is compiled on a second thread while the solve compiles
+# per thread (a cache hit is reported on the thread whose compile duration follows)
 programs, hit = [], {}
 def event(name, **_):
     if name == "/jax/compilation_cache/cache_hits":
@@ -64,8 +64,7 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     """A first logistic fit + ``bse`` in a fresh process compiles at most three programs: the
     log-likelihood check at construction, the solve, covariance + diagnostics (before: six, with
     two data copies staged through ``jnp.asarray`` and a program for ``sqrt(diag(cov))``), none
-    of them twice (the covariance program compiled ahead on a second thread, then reused by the
-    call); a second fit compiles nothing. A second process with the same cache directory
+    of them twice; a second fit compiles nothing. A second process with the same cache directory
     reads every program whose compilation took at least the cache threshold (the solve: ~1 s)."""
     cold = _first_fit(tmp_path)
     names = [p["name"] for p in cold["programs"]]
@@ -77,14 +76,9 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     # (~0.1 s CPU of every fresh process) nor by a trust-region fit
     assert not cold["optax_at_import"] and not cold["optax_after_fit"]
     assert "jit(solve)" in names
-    # compiled ahead, on its own thread, while the solve compiles (a machine with >= 2 CPUs)
-    cov = [p for p in cold["programs"] if p["name"] == "jit(_covariance_diagnostics_and_se_fn)"]
-    assert len(cov) == 1
-    if len(os.sched_getaffinity(0)) > 1:
-        assert cov[0]["thread"] == "autohess-compile-covariance"
+    assert sum(p["name"] == "jit(_covariance_diagnostics_and_se_fn)" for p in cold["programs"]) == 1
 
     warm = _first_fit(tmp_path)
-    # (the two threads' programs may finish in either order)
     assert sorted(p["name"] for p in warm["programs"]) == sorted(names)
     read = {p["name"]: p["hit"] for p in warm["programs"]}
     for before in cold["programs"]:
