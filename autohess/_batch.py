@@ -311,20 +311,25 @@ def result_from_outputs(model: Model, cov_types: Sequence[str], outputs) -> Batc
 # ------------------------------------------------------------------------------------------
 # The driver: chunks, padding, sharding, progress
 # ------------------------------------------------------------------------------------------
-def default_batch_size(model: Model, batched: Any = None, size: int = 1) -> int:
-    """Members per chunk so that a chunk's working set stays within a memory budget.
-
-    The working set of one member is estimated as its own share of the batched inputs (a data
-    set or a weight vector; nothing for keys or shared data) plus the derivative temporaries,
-    about ``8 * (4 N p + 16 p^2)`` bytes in float64 (the forward-over-reverse Hessian keeps a
-    few ``N x p`` tangent arrays alive). The budget is half an accelerator's memory, or
-    ``CPU_CHUNK_BYTES`` on the CPU. Pass ``batch_size=`` to override.
-    """
+def member_bytes(model: Model, batched: Any = None, size: int = 1) -> int:
+    """Estimated working set of one member, in bytes: its own share of the batched inputs (a
+    data set or a weight vector; nothing for keys or shared data) plus the derivative
+    temporaries, ``itemsize * (4 N p + 16 p^2)`` (the forward-over-reverse Hessian keeps a few
+    ``N x p`` tangent arrays alive)."""
     p = model.n_params
     n = model.nobs or 1
     item = np.dtype(model.dtype).itemsize
     own = sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(batched))
-    per_member = own // max(size, 1) + item * (4 * n * p + 16 * p * p)
+    return own // max(size, 1) + item * (4 * n * p + 16 * p * p)
+
+
+def default_batch_size(model: Model, batched: Any = None, size: int = 1) -> int:
+    """Members per chunk so that a chunk's working set stays within a memory budget.
+
+    The working set of one member is ``member_bytes``' estimate. The budget is half an
+    accelerator's memory, or ``CPU_CHUNK_BYTES`` on the CPU. Pass ``batch_size=`` to override.
+    """
+    per_member = member_bytes(model, batched, size)
     device = jax.local_devices()[0]
     budget = CPU_CHUNK_BYTES
     if device.platform != "cpu":
@@ -337,13 +342,9 @@ def default_batch_size(model: Model, batched: Any = None, size: int = 1) -> int:
 
 def cpu_group_size(model: Model, batched: Any = None, size: int = 1) -> int:
     """Members vmapped together on a 1-device CPU: the largest power of 2 whose working set
-    (``default_batch_size``'s estimate per member) fits ``CPU_GROUP_BYTES``, at least 1 (then
-    the members run unbatched, one after another)."""
-    p = model.n_params
-    n = model.nobs or 1
-    item = np.dtype(model.dtype).itemsize
-    own = sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(batched))
-    per_member = own // max(size, 1) + item * (4 * n * p + 16 * p * p)
+    (``member_bytes``) fits ``CPU_GROUP_BYTES``, at least 1 (then the members run unbatched,
+    one after another)."""
+    per_member = member_bytes(model, batched, size)
     fits = max(1, CPU_GROUP_BYTES // max(per_member, 1))
     return 1 << (int(fits).bit_length() - 1)
 

@@ -213,7 +213,7 @@ def test_cpu_members_run_in_groups(small_stages, monkeypatch, group=1):
 
 def test_cpu_group_size_follows_the_working_set():
     """Members vmapped together on the CPU: as many as fit ``CPU_GROUP_BYTES`` (256 KiB) by
-    ``default_batch_size``'s per-member estimate ``8 (4 N p + 16 p^2)`` bytes, a power of 2, at
+    ``member_bytes``' per-member estimate ``8 (4 N p + 16 p^2)`` bytes, a power of 2, at
     least 1. GARCH-t at N = 1500 (p = 5: 243 KB) runs unbatched (vmapped it cost 3x per
     member); a logistic model at N = 100, p = 3 (10.8 KB) in groups of 16 (unbatched it cost
     3x the vmapped run: per-operation overheads that a vector amortises)."""
