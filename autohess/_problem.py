@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from ._basis import fold_basis
 from ._derivatives import _objective, _split_obs, _symmetrize
+from ._laplace_derivatives import block_value_grad_hess
 from ._model import Model
 from ._rowwise import rowwise_value_grad_hess
 
@@ -125,13 +126,19 @@ def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale:
     ``chunk``: the natural-scale derivatives summed over blocks of ``chunk`` observations in a
     compiled loop (``fit(chunk_size=...)``), so the ``N x p`` intermediates are ``chunk x p``."""
     spec = model.spec
-    if chunk is None and model.laplace is not None:
+    laplace = model.laplace
+    if chunk is None and laplace is not None and not laplace.structure.block_diagonal:
         # no fold: the marginal meets the parameters through the inner solve, not a product by
         # the data, and re-evaluating its jaxpr doubled the trace of the solve (cbpp 3.1 s)
         return _value_grad_hess_with_basis(_unconstrained(model, data, weights, scale), mode)
     raw_weights = weights
     if weights is not None:
         weights = weights / _weight_unit(weights)
+    if chunk is None and laplace is not None:
+        # one grouping factor: the implicit function theorem written out per group
+        # (``_laplace_derivatives``) instead of JAX's derivatives through the inner solve
+        on_natural = block_value_grad_hess(laplace, spec.unflatten, data, weights, scale)
+        return _through_transforms(spec, on_natural)
     # through the linear predictors where the log-likelihood is a regression's (``_rowwise``:
     # one tangent per predictor column instead of one per parameter), else forward-over-reverse
     rows = None if chunk is not None else _rowwise_fn(model, data, weights, scale)
@@ -148,6 +155,12 @@ def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale:
         on_natural = _chunked_value_grad_hess(model, data, weights, scale, mode, chunk)
         if spec.all_real:
             return on_natural
+    return _through_transforms(spec, on_natural)
+
+
+def _through_transforms(spec, on_natural: Callable) -> Callable:
+    """``u -> (f, grad f, Hessian)`` on the unconstrained scale from ``on_natural``'s
+    natural-scale ones by the chain rule (see ``_unconstrained_value_grad_hess``)."""
 
     def fun(u):
         ones = jnp.ones_like(u)
