@@ -72,10 +72,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _distributed
 from ._derivatives import _model_params
 from ._diagnostics import Diagnostics
-from ._fit import FitResult, _escape_status, _max_steps, _status_on_face
+from ._fit import FitResult, _escape_hessian, _escape_status, _max_steps, _status_on_face
 from ._inference import _covariance_and_diagnostics
+from ._config import compiler_options
 from ._problem import (
-    _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unscale, _value_grad_hess_fn, _weight_unit,
+    _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unconstrained_value_grad_hess, _unscale,
+    _value_grad_hess_fn, _weight_unit,
 )
 from ._model import Model, describe_support_failure
 from ._pandas import host_array
@@ -275,9 +277,16 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
         scale = _objective_scale(model, flat0, data, weights)  # as ``fit``: see there
         f = _unconstrained(model, data, weights, scale)
         u0 = spec.to_unconstrained(flat0)
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), u0, maxiter=maxiter, max_step=_max_steps(spec),
+        if model.laplace is not None and model.laplace.structure.block_diagonal:
+            # one grouping factor: the derivatives written out per group, as ``fit`` solves
+            # (``_laplace_derivatives``; compiled in less time than JAX's through the mode)
+            fun = _unconstrained_value_grad_hess(model, data, weights, scale, mode)
+        else:
+            fun = _value_grad_hess_fn(f, mode)
+        res = trust_region_newton(fun, u0, maxiter=maxiter, max_step=_max_steps(spec),
                                   unit=_solver_unit(scale))
-        status, escape = _escape_status(spec, model.dtype, f, res, _solver_unit(scale))
+        status, escape = _escape_status(spec, model.dtype, f, res, _solver_unit(scale),
+                                        _escape_hessian(model, data, weights, scale))
         x, value, grad, hess, _ = _natural_derivatives(
             spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess, scale))
         scores = None
@@ -480,7 +489,10 @@ def run_members(
             out = lax.map(lambda bt: batched_member(bt[0], s, bt[1]), jax.tree_util.tree_map(split, (b, state)))
             return jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:]), out)
 
-        return jax.jit(run)
+        # a random-effects member (the inner Newton loop, the Laplace marginal's derivatives,
+        # the escape test through the marginal) compiles for seconds: XLA's older CPU emitters
+        # and LLVM level 1, as the fit's own solve (``compiler_options(large=True)``)
+        return jax.jit(run, compiler_options=compiler_options(large=True) if model.laplace is not None else None)
 
     first = model._jitted((label, key, bs, n_dev, compact, group), lambda: build("first"))
     resume = lambda n, kind="resume": model._jitted((label, key, n, n_dev, kind), lambda: build(kind))  # noqa: E731

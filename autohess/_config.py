@@ -40,7 +40,9 @@
   through ``XLA_FLAGS``: that would change the user's own programs too, child processes would
   inherit it, and XLA aborts the process on a flag its version does not know. Passed so far by
   the fit's programs (solve, escape test, inference, covariance) and the model's
-  ``contributions_program``; batch, bootstrap, Laplace and audit programs still compile with
+  ``contributions_program``, a random-effects model's batch programs (``large=True``: a cbpp
+  parametric bootstrap's member program compiled in about half the time) and ``simulate``'s
+  key probe (``once=True``); other batch, bootstrap and audit programs still compile with
   jaxlib's defaults (``jax.jit(..., compiler_options=compiler_options())`` adopts them).
 
 Not changed, but worth knowing for batched work on CPUs: jaxlib's LAPACK kernels split a

@@ -118,7 +118,7 @@ def no_escape(x: jax.Array) -> Escape:
 def escape_info(
     fun: Callable, u: jax.Array, grad_u: jax.Array, hess_u: jax.Array, value: jax.Array,
     lower: jax.Array, upper: jax.Array, ridge: jax.Array | bool = False, ridge_step: jax.Array | None = None,
-    unit: jax.Array | float = 1.0,
+    unit: jax.Array | float = 1.0, hess_fn: Callable | None = None,
 ) -> tuple[jax.Array, Escape]:
     """``escape_test`` on the solver's unconstrained scale, read per parameter.
 
@@ -133,10 +133,15 @@ def escape_info(
     last Hessian is singular to rounding or mixes a decaying and a constant part (quasi-complete
     separation), which the one-step curvature test can miss. ``ridge_step`` is then the
     direction. ``unit``: as for ``_solver.trust_region_newton`` (``fun``'s resolution near 0).
+    ``hess_fn``: ``fun``'s Hessian at a point, used instead of JAX's derivatives of ``fun``
+    (``escape_test``).
     """
-    escaping, ratio, d = escape_test(fun, u, grad_u, hess_u, value, unit)
+    both = None if hess_fn is None else _HessianAhead(hess_fn, u + (jnp.zeros_like(u) if ridge_step is None else ridge_step))
+    escaping, ratio, d = escape_test(fun, u, grad_u, hess_u, value, unit, both)
+    replaced = jnp.zeros((), bool)
     if ridge_step is not None:
-        d = jnp.where(ridge & ~escaping, ridge_step, d)
+        replaced = ridge & ~escaping
+        d = jnp.where(replaced, ridge_step, d)
     escaping = escaping | ridge
     heads_to_inf = jnp.where(d > 0, jnp.isinf(upper), jnp.isinf(lower))
     loading = jnp.abs(d) * jnp.sqrt(jnp.abs(jnp.diag(hess_u)))
@@ -155,13 +160,33 @@ def escape_info(
     # from the Hessian's diagonal one step further along the ridge, computed only when the
     # test fired (a single fit skips it; under vmap both sides of the cond run).
     curv = jnp.diag(hess_u)
-    ahead = lax.cond(escaping, lambda: jnp.diag(jax.hessian(fun)(u + d)), lambda: curv)
+    if both is None:
+        ahead = lax.cond(escaping, lambda: jnp.diag(jax.hessian(fun)(u + d)), lambda: curv)
+    else:
+        ahead = jnp.where(escaping, jnp.diag(jnp.where(replaced, both.at_other, both.at_test)), curv)
     fading = escaping & (curv > 0) & (ahead < ESCAPE_RATIO * curv)
     involved = involved | fading
     to_infinity = escaping & heads_to_inf[jnp.argmax(jnp.abs(d))]
     norm = jnp.linalg.norm(d)
     direction = jnp.where(norm > 0, d / jnp.where(norm > 0, norm, 1.0), 0.0)
     return to_infinity, Escape(ratio, direction, involved & to_infinity, involved & ~to_infinity & ~heads_to_inf)
+
+
+class _HessianAhead:
+    """``hess_fn`` as ``escape_test`` calls it (at its point one step ahead), evaluated there
+    and at ``other`` (``u`` plus the solver's ridge step, where ``escape_info`` may look
+    instead) in one ``vmap``-ed call: the program then holds one copy of ``hess_fn`` (the
+    one-factor Laplace marginal's Hessian, an inner Newton loop included), not two. The two
+    Hessians are kept as ``at_test`` and ``at_other`` for ``escape_info``'s fading test."""
+
+    def __init__(self, hess_fn: Callable, other: jax.Array):
+        self.hess_fn, self.other = hess_fn, other
+        self.at_test = self.at_other = None
+
+    def __call__(self, y: jax.Array) -> jax.Array:
+        H = jax.vmap(self.hess_fn)(jnp.stack([y, self.other]))
+        self.at_test, self.at_other = H[0], H[1]
+        return H[0]
 
 
 def compute_diagnostics(

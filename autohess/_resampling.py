@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._config import compiler_options
 from ._model import Model
 from ._validation import _display_name
 
@@ -109,7 +110,10 @@ def _check_simulate_uses_key(model: Model, params: Any) -> None:
     would be the same data set (a bootstrap SE of 1e-15, a coverage of 1.0). Called outside a
     trace such a ``simulate`` would vary, which is why the check must compile it."""
     raw = jax.random.key_data(jax.random.split(jax.random.key(20261201), KEY_PROBES))
-    draws = jax.jit(jax.vmap(lambda k: simulated(model, k, params, model.data)))(raw)
+    # run once: compiled without LLVM's optimiser (``compiler_options(once=True)``; a user's
+    # ``jax.random.binomial`` alone took 2-7 s to compile with jaxlib's defaults)
+    draws = jax.jit(jax.vmap(lambda k: simulated(model, k, params, model.data)),
+                    compiler_options=compiler_options(once=True))(raw)
     if all(np.all(np.asarray(a) == np.asarray(a)[:1]) for a in jax.tree_util.tree_leaves(draws)):
         raise ValueError(
             f"model {model.name!r}: simulate returned identical data for {KEY_PROBES} different keys, "

@@ -169,3 +169,36 @@ def test_a_group_without_an_inner_maximum_makes_the_value_nan(rng):
                      random={"b": ah.Normal(sd="sd", groups="g")})
     v, _, _ = _written_out(model, model.spec.flatten(model.init_params, model.dtype))
     assert np.isnan(float(v))
+
+
+def test_escape_test_on_the_written_out_hessian_equals_jax(rng):
+    """The escape test (the curvature one step ahead, and the diagonal where the solver's
+    ridge step points) on the written-out Hessian (``_fit._escape_hessian``: batches and the
+    fit's escape program use it) reads as on JAX's derivatives of the marginal: the same flags,
+    the curvature ratio to 1e-9 (two exact second derivatives of an inner solve converged to
+    rounding)."""
+    from autohess._diagnostics import escape_info
+    from autohess._fit import _escape_hessian
+    from autohess._problem import _unconstrained, _unconstrained_value_grad_hess
+
+    model = _binomial(rng)
+    spec, data = model.spec, model.data
+    res = ah.fit(model, warn=False)
+    u = spec.to_unconstrained(model.spec.flatten(res.params, model.dtype))
+    f = _unconstrained(model, data, None, None)
+    value, grad, hess = jax.jit(_unconstrained_value_grad_hess(model, data, None, None, model.hessian_mode))(u)
+    lower, upper = (jnp.asarray(b, model.dtype) for b in spec.bounds())
+    hess_fn = _escape_hessian(model, data, None, None)
+    assert hess_fn is not None
+    step = jnp.asarray([0.2, -0.1, -0.6], model.dtype)  # the sd heading towards 0, as on a ridge
+    # the solver's ridge flag set: the test itself does not fire at an optimum, so the
+    # direction is the ridge step and the fading test reads the Hessian there (both points)
+    run = lambda h: escape_info(f, u, grad, hess, value, lower, upper, True, step, 1.0, h)  # noqa: E731
+    ours = jax.jit(lambda: run(hess_fn))()
+    theirs = jax.jit(lambda: run(None))()
+    assert bool(ours[0]) == bool(theirs[0])
+    np.testing.assert_allclose(float(ours[1].ratio), float(theirs[1].ratio), rtol=1e-9)
+    for a, b in zip(ours[1][2:], theirs[1][2:]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert rel_err(ours[1].direction, theirs[1].direction) < 1e-12
+    assert bool(np.asarray(ours[1].to_bound)[-1])  # the sd, heading to its bound at 0
