@@ -32,7 +32,7 @@ from ._batch import check_maxiter, run_members
 from ._fit import FitResult, _max_steps
 from ._format import fmt, format_table
 from ._html import table as html_table
-from ._problem import _objective_scale, _solver_unit, _value_grad_hess_fn, _weight_unit
+from ._problem import _objective_scale, _solver_unit, _unconstrained_value_grad_hess, _value_grad_hess_fn, _weight_unit
 from ._report import InferenceWarning
 from ._solver import Status, trust_region_newton
 
@@ -159,8 +159,19 @@ def _member(model, j: int, maxiter: int):
             value = f(free0) * s["unit"]
             status = jnp.where(jnp.isfinite(value), Status.CONVERGED, Status.NONFINITE)
             return spec.to_natural(full(free0)), -value, jnp.asarray(status, jnp.int32)
-        res = trust_region_newton(_value_grad_hess_fn(f, mode), free0, maxiter=maxiter, max_step=cap,
-                                  unit=_solver_unit(s["scale"]))
+        if model.laplace is not None and model.laplace.structure.block_diagonal:
+            # one grouping factor: the marginal's Hessian written out per group, as ``fit``
+            # solves (``_laplace_derivatives``), its free rows and columns (the weights are
+            # already divided by their mean, which dividing again leaves as they are)
+            whole = _unconstrained_value_grad_hess(model, s["data"], s["weights"], s["scale"], mode)
+            keep = np.delete(np.arange(p), j)
+
+            def fun(free):
+                value, grad, hess = whole(full(free))
+                return value, grad[keep], hess[np.ix_(keep, keep)]
+        else:
+            fun = _value_grad_hess_fn(f, mode)
+        res = trust_region_newton(fun, free0, maxiter=maxiter, max_step=cap, unit=_solver_unit(s["scale"]))
         status = jnp.where(jnp.isfinite(res.value), res.status, Status.NONFINITE)
         return spec.to_natural(full(res.x)), -res.value * s["unit"], jnp.asarray(status, jnp.int32)
 

@@ -202,3 +202,30 @@ def test_escape_test_on_the_written_out_hessian_equals_jax(rng):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert rel_err(ours[1].direction, theirs[1].direction) < 1e-12
     assert bool(np.asarray(ours[1].to_bound)[-1])  # the sd, heading to its bound at 0
+
+
+def test_profile_of_a_variance_parameter_matches_scipy_refits(rng):
+    """``ah.profile`` of a random-intercept SD (its constrained refits solve on the written-out
+    Hessian's free rows and columns) against refits of the Laplace marginal with the SD held
+    fixed by scipy's BFGS (an independent optimiser on the same marginal, its gradient from
+    JAX): the profile log-likelihood at three of its points to 1e-7 (BFGS's gtol 1e-10 leaves
+    ~1e-9 in the log-likelihood), and the interval brackets the estimate."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    model = _binomial(rng)
+    res = ah.fit(model, warn=False)
+    pr = ah.profile(res, "sd", n_grid=5, refine=1)
+    assert pr.interval[0] < float(res.params["sd"]) < pr.interval[1]
+    spec, lap, data = model.spec, model.laplace, model.data
+    j = spec.index_of("sd")
+
+    def negll(free, sd):
+        x = jnp.concatenate([free[:j], jnp.asarray([sd]), free[j:]])
+        return -jnp.sum(lap.marginal(spec.unflatten(x), data))
+
+    value_and_grad = jax.jit(jax.value_and_grad(negll))
+    x_hat = np.asarray(res.params_flat)
+    for k in (0, len(pr.values) // 2, len(pr.values) - 1):
+        sd = float(pr.values[k])
+        out = scipy_optimize.minimize(lambda f: tuple(np.asarray(a, np.float64) for a in value_and_grad(jnp.asarray(f), sd)),
+                                      np.delete(x_hat, j), jac=True, method="BFGS", options={"gtol": 1e-10})
+        assert pr.llf[k] == pytest.approx(-out.fun, abs=1e-7)
