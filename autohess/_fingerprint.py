@@ -36,6 +36,22 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
     seen: set = set()
 
     def visit(obj: Any, depth: int) -> None:
+        kind = type(obj)
+        if kind in _PLAIN:
+            # (by exact type first: the fingerprint runs on every fit and ``ah.hessian`` call,
+            # and the ``isinstance`` chain below cost ~2 us per object; subclasses fall through)
+            parts.append(obj)
+            return
+        if kind is types.ModuleType:
+            return
+        if depth > 0 and id(obj) not in seen:
+            if kind is types.FunctionType:
+                _visit_function(obj, depth)
+                return
+            if kind is tuple or kind is list or kind is dict:
+                seen.add(id(obj))
+                _visit_container(obj, depth)
+                return
         if isinstance(obj, (bool, int, float, complex, str, bytes, type(None))):
             parts.append(obj)
             return
@@ -75,36 +91,10 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
             visit(obj.__self__, depth - 1)
             return
         if isinstance(obj, types.FunctionType):
-            if _own(obj):
-                # the zoo's log-likelihoods and hooks read only autohess's own module globals
-                # (constants, jax functions): following them cost 15-20 us per fit and per
-                # ``ah.hessian`` for a logistic model, a few per cent of a warm fit
-                parts.append(("autohess", obj.__module__, obj.__qualname__))
-                return
-            for cell in obj.__closure__ or ():
-                try:
-                    visit(cell.cell_contents, depth - 1)
-                except ValueError:  # an empty cell (a name assigned later)
-                    parts.append("empty-cell")
-            for item in obj.__defaults__ or ():
-                visit(item, depth - 1)
-            for name, item in sorted((obj.__kwdefaults__ or {}).items()):
-                parts.append(name)
-                visit(item, depth - 1)
-            for name in _global_names(obj.__code__):
-                if name in obj.__globals__:
-                    parts.append(name)
-                    visit(obj.__globals__[name], depth - 1)
+            _visit_function(obj, depth)
             return
         if isinstance(obj, (list, tuple, dict)):
-            items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
-            if len(items) > _FINGERPRINT_MAX_ITEMS:
-                parts.append(("container", id(obj), len(items)))
-                return
-            parts.append((type(obj).__name__, len(items)))
-            for k, item in items:
-                parts.append(repr(k))
-                visit(item, depth - 1)
+            _visit_container(obj, depth)
             return
         if hasattr(obj, "_compiled") and hasattr(obj, "trace_counts"):
             # an autohess Model: its data are copied and immutable, and its program cache and
@@ -119,6 +109,43 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
             for name, item in list(attrs.items()):
                 parts.append(name)
                 visit(item, depth - 1)
+
+    def _visit_container(obj: Any, depth: int) -> None:
+        items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
+        if len(items) > _FINGERPRINT_MAX_ITEMS:
+            parts.append(("container", id(obj), len(items)))
+            return
+        parts.append((type(obj).__name__, len(items)))
+        for k, item in items:
+            parts.append(repr(k))
+            visit(item, depth - 1)
+
+    def _visit_function(obj: types.FunctionType, depth: int) -> None:
+        if _jax_library(obj):
+            parts.append(("jax", obj.__module__, obj.__qualname__))
+            return
+        seen.add(id(obj))
+        if _own(obj):
+            # the zoo's log-likelihoods and hooks read only autohess's own module globals
+            # (constants, jax functions): following them cost 15-20 us per fit and per
+            # ``ah.hessian`` for a logistic model, a few per cent of a warm fit
+            parts.append(("autohess", obj.__module__, obj.__qualname__))
+            return
+        for cell in obj.__closure__ or ():
+            try:
+                visit(cell.cell_contents, depth - 1)
+            except ValueError:  # an empty cell (a name assigned later)
+                parts.append("empty-cell")
+        for item in obj.__defaults__ or ():
+            visit(item, depth - 1)
+        for name, item in sorted((obj.__kwdefaults__ or {}).items()):
+            parts.append(name)
+            visit(item, depth - 1)
+        names = obj.__globals__
+        for name in _global_names(obj.__code__):
+            if name in names:
+                parts.append(name)
+                visit(names[name], depth - 1)
 
     visit(f, _FINGERPRINT_DEPTH + 1)
     return tuple(parts), kept
@@ -146,10 +173,16 @@ def _jax_library(obj: Any) -> bool:
     return type(obj).__module__.startswith(("jax.", "jaxlib."))
 
 
-def _global_names(code: types.CodeType) -> list:
-    """Names the code object (and the functions and lambdas defined inside it) looks up."""
+#: exact types recorded by value
+_PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> tuple:
+    """Names the code object (and the functions and lambdas defined inside it) looks up
+    (memoised: code objects are immutable, and a user's loglik is fingerprinted on every call)."""
     names = list(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names.extend(_global_names(const))
-    return names
+    return tuple(names)

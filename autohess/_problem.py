@@ -19,6 +19,7 @@ from ._basis import fold_basis
 from ._derivatives import _objective, _split_obs, _symmetrize
 from ._model import Model
 from ._rowwise import rowwise_value_grad_hess
+from ._rules import with_cheap_rules
 
 
 
@@ -202,7 +203,7 @@ def _chunked_value_grad_hess(model: Model, data: Any, weights: Any, scale: Any, 
 def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
     """``u -> (f, grad f, Hessian)`` from one compiled derivative pass, without the products
     by the tangent basis (``fold_basis``: one ``N x p x p`` product fewer for a regression)."""
-    return fold_basis(_value_grad_hess_with_basis(f, mode))
+    return fold_basis(_value_grad_hess_with_basis(with_cheap_rules(f), mode))
 
 
 def _value_grad_hess_with_basis(f: Callable, mode: str) -> Callable:
