@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import types
-from typing import Any, Callable
+import weakref
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -30,10 +31,34 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
     and a ``functools.partial``'s arguments, followed through nested functions, lists, tuples,
     dicts and instance attributes to depth ``_FINGERPRINT_DEPTH``. numpy arrays enter by a
     hash of their bytes (in-place edits change it), Python numbers and strings by value, jax
-    arrays by identity (they are immutable; ``kept`` holds them so an id is not reused)."""
+    arrays by identity (they are immutable; ``kept`` holds them so an id is not reused).
+
+    Where ``f`` reads nothing that can change in place (no arrays, lists, dicts, objects: only
+    numbers, strings, modules and functions), the result is memoised with the slots it was read
+    from (each function's code, closure cells, defaults and named globals, compared by
+    identity): a later call that finds them unchanged returns it without the walk (~1 us
+    instead of 4-14 us per fit and per ``ah.hessian``, issue #16)."""
+    memo = _MEMO.get(id(f))
+    if memo is not None and memo.holds(f):
+        return memo.parts, []
+    parts, kept, reads = _walk(f)
+    if reads is not None:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[id(f)] = _Memo(f, reads, parts)
+    else:
+        _MEMO.pop(id(f), None)
+    return parts, kept
+
+
+def _walk(f: Callable) -> tuple[tuple, list, Optional[list]]:
+    """``closure_fingerprint``'s walk: ``(parts, kept, reads)``; ``reads``: the slots read
+    (``_Memo``), None where something read can change in place."""
     parts: list = []
     kept: list = []
     seen: set = set()
+    reads: list = []
+    immutable = [True]
 
     def visit(obj: Any, depth: int) -> None:
         kind = type(obj)
@@ -55,6 +80,8 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
         if isinstance(obj, (bool, int, float, complex, str, bytes, type(None))):
             parts.append(obj)
             return
+        if not (kind is tuple or isinstance(obj, (np.generic, type, types.ModuleType, types.FunctionType))):
+            immutable[0] = False  # (an array, a list, an object: contents can change in place)
         if isinstance(obj, np.ndarray):
             if obj.dtype == object:
                 parts.append(("object-array", id(obj)))
@@ -131,6 +158,19 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
             # ``ah.hessian`` for a logistic model, a few per cent of a warm fit
             parts.append(("autohess", obj.__module__, obj.__qualname__))
             return
+        if obj.__kwdefaults__:
+            immutable[0] = False  # (a dict)
+        g = obj.__globals__
+        names = _global_names(obj.__code__)
+        closure = obj.__closure__ or ()
+        contents = []
+        for cell in closure:
+            try:
+                contents.append(cell.cell_contents)
+            except ValueError:
+                contents.append(_EMPTY)
+        reads.append((weakref.ref(obj), obj.__code__, obj.__closure__, tuple(contents), obj.__defaults__,
+                      obj.__kwdefaults__, g, names, tuple(g.get(n, _EMPTY) for n in names)))
         for cell in obj.__closure__ or ():
             try:
                 visit(cell.cell_contents, depth - 1)
@@ -148,7 +188,59 @@ def closure_fingerprint(f: Callable) -> tuple[tuple, list]:
                 visit(names[name], depth - 1)
 
     visit(f, _FINGERPRINT_DEPTH + 1)
-    return tuple(parts), kept
+    return tuple(parts), kept, (reads if immutable[0] and not kept else None)
+
+
+#: stands for an empty closure cell or a global name not (yet) defined
+_EMPTY = object()
+#: memoised fingerprints by ``id`` of what was fingerprinted (checked by identity on use)
+_MEMO: dict = {}
+_MEMO_MAX = 512
+
+
+class _Memo:
+    """A fingerprint and the slots it was read from. Functions are held weakly (a memo does not
+    keep a model's functions alive); what their slots held is held strongly (numbers, modules,
+    functions: no arrays), so an ``id`` seen here is not reused by a new object."""
+
+    __slots__ = ("root", "reads", "parts")
+
+    def __init__(self, root: Any, reads: list, parts: tuple):
+        items = root if type(root) is tuple else (root,)
+        self.root = (type(root) is tuple, tuple(_weak(x) for x in items))
+        self.reads, self.parts = reads, parts
+
+    def holds(self, root: Any) -> bool:
+        is_tuple, refs = self.root
+        items = root if type(root) is tuple else (root,)
+        if is_tuple != (type(root) is tuple) or len(items) != len(refs):
+            return False
+        for ref, item in zip(refs, items):
+            if (ref() if isinstance(ref, weakref.ref) else ref) is not item:
+                return False
+        for ref, code, closure, contents, defaults, kwdefaults, g, names, values in self.reads:
+            fn = ref()
+            if (fn is None or fn.__code__ is not code or fn.__closure__ is not closure
+                    or fn.__defaults__ is not defaults or fn.__kwdefaults__ is not kwdefaults):
+                return False
+            for cell, value in zip(closure or (), contents):
+                try:
+                    if cell.cell_contents is not value:
+                        return False
+                except ValueError:
+                    if value is not _EMPTY:
+                        return False
+            for name, value in zip(names, values):
+                if g.get(name, _EMPTY) is not value:
+                    return False
+        return True
+
+
+def _weak(x: Any) -> Any:
+    try:
+        return weakref.ref(x)
+    except TypeError:  # None, numbers
+        return x
 
 
 def _own(fn: types.FunctionType) -> bool:

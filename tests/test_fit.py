@@ -325,6 +325,57 @@ def test_jax_library_functions_fingerprint_by_name():
     assert closure_fingerprint((mine,))[0] != before
 
 
+SCALE_16 = 2.0
+
+
+def test_fingerprint_memo_sees_every_slot(monkeypatch):
+    """The fingerprint of a function that reads only numbers, modules and functions is memoised
+    with the slots it read (issue #16 part 1: the walk cost 4-14 us of every fit and
+    ``ah.hessian``): a second call does not walk, and rebinding a global, a ``nonlocal``, a
+    default or the code, or a closed-over array (never memoised) still changes it."""
+    from autohess import _fingerprint
+
+    walks = []
+    walk = _fingerprint._walk
+    monkeypatch.setattr(_fingerprint, "_walk", lambda f: walks.append(1) or walk(f))
+    shift = 1.0
+
+    def loglik(params, data, k=3):
+        return SCALE_16 * jnp.sum(params) + shift + k
+
+    def rebind(value):
+        nonlocal shift
+        shift = value
+
+    key = (loglik, None, None)
+    first = _fingerprint.closure_fingerprint(key)[0]
+    assert _fingerprint.closure_fingerprint(key)[0] == first and len(walks) == 1  # memoised
+    monkeypatch.setitem(globals(), "SCALE_16", 3.0)
+    second = _fingerprint.closure_fingerprint(key)[0]
+    assert second != first and len(walks) == 2
+    rebind(2.0)
+    third = _fingerprint.closure_fingerprint(key)[0]
+    assert third != second
+    loglik.__defaults__ = (4,)
+    fourth = _fingerprint.closure_fingerprint(key)[0]
+    assert fourth != third
+    def other(params, data, k=3):
+        return SCALE_16 * jnp.mean(params) + shift + k + JNP_16  # noqa: F821
+
+    loglik.__code__ = other.__code__
+    n = len(walks)
+    # (the fingerprint records what code reads, not the code: walked again, the same parts)
+    assert _fingerprint.closure_fingerprint(key)[0] == fourth and len(walks) == n + 1
+    monkeypatch.setitem(globals(), "JNP_16", 1.0)  # a global the new code names, defined now
+    assert _fingerprint.closure_fingerprint(key)[0] != fourth
+    w = np.ones(2)
+    user = (lambda params, data: w * params, None)
+    before = _fingerprint.closure_fingerprint(user)[0]
+    n = len(walks)
+    w[0] = 2.0
+    assert _fingerprint.closure_fingerprint(user)[0] != before and len(walks) == n + 1
+
+
 def test_refits_do_not_recompile(rng):
     X, y, model, _, _ = _data("logistic", rng)
     for i in range(3):
