@@ -75,7 +75,7 @@ class Hessian:
 jax.tree_util.register_dataclass(Hessian, data_fields=["matrix"], meta_fields=["labels"])
 
 
-def _hessian_of(f: Callable[[jax.Array], jax.Array], mode: str, with_value: bool = True) -> Callable:
+def _hessian_of(f: Callable[[jax.Array], jax.Array], mode: str, with_value: bool = True, rules: bool = True) -> Callable:
     """``theta -> (H, v)``: the Hessian, and a scalar ``v`` finite exactly where ``f(theta)`` is
     (the value from the same primal pass, or a cheaper stand-in), for the finiteness check.
 
@@ -84,8 +84,12 @@ def _hessian_of(f: Callable[[jax.Array], jax.Array], mode: str, with_value: bool
     logistic model asking costs ~15 us of a ~55 us call, nearly all of it ``log1p``; where the
     only such terms are ``jnp.logaddexp``'s (``softplus``), ``v`` is ``f`` with those replaced by
     their finiteness proxy (``_rules.finiteness_proxy``). ``with_value=False`` returns 0.
-    ``jnp.logaddexp``'s derivatives come from its cheaper rule (``_rules``).
+    ``jnp.logaddexp``'s derivatives come from its cheaper rule (``_rules``). ``rules=False``:
+    ``f`` differentiated as written (a random-effects marginal: its inner solve and implicit
+    derivatives would be traced once more, for no ``logaddexp`` of its own at this level).
     """
+    if not rules:
+        return fold_basis(_hessian_with_basis(f, mode, with_value))
 
     def run(theta):
         closed, shape = jax.make_jaxpr(f, return_shape=True)(theta)
@@ -238,7 +242,7 @@ def _build_model_hessian(model: Model, mode: str, scale: str, check: bool = True
     def fn(params, data, weights):
         model.trace_counts["hessian"] += 1
         theta = _start(model, params, scale)
-        h, value = _hessian_of(lambda t: objective(t, data, weights), mode, check)(theta)
+        h, value = _hessian_of(lambda t: objective(t, data, weights), mode, check, model.laplace is None)(theta)
         return _symmetrize(h), _finite(h, value)
 
     return jax.jit(fn)
