@@ -134,7 +134,8 @@ def _eval(jaxpr, consts, args, proxy: bool = False, tainted: frozenset = frozens
             marked.update(eqn.outvars)
         elif kind == "logaddexp":
             outs = [_logaddexp(*ins)]
-        elif name in _INLINE and _has_rule(eqn.params["jaxpr"].jaxpr):
+        elif name in _INLINE and (_has_rule(eqn.params["jaxpr"].jaxpr) or (hit and any(hit))):
+            # (inlined where a proxy enters too: what it meets inside is checked the same way)
             sub = eqn.params["jaxpr"]
             outs = _eval(sub.jaxpr, sub.consts, ins, proxy, frozenset() if not hit else tuple(hit))
             if proxy:

@@ -336,7 +336,15 @@ def test_finiteness_check_with_logaddexp_still_catches_value_only_failures(rng):
 
     from autohess import _rules
 
-    for fn, has_proxy in ((moving_support, True), (through_log, False)):
+    @jax.jit
+    def nested_log(u):  # a user's own jit: the proxy would meet the log inside it
+        return jnp.log(u)
+
+    def through_nested_log(params, data):
+        eta = data["X"] @ params["beta"]
+        return nested_log(jnp.logaddexp(0.0, eta) - params["c"])
+
+    for fn, has_proxy in ((moving_support, True), (through_log, False), (through_nested_log, False)):
         m = ah.Model(fn, {"X": X, "y": y}, params={"beta": jnp.zeros(3), "c": -1.0})
         f = lambda t, m=m: -jnp.sum(m._loglik(m.spec.unflatten(t), m.data))  # noqa: E731
         t = jnp.zeros(4)
