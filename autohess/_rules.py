@@ -132,14 +132,13 @@ def _eval(jaxpr, consts, args, proxy: bool = False, tainted: frozenset = frozens
             raise _NoProxy(name)
         kind = _kind(eqn)
         if kind is not None and proxy:
-            if kind == "logaddexp":
-                x1, x2 = ins
-                # logaddexp = max + log1p(exp(-|x1 - x2|)), and the log1p term lies in [0, log 2]
-                # where the difference is not NaN: finite exactly where the max is (JAX returns
-                # x1 + x2 where the difference is NaN: both infinite of one sign, or a NaN)
-                outs = [jnp.where(jnp.isnan(x1 - x2), x1 + x2, jnp.maximum(x1, x2))]
-            else:  # softplus(x) = max(x, 0) + log1p(exp(-|x|)): the same with x2 = 0
-                outs = [jnp.maximum(ins[0], jnp.zeros((), ins[0].dtype))]
+            # logaddexp = max + log1p(exp(-|x1 - x2|)), the log1p term in [0, log 2] where the
+            # difference is not NaN: finite exactly where the max is. Where the difference is
+            # NaN, JAX returns x1 + x2: a NaN argument (the max, NaN-propagating in XLA, is NaN
+            # too) or both infinite of one sign (so is the max). softplus(x) is the same with
+            # x2 = 0.
+            x1, x2 = ins if kind == "logaddexp" else (ins[0], jnp.zeros((), ins[0].dtype))
+            outs = [jnp.maximum(x1, x2)]
             marked.update(eqn.outvars)
         elif kind == "logaddexp":
             outs = [_logaddexp(*ins)]

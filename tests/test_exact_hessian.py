@@ -351,3 +351,22 @@ def test_finiteness_check_with_logaddexp_still_catches_value_only_failures(rng):
         closed, shape = jax.make_jaxpr(f, return_shape=True)(t)
         assert _rules.has_cheap_rule(closed)
         assert (_rules.finiteness_proxy(closed, shape, t) is not None) == has_proxy
+
+
+def test_finiteness_proxy_is_finite_exactly_where_logaddexp_is():
+    """``_rules.finiteness_proxy`` stands in ``max(x1, x2)`` for ``logaddexp(x1, x2)`` (and
+    ``max(x, 0)`` for the zoo's ``softplus``): finite exactly where the function is, for every
+    pair of NaN, +-inf, +-1.7e308 and ordinary values (the reference: the value itself)."""
+    import jax
+
+    from autohess import _rules
+    from autohess.models._glm import softplus
+
+    special = [np.nan, np.inf, -np.inf, 1.7e308, -1.7e308, 0.0, 3.0, -40.0]
+    for fn in (lambda x: jnp.logaddexp(x[0], x[1]), lambda x: softplus(x[0]) + 0.0 * x[1]):
+        for a in special:
+            for b in special:
+                x = jnp.array([a, b])
+                closed, shape = jax.make_jaxpr(fn, return_shape=True)(x)
+                proxy = _rules.finiteness_proxy(closed, shape, x)
+                assert bool(jnp.isfinite(proxy)) == bool(jnp.isfinite(fn(x))), (a, b)
