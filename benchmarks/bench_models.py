@@ -40,20 +40,23 @@ OpenBLAS thread and one XLA thread (``XLA_FLAGS="--xla_cpu_multi_thread_eigen=fa
 intra_op_parallelism_threads=1"``): the machine is shared with five other sessions and wall
 times swing several-fold; medians are still noisy (CPU caches are shared), minima are the floor.
 
-Fourth round (issue #16 part 1, the failing targets; 2-core AMD EPYC VM, 2026-12-02 00:18, full
-run at 156bc64 + uncommitted docs; ``uptime`` load average 6.7-7.5 on 2 cores before and after:
-other sessions' tests running; single-threaded as below; ratio = ours / peer by medians, by minima
-in brackets; results/models.json, the --quick run in models_quick.json):
+Fourth round (issue #16 part 1, the failing targets; 2-core AMD EPYC VM, 2026-12-02 00:51, full
+run and --quick at 249d6ed; ``uptime`` load average 9.6-10.3 on 2 cores before and after (other
+sessions' tests): medians swing; single-threaded as below; ratio = ours / peer by medians, by
+minima in brackets; results/models.json, the --quick run in models_quick.json):
 
-* Exact Hessian of the README's logistic model / numpy closed form: 1.46 (1.44): PASS (2.2-2.4
-  before; ``check=False`` 1.29, the zoo's model 1.39). A/B in one process against the previous
-  commit (interleaved, CPU time, load ~7, medians): 62 against 86 us, numpy 38 us.
-* MNLogit 0.82 (0.59): PASS; Poisson 0.78 (0.72): PASS (1.01 in one --quick run at load 7, its
-  minima 0.76); NB2 0.76 (0.61): PASS.
-* Tobit 3.53 (3.71): FAIL (10 iterations against numpy's 5: unchanged, not attempted this round).
-* Zoo logistic 0.75 (0.71) against 1/3: FAIL; OLS by ML 1.82 (1.42): FAIL (unchanged: their fixed
-  costs are the solve's machinery, the covariance program and host code in ``_fit.py``, outside
-  this round's scope; see "Where the warm time goes" below).
+* Exact Hessian of the README's logistic model / numpy closed form: on the line. Full run 1.67
+  (1.47): FAIL by the median at load 10; --quick 1.49 (1.45): PASS; earlier full and --quick
+  runs at load ~7: 1.46 (1.44), 1.51 (1.43), 1.49 (1.49); interleaved A/B in one process against
+  the previous commit (load 5-7, 10 rounds x 500): 1.40 (1.42) against 2.57 (2.12), i.e. ~56-62
+  against ~84-86 us with numpy at ~37-38 (2.2-2.4 before). ``check=False`` 1.26-1.31, the zoo's
+  model 1.34-1.46 by minima.
+* MNLogit 0.77 (0.59): PASS; Poisson 0.68 (0.74): PASS; NB2 0.77 (0.66): PASS.
+* Tobit 3.97 (4.24): FAIL (10 iterations against numpy's 5: not attempted this round).
+* Zoo logistic 0.73 (0.70) against 1/3: FAIL; OLS by ML 1.55 (1.23), --quick 1.20 (1.22): FAIL
+  (the linear start ~10 us cheaper; the rest is the solve's machinery ~50 us at 0 iterations,
+  the covariance program ~100 us and host code, in ``_fit.py``/``_covariance.py``, outside this
+  round's scope).
 
 Where the README's logistic Hessian went (before; N = 1500, p = 12, CPU us, load ~5, medians):
 ~86 = the program ~65 (3 ``exp`` and a ``log1p`` per row: ``jnp.logaddexp``'s rule
@@ -72,13 +75,15 @@ What changed (fourth round):
   ``sigmoid(-d)`` the larger weight's second derivative cancelled to 0 beyond |d| ~ 37 (JAX's
   own rule loses the same term: H[2, 2] = 0 instead of 1.2e-21 at d = -50, see the test).
 * ``ah.hessian``'s finiteness check evaluates the log-likelihood with each ``logaddexp`` (and the
-  zoo's ``softplus``) replaced by a stand-in finite exactly where it is (``max`` where the
-  difference is not NaN: the ``log1p`` term lies in ``[0, log 2]``), when it feeds only sums,
-  products and selects; else the value itself. The check costs ~3 us instead of ~16.
+  zoo's ``softplus``) replaced by a stand-in finite exactly where it is (the ``max`` of its
+  arguments: the ``log1p`` term lies in ``[0, log 2]``), when it feeds only sums, products and
+  selects; else the value itself. The check costs ~3 us instead of ~16.
 * The closure fingerprint: exact-type dispatch (9 -> 4.4 us), then memoised where a function
   reads only numbers, modules and functions, checked by the identity of every slot read (code,
   cells, defaults, named globals): ~1 us per ``_jitted`` call, in fits too.
 * ``_model_params``: parameters that are already the model's jax arrays pass after one flatten.
+* The zoo's starts form ``X' W X`` and ``X' W z`` as matrix products over the rows (``X' y`` was a
+  loop fusion), the linear start without its product by ones: ~10 us of the linear start's ~50.
 
 Measured, not kept: the Hessian through the linear predictors (``_rowwise``) for ``ah.hessian``:
 XLA recomputes the weights inside the ``N x p`` product either way, 41-53 us against 43-46
