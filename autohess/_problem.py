@@ -20,6 +20,7 @@ from ._derivatives import _objective, _split_obs, _symmetrize
 from ._laplace_derivatives import block_value_grad_hess
 from ._model import Model
 from ._rowwise import rowwise_value_grad_hess
+from ._rules import with_cheap_rules
 
 
 
@@ -145,12 +146,12 @@ def _unconstrained_value_grad_hess(model: Model, data: Any, weights: Any, scale:
     if rows is not None and spec.all_real:
         return rows
     if chunk is None and rows is None and spec.all_real:
-        return _value_grad_hess_fn(_unconstrained(model, data, raw_weights, scale), mode)
+        return _value_grad_hess_fn(_unconstrained(model, data, raw_weights, scale), mode, rules=True)
     if rows is not None:
         on_natural = rows
     elif chunk is None:
         natural = functools.partial(model.negloglik_flat, data=data, weights=weights)
-        on_natural = _value_grad_hess_fn(natural if scale is None else (lambda x: natural(x) / scale), mode)
+        on_natural = _value_grad_hess_fn(natural if scale is None else (lambda x: natural(x) / scale), mode, rules=True)
     else:
         on_natural = _chunked_value_grad_hess(model, data, weights, scale, mode, chunk)
         if spec.all_real:
@@ -197,7 +198,7 @@ def _chunked_value_grad_hess(model: Model, data: Any, weights: Any, scale: Any, 
         ])
         w = None if weights is None else jax.lax.dynamic_slice_in_dim(weights, start, size)
         f = functools.partial(model.negloglik_flat, data=part, weights=w)
-        return _value_grad_hess_fn(f if scale is None else (lambda t: f(t) / scale), mode)(x)
+        return _value_grad_hess_fn(f if scale is None else (lambda t: f(t) / scale), mode, rules=True)(x)
 
     def fun(x):
         p = x.shape[0]
@@ -212,10 +213,12 @@ def _chunked_value_grad_hess(model: Model, data: Any, weights: Any, scale: Any, 
     return fun
 
 
-def _value_grad_hess_fn(f: Callable, mode: str) -> Callable:
+def _value_grad_hess_fn(f: Callable, mode: str, rules: bool = False) -> Callable:
     """``u -> (f, grad f, Hessian)`` from one compiled derivative pass, without the products
-    by the tangent basis (``fold_basis``: one ``N x p x p`` product fewer for a regression)."""
-    return fold_basis(_value_grad_hess_with_basis(f, mode))
+    by the tangent basis (``fold_basis``: one ``N x p x p`` product fewer for a regression).
+    ``rules``: ``jnp.logaddexp`` by its cheaper rule (``_rules``; the single fit's solve: ``f``
+    is traced once more to find it, which batches, profiles and random-effects marginals skip)."""
+    return fold_basis(_value_grad_hess_with_basis(with_cheap_rules(f) if rules else f, mode))
 
 
 def _value_grad_hess_with_basis(f: Callable, mode: str) -> Callable:

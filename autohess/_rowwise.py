@@ -37,6 +37,7 @@ from jax.extend import core as jcore
 
 from ._basis import _FOLD
 from ._derivatives import _symmetrize
+from ._rules import with_cheap_rules
 
 __all__ = ["rowwise_value_grad_hess"]
 
@@ -285,7 +286,7 @@ def rowwise_value_grad_hess(contributions: Callable, p: int, n: int, dtype: Any,
     its linear predictors (module docstring), or None where the structure is not recognised.
 
     ``contributions``: ``x (p,) -> (n,)``, traced here once (at the caller's trace time)."""
-    closed = jax.make_jaxpr(contributions)(jax.ShapeDtypeStruct((p,), dtype))
+    closed = jax.make_jaxpr(with_cheap_rules(contributions))(jax.ShapeDtypeStruct((p,), dtype))
     jaxpr = closed.jaxpr
     if len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1 or tuple(jaxpr.outvars[0].aval.shape) != (n,):
         return None

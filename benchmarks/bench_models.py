@@ -40,7 +40,58 @@ OpenBLAS thread and one XLA thread (``XLA_FLAGS="--xla_cpu_multi_thread_eigen=fa
 intra_op_parallelism_threads=1"``): the machine is shared with five other sessions and wall
 times swing several-fold; medians are still noisy (CPU caches are shared), minima are the floor.
 
-Headline numbers (2-core AMD EPYC VM, 2026-12-01 21:49, run at c29b57b, full run; ``uptime``
+Fourth round (issue #16 part 1, the failing targets; 2-core AMD EPYC VM, 2026-12-02 00:51, full
+run and --quick at 249d6ed; ``uptime`` load average 9.6-10.3 on 2 cores before and after (other
+sessions' tests): medians swing; single-threaded as below; ratio = ours / peer by medians, by
+minima in brackets; results/models.json, the --quick run in models_quick.json):
+
+* Exact Hessian of the README's logistic model / numpy closed form: on the line. Full run 1.67
+  (1.47): FAIL by the median at load 10; --quick 1.49 (1.45): PASS; earlier full and --quick
+  runs at load ~7: 1.46 (1.44), 1.51 (1.43), 1.49 (1.49); interleaved A/B in one process against
+  the previous commit (load 5-7, 10 rounds x 500): 1.40 (1.42) against 2.57 (2.12), i.e. ~56-62
+  against ~84-86 us with numpy at ~37-38 (2.2-2.4 before). ``check=False`` 1.26-1.31, the zoo's
+  model 1.34-1.46 by minima.
+* MNLogit 0.77 (0.59): PASS; Poisson 0.68 (0.74): PASS; NB2 0.77 (0.66): PASS.
+* Tobit 3.97 (4.24): FAIL (10 iterations against numpy's 5: not attempted this round).
+* Zoo logistic 0.73 (0.70) against 1/3: FAIL; OLS by ML 1.55 (1.23), --quick 1.20 (1.22): FAIL
+  (the linear start ~10 us cheaper; the rest is the solve's machinery ~50 us at 0 iterations,
+  the covariance program ~100 us and host code, in ``_fit.py``/``_covariance.py``, outside this
+  round's scope).
+
+Where the README's logistic Hessian went (before; N = 1500, p = 12, CPU us, load ~5, medians):
+~86 = the program ~65 (3 ``exp`` and a ``log1p`` per row: ``jnp.logaddexp``'s rule
+``t exp(x - out)`` needs the primal ``log1p`` at every order, and XLA's float64 ``log1p`` costs
+~10 ns per element against ~3 for ``exp``; its ``N x p`` tangent fusion carried the rule's
+infinity selects) + ~20 of host code (the closure fingerprint 4-14 us in context, the parameter
+check ~2-5, the result). Measured pieces: the closed form in JAX 40 us, plus the value (the
+check's ``log1p``) 56 us, numpy 38.
+
+What changed (fourth round):
+
+* ``_rules.py``: ``jnp.logaddexp`` (so ``jax.nn.softplus`` and ``log_sigmoid``) is differentiated
+  by ``sigmoid`` weights inside autohess's Hessian and fit programs (the jaxpr evaluated with
+  the rule bound in its place; values are JAX's own): one ``exp`` per row, no ``log1p`` in the
+  derivatives. Written as ``m = sigmoid(-|d|)`` and ``1 - m``: with ``sigmoid(d)``,
+  ``sigmoid(-d)`` the larger weight's second derivative cancelled to 0 beyond |d| ~ 37 (JAX's
+  own rule loses the same term: H[2, 2] = 0 instead of 1.2e-21 at d = -50, see the test).
+* ``ah.hessian``'s finiteness check evaluates the log-likelihood with each ``logaddexp`` (and the
+  zoo's ``softplus``) replaced by a stand-in finite exactly where it is (the ``max`` of its
+  arguments: the ``log1p`` term lies in ``[0, log 2]``), when it feeds only sums, products and
+  selects; else the value itself. The check costs ~3 us instead of ~16.
+* The closure fingerprint: exact-type dispatch (9 -> 4.4 us), then memoised where a function
+  reads only numbers, modules and functions, checked by the identity of every slot read (code,
+  cells, defaults, named globals): ~1 us per ``_jitted`` call, in fits too.
+* ``_model_params``: parameters that are already the model's jax arrays pass after one flatten.
+* The zoo's starts form ``X' W X`` and ``X' W z`` as matrix products over the rows (``X' y`` was a
+  loop fusion), the linear start without its product by ones: ~10 us of the linear start's ~50.
+
+Measured, not kept: the Hessian through the linear predictors (``_rowwise``) for ``ah.hessian``:
+XLA recomputes the weights inside the ``N x p`` product either way, 41-53 us against 43-46
+(fwd-rev); ``rev-rev`` runs this model's program ~3 us faster than ``fwd-rev`` (the transposed
+copy of ``w X`` before the product) but a user's model keeps its declared mode; the program
+with the older CPU emitters or without YNNPACK: equal or slower.
+
+Third round, for reference (2-core AMD EPYC VM, 2026-12-01 21:49, run at c29b57b, full run; ``uptime``
 load average 9.5-10.7 on 2 cores before and after: other sessions' tests were running, the
 process got about half a CPU; single-threaded as above; ratio = ours / peer by medians, by
 minima in brackets; results/models.json, the --quick run beside it in models_quick.json):

@@ -9,7 +9,7 @@ import statsmodels.api as sm
 
 import autohess as ah
 from autohess._solver import Status, trust_region_newton
-from helpers import dem2gbp
+from helpers import CLOSED_FORM, dem2gbp, logistic_data, rel_err
 
 # Both fits converge to machine precision (Newton iterations to the rounding floor), so the
 # issue's 1e-6 (params) and 1e-5 (bse) relative bounds leave orders of magnitude of room;
@@ -323,6 +323,57 @@ def test_jax_library_functions_fingerprint_by_name():
     before, _ = closure_fingerprint((mine,))
     w[0] = 2.0
     assert closure_fingerprint((mine,))[0] != before
+
+
+SCALE_16 = 2.0
+
+
+def test_fingerprint_memo_sees_every_slot(monkeypatch):
+    """The fingerprint of a function that reads only numbers, modules and functions is memoised
+    with the slots it read (issue #16 part 1: the walk cost 4-14 us of every fit and
+    ``ah.hessian``): a second call does not walk, and rebinding a global, a ``nonlocal``, a
+    default or the code, or a closed-over array (never memoised) still changes it."""
+    from autohess import _fingerprint
+
+    walks = []
+    walk = _fingerprint._walk
+    monkeypatch.setattr(_fingerprint, "_walk", lambda f: walks.append(1) or walk(f))
+    shift = 1.0
+
+    def loglik(params, data, k=3):
+        return SCALE_16 * jnp.sum(params) + shift + k
+
+    def rebind(value):
+        nonlocal shift
+        shift = value
+
+    key = (loglik, None, None)
+    first = _fingerprint.closure_fingerprint(key)[0]
+    assert _fingerprint.closure_fingerprint(key)[0] == first and len(walks) == 1  # memoised
+    monkeypatch.setitem(globals(), "SCALE_16", 3.0)
+    second = _fingerprint.closure_fingerprint(key)[0]
+    assert second != first and len(walks) == 2
+    rebind(2.0)
+    third = _fingerprint.closure_fingerprint(key)[0]
+    assert third != second
+    loglik.__defaults__ = (4,)
+    fourth = _fingerprint.closure_fingerprint(key)[0]
+    assert fourth != third
+    def other(params, data, k=3):
+        return SCALE_16 * jnp.mean(params) + shift + k + JNP_16  # noqa: F821
+
+    loglik.__code__ = other.__code__
+    n = len(walks)
+    # (the fingerprint records what code reads, not the code: walked again, the same parts)
+    assert _fingerprint.closure_fingerprint(key)[0] == fourth and len(walks) == n + 1
+    monkeypatch.setitem(globals(), "JNP_16", 1.0)  # a global the new code names, defined now
+    assert _fingerprint.closure_fingerprint(key)[0] != fourth
+    w = np.ones(2)
+    user = (lambda params, data: w * params, None)
+    before = _fingerprint.closure_fingerprint(user)[0]
+    n = len(walks)
+    w[0] = 2.0
+    assert _fingerprint.closure_fingerprint(user)[0] != before and len(walks) == n + 1
 
 
 def test_refits_do_not_recompile(rng):
@@ -685,3 +736,29 @@ def test_fit_with_jaxlibs_default_xla_emitters_agrees():
     np.testing.assert_allclose(p, p0, rtol=1e-10)
     np.testing.assert_allclose(se, se0, rtol=1e-10)
     assert llf == pytest.approx(llf0, rel=1e-12)
+
+
+def test_user_logistic_fit_uses_the_cheaper_logaddexp_rule(rng):
+    """The single fit's derivative pass differentiates ``jnp.logaddexp`` by its cheaper rule
+    (``_rules``, issue #16 part 1): for the README's logistic the compiled pass holds 2 ``exp``
+    per row (the value's and the sigmoid's) where JAX's rule had 3. The fit equals the zoo's
+    (whose agreement with statsmodels' Logit is tested above): estimates and SEs to 1e-10
+    relative (CLOSED_FORM: the same optimum, derivatives equal to rounding, so the solves take
+    the same steps up to a few ulps)."""
+    from autohess._problem import _unconstrained_value_grad_hess
+
+    X, y, _ = logistic_data(rng, n=400, p=4)
+
+    def loglik(params, data):
+        eta = data["X"] @ params["beta"]
+        return data["y"] * eta - jnp.logaddexp(0.0, eta)
+
+    model = ah.Model(loglik, {"X": X, "y": y}, params={"beta": jnp.zeros(4)})
+    u = jnp.zeros(4)
+    hlo = jax.jit(lambda u, d: _unconstrained_value_grad_hess(model, d, None, None, model.hessian_mode)(u)).lower(
+        u, model.data).compile().as_text()
+    assert hlo.count("exponential(") == 2 and hlo.count("log-plus-one(") == 1
+    mine, zoo = ah.fit(model), ah.fit(ah.models.logistic(X, y))
+    assert int(mine.status_code) == Status.CONVERGED
+    assert rel_err(mine.params_flat, zoo.params_flat) < CLOSED_FORM
+    assert rel_err(mine.bse_flat, zoo.bse_flat) < CLOSED_FORM

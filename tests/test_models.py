@@ -138,6 +138,20 @@ def test_zoo_data_start_same_optimum_fewer_iterations(rng, name):
         np.testing.assert_allclose(ours.params_flat, np.r_[beta, sigma], rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["logistic", "poisson", "linear"])
+def test_zoo_data_start_forms_normal_equations_as_matrix_products(rng, name):
+    """The starts' ``X' W X`` and ``X' W z`` are both matrix products contracted over the rows
+    (issue #16 part 1): written ``Xw.T @ z``, XLA formed ``X' y`` in a loop fusion (~10 us of the
+    linear start's ~50, N = 1500). Their values are checked by the test above (the linear start
+    = numpy's least squares, 1e-12)."""
+    from autohess._config import compiler_options
+
+    model = _start_cases(rng)[name]
+    hlo = jax.jit(model.start_fn, compiler_options=compiler_options()).lower(model.data).compile().as_text()
+    products = [line for line in hlo.splitlines() if " dot(" in line and "lhs_contracting_dims={0}" in line]
+    assert len(products) == 2, products
+
+
 def test_zoo_data_start_declines_collinear_exact_and_user_starts(rng):
     """Where its least-squares start is not well defined the zoo keeps the initial values, so
     fits are those of before: a design with a duplicated column (a flat valley: the point on

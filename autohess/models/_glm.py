@@ -65,8 +65,12 @@ def _weighted_least_squares(X, w, z):
     matrix; ``ok`` False where that matrix is singular or nearly so (smallest pivot share below
     ``sqrt(eps)``: collinear columns), so that such designs keep the zero start (a point on a
     flat valley depends on the start; from zero it is the one fits gave before)."""
-    Xw = X * w[:, None]
-    A, r = Xw.T @ X, Xw.T @ z
+    # contracted over the rows as matrix products (``Xw.T @ X`` transposed ``Xw`` first); no
+    # weights (the linear start): no ``N x p`` product by ones. ~10 us of the linear start's
+    # ~50 (N = 1500, p = 13)
+    Xw = X if w is None else X * w[:, None]
+    A = jax.lax.dot_general(Xw, X, (((0,), (0,)), ((), ())))
+    r = jax.lax.dot_general(Xw, z[:, None], (((0,), (0,)), ((), ())))[:, 0]
     d = jnp.sqrt(jnp.diag(A))
     d = jnp.where(d > 0, d, 1.0)
     L = jnp.linalg.cholesky(A / jnp.outer(d, d))
@@ -308,7 +312,7 @@ def _linear_start(data):
     from ``beta = 0, sigma = 1``). An exact fit (``sigma`` 0 to rounding, no finite maximum)
     keeps the initial values, as before."""
     X, y = data["X"], data["y"]
-    beta, ok = _weighted_least_squares(X, jnp.ones_like(y), y)
+    beta, ok = _weighted_least_squares(X, None, y)
     sigma = jnp.sqrt(jnp.mean((y - X @ beta) ** 2))
     ok = ok & (sigma > 1e3 * jnp.finfo(y.dtype).eps * jnp.sqrt(jnp.mean(y * y)))
     return {"beta": beta, "sigma": sigma}, ok
