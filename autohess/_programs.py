@@ -212,10 +212,10 @@ def _config_state() -> str:
 
 
 def _stable_repr(value: Any) -> str:
-    """``repr`` with numpy arrays printed in full; an object that prints its address (``at
-    0x...``) is different in every process and cannot key anything."""
-    with np.printoptions(threshold=sys.maxsize, floatmode="unique"):
-        text = repr(value)
+    """``repr`` (numpy arrays in full under ``_FULL_PRINT``, which the callers enter); an object
+    that prints its address (``at 0x...``) is different in every process and cannot key
+    anything."""
+    text = repr(value)
     if " at 0x" in text or "object at" in text:
         raise NotStorable(f"cannot key {text[:80]!r}")
     return text
@@ -226,7 +226,8 @@ def jaxpr_digest(closed: Any) -> str:
     first use, shapes and dtypes, literals), the bytes of every constant, nested jaxprs, and the
     jaxpr of every ``custom_jvp`` rule. Raises ``NotStorable`` for what cannot be keyed."""
     h = hashlib.blake2b(digest_size=20)
-    _feed_closed(h, closed, set())
+    with _full_print():
+        _feed_closed(h, closed, set())
     return h.hexdigest()
 
 
@@ -331,10 +332,17 @@ def program_key(name: str, parts: tuple, args: tuple, kwargs: dict) -> str:
     """Hex digest keying program ``name`` with ``parts`` (its options and the model's, see
     ``_fit``) at these arguments."""
     h = hashlib.blake2b(digest_size=24)
-    for part in (_MAGIC, _fixed_environment(), _config_state(), name, _stable_repr(parts), _avals((args, kwargs))):
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\0")
+    with _full_print():
+        for part in (_MAGIC, _fixed_environment(), _config_state(), name, _stable_repr(parts), _avals((args, kwargs))):
+            h.update(part.encode() if isinstance(part, str) else part)
+            h.update(b"\0")
     return h.hexdigest()
+
+
+def _full_print():
+    """numpy arrays printed in full, every float to its last digit: a summarised ``[1, ..., 9]``
+    would key two different arrays alike."""
+    return np.printoptions(threshold=sys.maxsize, floatmode="unique")
 
 
 # ------------------------------------------------------------------------------------------
@@ -441,35 +449,50 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
     return run
 
 
+#: ``jax.monitoring`` events: a program loaded from the store (duration: key, read and load),
+#: a program written to it (duration: serialise and write), one not keyed (``NotStorable``);
+#: ``fun_name`` is the program's name ("solve", "covariance")
+LOAD_EVENT = "/autohess/program_store/load_sec"
+WRITE_EVENT = "/autohess/program_store/write_sec"
+NOT_STORABLE_EVENT = "/autohess/program_store/not_storable"
+
+
 def _resolve(jitted, name, describe, args, kwargs, static):
     """The callable for one signature: a stored executable, a freshly compiled one (stored),
     or ``jitted`` where the program cannot be keyed."""
+    import time
+
+    from jax.experimental import serialize_executable
+
+    t0 = time.perf_counter()
     folder = program_dir()
     lapack_ready()  # before any executable is loaded or run (and it saves the lowering's import)
     try:
         statics = tuple((k, kwargs[k]) for k in static if k in kwargs)
         dynamic = {k: v for k, v in kwargs.items() if k not in static}
         key = program_key(name, (describe(*args, **kwargs), statics), args, dynamic)
-    except NotStorable:
+    except NotStorable as why:
+        jax.monitoring.record_event(NOT_STORABLE_EVENT, fun_name=name, reason=str(why)[:200])
         return jitted
     path = os.path.join(folder, f"{name}-{key}.bin")
     entry = _read(path, key)
     if entry is not None:
-        from jax.experimental import serialize_executable
-
         try:
-            return serialize_executable.deserialize_and_load(*entry)
+            compiled = serialize_executable.deserialize_and_load(*entry)
         except Exception:  # noqa: BLE001 - e.g. an executable this jaxlib cannot load
             _remove(path)
+        else:
+            jax.monitoring.record_event_duration_secs(LOAD_EVENT, time.perf_counter() - t0, fun_name=name)
+            return compiled
     _listen()
     before = getattr(_reads, "count", 0)
     compiled = jitted.trace(*args, **kwargs).lower().compile()
     if getattr(_reads, "count", 0) == before:  # compiled here, not read from JAX's cache
-        from jax.experimental import serialize_executable
-
+        t0 = time.perf_counter()
         try:
             serialized = serialize_executable.serialize(compiled)
         except (ValueError, NotImplementedError):
             return compiled  # not serialisable (constants passed as arguments): compiled each time
         _write(folder, path, key, serialized)
+        jax.monitoring.record_event_duration_secs(WRITE_EVENT, time.perf_counter() - t0, fun_name=name)
     return compiled

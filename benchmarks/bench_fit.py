@@ -340,7 +340,12 @@ class CompileLog:
     def _duration(self, name, seconds, fun_name=None, **_):
         kind = name.rsplit("/", 1)[-1]
         state = self._state.setdefault(self._ident(), {})
-        if kind == "cache_retrieval_time_sec":
+        if name.startswith("/autohess/program_store/"):
+            # autohess's program store (autohess/_programs.py): an executable loaded without
+            # tracing, lowering or compiling, or one written after compiling
+            self.programs.append({"phase": self.phase, "program": fun_name or "?", "store": kind.removesuffix("_sec"),
+                                  "store_s": seconds})
+        elif kind == "cache_retrieval_time_sec":
             state["read_s"] = seconds
         elif kind == "jaxpr_to_mlir_module_duration":
             state["lower_s"] = seconds
@@ -630,6 +635,10 @@ def print_first_calls(fc: list) -> None:
         for group in ("cold", "warm"):
             print(f"\n{r['workload']}, {group} cache: programs compiled (or read from the cache) in the last process")
             for p in r[group]["programs"]:
+                if "store" in p:
+                    what = "loaded from" if p["store"] == "load" else "written to"
+                    print(f"  - {p['phase']}: {p['program']}: {what} autohess's program store, {p['store_s']:.3f} s")
+                    continue
                 how = f"cache read {p['cache_read_s']:.3f} s" if p["cache_hit"] else f"compiled {p['compile_s']:.3f} s"
                 lower = "" if p["lower_s"] is None else f", lowered {p['lower_s']:.3f} s"
                 print(f"  - {p['phase']}: {p['program']}: {how}{lower}")
