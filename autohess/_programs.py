@@ -446,6 +446,7 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
             return jitted(*args, **kwargs)
 
     run.__wrapped__ = jitted
+    run.trace, run.lower = jitted.trace, jitted.lower  # what callers inspect stays the program's
     return run
 
 
