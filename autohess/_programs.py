@@ -472,7 +472,7 @@ def _resolve(jitted, name, describe, args, kwargs, static):
         statics = tuple((k, kwargs[k]) for k in static if k in kwargs)
         dynamic = {k: v for k, v in kwargs.items() if k not in static}
         key = program_key(name, (describe(*args, **kwargs), statics), args, dynamic)
-    except NotStorable as why:
+    except Exception as why:  # noqa: BLE001 - NotStorable, or a trace that fails: the program's own call says why
         jax.monitoring.record_event(NOT_STORABLE_EVENT, fun_name=name, reason=str(why)[:200])
         return jitted
     path = os.path.join(folder, f"{name}-{key}.bin")
@@ -487,13 +487,43 @@ def _resolve(jitted, name, describe, args, kwargs, static):
             return compiled
     _listen()
     before = getattr(_reads, "count", 0)
-    compiled = jitted.trace(*args, **kwargs).lower().compile()
+    lowered = jitted.trace(*args, **kwargs).lower()
+    from jax._src import config as jax_config
+
+    # JAX's cache would write the same executable a second time (serialised and zlib-compressed:
+    # 0.05-0.1 s of a cold first fit); it is still read where it has the program already
+    with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
+        compiled = lowered.compile()
     if getattr(_reads, "count", 0) == before:  # compiled here, not read from JAX's cache
+        _write_later(folder, path, key, compiled, name)
+    return compiled
+
+
+_writers: list = []
+
+
+def _write_later(folder: str, path: str, key: str, compiled: Any, name: str) -> None:
+    """Serialise and write ``compiled`` on a thread of its own: the first fit runs meanwhile
+    (serialising releases Python's lock), and Python waits for the thread at exit."""
+    import time
+
+    def write():
         t0 = time.perf_counter()
+        from jax.experimental import serialize_executable
+
         try:
             serialized = serialize_executable.serialize(compiled)
         except (ValueError, NotImplementedError):
-            return compiled  # not serialisable (constants passed as arguments): compiled each time
+            return  # not serialisable (constants passed as arguments): compiled in every process
         _write(folder, path, key, serialized)
         jax.monitoring.record_event_duration_secs(WRITE_EVENT, time.perf_counter() - t0, fun_name=name)
-    return compiled
+
+    thread = threading.Thread(target=write, name=f"autohess-store-{name}", daemon=False)
+    _writers.append(thread)
+    thread.start()
+
+
+def wait_for_writes() -> None:
+    """Block until every program this process compiled is written (tests; Python waits at exit)."""
+    while _writers:
+        _writers.pop().join()

@@ -49,10 +49,11 @@ def store(tmp_path, monkeypatch):
     folder = str(tmp_path / "programs")
     monkeypatch.setattr(_programs, "program_dir", lambda: folder)
     _inference._covariance_program.cache_clear()
-    EVENTS.clear()
+    _clear()
     yield folder
+    _programs.wait_for_writes()
     _inference._covariance_program.cache_clear()
-    EVENTS.clear()
+    _clear()
 
 
 def _logistic_data(n=120, seed=0):
@@ -62,7 +63,13 @@ def _logistic_data(n=120, seed=0):
     return X, y
 
 
+def _clear():
+    _programs.wait_for_writes()  # a write still under way would report after the clear
+    EVENTS.clear()
+
+
 def _events(kind, name="solve"):
+    _programs.wait_for_writes()  # entries are written on a thread of their own
     return sum(1 for k, n in EVENTS if k == kind and n == name)
 
 
@@ -89,7 +96,7 @@ def test_a_new_model_loads_the_programs_and_fits_bit_for_bit(store):
     first = ah.fit(ah.models.logistic(X, y))
     assert _events("write") == 1 and _events("write", "covariance") == 1
     assert sorted(f.split("-")[0] for f in os.listdir(store)) == ["covariance", "solve"]
-    EVENTS.clear()
+    _clear()
     _inference._covariance_program.cache_clear()  # as in a new process (in this one it is kept)
     model = ah.models.logistic(X, y)
     second = ah.fit(model)
@@ -99,7 +106,7 @@ def test_a_new_model_loads_the_programs_and_fits_bit_for_bit(store):
     _same_fit(second, _fresh(lambda: ah.models.logistic(X, y)))
     # other data of the same shapes: the same program, run on them
     X2, y2 = _logistic_data(n=120, seed=1)
-    EVENTS.clear()
+    _clear()
     other = ah.fit(ah.models.logistic(X2, y2))
     assert _events("load") == 1
     _same_fit(other, _fresh(lambda: ah.models.logistic(X2, y2)))
@@ -132,7 +139,7 @@ def test_a_changed_log_likelihood_or_shape_never_reuses_a_program(store, change)
     else:
         X3, y3 = _logistic_data(n=len(y) + 1)
         make = lambda: _user_model(X3, y3)  # noqa: E731
-    EVENTS.clear()
+    _clear()
     res = ah.fit(make())
     assert _events("load") == 0 and _events("write") == 1
     _same_fit(res, _fresh(make))
@@ -166,13 +173,13 @@ def test_a_changed_custom_derivative_rule_never_reuses_a_program(store):
     another gradient, so another optimum: the fits differ)."""
     X, y = _logistic_data(n=131)
     one = ah.fit(_rule_model(X, y, 1.0), warn=False)
-    EVENTS.clear()
+    _clear()
     half = ah.fit(_rule_model(X, y, 0.5), warn=False)
     assert _events("load") == 0 and _events("write") == 1
     _same_fit(half, _fresh(lambda: _rule_model(X, y, 0.5), warn=False))
     assert not np.allclose(np.asarray(one.params_flat), np.asarray(half.params_flat))
     # the same rule again: loaded
-    EVENTS.clear()
+    _clear()
     again = ah.fit(_rule_model(X, y, 0.5), warn=False)
     assert _events("load") == 1
     _same_fit(again, half)
@@ -195,7 +202,7 @@ def test_a_changed_option_never_reuses_a_program(store, option):
     if option == "bound":
         make = normal
     ah.fit(make())
-    EVENTS.clear()
+    _clear()
     if option == "maxiter":
         kw = {"maxiter": 50}
     elif option == "rtol":
@@ -218,23 +225,26 @@ def test_a_damaged_or_foreign_entry_is_compiled_again_without_error(store):
     as a miss, removed, and the fit compiled as usual, equal to one compiled from scratch."""
     X, y = _logistic_data(n=141)
     ah.fit(ah.models.logistic(X, y))
+    _programs.wait_for_writes()
     solve = [os.path.join(store, f) for f in os.listdir(store) if f.startswith("solve")][0]
     blob = open(solve, "rb").read()
     for damage in (blob[: len(blob) // 2], b"garbage", blob[:-1] + bytes([blob[-1] ^ 1])):
         with open(solve, "wb") as fh:
             fh.write(damage)
-        EVENTS.clear()
+        _clear()
         res = ah.fit(ah.models.logistic(X, y))
         assert _events("load") == 0
         _same_fit(res, _fresh(lambda: ah.models.logistic(X, y)))
+        _programs.wait_for_writes()
         assert not os.path.exists(solve) or open(solve, "rb").read() != damage
     # another key's entry under this key's name: its key inside does not match
     X4, y4 = _logistic_data(n=142)
     ah.fit(ah.models.logistic(X4, y4))
+    _programs.wait_for_writes()
     other = [os.path.join(store, f) for f in os.listdir(store) if f.startswith("solve") and f != os.path.basename(solve)]
     assert other
     os.replace(other[0], solve)
-    EVENTS.clear()
+    _clear()
     res = ah.fit(ah.models.logistic(X, y))
     assert _events("load") == 0
     _same_fit(res, _fresh(lambda: ah.models.logistic(X, y)))
@@ -261,7 +271,7 @@ def test_what_cannot_be_keyed_is_compiled_as_before(store):
         return y * eta - jnp.logaddexp(0.0, eta)
 
     for loglik in (vjp_loglik, callback_loglik):
-        EVENTS.clear()
+        _clear()
         model = ah.Model(loglik, {"X": X, "y": y}, {"beta": np.zeros(3)}, hessian_mode="rev-rev")
         res = ah.fit(model)
         assert _events("not storable") == 1 and _events("write") == 0 and res.converged
