@@ -56,6 +56,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+from jax._src import config as _jax_config
 
 from . import _config
 
@@ -141,11 +142,19 @@ def program_dir() -> Optional[str]:
     did not choose the cache directory (``AUTOHESS_CACHE=0``, or a directory set by the user,
     which may since have changed), or the backend is not the CPU."""
     ours = _config.cache_dir()
-    if ours is None or jax.config.values.get("jax_compilation_cache_dir") != ours:
+    # the settings themselves: ``jax.config.values`` builds a dict of every option (~30 us)
+    if ours is None or _jax_config.compilation_cache_dir.value != ours:
         return None
-    if not jax.config.values.get("jax_enable_compilation_cache", True) or jax.default_backend() != "cpu":
+    if not _jax_config.enable_compilation_cache.value or not _on_cpu():
         return None
     return os.path.join(ours, SUBDIR)
+
+
+@functools.cache
+def _on_cpu() -> bool:
+    # asked on every call of a stored program: jax.default_backend() costs ~20 us, a twentieth
+    # of a warm logistic fit, and cannot change once JAX's backends exist
+    return jax.default_backend() == "cpu"
 
 
 # ------------------------------------------------------------------------------------------
