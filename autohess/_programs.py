@@ -433,8 +433,15 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
     ``describe(*args, **kwargs)`` gives the key's parts beyond the arguments' structure and
     shapes (see ``program_key``), or raises ``NotStorable``; ``static``: names of keyword
     arguments that are static for ``jitted`` (in the key; not passed to the executable).
-    Without a program directory (``program_dir``) every call goes to ``jitted``."""
-    table: dict = {}  # signature -> executable, or jitted where not storable
+    Without a program directory (``program_dir``) every call goes to ``jitted``.
+
+    ``run.ahead(*args, **kwargs)`` (arguments may be ``jax.ShapeDtypeStruct``s) prepares the
+    program for a call to come: loaded from the store, or traced and lowered here and compiled
+    on a thread of its own (XLA releases Python's lock while it compiles), so that it compiles
+    while the caller traces and compiles something else; the call with those shapes then
+    waits for it."""
+    table: dict = {}  # fast signature -> executable, or jitted where not storable
+    by_shape: dict = {}  # signature by abstract values -> executable or a _Pending compile
 
     def run(*args, **kwargs):
         if program_dir() is None:
@@ -446,7 +453,13 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
                                      getattr(x, "weak_type", None)) for x in leaves))
         fn = table.get(sig)
         if fn is None:
-            fn = table[sig] = _resolve(jitted, name, describe, args, kwargs, static)
+            shaped = _shape_signature(args, kwargs, static)
+            fn = by_shape.get(shaped)
+            if isinstance(fn, _Pending):
+                fn = fn.result()
+            if fn is None:
+                fn = _resolve(jitted, name, describe, args, kwargs, static)
+            table[sig] = by_shape[shaped] = fn
         if fn is jitted:
             return jitted(*args, **kwargs)
         try:
@@ -454,9 +467,48 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
         except TypeError:  # arguments the signature above did not tell apart: not this executable
             return jitted(*args, **kwargs)
 
+    def ahead(*args, **kwargs):
+        if program_dir() is None:
+            return
+        shaped = _shape_signature(args, kwargs, static)
+        if shaped not in by_shape:
+            by_shape[shaped] = _resolve(jitted, name, describe, args, kwargs, static, wait=False)
+
     run.__wrapped__ = jitted
+    run.ahead = ahead
     run.trace, run.lower = jitted.trace, jitted.lower  # what callers inspect stays the program's
     return run
+
+
+def _shape_signature(args: tuple, kwargs: dict, static: tuple) -> tuple:
+    statics = tuple(kwargs.get(k) for k in static)
+    dynamic = {k: v for k, v in kwargs.items() if k not in static}
+    leaves, tree = jax.tree_util.tree_flatten((args, dynamic))
+    return tree, statics, tuple(jax.api_util.shaped_abstractify(x) for x in leaves)
+
+
+class _Pending:
+    """An executable compiling on a thread of its own (``stored``'s ``ahead``)."""
+
+    def __init__(self, compile_fn: Callable, fallback: Callable):
+        self._out: list = []
+        self._fallback = fallback
+        self._thread = threading.Thread(target=lambda: self._out.append(_attempt(compile_fn)), name="autohess-compile",
+                                        daemon=True)
+        _compiles.append(self._thread)
+        self._thread.start()
+
+    def result(self) -> Callable:
+        self._thread.join()
+        ok, value = self._out[0] if self._out else (False, None)
+        return value if ok else self._fallback
+
+
+def _attempt(fn: Callable) -> tuple:
+    try:
+        return True, fn()
+    except Exception:  # noqa: BLE001 - the program's own call compiles it and raises what is wrong
+        return False, None
 
 
 #: ``jax.monitoring`` events: a program loaded from the store (duration: key, read and load),
@@ -467,9 +519,10 @@ WRITE_EVENT = "/autohess/program_store/write_sec"
 NOT_STORABLE_EVENT = "/autohess/program_store/not_storable"
 
 
-def _resolve(jitted, name, describe, args, kwargs, static):
+def _resolve(jitted, name, describe, args, kwargs, static, wait: bool = True):
     """The callable for one signature: a stored executable, a freshly compiled one (stored),
-    or ``jitted`` where the program cannot be keyed."""
+    or ``jitted`` where the program cannot be keyed. ``wait=False``: a compile runs on a thread
+    and a ``_Pending`` is returned."""
     import time
 
     from jax.experimental import serialize_executable
@@ -494,18 +547,28 @@ def _resolve(jitted, name, describe, args, kwargs, static):
         else:
             jax.monitoring.record_event_duration_secs(LOAD_EVENT, time.perf_counter() - t0, fun_name=name)
             return compiled
-    _listen()
-    before = getattr(_reads, "count", 0)
-    lowered = jitted.trace(*args, **kwargs).lower()
-    from jax._src import config as jax_config
+    try:
+        lowered = jitted.trace(*args, **kwargs).lower()
+    except Exception:  # noqa: BLE001 - the program's own call raises it where the user sees it
+        if wait:
+            raise
+        return jitted
 
-    # JAX's cache would write the same executable a second time (serialised and zlib-compressed:
-    # 0.05-0.1 s of a cold first fit); it is still read where it has the program already
-    with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
-        compiled = lowered.compile()
-    if getattr(_reads, "count", 0) == before:  # compiled here, not read from JAX's cache
-        _write_later(folder, path, key, compiled, name)
-    return compiled
+    def compile_and_store():
+        from jax._src import config as jax_config
+
+        _listen()
+        before = getattr(_reads, "count", 0)
+        # JAX's cache would write the same executable a second time (serialised and
+        # zlib-compressed: 0.05-0.1 s of a cold first fit); it is still read where it has the
+        # program already
+        with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
+            compiled = lowered.compile()
+        if getattr(_reads, "count", 0) == before:  # compiled here, not read from JAX's cache
+            _write_later(folder, path, key, compiled, name)
+        return compiled
+
+    return compile_and_store() if wait else _Pending(compile_and_store, jitted)
 
 
 _writers: list = []
@@ -532,7 +595,13 @@ def _write_later(folder: str, path: str, key: str, compiled: Any, name: str) -> 
     thread.start()
 
 
+_compiles: list = []
+
+
 def wait_for_writes() -> None:
-    """Block until every program this process compiled is written (tests; Python waits at exit)."""
+    """Block until every program this process compiled ahead is compiled and every program it
+    compiled is written (tests; Python waits for the writes at exit)."""
+    while _compiles:
+        _compiles.pop().join()
     while _writers:
         _writers.pop().join()

@@ -91,6 +91,10 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     assert not cold["optax_at_import"] and not cold["optax_after_fit"]
     assert "jit(solve)" in names
     assert sum(p["name"] == "jit(_covariance_diagnostics_and_se_fn)" for p in cold["programs"]) == 1
+    # the covariance program compiled ahead, on a thread of its own, while the solve was traced
+    # and compiled (``_fit._covariance_ahead``), and that compile is the one the fit used
+    assert [p["thread"] for p in cold["programs"] if p["name"] == "jit(_covariance_diagnostics_and_se_fn)"] == [
+        "autohess-compile"]
 
     assert sorted(map(tuple, cold["stored"])) == [("write_sec", "covariance"), ("write_sec", "solve")]
     assert not cold["scipy_linalg_after_fit"] and cold["cython_lapack"] > 1000 and cold["solve"] == [1.0, 1.0]
