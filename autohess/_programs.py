@@ -29,13 +29,22 @@ is a digest of
   Python object (``<... at 0x...>``) makes the model not storable, and it is compiled as
   before.
 
+autohess's source digest is taken at the first fit of a process (reading the package's files
+costs ~20 ms, too much for ``import autohess``): editing autohess's files while a process runs
+would key that process's programs with code it is not running.
+
 Whatever cannot be keyed safely is compiled as before (JAX's own cache still applies):
 random-effects models, Gauss-Newton fits, user-defined transforms, a ``start_fn`` that is not
 autohess's own and cannot be traced, backends other than the CPU. An entry is written only
 for an executable this process compiled itself (one JAX read back from its cache serialises
 without its kernels: running it fails), atomically (written to a temporary file, then
 renamed), with a checksum; an entry that cannot be read, does not match its key or fails to
-load is removed and the program compiled. Entries live in ``autohess-programs/`` inside the
+load is removed and the program compiled. A program compiled for the store is not also written
+to JAX's cache (the same executable serialised and zlib-compressed a second time, 0.05-0.1 s of
+a cold first fit), and its entry is written on a thread of its own while the fit runs. The
+covariance program's shapes are known before the solve runs, so ``fit`` prepares it first
+(``stored``'s ``ahead``) and it compiles on another thread while the solve is traced and
+compiled. Entries live in ``autohess-programs/`` inside the
 cache directory (``AUTOHESS_CACHE_DIR``); only when autohess chose that directory (a cache
 directory set by the user or a test harness turns this off, as does ``AUTOHESS_CACHE=0``).
 """
