@@ -117,6 +117,8 @@ def lapack_ready() -> None:
                 added = []
         try:
             _lapack.initialize()
+        except Exception:  # noqa: BLE001 - jaxlib tries again at its first LAPACK lowering and says why
+            pass
         finally:
             for name in added:
                 sys.modules.pop(name, None)
@@ -564,20 +566,57 @@ def _resolve(jitted, name, describe, args, kwargs, static, wait: bool = True):
         return jitted
 
     def compile_and_store():
-        from jax._src import config as jax_config
-
         _listen()
         before = getattr(_reads, "count", 0)
-        # JAX's cache would write the same executable a second time (serialised and
-        # zlib-compressed: 0.05-0.1 s of a cold first fit); it is still read where it has the
-        # program already
-        with jax_config.persistent_cache_min_compile_time_secs(float("inf")):
+        with _outside_jax_cache():
             compiled = lowered.compile()
         if getattr(_reads, "count", 0) == before:  # compiled here, not read from JAX's cache
             _write_later(folder, path, key, compiled, name)
         return compiled
 
     return compile_and_store() if wait else _Pending(compile_and_store, jitted)
+
+
+_salt_lock = threading.Lock()
+_salted = [0, None]  # compiles under way outside JAX's cache, JAX's own hook while they run
+
+
+class _outside_jax_cache:
+    """A compile for the store, outside JAX's persistent cache: JAX neither reads it (an
+    executable read back from JAX's cache serialises without its kernels, so a program JAX
+    already had, from an earlier autohess or a fit without the store, could never be stored and
+    every later process would trace it again) nor writes it (the same executable serialised and
+    zlib-compressed a second time, 0.05-0.1 s of a cold first fit). JAX's key is salted through
+    its ``cache_key.custom_hook`` while the compile runs (a compile on another thread meanwhile
+    only misses JAX's cache), and its write threshold raised to infinity on this thread."""
+
+    def __enter__(self):
+        from jax._src import config as jax_config
+
+        try:
+            from jax._src import cache_key
+        except ImportError:  # a JAX without it: cache hits are still never written (see _reads)
+            cache_key = None
+        self._cache_key = cache_key
+        if cache_key is not None and hasattr(cache_key, "custom_hook"):
+            with _salt_lock:
+                if _salted[0] == 0:
+                    own = _salted[1] = cache_key.custom_hook
+                    cache_key.custom_hook = lambda: own() + "|autohess program store: not from JAX's cache"
+                _salted[0] += 1
+        self._threshold = jax_config.persistent_cache_min_compile_time_secs(float("inf"))
+        self._threshold.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._threshold.__exit__(*exc)
+        cache_key = self._cache_key
+        if cache_key is not None and hasattr(cache_key, "custom_hook"):
+            with _salt_lock:
+                _salted[0] -= 1
+                if _salted[0] == 0:
+                    cache_key.custom_hook, _salted[1] = _salted[1], None
+        return False
 
 
 _writers: list = []

@@ -316,3 +316,21 @@ def test_jaxpr_digest_sees_constants_literals_and_rules():
 
     assert digest(with_rule(1.0)) == digest(with_rule(1.0))
     assert digest(with_rule(1.0)) != digest(with_rule(2.0))
+
+
+def test_a_program_jax_already_cached_is_compiled_once_for_the_store(store):
+    """A program JAX's own cache already holds (a fit without the store, or by an earlier
+    autohess: the upgrade case) is compiled once more outside JAX's cache, since an executable
+    read back from there serialises without its kernels and could never be stored (every later
+    process would trace it again); it is then written, and the next model loads it."""
+    X, y = _logistic_data(n=151)
+    reference = _fresh(lambda: ah.models.logistic(X, y))  # JAX's cache now has this solve
+    _clear()
+    first = ah.fit(ah.models.logistic(X, y))
+    assert _events("write") == 1 and _events("load") == 0
+    _clear()
+    _inference._covariance_program.cache_clear()
+    second = ah.fit(ah.models.logistic(X, y))
+    assert _events("load") == 1 and _events("load", "covariance") == 1
+    _same_fit(first, reference)
+    _same_fit(second, reference)
