@@ -35,13 +35,14 @@ would key that process's programs with code it is not running.
 
 Whatever cannot be keyed safely is compiled as before (JAX's own cache still applies):
 random-effects models, Gauss-Newton fits, user-defined transforms, a ``start_fn`` that is not
-autohess's own and cannot be traced, backends other than the CPU. An entry is written only
-for an executable this process compiled itself (one JAX read back from its cache serialises
-without its kernels: running it fails), atomically (written to a temporary file, then
-renamed), with a checksum; an entry that cannot be read, does not match its key or fails to
-load is removed and the program compiled. A program compiled for the store is not also written
-to JAX's cache (the same executable serialised and zlib-compressed a second time, 0.05-0.1 s of
-a cold first fit), and its entry is written on a thread of its own while the fit runs. The
+autohess's own and cannot be traced, backends other than the CPU. A program for the store is
+compiled outside JAX's cache (``_outside_jax_cache``): an executable JAX reads back from its
+cache serialises without its kernels (running it fails "Function ... not found"), so a program
+JAX already had (from an earlier autohess, or a fit without the store) could never be stored;
+and JAX writing the same executable (serialised and zlib-compressed a second time) cost
+0.05-0.1 s of a cold first fit. Entries are written atomically (a temporary file, then
+renamed), with a checksum, on a thread of their own while the fit runs; an entry that cannot
+be read, does not match its key or fails to load is removed and the program compiled. The
 covariance program's shapes are known before the solve runs, so ``fit`` prepares it first
 (``stored``'s ``ahead``) and it compiles on another thread while the solve is traced and
 compiled. Entries live in ``autohess-programs/`` inside the
