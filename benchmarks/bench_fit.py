@@ -170,14 +170,14 @@ program, Python).
   average 5-10 on 2 cores throughout (uptime 00:36-00:46 UTC), so wall times are 1.5-4x the CPU
   times; medians of 3 processes per round, CPU s (wall s):
 
-  ====================  ==================================  ==================================
-  first ah.fit + bse    main (3 rounds)                     first16 (3 rounds)
-  ====================  ==================================  ==================================
-  logistic, cold        1.92 / 2.54 / 2.26 (3.3 / 3.9 / 4.5)  1.78 / 1.80 / 2.13 (1.4 / 3.3 / 4.4)
-  logistic, warm        0.48 / 0.79 / 0.68 (0.8 / 1.6 / 1.4)  0.11 / 0.10 / 0.09 (0.19 / 0.24 / 0.18)
-  GARCH-t, cold         2.93 / 4.47 / 4.14 (4.3 / 7.7 / 8.6)  4.13 / 3.86 / 4.36 (7.5 / 8.1 / 8.7)
-  GARCH-t, warm         0.95 / 0.97 / 1.05 (1.9 / 1.9 / 2.2)  0.23 / 0.25 / 0.26 (0.35 / 0.47 / 0.53)
-  ====================  ==================================  ==================================
+  - logistic, cold: main 1.92 / 2.54 / 2.26 (3.3 / 3.9 / 4.5); first16 1.78 / 1.80 / 2.13
+    (1.4 / 3.3 / 4.4);
+  - logistic, warm: main 0.48 / 0.79 / 0.68 (0.8 / 1.6 / 1.4); first16 0.11 / 0.10 / 0.09
+    (0.19 / 0.24 / 0.18);
+  - GARCH-t, cold: main 2.93 / 4.47 / 4.14 (4.3 / 7.7 / 8.6); first16 4.13 / 3.86 / 4.36
+    (7.5 / 8.1 / 8.7);
+  - GARCH-t, warm: main 0.95 / 0.97 / 1.05 (1.9 / 1.9 / 2.2); first16 0.23 / 0.25 / 0.26
+    (0.35 / 0.47 / 0.53).
 
   Targets on this loaded VM (wall, median, last round; results/fit_first_calls.json): logistic
   warm 0.18 s (<= 0.3: PASS in all three rounds); GARCH-t warm 0.53 s (<= 0.3: FAIL at load 9-10;
