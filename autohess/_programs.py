@@ -62,6 +62,7 @@ import platform
 import sys
 import tempfile
 import threading
+import types
 from typing import Any, Callable, Optional
 
 import jax
@@ -110,12 +111,12 @@ def lapack_ready() -> None:
         except ImportError:  # a jaxlib without CPU LAPACK kernels: nothing to prepare
             _lapack_done = True
             return
-        added = []
+        added: list = []
         if "scipy.linalg" not in sys.modules:
             try:
-                added = _load_cython_linalg()
-            except Exception:  # noqa: BLE001 - jaxlib imports them itself below
-                added = []
+                _load_cython_linalg(added)
+            except Exception:  # noqa: BLE001 - jaxlib imports them itself below (``added`` goes)
+                pass
         try:
             _lapack.initialize()
         except Exception:  # noqa: BLE001 - jaxlib tries again at its first LAPACK lowering and says why
@@ -126,24 +127,23 @@ def lapack_ready() -> None:
         _lapack_done = True
 
 
-def _load_cython_linalg() -> list:
-    """Load ``scipy.linalg.cython_blas`` and ``cython_lapack`` without their package; the names
-    this put in ``sys.modules``."""
+def _load_cython_linalg(added: list) -> None:
+    """Load ``scipy.linalg.cython_blas`` and ``cython_lapack`` without their package, appending
+    to ``added`` each name put in ``sys.modules`` (the caller removes them, also after an
+    error half-way)."""
     import scipy  # its __init__ alone: ~5 ms
 
-    added = []
     folders = [os.path.join(p, "linalg") for p in scipy.__path__]
     for name in ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack"):
         if name in sys.modules:
             continue
         spec = importlib.machinery.PathFinder.find_spec(name, folders)
         if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
-            return added  # not scipy's usual layout: leave it to jaxlib
+            return  # not scipy's usual layout: leave it to jaxlib
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # what a normal import does before running the module
         added.append(name)
         spec.loader.exec_module(module)
-    return added
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,14 +184,14 @@ def _fixed_environment() -> str:
 
     h = hashlib.blake2b(digest_size=20)
     package = os.path.dirname(os.path.abspath(__file__))
-    for folder, dirs, files in sorted(os.walk(package)):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                h.update(os.path.relpath(path, package).encode())
-                with open(path, "rb") as fh:
-                    h.update(hashlib.blake2b(fh.read(), digest_size=20).digest())
+    sources = []
+    for folder, dirs, files in os.walk(package):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        sources += [os.path.join(folder, name) for name in files if name.endswith(".py")]
+    for path in sorted(sources):
+        h.update(os.path.relpath(path, package).encode())
+        with open(path, "rb") as fh:
+            h.update(hashlib.blake2b(fh.read(), digest_size=20).digest())
     backend = jax.devices()[0].client
     for part in (sys.version, jax.__version__, jaxlib.__version__, np.__version__, platform.machine(),
                  platform.system(), _cpu_identity(), os.environ.get("XLA_FLAGS", ""),
@@ -233,7 +233,7 @@ def _config_state() -> str:
 
 
 def _stable_repr(value: Any) -> str:
-    """``repr`` (numpy arrays in full under ``_FULL_PRINT``, which the callers enter); an object
+    """``repr`` (numpy arrays in full under ``_full_print``, which the callers enter); an object
     that prints its address (``at 0x...``) is different in every process and cannot key
     anything."""
     text = repr(value)
@@ -298,20 +298,37 @@ def _feed_jaxpr(h, jaxpr: Any, rules: set) -> None:
             # a Python function runs or is called later (host callbacks, reverse-mode rules)
             raise NotStorable(f"{name} in the log-likelihood")
         for key in sorted(eqn.params):
-            value = eqn.params[key]
             h.update(b" " + key.encode() + b"=")
-            if isinstance(value, (core.Jaxpr, core.ClosedJaxpr)):
-                _feed_closed(h, value, rules)
-            elif isinstance(value, (tuple, list)) and value and all(isinstance(v, (core.Jaxpr, core.ClosedJaxpr)) for v in value):
-                for v in value:  # cond's branches
-                    _feed_closed(h, v, rules)
-            elif key == "jvp_jaxpr_fun" and name == "custom_jvp_call":
+            if key == "jvp_jaxpr_fun" and name == "custom_jvp_call":
                 _feed_jvp_rule(h, eqn, rules)
-            elif callable(value) or hasattr(value, "call_wrapped"):
-                raise NotStorable(f"{name} carries a Python function ({key})")
             else:
-                h.update(_stable_repr(value).encode())
+                _feed_param(h, eqn.params[key], rules, name, key)
     h.update(b"\nout " + " ".join(var(v) for v in jaxpr.outvars).encode() + b")")
+
+
+def _feed_param(h, value: Any, rules: set, name: str, key: str) -> None:
+    """One equation parameter: jaxprs digested with their constants (also inside tuples, as
+    ``cond``'s branches or ``custom_linear_solve``'s jaxprs), anything else by its ``repr``."""
+    from jax._src import core
+
+    if isinstance(value, (core.Jaxpr, core.ClosedJaxpr)):
+        _feed_closed(h, value, rules)
+    elif isinstance(value, (tuple, list)):
+        h.update(f"{type(value).__name__}[{len(value)}](".encode())
+        for item in value:
+            _feed_param(h, item, rules, name, key)
+            h.update(b",")
+        h.update(b")")
+    elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)) \
+            or hasattr(value, "call_wrapped"):
+        # (other callable objects, such as jit's mesh, are keyed by their repr below)
+        raise NotStorable(f"{name} carries a Python function ({key})")
+    else:
+        text = _stable_repr(value)
+        if "lambda" in text:
+            # a jaxpr printed inside some other object: its constants would not be in the text
+            raise NotStorable(f"{name}: a jaxpr inside {type(value).__name__} ({key})")
+        h.update(text.encode())
 
 
 def _feed_jvp_rule(h, eqn: Any, rules: set) -> None:

@@ -316,6 +316,9 @@ def test_jaxpr_digest_sees_constants_literals_and_rules():
 
     assert digest(with_rule(1.0)) == digest(with_rule(1.0))
     assert digest(with_rule(1.0)) != digest(with_rule(2.0))
+    # JAX's own jitted functions (jax.nn.softplus: a jit equation whose mesh is a callable
+    # object) are keyed, not refused
+    assert digest(lambda x: jax.nn.softplus(x) * a) == digest(lambda x: jax.nn.softplus(x) * a)
 
 
 def test_a_program_jax_already_cached_is_compiled_once_for_the_store(store):
@@ -334,3 +337,18 @@ def test_a_program_jax_already_cached_is_compiled_once_for_the_store(store):
     assert _events("load") == 1 and _events("load", "covariance") == 1
     _same_fit(first, reference)
     _same_fit(second, reference)
+
+
+def test_jaxpr_digest_sees_constants_of_jaxprs_inside_tuples():
+    """``custom_linear_solve`` keeps its jaxprs in a named tuple with ``None`` entries: their
+    constants are digested too (a printed jaxpr shows a constant only by name)."""
+
+    def solve_with(m):
+        def f(b):
+            return jax.lax.custom_linear_solve(lambda x: m @ x, b, solve=lambda _, y: jnp.linalg.solve(m, y))
+
+        return _programs.jaxpr_digest(jax.make_jaxpr(f)(jnp.ones(2)))
+
+    a = np.array([[2.0, 0.0], [0.0, 3.0]])
+    assert solve_with(a) == solve_with(a.copy())
+    assert solve_with(a) != solve_with(a + np.array([[0.0, 1e-9], [0.0, 0.0]]))
