@@ -651,9 +651,9 @@ def _write_later(folder: str, path: str, key: str, compiled: Any, name: str) -> 
 
         try:
             serialized = serialize_executable.serialize(compiled)
-        except (ValueError, NotImplementedError):
-            return  # not serialisable (constants passed as arguments): compiled in every process
-        _write(folder, path, key, serialized)
+            _write(folder, path, key, serialized)
+        except Exception:  # noqa: BLE001 - not serialisable (constants passed as arguments, an
+            return  # output tree that does not pickle): compiled in every process, as before
         jax.monitoring.record_event_duration_secs(WRITE_EVENT, time.perf_counter() - t0, fun_name=name)
 
     thread = threading.Thread(target=write, name=f"autohess-store-{name}", daemon=False)

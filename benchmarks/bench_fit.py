@@ -183,7 +183,10 @@ program, Python).
   warm 0.18 s (<= 0.3: PASS in all three rounds); GARCH-t warm 0.53 s (<= 0.3: FAIL at load 9-10;
   its CPU, 0.23-0.26 s, is under 0.3, so on an idle VM it should pass: not measured, the VM was
   never idle in this session); cold 4.4 / 8.7 s (FAIL; not resolved against main at this load:
-  the cold CPU medians overlap). A warm logistic first call's CPU (cProfile, one process):
+  the cold CPU medians overlap; GARCH-t cold in-process, four more interleaved pairs of fresh
+  processes at load 8.6-10: 3.49-4.01 s CPU with first16 against 3.64-4.27 on main, lower in
+  every pair by 0.15-0.34 s, the scipy.linalg import and JAX's second serialisation saved). A
+  warm logistic first call's CPU (cProfile, one process):
   loading the two executables 0.075 s (the solve's deserialisation 0.07), the solve's key
   0.018 (the jaxpr digest, 7 ms of it tracing the zoo softplus's custom_jvp rule), the other
   key parts 0.014, the rest < 0.02; GARCH-t's solve executable is 1.2 MB and deserialises in
