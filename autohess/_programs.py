@@ -471,12 +471,24 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
     waits for it."""
     table: dict = {}  # fast signature -> executable, or jitted where not storable
     by_shape: dict = {}  # signature by abstract values -> executable or a _Pending compile
+    last: list = [None, None]  # (statics, executable) of the latest call
 
     def run(*args, **kwargs):
         if program_dir() is None:
             return jitted(*args, **kwargs)
         statics = tuple(kwargs.get(k) for k in static)
         dynamic = {k: v for k, v in kwargs.items() if k not in static} if static else kwargs
+        if last[1] is not None and last[0] == statics:
+            # the common case, a fit repeated: the executable checks the arguments' structure,
+            # shapes and dtypes itself (TypeError if they differ) at no cost, while the
+            # signature below costs ~18 us per call, 4% of a warm logistic fit per program
+            fn = last[1]
+            if fn is jitted:
+                return jitted(*args, **kwargs)
+            try:
+                return fn(*args, **dynamic)
+            except TypeError:
+                pass
         leaves, tree = jax.tree_util.tree_flatten((args, dynamic))
         sig = (tree, statics, tuple((type(x), getattr(x, "shape", None), getattr(x, "dtype", None),
                                      getattr(x, "weak_type", None)) for x in leaves))
@@ -489,6 +501,7 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
             if fn is None:
                 fn = _resolve(jitted, name, describe, args, kwargs, static)
             table[sig] = by_shape[shaped] = fn
+        last[0], last[1] = statics, fn
         if fn is jitted:
             return jitted(*args, **kwargs)
         try:
