@@ -352,3 +352,17 @@ def test_jaxpr_digest_sees_constants_of_jaxprs_inside_tuples():
     a = np.array([[2.0, 0.0], [0.0, 3.0]])
     assert solve_with(a) == solve_with(a.copy())
     assert solve_with(a) != solve_with(a + np.array([[0.0, 1e-9], [0.0, 0.0]]))
+
+
+def test_alternating_signatures_each_run_their_own_program(store):
+    """The covariance program is one per process: fits of models with 3 and 4 parameters in
+    turn each reach their own executable (a repeated call goes straight to the latest one, whose
+    own argument check sends the other shape on), equal bit for bit to their first fits."""
+    X, y = _logistic_data(n=161)
+    X4 = np.column_stack([X, np.linspace(-1.0, 1.0, len(y))])
+    a, b = ah.models.logistic(X, y), ah.models.logistic(X4, y)
+    first_a, first_b = ah.fit(a), ah.fit(b)
+    for _ in range(2):
+        _same_fit(ah.fit(a), first_a)
+        _same_fit(ah.fit(b), first_b)
+    _same_fit(first_b, _fresh(lambda: ah.models.logistic(X4, y)))
