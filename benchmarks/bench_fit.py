@@ -179,10 +179,17 @@ program, Python).
   - GARCH-t, warm: main 0.95 / 0.97 / 1.05 (1.9 / 1.9 / 2.2); first16 0.23 / 0.25 / 0.26
     (0.35 / 0.47 / 0.53).
 
-  Targets on this loaded VM (wall, median, last round; results/fit_first_calls.json): logistic
-  warm 0.18 s (<= 0.3: PASS in all three rounds); GARCH-t warm 0.53 s (<= 0.3: FAIL at load 9-10;
+  A fourth pair after the last changes (a repeated call straight to its executable, the
+  covariance program prepared ahead on a model's first fit only, stored programs compiled
+  outside JAX's cache), load 4.8-5.3, uptime 01:02-01:05 UTC: main 1.88 / 0.59 / 3.49 / 0.95 CPU
+  s (2.99 / 0.61 / 5.21 / 1.41 wall) for logistic cold / warm, GARCH-t cold / warm; first16 2.06
+  / 0.11 / 3.52 / 0.26 CPU s (3.07 / 0.16 / 5.43 / 0.39 wall); results/fit_first_calls.json is
+  this first16 run.
+
+  Targets on this loaded VM (wall, median): logistic warm 0.16-0.24 s (<= 0.3: PASS in all four
+  rounds); GARCH-t warm 0.35-0.53 s (<= 0.3: FAIL at load 5-10;
   its CPU, 0.23-0.26 s, is under 0.3, so on an idle VM it should pass: not measured, the VM was
-  never idle in this session); cold 4.4 / 8.7 s (FAIL; not resolved against main at this load:
+  never idle in this session); cold 3.1-4.4 / 5.4-8.7 s (FAIL; not resolved against main at this load:
   the cold CPU medians overlap; GARCH-t cold in-process, four more interleaved pairs of fresh
   processes at load 8.6-10: 3.49-4.01 s CPU with first16 against 3.64-4.27 on main, lower in
   every pair by 0.15-0.34 s, the scipy.linalg import and JAX's second serialisation saved). A
