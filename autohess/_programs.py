@@ -154,10 +154,15 @@ def program_dir() -> Optional[str]:
     did not choose the cache directory (``AUTOHESS_CACHE=0``, or a directory set by the user,
     which may since have changed), or the backend is not the CPU."""
     ours = _config.cache_dir()
-    # the settings themselves: ``jax.config.values`` builds a dict of every option (~30 us)
-    if ours is None or _jax_config.compilation_cache_dir.value != ours:
+    if ours is None:
         return None
-    if not _jax_config.enable_compilation_cache.value or not _on_cpu():
+    try:
+        # the settings themselves: ``jax.config.values`` builds a dict of every option (~30 us)
+        if _jax_config.compilation_cache_dir.value != ours or not _jax_config.enable_compilation_cache.value:
+            return None
+    except AttributeError:  # a JAX that keeps them elsewhere: no store, nothing else changes
+        return None
+    if not _on_cpu():
         return None
     return os.path.join(ours, SUBDIR)
 
