@@ -52,6 +52,7 @@ directory set by the user or a test harness turns this off, as does ``AUTOHESS_C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.machinery
@@ -640,7 +641,10 @@ class _outside_jax_cache:
                     own = _salted[1] = cache_key.custom_hook
                     cache_key.custom_hook = lambda: own() + "|autohess program store: not from JAX's cache"
                 _salted[0] += 1
-        self._threshold = jax_config.persistent_cache_min_compile_time_secs(float("inf"))
+        try:
+            self._threshold = jax_config.persistent_cache_min_compile_time_secs(float("inf"))
+        except AttributeError:  # a JAX without it: JAX writes its copy too, nothing else changes
+            self._threshold = contextlib.nullcontext()
         self._threshold.__enter__()
         return self
 
