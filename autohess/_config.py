@@ -70,13 +70,25 @@ def apply() -> None:
     _persistent_cache()
 
 
+#: the cache directory autohess chose (None: caching off, or a directory the user set)
+_CACHE_DIR: Optional[str] = None
+
+
+def cache_dir() -> Optional[str]:
+    """The persistent-cache directory autohess set at import, or ``None`` (``AUTOHESS_CACHE=0``,
+    or a cache directory the user set, which autohess leaves alone)."""
+    return _CACHE_DIR
+
+
 def _persistent_cache() -> None:
+    global _CACHE_DIR
     if os.environ.get("AUTOHESS_CACHE", "1") == "0" or jax.config.values.get("jax_compilation_cache_dir"):
         return
     path = os.environ.get("AUTOHESS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "autohess", "jax"
     )
     jax.config.update("jax_compilation_cache_dir", path)
+    _CACHE_DIR = path
     # a read costs a few ms; below this a program is as cheap to compile as to find (the
     # eager ops JAX compiles one by one take 5-30 ms and stay out of the cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
@@ -106,7 +118,11 @@ def compiler_options(once: bool = False, large: bool = False) -> Optional[dict]:
     and diagnostics, the log-likelihood check at construction), so LLVM's optimiser is skipped.
     ``large``: a solve whose compilation is most of a first call (the Laplace marginal's exact
     Hessian inside the solver's loop): LLVM level 1 (``_LARGE_LOOP``). Call it when the program
-    is built, not at import: it asks JAX for its backend."""
+    is built, not at import: it asks JAX for its backend. Also readies jaxlib's LAPACK kernels
+    without importing ``scipy.linalg`` (``_programs.lapack_ready``: ~0.15 s of a first fit)."""
+    from ._programs import lapack_ready
+
+    lapack_ready()
     opts = _options(bool(once), bool(large) and not once)
     return None if opts is None else dict(opts)
 

@@ -24,6 +24,8 @@ from ._derivatives import (
 from ._diagnostics import Diagnostics, Escape, escape_info
 from ._model import Model
 from ._inference import _covariance_program, _inference_program
+from ._fingerprint import _own
+from ._programs import NotStorable, jaxpr_digest, stored
 from ._problem import (
     _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unconstrained_value_grad_hess, _unscale,
     _value_grad_hess_fn, _weight_unit,
@@ -391,7 +393,52 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         flags = jnp.stack([status, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)]).astype(jnp.int32)
         return spec.to_natural(u), iterations, status, None, flags, None, scale
 
-    return jax.jit(solve, compiler_options=compiler_options(large=model.laplace is not None))
+    jitted = jax.jit(solve, compiler_options=compiler_options(large=model.laplace is not None))
+    if model.laplace is not None or method == "gauss-newton":
+        return jitted  # not keyed (see _programs): compiled in every process, JAX's cache applies
+    return stored(jitted, "solve", lambda *_: _solve_key(model, method, maxiter, rtol, chunk, data_start))
+
+
+def _solve_key(model: Model, method: str, maxiter: int, rtol: Optional[float], chunk: Optional[int],
+               data_start: bool) -> tuple:
+    """What ``_solve_program``'s program depends on beyond autohess's code and its arguments'
+    shapes (``_programs.program_key``): its options, the model's settings and parameter layout,
+    the digest of the user's log-likelihood as traced (and of the data start where it is not
+    autohess's own). Raises ``NotStorable`` for what cannot be keyed."""
+    if not type(model).__module__.startswith("autohess."):
+        raise NotStorable("a subclass of Model")
+    spec = model.spec
+    transforms = []
+    for t in spec.transforms:
+        if not type(t).__module__.startswith("autohess."):
+            raise NotStorable("a user-defined transform")  # its methods are the user's code
+        fields = tuple((f.name, getattr(t, f.name)) for f in dataclasses.fields(t) if f.name != "init")
+        transforms.append((type(t).__qualname__, np.shape(t.init), fields, bool(t.link)))
+    loglik = jaxpr_digest(model.contributions_program().__wrapped__.trace(model.init_params, model.data).jaxpr)
+    start = None
+    if data_start:
+        fn = model.start_fn
+        start = ("autohess", fn.__module__, fn.__qualname__) if _own(fn) else jaxpr_digest(jax.make_jaxpr(fn)(model.data))
+    return (method, maxiter, rtol, chunk, data_start, type(model).__qualname__, np.dtype(model.dtype).str,
+            model.hessian_mode, model.per_observation, model.nobs, model.n_observations, model.independent,
+            hasattr(model, "residual_fn"), str(spec.treedef), spec.shapes, tuple(transforms), loglik, start,
+            compiler_options(large=model.laplace is not None))
+
+
+def _covariance_ahead(model: Model, weights: Any, df_correction: Any) -> None:
+    """The covariance program a fit of ``model`` will most likely call (``cov_type="hessian"``,
+    no escape test), prepared before the solve runs: where it is not in the program store it is
+    traced and lowered here and compiles on a thread while the solve is traced and compiled
+    (XLA releases Python's lock while it compiles; a cold first logistic fit's covariance
+    program: 0.1-0.3 s of compilation off the critical path on a 2-core machine). Its shapes
+    are known before the solve: ``p``-vectors, a ``p x p`` Hessian and scalars of the model's
+    dtype. Does nothing without a program store; a fit that calls it otherwise (an escape test
+    ran) compiles its own."""
+    p, dtype = model.n_params, model.dtype
+    vec, scalar = jax.ShapeDtypeStruct((p,), dtype), jax.ShapeDtypeStruct((), dtype)
+    lower, upper = model.spec.bounds_arrays(dtype)
+    _covariance_program().ahead(vec, scalar, vec, jax.ShapeDtypeStruct((p, p), dtype), lower, upper, None, weights, None,
+                                None, cov_types=("hessian",), n_groups=None, df_correction=df_correction, scale=scalar)
 
 
 def _max_steps(spec) -> np.ndarray:
@@ -745,8 +792,12 @@ def fit(
     # given; not with chunks (its N x p products are what chunking avoids) or Gauss-Newton
     # (least-squares models have none)
     data_start = start is None and model.start_fn is not None and chunk is None and method != "gauss-newton"
-    program = model._jitted(("fit", method, int(maxiter), rtol, chunk, data_start),
-                            lambda: _solve_program(model, method, int(maxiter), rtol, chunk, data_start))
+    solve_key = ("fit", method, int(maxiter), rtol, chunk, data_start)
+    first = solve_key not in model._compiled
+    program = model._jitted(solve_key, lambda: _solve_program(model, method, int(maxiter), rtol, chunk, data_start))
+    if first and cov_type == "hessian" and groups is None:
+        # only where the solve is new to this model: 35 us per call, 7% of a warm logistic fit
+        _covariance_ahead(model, w, df_correction)
     x, iterations, status, known, flags, solved, scale = program(params, model.data, w)
     code, ok, resolved = (int(v) for v in np.asarray(flags))  # the one host read of the solve
     if data_start and code == Status.NONFINITE and int(iterations) == 0:

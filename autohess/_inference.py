@@ -18,6 +18,7 @@ from ._config import compiler_options
 from ._diagnostics import AFFECTED_LOADING, compute_diagnostics
 from ._model import Model
 from ._problem import _objective_scale, _value_grad_hess_fn, _weight_unit
+from ._programs import stored
 from ._solver import after
 
 
@@ -94,5 +95,7 @@ def _covariance_program() -> Callable:
     """``_covariance_and_diagnostics`` as ``fit``/``evaluate`` run it, once per fit, with the
     standard errors: compiled with ``compiler_options(once=True)`` (its compilation was a third
     of a first logistic fit's on the CPU; built at the first fit, when JAX's backend is known)."""
-    return jax.jit(_covariance_diagnostics_and_se_fn, static_argnames=_COV_STATIC,
-                   compiler_options=compiler_options(once=True))
+    jitted = jax.jit(_covariance_diagnostics_and_se_fn, static_argnames=_COV_STATIC,
+                     compiler_options=compiler_options(once=True))
+    # autohess's code alone: keyed by its arguments' shapes and the static options
+    return stored(jitted, "covariance", lambda *_, **__: (compiler_options(once=True),), static=_COV_STATIC)

@@ -31,8 +31,11 @@ programs, hit = [], {}
 def event(name, **_):
     if name == "/jax/compilation_cache/cache_hits":
         hit[threading.get_ident()] = True
+stored = []
 def duration(name, seconds, fun_name=None, **_):
-    if name.endswith("backend_compile_duration"):
+    if name.startswith("/autohess/program_store/"):
+        stored.append([name.rsplit("/", 1)[-1], fun_name])
+    elif name.endswith("backend_compile_duration"):
         programs.append({"name": fun_name, "seconds": seconds, "hit": hit.pop(threading.get_ident(), False),
                          "thread": threading.current_thread().name})
 monitoring.register_event_listener(event)
@@ -43,11 +46,17 @@ X = np.column_stack([np.ones(300), rng.standard_normal((300, 3))])
 y = (rng.random(300) < 1 / (1 + np.exp(-X @ np.array([-0.3, 0.5, 0.0, -0.4])))).astype(float)
 res = ah.fit(ah.models.logistic(X, y))
 bse = np.asarray(res.bse_flat)
+scipy_linalg_after_fit = "scipy.linalg" in sys.modules
 second = len(programs)
 ah.fit(res.model)
-print(json.dumps({"programs": programs, "after_second_fit": len(programs) - second,
+import scipy.linalg  # as a user's script may, after the fit: the usual module, complete
+print(json.dumps({"programs": programs, "after_second_fit": len(programs) - second, "stored": stored,
                   "bse_finite": bool(np.all(np.isfinite(bse))), "optax_at_import": optax_at_import,
-                  "optax_after_fit": "optax" in sys.modules}))
+                  "optax_after_fit": "optax" in sys.modules, "scipy_linalg_after_fit": scipy_linalg_after_fit,
+                  "cython_lapack": len(scipy.linalg.cython_lapack.__pyx_capi__),
+                  "solve": scipy.linalg.solve(np.eye(2), np.ones(2)).tolist(),
+                  "params": np.asarray(res.params_flat).tolist(), "cov": np.asarray(res.cov).tolist(),
+                  "llf": float(res.llf)}))
 """
 
 
@@ -64,8 +73,13 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     """A first logistic fit + ``bse`` in a fresh process compiles at most three programs: the
     log-likelihood check at construction, the solve, covariance + diagnostics (before: six, with
     two data copies staged through ``jnp.asarray`` and a program for ``sqrt(diag(cov))``), none
-    of them twice; a second fit compiles nothing. A second process with the same cache directory
-    reads every program whose compilation took at least the cache threshold (the solve: ~1 s)."""
+    of them twice; a second fit compiles nothing; the solve and the covariance program are
+    written to autohess's program store. A second process with the same cache directory loads
+    both from the store (no trace, lowering or compilation: no compile event for them), reads
+    the construction check from JAX's cache where it took at least the cache threshold, and
+    gives the first process's fit bit for bit (the same executables). Neither process imports
+    ``scipy.linalg`` for jaxlib's LAPACK kernels (``_programs.lapack_ready``), and a later
+    ``import scipy.linalg`` gives the complete module."""
     cold = _first_fit(tmp_path)
     names = [p["name"] for p in cold["programs"]]
     assert len(names) <= 3, names
@@ -77,13 +91,24 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     assert not cold["optax_at_import"] and not cold["optax_after_fit"]
     assert "jit(solve)" in names
     assert sum(p["name"] == "jit(_covariance_diagnostics_and_se_fn)" for p in cold["programs"]) == 1
+    # the covariance program compiled ahead, on a thread of its own, while the solve was traced
+    # and compiled (``_fit._covariance_ahead``), and that compile is the one the fit used
+    assert [p["thread"] for p in cold["programs"] if p["name"] == "jit(_covariance_diagnostics_and_se_fn)"] == [
+        "autohess-compile"]
+
+    assert sorted(map(tuple, cold["stored"])) == [("write_sec", "covariance"), ("write_sec", "solve")]
+    assert not cold["scipy_linalg_after_fit"] and cold["cython_lapack"] > 1000 and cold["solve"] == [1.0, 1.0]
 
     warm = _first_fit(tmp_path)
-    assert sorted(p["name"] for p in warm["programs"]) == sorted(names)
+    assert sorted(map(tuple, warm["stored"])) == [("load_sec", "covariance"), ("load_sec", "solve")]
+    loaded = {"jit(solve)", "jit(_covariance_diagnostics_and_se_fn)"}
+    assert sorted(p["name"] for p in warm["programs"]) == sorted(set(names) - loaded)
     read = {p["name"]: p["hit"] for p in warm["programs"]}
     for before in cold["programs"]:
-        if before["seconds"] >= _config.CACHE_MIN_COMPILE_S:
+        if before["seconds"] >= _config.CACHE_MIN_COMPILE_S and before["name"] not in loaded:
             assert read[before["name"]], (before, warm["programs"])
+    assert (warm["params"], warm["cov"], warm["llf"]) == (cold["params"], cold["cov"], cold["llf"])
+    assert not warm["scipy_linalg_after_fit"]
 
 
 @pytest.fixture
