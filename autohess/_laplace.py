@@ -395,15 +395,14 @@ def known_inner(res: Optional[InnerResult]):
             _WARM_START.reset(token)
 
 
-def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dtype: Any,
-                 start: Optional[InnerResult] = None) -> tuple[Callable, jax.Array]:
+def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dtype: Any) -> tuple[Callable, jax.Array]:
     """``(fun_aux, u0)`` for ``trust_region_newton(..., aux0=u0)``: the outer solver's
     ``x -> (value, grad, hess)`` of the Laplace marginal turned into
     ``(x, u_prev) -> (value, grad, hess, u)``, whose inner maximisation starts from the modes
-    ``u_prev`` of the last accepted outer iterate (the issue's warm start). ``start``: the
-    inner maximisation already run at the solver's starting point (by the objective's scale,
-    ``known_inner``): its modes are ``u0``, so the first evaluation's inner solve converges in
-    one Newton step instead of starting again from 0 (grouseticks: ~20 iterations).
+    ``u_prev`` of the last accepted outer iterate (the issue's warm start); ``u0 = 0``, so the
+    first evaluation's inner solve is the cold one. (It used to start from an inner solve run
+    before the loop for the objective's scale: a second copy of the inner Newton loop in the
+    solve program, ~1.2 s of grouseticks' first call's compile, to save one Newton step.)
 
     The modes at ``x`` are found first from ``u_prev`` (falling back to ``u = 0`` where that
     does not converge); the derivative pass takes them, and their convergence flags, as its
@@ -439,7 +438,7 @@ def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dt
             value, grad, hess = fun(x)
         return value, grad, hess, found.u
 
-    return run, jnp.zeros((s.n_levels, s.q), dtype) if start is None else jax.lax.stop_gradient(start.u)
+    return run, jnp.zeros((s.n_levels, s.q), dtype)
 
 
 def _hoisted(fn: Callable, u: jax.Array) -> Callable:
