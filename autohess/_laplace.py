@@ -60,7 +60,7 @@ import numpy as np
 
 from ._laplace_structure import (
     Structure, _block_factor, _c_dense, _coupling_dense, _Crossed, _crossed_factor, _crossed_inverse_diagonal,
-    _crossed_parts, _crossed_positions, _diag_scale,
+    _crossed_parts, _crossed_positions, _diag_scale, _take,
 )
 from ._random import Block
 
@@ -221,10 +221,11 @@ class Laplace:
 
         g = jnp.zeros(s.q, dtype).at[glob.reshape(-1)].add(first.reshape(-1))
         # eliminated factor: per-level blocks (segment sums over its levels)
-        A = jax.ops.segment_sum(jnp.moveaxis(second[np.ix_(de, de)], -1, 0), codes[e], num_segments=be.n_levels)
+        # static direction subsets as slices, not gathers (``_take``)
+        A = jax.ops.segment_sum(jnp.moveaxis(_take(_take(second, de, 0), de, 1), -1, 0), codes[e], num_segments=be.n_levels)
         # coupling: rows (level, a) of the eliminated factor, columns inside C, per observation
-        Bv = second[np.ix_(de, dc)]  # (q_e, m_C, N)
-        Cv = second[np.ix_(dc, dc)]  # (m_C, m_C, N)
+        Bv = _take(_take(second, de, 0), dc, 1)  # (q_e, m_C, N)
+        Cv = _take(_take(second, dc, 0), dc, 1)  # (m_C, m_C, N)
         # each factor's own log density: per level, forward mode as in the block path
         Cl = []
         for k, b in enumerate(s.blocks):
