@@ -227,15 +227,16 @@ class Laplace:
         Bv = _take(_take(second, de, 0), dc, 1)  # (q_e, m_C, N)
         Cv = _take(_take(second, dc, 0), dc, 1)  # (m_C, m_C, N)
         # each factor's own log density: per level, forward mode as in the block path
-        Cl = []
+        Cl, own = [], []
         for k, b in enumerate(s.blocks):
             uk = row[s.offsets[k] : s.offsets[k] + b.size].reshape(b.n_levels, b.q)
             gk, Hk = _per_level_derivatives(lambda v, b=b: b.logdensity(v, params), uk)
-            g = g.at[s.offsets[k] : s.offsets[k] + b.size].add(gk.reshape(-1))
+            own.append(gk.reshape(-1))
             if k == e:
                 A = A + Hk
             else:
                 Cl.append(-Hk)
+        g = g + jnp.concatenate(own)  # the blocks in row order: no scatter (see ``_take``)
         return g.reshape(1, -1), _Crossed(-A, -Bv, codes[e], posc, -Cv, tuple(Cl))
 
     def _dense_from(self, K: Any) -> jax.Array:

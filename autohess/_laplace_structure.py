@@ -401,7 +401,7 @@ def _single_schur(s_obs: jax.Array, cols: jax.Array, Cl: tuple, lay: _Layout,
 
     F = jnp.zeros((QR, QR), s_obs.dtype).at[pos_r[:, :, None], pos_r[:, None, :]].add(_take(_take(s_obs, lay.cr, 1), lay.cr, 2))
     for j, idx in lay.own_rest:
-        F = F.at[idx[:, :, None], idx[:, None, :]].add(Cl[j])
+        F = _add_blocks(F, Cl[j], idx)
     if pairs is None:
         E = dense_E()
         DinvE = E / D[:, :1, :1] if q == 1 else spd_solve(D, E)
@@ -490,6 +490,19 @@ def _take(x: jax.Array, idx: np.ndarray, axis: int = 0) -> jax.Array:
     if len(runs) == 1 and runs[0] == (0, x.shape[axis]):
         return x
     return jnp.concatenate([jax.lax.slice_in_dim(x, a, b, axis=axis) for a, b in runs], axis=axis)
+
+
+def _add_blocks(F: jax.Array, H: jax.Array, idx: np.ndarray) -> jax.Array:
+    """``F`` plus the per-level blocks ``H`` ``(G, q, q)`` at the static positions ``idx``
+    ``(G, q)``: where those are one run in level order (a factor's own coefficients), its
+    block-diagonal matrix padded into place (no scatter, see ``_take``), else a scatter-add."""
+    G, q = idx.shape
+    a, n = int(idx.reshape(-1)[0]), F.shape[0]
+    if not np.array_equal(idx.reshape(-1), np.arange(a, a + G * q)):
+        return F.at[idx[:, :, None], idx[:, None, :]].add(H)
+    eye = jnp.eye(G, dtype=H.dtype)
+    dense = (H[:, :, None, :] * eye[:, None, :, None]).reshape(G * q, G * q)  # [g a, h b] = H_g[a, b] (g = h)
+    return F + jnp.pad(dense, ((a, n - a - G * q), (a, n - a - G * q)))
 
 
 def _crossed_positions(s: Structure) -> tuple[np.ndarray, np.ndarray]:
