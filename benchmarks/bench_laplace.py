@@ -52,7 +52,11 @@ process CPU, base 066c044 -> branch, interleaved pairs (one XLA thread): grouset
 -> 10.9, 13.2 -> 10.3 s; NB2 13.4 -> 12.6, 12.6 -> 12.9 s. Warm fit + SEs, CPU median (min),
 interleaved, within this load's noise (+-25% between rounds): grouseticks base 30.0-36.8
 (22.1-28.5) ms, branch 32.2-40.1 (25.3-30.5) ms; cbpp 3.3-4.1 vs 3.2-3.5 ms, sleepstudy 3.3-4.4
-vs 3.1-4.0, NB2 11.9-16.0 vs 11.6-14.0. QUICK_PLACEHOLDER
+vs 3.1-4.0, NB2 11.9-16.0 vs 11.6-14.0. ``--quick`` at de78949 (01:07-01:11, 100% busy): first call wall (CPU) cbpp 7.6 (4.8) s,
+sleepstudy 12.1 (7.9), NB2 13.6 (10.5), grouseticks 19.1 (14.6) s; warm medians 4.3 / 4.4 /
+16.1 / 128 ms with MixedLM at 110 ms (40 ms idle): the load, not the branch (``--skip-first-call``
+right after, base and branch alternating twice: grouseticks 373-403 ms both, the collapse under
+oversubscription noted below). The idle-VM targets need a rerun when the VM is quiet.
 
 Where grouseticks' first call still goes (pieces compiled alone, level 1, process CPU, loaded
 VM): tracing + lowering of the solve ~3-4 s; the inner Newton loop 1.2 s of XLA compile; the
