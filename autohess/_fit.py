@@ -350,17 +350,9 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
         if data_start:
             flat0 = _data_start(model, data, flat0)
         u0 = spec.to_unconstrained(flat0)
-        start = None
-        if model.laplace is not None and not model.laplace.structure.block_diagonal and method == "trust-region":
-            from ._laplace import known_inner
-
-            # the inner maximisation at the start, run once: the scale's marginal takes it, and
-            # the first evaluation of the solve starts from its modes (``warm_started``)
-            start = model.laplace.inner(spec.unflatten(flat0), data)
-            with known_inner(start):
-                scale = _objective_scale(model, flat0, data, weights)
-        else:
-            scale = _objective_scale(model, flat0, data, weights)
+        # a random-effects model's scale comes without an inner maximisation (see there): the
+        # program holds one inner Newton loop, the solve's
+        scale = _objective_scale(model, flat0, data, weights)
         unit = _solver_unit(scale)
         f = _unconstrained(model, data, weights, scale)
         if method in ("trust-region", "gauss-newton"):
@@ -378,7 +370,7 @@ def _solve_program(model: Model, method: str, maxiter: int, rtol: Optional[float
                 from ._laplace import warm_started
 
                 fun, aux0 = warm_started(model.laplace, fun, lambda u: spec.unflatten(spec.to_natural(u)), data,
-                                         u0.dtype, start)
+                                         u0.dtype)
             res = trust_region_newton(fun, u0, maxiter=maxiter, rtol=rtol, max_step=cap, unit=unit, aux0=aux0)
             x, value, grad, hess, ok = _natural_derivatives(
                 spec, res.x, *_unscale(_weight_unit(weights), res.value, res.grad, res.hess, scale))

@@ -60,7 +60,7 @@ import numpy as np
 
 from ._laplace_structure import (
     Structure, _block_factor, _c_dense, _coupling_dense, _Crossed, _crossed_factor, _crossed_inverse_diagonal,
-    _crossed_parts, _crossed_positions, _diag_scale,
+    _crossed_parts, _crossed_positions, _diag_scale, _take,
 )
 from ._random import Block
 
@@ -221,20 +221,22 @@ class Laplace:
 
         g = jnp.zeros(s.q, dtype).at[glob.reshape(-1)].add(first.reshape(-1))
         # eliminated factor: per-level blocks (segment sums over its levels)
-        A = jax.ops.segment_sum(jnp.moveaxis(second[np.ix_(de, de)], -1, 0), codes[e], num_segments=be.n_levels)
+        # static direction subsets as slices, not gathers (``_take``)
+        A = jax.ops.segment_sum(jnp.moveaxis(_take(_take(second, de, 0), de, 1), -1, 0), codes[e], num_segments=be.n_levels)
         # coupling: rows (level, a) of the eliminated factor, columns inside C, per observation
-        Bv = second[np.ix_(de, dc)]  # (q_e, m_C, N)
-        Cv = second[np.ix_(dc, dc)]  # (m_C, m_C, N)
+        Bv = _take(_take(second, de, 0), dc, 1)  # (q_e, m_C, N)
+        Cv = _take(_take(second, dc, 0), dc, 1)  # (m_C, m_C, N)
         # each factor's own log density: per level, forward mode as in the block path
-        Cl = []
+        Cl, own = [], []
         for k, b in enumerate(s.blocks):
             uk = row[s.offsets[k] : s.offsets[k] + b.size].reshape(b.n_levels, b.q)
             gk, Hk = _per_level_derivatives(lambda v, b=b: b.logdensity(v, params), uk)
-            g = g.at[s.offsets[k] : s.offsets[k] + b.size].add(gk.reshape(-1))
+            own.append(gk.reshape(-1))
             if k == e:
                 A = A + Hk
             else:
                 Cl.append(-Hk)
+        g = g + jnp.concatenate(own)  # the blocks in row order: no scatter (see ``_take``)
         return g.reshape(1, -1), _Crossed(-A, -Bv, codes[e], posc, -Cv, tuple(Cl))
 
     def _dense_from(self, K: Any) -> jax.Array:
@@ -395,15 +397,14 @@ def known_inner(res: Optional[InnerResult]):
             _WARM_START.reset(token)
 
 
-def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dtype: Any,
-                 start: Optional[InnerResult] = None) -> tuple[Callable, jax.Array]:
+def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dtype: Any) -> tuple[Callable, jax.Array]:
     """``(fun_aux, u0)`` for ``trust_region_newton(..., aux0=u0)``: the outer solver's
     ``x -> (value, grad, hess)`` of the Laplace marginal turned into
     ``(x, u_prev) -> (value, grad, hess, u)``, whose inner maximisation starts from the modes
-    ``u_prev`` of the last accepted outer iterate (the issue's warm start). ``start``: the
-    inner maximisation already run at the solver's starting point (by the objective's scale,
-    ``known_inner``): its modes are ``u0``, so the first evaluation's inner solve converges in
-    one Newton step instead of starting again from 0 (grouseticks: ~20 iterations).
+    ``u_prev`` of the last accepted outer iterate (the issue's warm start); ``u0 = 0``, so the
+    first evaluation's inner solve is the cold one. (It used to start from an inner solve run
+    before the loop for the objective's scale: a second copy of the inner Newton loop in the
+    solve program, ~1.2 s of grouseticks' first call's compile, to save one Newton step.)
 
     The modes at ``x`` are found first from ``u_prev`` (falling back to ``u = 0`` where that
     does not converge); the derivative pass takes them, and their convergence flags, as its
@@ -439,7 +440,7 @@ def warm_started(lap: Laplace, fun: Callable, params_of: Callable, data: Any, dt
             value, grad, hess = fun(x)
         return value, grad, hess, found.u
 
-    return run, jnp.zeros((s.n_levels, s.q), dtype) if start is None else jax.lax.stop_gradient(start.u)
+    return run, jnp.zeros((s.n_levels, s.q), dtype)
 
 
 def _hoisted(fn: Callable, u: jax.Array) -> Callable:

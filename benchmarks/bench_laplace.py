@@ -32,6 +32,51 @@ user would from the README, full constants so ``res.llf`` compares with lme4):
 Warm times are per call, median and min, models interleaved in rounds with the garbage
 collector off (``Interleaved`` from bench_hessian.py).
 
+Branch grouse15 (issue #15: the start's scale, grouseticks' first call), 00:00-01:10 UTC on a
+VM loaded by others (load average 5-10 throughout: wall times 2-4x CPU, so only interleaved
+process CPU times compare). (1) The objective's scale at the start no longer evaluates the
+Laplace marginal (a second inner Newton loop in the solve program, and on the crossed path an
+inner solve whose modes seeded ``warm_started``): it comes from the conditional log-likelihood
+at u = 0 (block-diagonal) or is 1 (a scalar marginal, as before). Results: cbpp, sleepstudy
+and NB2 bit-identical (estimates, SEs, llf, modes, iterations: their scales were 1 before and
+after), grouseticks within 4e-14 (estimates), 1e-14 (SEs), 3e-16 (llf), 1e-12 (modes): the
+first evaluation's inner solve now starts at 0. (2) The crossed path takes static positions
+(blocks, directions, the solve's permutation) by slices, and adds the factors' own gradients
+and blocks without scatters: grouseticks' warm-started value + gradient + Hessian program 500
+-> 442 kernels, 76 -> 58 loops (scatter-adds that XLA's CPU backend compiles as loops), its
+compile 8.2 -> 7.3 s CPU (one pair; 8.2/7.3/8.1 -> 6.7/6.7/7.4 s for the slices alone), one
+warm evaluation min 3.17/2.65 -> 2.68/2.37 ms; results within 1e-14. Cold first call + SEs,
+process CPU, base 066c044 -> branch, interleaved pairs (one XLA thread): grouseticks 21.7 ->
+18.3, 21.8 -> 19.7, 22.2 -> 16.5 s (18.5 -> 15.6, 17.3 -> 15.0 with (1) alone); cbpp 6.6 ->
+5.6, 6.9 -> 5.6, 6.6 -> 6.2 s (6.3 -> 4.6, 5.0 -> 4.5 with (1)); sleepstudy 11.6 -> 10.5, 11.2
+-> 10.9, 13.2 -> 10.3 s; NB2 13.4 -> 12.6, 12.6 -> 12.9 s. Warm fit + SEs, CPU median (min),
+interleaved, within this load's noise (+-25% between rounds): grouseticks base 30.0-36.8
+(22.1-28.5) ms, branch 32.2-40.1 (25.3-30.5) ms; cbpp 3.3-4.1 vs 3.2-3.5 ms, sleepstudy 3.3-4.4
+vs 3.1-4.0, NB2 11.9-16.0 vs 11.6-14.0. ``--quick`` at de78949 (01:07-01:11, 100% busy): first call wall (CPU) cbpp 7.6 (4.8) s,
+sleepstudy 12.1 (7.9), NB2 13.6 (10.5), grouseticks 19.1 (14.6) s; warm medians 4.3 / 4.4 /
+16.1 / 128 ms with MixedLM at 110 ms (40 ms idle): the load, not the branch (``--skip-first-call``
+right after, base and branch alternating twice: grouseticks 373-403 ms both, the collapse under
+oversubscription noted below). The idle-VM targets need a rerun when the VM is quiet.
+
+Where grouseticks' first call still goes (pieces compiled alone, level 1, process CPU, loaded
+VM): tracing + lowering of the solve ~3-4 s; the inner Newton loop 1.2 s of XLA compile; the
+marginal's value + gradient 3.3 s, with the Hessian 5.8-6.7 s (500 kernels, 442 now). Split by
+term: the Hessian of ``j(u_hat(theta), theta)`` alone compiles 284 kernels (4.3 s), that of
+``-1/2 log det`` alone 383 (5.9 s), both 419 (6.2 s): the cost is the exact second derivative
+of ``u_hat`` and of ``log det(-H_uu(u_hat, theta))`` through the crossed elimination (its
+Hessian at a fixed map from the parameters to ``-H_uu``: 123 kernels, 1.6 s; ``-H_uu``'s own
+second derivatives in the parameters: 64, 0.8 s; both with ``u`` fixed: 185, 2.1 s; ``u``
+moving adds ~200). Tried and dropped (no fewer kernels): an adjoint (Lagrangian) form that
+needs only ``du/dtheta`` (``j + lambda' g_u - 1/2 log det`` with ``u`` linear in theta: 503
+kernels, equal to 2e-16), the mode and ``log det`` as one ``custom_jvp`` (413 vs 420),
+fwd-fwd / rev-rev outer Hessians (462-519), the u-gradient of the implicit rule from the
+crossed forward derivatives (493), the first partials from the nested second-order pass (496);
+``xla_llvm_disable_expensive_passes`` and ``xla_cpu_parallel_codegen_split_count`` (CPU within
+noise); LLVM level 0 (first call 19.2 -> 10.5 s CPU but a warm fit + SEs 2-4x slower). 5 s needs
+the marginal's Hessian assembled by hand from per-observation derivative tensors (third and
+fourth derivatives of each ``loglik_i`` in its ``m`` coefficients and the parameters,
+contracted with the elimination's selected inverse), not nested AD through the elimination.
+
 Latest, on main after the merges (a7abcb5), idle VM (3% busy before, load 2.3 -> 1.2):
 ``--skip-first-call`` (results/laplace_warm_quiet_1.json): warm fit + SEs median (min) cbpp 1.99
 (1.19) ms PASS, sleepstudy 1.88 (1.33) ms PASS, NB2 10.40 (7.16) ms FAIL by its median (the
