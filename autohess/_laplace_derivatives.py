@@ -34,8 +34,11 @@ value + gradient + Hessian of NB2's marginal in 2.1-2.3 s instead of 3.6-4.4, sl
 2.0-2.4 instead of 2.6-3.4; loaded VM), and the ``u``-only derivatives innermost-outermost keep
 terms in ``theta`` alone (NB2's ``lgamma(y + 1/alpha)``) out of the third and fourth orders.
 Equal to the AD Hessian to rounding (tests/test_laplace_derivatives.py). Used by ``fit``'s
-solver (``_problem._unconstrained_value_grad_hess``); the marginal itself, its scores and every
-other program keep ``Laplace.marginal``.
+solver (``_problem._unconstrained_value_grad_hess``), the batch members' solver and escape test
+(``_batch.member_fit``, ``_fit._escape_hessian``) and the profile's refits; the marginal itself,
+its scores and the random-effect SEs keep ``Laplace.marginal``. Tried and not kept: the ``u``
+directions innermost with ``D2 j[T_a, T_b]`` from a separate fixed-mode Hessian (no faster,
+15-25% more to compile).
 """
 
 from __future__ import annotations

@@ -77,7 +77,45 @@ the marginal's Hessian assembled by hand from per-observation derivative tensors
 fourth derivatives of each ``loglik_i`` in its ``m`` coefficients and the parameters,
 contracted with the elimination's selected inverse), not nested AD through the elimination.
 
-Latest, on main after the merges (a7abcb5), idle VM (3% busy before, load 2.3 -> 1.2):
+Latest, this session's main after its merges (2a51bf8), idle VM (2% busy before, load 3.1
+decaying to 1.8), full run (results/laplace.json). The VM ran slower than in the previous idle
+run: statsmodels' MixedLM took 48.97 ms against 40.42 then.
+
+* warm fit + all SEs, median (min): cbpp 2.11 (1.27) ms PASS, sleepstudy 3.34 (1.81) ms PASS,
+  NB2 10.30 (7.23) ms FAIL by 0.3 ms of its median (0.21x MixedLM's time, 0.26x before),
+  grouseticks 39.01 (29.73) ms FAIL (0.80x MixedLM, 0.68x before; its single-threaded CPU
+  medians before and after this session, 39.5 and 42.4 ms, are within this VM's noise).
+* first call, cold, wall (CPU): cbpp 4.5 (4.9) s PASS, sleepstudy 4.9 (6.0) s PASS, NB2 5.9
+  (7.1) s FAIL, grouseticks 11.0 (14.1) s FAIL (target 5 s; previous idle run 4.6 / 7.3 / 7.9 /
+  11.5 s). With the cache filled by a previous process: cbpp 1.4 s, sleepstudy 2.0 s.
+* 1,000 parametric-bootstrap refits of cbpp: 1.34 s warm PASS (one UNBOUNDED member), first
+  call 13.4 s.
+
+What changed the first calls (issue #15):
+
+* One grouping factor: the solver's value, gradient and Hessian of the marginal written out per
+  group (``_laplace_derivatives``: the implicit function theorem's formulas from directional
+  derivatives of the joint density) instead of JAX's derivatives through the mode's
+  ``custom_jvp`` and the Cholesky factor. That program alone compiled in (CPU s, loaded VM,
+  one process each) NB2 3.65 -> 2.3, sleepstudy 2.58 -> 1.99, cbpp 1.38 -> 1.01, results
+  equal to 1e-14; first call + SEs in fresh processes, CPU, interleaved: NB2 12.2 / 12.6 ->
+  8.4 / 6.6 s, sleepstudy 9.25 -> 5.66 s, cbpp 5.74 -> 5.44 s.
+* The objective's scale no longer runs an inner solve (the conditional log-likelihood at
+  u = 0, per group; 1 for a scalar marginal): one inner Newton loop per solve program.
+* The crossed path's static positions by slices instead of gathers (grouseticks' derivative
+  program 500 -> 442 kernels, its compile ~10% less).
+* Batches of one-factor models (bootstrap, simulation study) solve and run their escape test
+  on the written-out Hessian and compile with the solve's options: a cbpp bootstrap member
+  program 10,400 -> 6,900 operations; the first 1,000-refit bootstrap call 36-40 s CPU -> ~20 s
+  on the loaded VM (13.4 s wall idle here, including ``simulate``'s key probe now compiled at
+  LLVM level 0: the user's ``jax.random.binomial`` 6.9 -> 0.9 s).
+
+What remains for 5 s: grouseticks' compile is the exact second derivative through the crossed
+elimination (the j(u_hat) term's Hessian alone 284 kernels, the log det's 383); the written-out
+formulas carried over to the crossed path (per-observation third and fourth derivatives
+contracted with the selected inverse of H_uu) would be the next step. NB2: ~1 s over.
+
+Previous idle run, on main after the merges (a7abcb5), idle VM (3% busy before, load 2.3 -> 1.2):
 ``--skip-first-call`` (results/laplace_warm_quiet_1.json): warm fit + SEs median (min) cbpp 1.99
 (1.19) ms PASS, sleepstudy 1.88 (1.33) ms PASS, NB2 10.40 (7.16) ms FAIL by its median (the
 target is 10; 8.65 and 11.42 ms in last session's two idle runs: on the line), grouseticks 27.66
