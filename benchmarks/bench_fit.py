@@ -155,6 +155,13 @@ program, Python).
   in every GARCH pair and two logistic pairs of three (both threads trace, and tracing holds
   Python's lock), and cold ones no faster. Every target still FAILs.
 
+* Idle VM after the merges (main at 2a51bf8, load 1.2 -> 1.1, 01:20 UTC; ``--first-calls-only``,
+  results/fit_first_calls_quiet.json), first ``ah.fit`` + bse, median of 3 processes, wall s
+  (CPU): logistic cold 1.115 (1.77), warm cache 0.110 (0.109); GARCH-t cold 2.255 (3.19), warm
+  cache 0.236 (0.235). Targets: warm <= 0.3 s PASS for both (0.496 / 0.685 s in the previous
+  idle run); cold <= 1.0 / 1.5 s FAIL (1.18 / 1.99 before: not lower; the solve's XLA compile,
+  0.6 / 1.5 s, is most of it).
+
 * Program store and LAPACK without ``scipy.linalg`` (issue #16 part 2, branch first16 on
   066c044; ``autohess/_programs.py``). A warm process loads the fit's solve and covariance
   executables (``jax.experimental.serialize_executable``) from
