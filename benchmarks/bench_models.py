@@ -40,6 +40,13 @@ OpenBLAS thread and one XLA thread (``XLA_FLAGS="--xla_cpu_multi_thread_eigen=fa
 intra_op_parallelism_threads=1"``): the machine is shared with five other sessions and wall
 times swing several-fold; medians are still noisy (CPU caches are shared), minima are the floor.
 
+Idle VM after the merges (main at 2a51bf8, 2026-12-02 01:21 UTC, 0% busy before, load 1.1;
+``--quick``, default threads, results/models_quick_quiet.json), ratio ours / peer by medians
+(by minima): MNLogit 0.77 (0.73) PASS, Poisson 0.79 (0.94) PASS, NB2 0.79 (0.64) PASS; Tobit
+4.42 (5.03) FAIL, zoo logistic 0.82 (0.70) against 1/3 FAIL, OLS by ML 1.63 (1.43) FAIL, the
+README's logistic exact Hessian / closed form 1.51 (1.48) against 1.5: FAIL by 0.01 of its
+median (2.40 in the previous idle run; ``check=False`` 1.30, the zoo's model 1.49).
+
 Fourth round (issue #16 part 1, the failing targets; 2-core AMD EPYC VM, 2026-12-02 00:51, full
 run and --quick at 249d6ed; ``uptime`` load average 9.6-10.3 on 2 cores before and after (other
 sessions' tests): medians swing; single-threaded as below; ratio = ours / peer by medians, by
