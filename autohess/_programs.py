@@ -153,7 +153,7 @@ def _load_cython_linalg(added: list) -> None:
 def program_dir() -> Optional[str]:
     """The directory of stored programs, or ``None`` where programs are not stored: autohess
     did not choose the cache directory (``AUTOHESS_CACHE=0``, or a directory set by the user,
-    which may since have changed), or the backend is not the CPU."""
+    which may since have changed), or the backend is not one CPU device in one process."""
     ours = _config.cache_dir()
     if ours is None:
         return None
@@ -171,8 +171,11 @@ def program_dir() -> Optional[str]:
 @functools.cache
 def _on_cpu() -> bool:
     # asked on every call of a stored program: jax.default_backend() costs ~20 us, a twentieth
-    # of a warm logistic fit, and cannot change once JAX's backends exist
-    return jax.default_backend() == "cpu"
+    # of a warm logistic fit, and cannot change once JAX's backends exist. One CPU device in one
+    # process only: with several (``--xla_force_host_platform_device_count``, a distributed
+    # run) an executable compiled ahead from shapes alone expected its arguments on every
+    # device and failed ("Expected args to execute_sharded_on_local_devices to have 4 shards")
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and jax.process_count() == 1
 
 
 # ------------------------------------------------------------------------------------------
