@@ -64,6 +64,7 @@ import sys
 import tempfile
 import threading
 import types
+import uuid
 from typing import Any, Callable, Optional
 
 import jax
@@ -495,9 +496,11 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
             if fn is jitted:
                 return jitted(*args, **kwargs)
             try:
-                return fn(*args, **dynamic)
+                return _call(fn, args, dynamic)
             except TypeError:
                 pass
+            except _Broken:
+                return _drop(fn, args, kwargs)
         leaves, tree = jax.tree_util.tree_flatten((args, dynamic))
         sig = (tree, statics, tuple((type(x), getattr(x, "shape", None), getattr(x, "dtype", None),
                                      getattr(x, "weak_type", None)) for x in leaves))
@@ -514,9 +517,21 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
         if fn is jitted:
             return jitted(*args, **kwargs)
         try:
-            return fn(*args, **dynamic)
+            return _call(fn, args, dynamic)
         except TypeError:  # arguments the signature above did not tell apart: not this executable
             return jitted(*args, **kwargs)
+        except _Broken:
+            return _drop(fn, args, kwargs)
+
+    def _drop(fn, args, kwargs):
+        # a stored executable that loaded but cannot run: its entry is gone (``_call``), and
+        # this signature goes to the program as compiled without the store from now on
+        for d in (table, by_shape):
+            for k, v in list(d.items()):
+                if v is fn:
+                    d[k] = jitted
+        last[0], last[1] = None, None
+        return jitted(*args, **kwargs)
 
     def ahead(*args, **kwargs):
         if program_dir() is None:
@@ -529,6 +544,30 @@ def stored(jitted: Callable, name: str, describe: Callable[..., tuple], static: 
     run.ahead = ahead
     run.trace, run.lower = jitted.trace, jitted.lower  # what callers inspect stays the program's
     return run
+
+
+class _Broken(Exception):
+    """A stored executable failed to run (``_call``)."""
+
+
+#: ``id`` of each executable read from the store -> its entry's path (``_call`` removes an
+#: entry that loads but does not run)
+_loaded_paths: dict = {}
+
+
+def _call(fn: Callable, args: tuple, dynamic: dict) -> Any:
+    """``fn(*args, **dynamic)``; an executable read from the store that fails in XLA's runtime
+    (one serialised without its kernels fails "Function ... not found" before it computes
+    anything, seen once in CI with xdist workers sharing JAX's cache) has its entry removed and
+    raises ``_Broken``, so the caller compiles the program instead of failing the fit."""
+    try:
+        return fn(*args, **dynamic)
+    except jax.errors.JaxRuntimeError:
+        path = _loaded_paths.pop(id(fn), None)
+        if path is None:
+            raise
+        _remove(path)
+        raise _Broken() from None
 
 
 def _shape_signature(args: tuple, kwargs: dict, static: tuple) -> tuple:
@@ -597,6 +636,7 @@ def _resolve(jitted, name, describe, args, kwargs, static, wait: bool = True):
             _remove(path)
         else:
             jax.monitoring.record_event_duration_secs(LOAD_EVENT, time.perf_counter() - t0, fun_name=name)
+            _loaded_paths[id(compiled)] = path
             return compiled
     try:
         lowered = jitted.trace(*args, **kwargs).lower()
@@ -642,7 +682,12 @@ class _outside_jax_cache:
             with _salt_lock:
                 if _salted[0] == 0:
                     own = _salted[1] = cache_key.custom_hook
-                    cache_key.custom_hook = lambda: own() + "|autohess program store: not from JAX's cache"
+                    # a new salt each time: a compile on another thread meanwhile (its write
+                    # threshold not raised) may write to JAX's cache under the salted key, and a
+                    # later compile for the store must never read that back (a read-back
+                    # executable serialises without its kernels)
+                    salt = f"|autohess program store {uuid.uuid4().hex}: not from JAX's cache"
+                    cache_key.custom_hook = lambda: own() + salt
                 _salted[0] += 1
         try:
             self._threshold = jax_config.persistent_cache_min_compile_time_secs(float("inf"))
