@@ -1,4 +1,4 @@
-"""A fit's compiled programs kept on disk between processes, and a cheap start for LAPACK.
+"""A fit's compiled programs kept on disk between processes.
 
 JAX's persistent compilation cache (``_config``) saves the XLA compilation in a second process,
 but its key is the lowered program: the process still traces and lowers every program before
@@ -55,8 +55,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.machinery
-import importlib.util
 import os
 import pickle
 import platform
@@ -72,8 +70,9 @@ import numpy as np
 from jax._src import config as _jax_config
 
 from . import _config
+from ._config import lapack_ready
 
-__all__ = ["lapack_ready", "stored", "program_dir"]
+__all__ = ["stored", "program_dir"]
 
 #: subdirectory of the cache directory holding the stored programs
 SUBDIR = "autohess-programs"
@@ -81,72 +80,6 @@ SUBDIR = "autohess-programs"
 _MAGIC = b"autohess-program-v1\n"
 #: custom_jvp rules digested per jaxpr before giving up (a generated chain of rules)
 _MAX_RULES = 200
-
-# ------------------------------------------------------------------------------------------
-# LAPACK
-# ------------------------------------------------------------------------------------------
-_lapack_lock = threading.Lock()
-_lapack_done = False
-
-
-def lapack_ready() -> None:
-    """Give jaxlib's CPU LAPACK kernels their routines without importing ``scipy.linalg``.
-
-    jaxlib takes its LAPACK and BLAS routines from scipy's Cython modules
-    ``scipy.linalg.cython_lapack`` and ``cython_blas`` the first time a program with a
-    factorisation is lowered; importing them the usual way runs ``scipy/linalg/__init__.py``
-    first, which imports most of ``scipy.linalg`` and scipy's array-API layer: 0.15-0.24 s of
-    CPU in every fresh process, a third of a warm first fit, for two modules that take 7 ms to
-    load on their own. They are loaded here from scipy's own files under their own names, the
-    routines handed to jaxlib, and the two names taken out of ``sys.modules`` again, so a later
-    ``import scipy.linalg`` runs as it would have (Cython returns the same module objects). A
-    program read from disk needs this before it runs (its kernels call the routines; without
-    them the process dies). Anything unexpected falls back to jaxlib's own import."""
-    global _lapack_done
-    if _lapack_done:
-        return
-    with _lapack_lock:
-        if _lapack_done:
-            return
-        try:
-            from jaxlib.cpu import _lapack
-        except ImportError:  # a jaxlib without CPU LAPACK kernels: nothing to prepare
-            _lapack_done = True
-            return
-        added: list = []
-        if "scipy.linalg" not in sys.modules:
-            try:
-                _load_cython_linalg(added)
-            except Exception:  # noqa: BLE001 - jaxlib imports them itself below (``added`` goes)
-                pass
-        try:
-            _lapack.initialize()
-        except Exception:  # noqa: BLE001 - jaxlib tries again at its first LAPACK lowering and says why
-            pass
-        finally:
-            for name in added:
-                sys.modules.pop(name, None)
-        _lapack_done = True
-
-
-def _load_cython_linalg(added: list) -> None:
-    """Load ``scipy.linalg.cython_blas`` and ``cython_lapack`` without their package, appending
-    to ``added`` each name put in ``sys.modules`` (the caller removes them, also after an
-    error half-way)."""
-    import scipy  # its __init__ alone: ~5 ms
-
-    folders = [os.path.join(p, "linalg") for p in scipy.__path__]
-    for name in ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack"):
-        if name in sys.modules:
-            continue
-        spec = importlib.machinery.PathFinder.find_spec(name, folders)
-        if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
-            return  # not scipy's usual layout: leave it to jaxlib
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # what a normal import does before running the module
-        added.append(name)
-        spec.loader.exec_module(module)
-
 
 # ------------------------------------------------------------------------------------------
 # Where

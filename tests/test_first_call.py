@@ -78,7 +78,7 @@ def test_first_fit_compiles_three_programs_and_a_second_process_reads_them(tmp_p
     both from the store (no trace, lowering or compilation: no compile event for them), reads
     the construction check from JAX's cache where it took at least the cache threshold, and
     gives the first process's fit bit for bit (the same executables). Neither process imports
-    ``scipy.linalg`` for jaxlib's LAPACK kernels (``_programs.lapack_ready``), and a later
+    ``scipy.linalg`` for jaxlib's LAPACK kernels (``_config.lapack_ready``), and a later
     ``import scipy.linalg`` gives the complete module."""
     cold = _first_fit(tmp_path)
     names = [p["name"] for p in cold["programs"]]
