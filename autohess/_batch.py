@@ -76,8 +76,8 @@ from ._fit import FitResult, _escape_hessian, _escape_status, _max_steps, _statu
 from ._inference import _covariance_and_diagnostics
 from ._config import compiler_options
 from ._problem import (
-    _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unconstrained_value_grad_hess, _unscale,
-    _value_grad_hess_fn, _weight_unit,
+    _member_value_grad_hess, _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unscale,
+    _weight_unit,
 )
 from ._model import Model, describe_support_failure
 from ._pandas import host_array
@@ -277,14 +277,8 @@ def member_fit(model: Model, cov_types: Sequence[str], maxiter: int) -> Callable
         scale = _objective_scale(model, flat0, data, weights)  # as ``fit``: see there
         f = _unconstrained(model, data, weights, scale)
         u0 = spec.to_unconstrained(flat0)
-        if model.laplace is not None and model.laplace.structure.block_diagonal:
-            # one grouping factor: the derivatives written out per group, as ``fit`` solves
-            # (``_laplace_derivatives``; compiled in less time than JAX's through the mode)
-            fun = _unconstrained_value_grad_hess(model, data, weights, scale, mode)
-        else:
-            fun = _value_grad_hess_fn(f, mode)
-        res = trust_region_newton(fun, u0, maxiter=maxiter, max_step=_max_steps(spec),
-                                  unit=_solver_unit(scale))
+        res = trust_region_newton(_member_value_grad_hess(model, data, weights, scale, mode), u0, maxiter=maxiter,
+                                  max_step=_max_steps(spec), unit=_solver_unit(scale))
         status, escape = _escape_status(spec, model.dtype, f, res, _solver_unit(scale),
                                         _escape_hessian(model, data, weights, scale))
         x, value, grad, hess, _ = _natural_derivatives(

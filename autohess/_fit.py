@@ -27,7 +27,7 @@ from ._inference import _covariance_program, _inference_program
 from ._fingerprint import _own
 from ._programs import NotStorable, jaxpr_digest, stored
 from ._problem import (
-    _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unconstrained_value_grad_hess, _unscale,
+    one_factor_laplace, _natural_derivatives, _objective_scale, _solver_unit, _unconstrained, _unconstrained_value_grad_hess, _unscale,
     _value_grad_hess_fn, _weight_unit,
 )
 from ._pandas import is_pandas, require_pandas
@@ -473,7 +473,7 @@ def _escape_hessian(model: Model, data: Any, weights: Any, scale: Any) -> Option
     Hessian written out per group, as the solver's, instead of differentiating through the
     inner solve: ~5,800 of a cbpp bootstrap member program's ~10,400 operations). ``None``:
     JAX's."""
-    if model.laplace is None or not model.laplace.structure.block_diagonal:
+    if not one_factor_laplace(model):
         return None
     fun = _unconstrained_value_grad_hess(model, data, weights, scale, model.hessian_mode)
     return lambda u: fun(u)[2]

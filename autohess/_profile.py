@@ -32,7 +32,9 @@ from ._batch import check_maxiter, run_members
 from ._fit import FitResult, _max_steps
 from ._format import fmt, format_table
 from ._html import table as html_table
-from ._problem import _objective_scale, _solver_unit, _unconstrained_value_grad_hess, _value_grad_hess_fn, _weight_unit
+from ._problem import (
+    _objective_scale, _solver_unit, _unconstrained_value_grad_hess, _value_grad_hess_fn, _weight_unit, one_factor_laplace,
+)
 from ._report import InferenceWarning
 from ._solver import Status, trust_region_newton
 
@@ -159,7 +161,7 @@ def _member(model, j: int, maxiter: int):
             value = f(free0) * s["unit"]
             status = jnp.where(jnp.isfinite(value), Status.CONVERGED, Status.NONFINITE)
             return spec.to_natural(full(free0)), -value, jnp.asarray(status, jnp.int32)
-        if model.laplace is not None and model.laplace.structure.block_diagonal:
+        if one_factor_laplace(model):
             # one grouping factor: the marginal's Hessian written out per group, as ``fit``
             # solves (``_laplace_derivatives``), its free rows and columns (the weights are
             # already divided by their mean, which dividing again leaves as they are)
